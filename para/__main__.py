@@ -1,0 +1,3 @@
+from para.cli import main
+
+raise SystemExit(main())

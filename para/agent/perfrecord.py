@@ -1,0 +1,152 @@
+"""`para profile --functions`: call-stack sampling of the command with `perf record`.
+
+perf attaches to the command while it is still held at the gate, with its events disabled,
+and is enabled through its control pipe: no instruction of the command goes unsampled and
+para knows when perf is ready.  At the end, `perf script` output is folded (Cython kernel)
+into per-second stacks for the .para file's `stacks` table.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from para.agent.samplers.base import Unavailable
+from para.cython_ext import load
+
+fold = load("fold")
+
+ATTACH_TIMEOUT = 10.0
+
+
+def perf_binary(perf: str = "perf") -> str:
+    path = shutil.which(perf)
+    if path is None:
+        raise Unavailable(
+            "perf is not installed (Debian/Ubuntu: apt install linux-perf; RHEL: dnf install perf)"
+        )
+    return path
+
+
+class FunctionRecorder:
+    def __init__(self, pid: int, freq: int = 499, event: str = "cycles", perf: str = "perf"):
+        self.pid = pid
+        self.freq = freq
+        self.event = event
+        self.perf = perf
+        self._dir = tempfile.mkdtemp(prefix="para-perf-")
+        self.data = Path(self._dir) / "perf.data"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._ctl_w: int | None = None
+        self.log = Path(self._dir) / "perf.log"
+        self.info: dict[str, Any] = {"frequency_hz": freq, "requested_event": event}
+
+    def start(self) -> None:
+        """Attach to the (stopped) command; returns once perf samples it."""
+        perf = perf_binary(self.perf)
+        ctl_r, ctl_w = os.pipe()
+        ack_r, ack_w = os.pipe()
+        argv = [
+            perf, "record", "-e", self.event, "-F", str(self.freq), "-g",
+            "-k", "CLOCK_MONOTONIC", "-D", "-1", "--control", f"fd:{ctl_r},{ack_w}",
+            "-p", str(self.pid), "-o", str(self.data),
+        ]  # fmt: skip
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv, pass_fds=(ctl_r, ack_w), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        os.close(ctl_r)
+        os.close(ack_w)
+        # The control pipe stays open while perf runs: perf stops polling its events once
+        # the pipe hangs up.
+        self._ctl_w = ctl_w
+        try:
+            os.write(ctl_w, b"enable\n")
+            ack = _read_with_timeout(ack_r, ATTACH_TIMEOUT)
+        finally:
+            os.close(ack_r)
+        if not ack.startswith(b"ack"):
+            self.stop()
+            raise Unavailable(f"perf record did not start: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            text = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no output"
+        return " / ".join(text[-3:]) or "no output"
+
+    def stop(self) -> None:
+        """perf record ends by itself when the command's last thread exits; make sure."""
+        if self.proc is None:
+            return
+        if self._ctl_w is not None:
+            os.close(self._ctl_w)
+            self._ctl_w = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def finish(self) -> list[list[Any]]:
+        """Stop, fold, clean up: rows for the stacks table (time of each 1-second bucket)."""
+        self.stop()
+        try:
+            if not self.data.exists() or self.data.stat().st_size == 0:
+                self.info["error"] = f"perf record wrote no data: {self._log_tail()}"
+                return []
+            # perf's clock is CLOCK_MONOTONIC: shift its stamps onto the wall clock.
+            offset = time.time() - time.monotonic()
+            text = Path(self._dir) / "perf.script"
+            with open(text, "wb") as out:
+                # no period field: each sample counts 1, so counts are samples
+                subprocess.run(
+                    [perf_binary(self.perf), "script", "-i", str(self.data),
+                     "-F", "comm,pid,tid,time,event,ip,sym,dso"],
+                    stdout=out, stderr=subprocess.DEVNULL, check=False,
+                )  # fmt: skip
+            folded = _fold_file(text)
+            rows = []
+            total = 0
+            for bucket, pid, tid, comm, stack, count in folded:
+                rows.append([int((bucket + offset) * 1000), pid, tid, comm, stack, count])
+                total += count
+            self.info.update(samples=total, stacks=len(rows), event=self._event_used())
+            return rows
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _event_used(self) -> str:
+        """perf falls back from cycles to cpu-clock where the PMU is missing; say which ran."""
+        out = subprocess.run(
+            [perf_binary(self.perf), "evlist", "-i", str(self.data)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        names = [ln.strip() for ln in out.stdout.splitlines() if ln.strip() and "dummy" not in ln]
+        return names[0] if names else self.event
+
+
+def _fold_file(path: Path) -> list[tuple[float, int, int, str, str, int]]:
+    """Fold in place from a memory map: long runs print hundreds of MB of perf script."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return fold.fold_timed(m)
+
+
+def _read_with_timeout(fd: int, timeout: float) -> bytes:
+    import select
+
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 64) if ready else b""

@@ -1,0 +1,310 @@
+"""`para profile -- CMD`: run a command and record the node, its processes, counters and
+(optionally) its call stacks into a .para file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from para.agent import hostinfo, jobenv
+from para.agent.child import Child, Exit, make_subreaper
+from para.agent.loop import SamplingLoop
+from para.agent.nodelocal import NodeLocal
+from para.agent.samplers.base import ProcFiles, Sampler
+from para.agent.samplers.fs import FsSampler
+from para.agent.samplers.gpu import GpuSampler
+from para.agent.samplers.perfstat import PerfStatSampler
+from para.agent.samplers.process import ProcessSampler
+from para.agent.samplers.system import CpuSampler, DiskSampler, MemorySampler, NetSampler
+from para.cython_ext import implementation
+from para.errors import ParaError, UsageError
+from para.formats import ParaWriter
+from para.formats.writer import Finalized, check_writable
+
+
+@dataclass
+class ProfileOptions:
+    cmd: list[str]
+    output: str | None = None
+    interval: float = 1.0
+    functions: bool = False
+    events: list[str] = field(default_factory=list)
+    counters: bool = True
+    gpu: bool = True
+    quiet: bool = False
+    perf: str = "perf"
+
+
+@dataclass
+class ProfileResult:
+    exit_code: int
+    path: Path | None  # None for a rank that only ran its command (another para samples)
+    finalized: Finalized | None = None
+    interrupted: bool = False
+
+
+def resolve_command(cmd: list[str]) -> str:
+    """The executable CMD names; a missing one exits 127 and a non-executable 126, as a
+    shell would, before anything else happens."""
+    if not cmd:
+        raise UsageError(
+            "no command to profile", hint="usage: para profile [OPTIONS] -- CMD [ARGS]"
+        )
+    prog = cmd[0]
+    if "/" in prog:
+        if not os.path.exists(prog):
+            raise ParaError(f"command not found: {prog}", exit_code=127)
+        if os.path.isdir(prog) or not os.access(prog, os.X_OK):
+            raise ParaError(f"command is not executable: {prog}", exit_code=126)
+        return prog
+    found = shutil.which(prog)
+    if found is None:
+        raise ParaError(
+            f"command not found: {prog}", hint="check the name and your PATH", exit_code=127
+        )
+    return found
+
+
+def output_path(template: str | None, cmd: list[str], job: jobenv.JobInfo, host: str) -> Path:
+    """Default: para-<cmd>-[<job>-]<host>-<time>.para.  A given name may use {cmd} {host}
+    {job} {rank} {time} {pid}; under srun/mpirun a name without {host} gets the host added,
+    so the nodes of one job never write the same file."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    prog = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(cmd[0]).name) or "cmd"
+    fields = {
+        "cmd": prog,
+        "host": host,
+        "job": job.job_id or "nojob",
+        "rank": "" if job.rank is None else str(job.rank),
+        "time": stamp,
+        "pid": str(os.getpid()),
+    }
+    if template is None:
+        job_part = f"{job.job_id}-" if job.job_id else ""
+        path = Path(f"para-{prog}-{job_part}{host}-{stamp}.para")
+        n = 1
+        while path.exists():  # never overwrite an earlier run with a default name
+            path = Path(f"para-{prog}-{job_part}{host}-{stamp}.{n}.para")
+            n += 1
+        return path
+    try:
+        name = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise UsageError(
+            f"--output {template!r}: unknown placeholder {e}",
+            hint="placeholders: {cmd} {host} {job} {rank} {time} {pid}",
+        ) from e
+    if job.launch_key and "{host}" not in template:
+        p = Path(name)
+        stem = p.stem if p.suffix == ".para" else p.name
+        name = str(p.with_name(f"{stem}.{host}.para"))
+    return Path(name)
+
+
+class Profiler:
+    def __init__(self, opts: ProfileOptions, err: TextIO | None = None):
+        self.opts = opts
+        self.err = err or sys.stderr
+        self.job = jobenv.detect()
+        self.host = socket.gethostname()
+
+    def say(self, msg: str) -> None:
+        if not self.opts.quiet:
+            print(f"para: {msg}", file=self.err, flush=True)
+
+    def warn(self, msg: str) -> None:
+        print(f"para: {msg}", file=self.err, flush=True)
+
+    # -- the entry point -------------------------------------------------------------------
+    def run(self) -> ProfileResult:
+        if self.opts.interval < 0.05:
+            raise UsageError(f"--interval {self.opts.interval}: the shortest interval is 0.05 s")
+        resolve_command(self.opts.cmd)
+        node: NodeLocal | None = None
+        if self.job.launch_key:
+            node = NodeLocal(self.job.launch_key)
+            if not node.claim():
+                return self._passenger(node)
+        try:
+            path = output_path(self.opts.output, self.opts.cmd, self.job, self.host)
+            check_writable(path)
+            return self._sample(path, node)
+        finally:
+            if node is not None:
+                node.release()
+
+    def _passenger(self, node: NodeLocal) -> ProfileResult:
+        """Another para samples this node: run the rank, let that para see its processes."""
+        sampler = node.sampler_pid()
+        self.say(
+            f"rank {self.job.rank}: the node's sampler is para pid {sampler}; running the command"
+        )
+        child = Child(self.opts.cmd, gated=False, on_signal=self.say)
+        node.register(child.pid)
+        child.forward_signals()
+        try:
+            status = child.wait()
+        finally:
+            node.unregister(child.pid)
+        return ProfileResult(status.code, None)
+
+    # -- the sampling run ------------------------------------------------------------------
+    def _samplers(self, files: ProcFiles, child: Child, node: NodeLocal | None) -> list[Sampler]:
+        def roots() -> set[int]:
+            return {child.pid} | (node.passengers() if node else set())
+
+        helpers: set[int] = set()
+        self._helpers = helpers
+        samplers: list[Sampler] = [
+            CpuSampler(files),
+            MemorySampler(files),
+            NetSampler(files),
+            DiskSampler(files),
+            FsSampler(files),
+            ProcessSampler(files, roots, adopt_children_of=os.getpid(), exclude=lambda: helpers),
+        ]
+        if self.opts.gpu:
+            samplers.append(GpuSampler(on_message=self.say))
+        if self.opts.counters:
+            samplers.append(
+                PerfStatSampler(
+                    self.opts.events or None,
+                    pid=child.pid,
+                    interval_ms=int(self.opts.interval * 1000),
+                    perf=self.opts.perf,
+                    on_message=self.say,
+                )
+            )
+        return samplers
+
+    def _sample(self, path: Path, node: NodeLocal | None) -> ProfileResult:
+        files = ProcFiles()
+        host = hostinfo.host_facts(files)
+        meta: dict[str, Any] = {
+            "host": host,
+            "interval": self.opts.interval,
+            "job": self.job.as_dict(),
+            "command": self.opts.cmd,
+            "cwd": os.getcwd(),
+            "allowed_cpus": hostinfo.allowed_cpus(),
+            "started": time.time(),
+            "source": "para profile",
+            "kernels": None,
+        }
+        writer = ParaWriter(path, meta)
+        subreaper = make_subreaper()
+        try:
+            child = Child(self.opts.cmd, gated=True, on_signal=self.say)
+        except OSError as e:
+            writer.abandon()
+            path.unlink(missing_ok=True)
+            raise ParaError(f"could not start {self.opts.cmd[0]}: {e}", exit_code=126) from e
+        # Signals first: every thread started from here on inherits the blocked mask.
+        child.forward_signals()
+        loop = SamplingLoop(
+            self._samplers(files, child, node), writer.append, self.opts.interval,
+            on_message=self.warn,
+        )  # fmt: skip
+        status = loop.open()
+        for s in loop.samplers:  # para's own subprocesses are not the job's
+            helper = getattr(s, "perf_pid", None)
+            if helper is not None:
+                self._helpers.add(helper)
+        recorder = None
+        if self.opts.functions:
+            recorder = self._start_recorder(child.pid)
+        self._announce(path, child, loop, recorder)
+        meta_extra = {"kernels": implementation(), "subreaper": subreaper}
+        started = time.monotonic()
+        child.release()  # returns once the command has exec'd: it, not the gate, is sampled
+        loop.start()  # the first sample is taken at once
+        exit_status = child.wait()
+        if node is not None and node.passengers():
+            self.say("the command ended; waiting for the other ranks on this node")
+            while node.passengers():
+                time.sleep(min(self.opts.interval, 0.5))
+        elapsed = time.monotonic() - started
+        loop.stop(final_sample=True)
+        if recorder is not None:
+            stacks = recorder.finish()
+            if stacks:
+                writer.append(int(time.time() * 1000), {"stacks": stacks}, sample=False)
+            if "error" in recorder.info:
+                self.warn(f"no call stacks: {recorder.info['error']}")
+        loop.close()
+        end_info = {
+            "ended": time.time(),
+            "elapsed_s": round(elapsed, 3),
+            "exit": exit_status.as_dict(),
+            "families": loop.families(),
+            "family_facts": {f: st.facts for f, st in status.items() if st.facts},
+            "signals": child.signals_seen,
+            "sampler": {
+                "cpu_s": round(loop.cpu_seconds, 4),
+                "missed_ticks": loop.missed_ticks,
+                "lost_samples": loop.sink_errors,
+            },
+            "functions": recorder.info if recorder else None,
+            **meta_extra,
+        }
+        self._end_message(exit_status, elapsed, child)
+        try:
+            finalized = writer.close(end_info)
+        except OSError as e:
+            raise ParaError(
+                f"could not finish {path}: {e}",
+                hint=f"the samples are safe in its journal; run `para recover {path}` later",
+            ) from e
+        return ProfileResult(exit_status.code, path, finalized, bool(child.signals_seen))
+
+    def _start_recorder(self, pid: int) -> Any:
+        from para.agent.perfrecord import FunctionRecorder
+        from para.agent.samplers.base import Unavailable
+
+        rec = FunctionRecorder(pid, perf=self.opts.perf)
+        try:
+            rec.start()
+        except Unavailable as e:
+            self.warn(f"--functions: no call stacks this run: {e}")
+            return None
+        if rec.proc is not None:
+            self._helpers.add(rec.proc.pid)
+        return rec
+
+    def _announce(self, path: Path, child: Child, loop: SamplingLoop, recorder: Any) -> None:
+        cmd = " ".join(self.opts.cmd)
+        if len(cmd) > 60:
+            cmd = cmd[:57] + "..."
+        ok = [f for f, st in loop.status.items() if st.state == "ok"]
+        self.say(
+            f"profiling `{cmd}` (pid {child.pid}) on {self.host} every {self.opts.interval:g} s: "
+            + ", ".join(ok)
+            + (", call stacks (perf record)" if recorder else "")
+        )
+        for f, st in loop.status.items():
+            if st.state != "ok":
+                self.say(f"{f}: not sampled ({st.reason})")
+        self.say(f"writing {path}; Ctrl-C stops the command and still writes the file")
+
+    def _end_message(self, st: Exit, elapsed: float, child: Child) -> None:
+        prog = Path(self.opts.cmd[0]).name
+        how = (
+            f"was killed by {Exit.as_dict(st).get('signal')}"
+            if st.signal
+            else f"exited with code {st.code}"
+        )
+        self.say(f"{prog} {how} after {elapsed:.1f} s")
+
+
+def run(opts: ProfileOptions, err: TextIO | None = None) -> ProfileResult:
+    return Profiler(opts, err).run()
+
+
+Announce = Callable[[str], None]

@@ -1,0 +1,167 @@
+"""The processes of the profiled job: the whole tree, children that re-parent included.
+
+`para profile` makes itself a child subreaper, so a daemonising grandchild re-parents to para
+instead of init and stays in the tree.  Membership is decided from each new pid's parent: a
+pid seen once and found outside the tree is not read again (it cannot join later, since a
+process only re-parents to an ancestor subreaper).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from para.agent.samplers.base import ProcFiles, Rows, Sampler, Unavailable, event
+from para.cython_ext import load
+
+procparse = load("procparse")
+
+
+class ProcessSampler(Sampler):
+    family = "process"
+    tables = ("proc", "events")
+
+    def __init__(
+        self,
+        files: ProcFiles,
+        roots: Callable[[], set[int]],
+        adopt_children_of: int | None = None,
+        exclude: Callable[[], set[int]] | None = None,
+    ):
+        """roots(): pids whose trees form the job; children of `adopt_children_of` (para itself,
+        the subreaper) belong too, except the pids in exclude() (para's own helpers)."""
+        self.files = files
+        self.roots = roots
+        self.adopter = adopt_children_of
+        self.exclude = exclude or (lambda: set())
+        self.members: dict[int, int] = {}  # pid -> start time (ticks since boot)
+        self.outsiders: set[int] = set()
+        self.page_size = os.sysconf("SC_PAGE_SIZE")
+        self.seen_total = 0
+
+    def open(self) -> dict[str, Any]:
+        if not self.files.exists("proc/self/stat"):
+            raise Unavailable("no /proc/self/stat: /proc is not mounted")
+        return {"page_size": self.page_size}
+
+    def _stat(self, pid: int) -> tuple[Any, ...] | None:
+        try:
+            return procparse.parse_pid_stat(self.files.read_once(f"proc/{pid}/stat"))
+        except (OSError, ValueError):
+            return None
+
+    def _discover(self, t_ms: int, out: Rows) -> dict[int, tuple[Any, ...]]:
+        """Find new members; return the stat of every member read on the way."""
+        try:
+            alive = {int(n) for n in os.listdir(self.files.path("proc")) if n.isdigit()}
+        except OSError:
+            return {}
+        self.outsiders &= alive
+        roots = self.roots() & alive
+        excluded = self.exclude()
+        fresh: dict[int, tuple[Any, ...]] = {}
+        candidates: dict[int, int] = {}  # pid -> ppid, for pids not yet classified
+        for pid in alive - self.members.keys() - self.outsiders:
+            st = self._stat(pid)
+            if st is None:
+                continue
+            fresh[pid] = st
+            candidates[pid] = st[3]
+        members = set(self.members) | roots
+        changed = True
+        while changed:  # a child and its grandchild can both be new this second
+            changed = False
+            for pid, ppid in list(candidates.items()):
+                if pid in excluded:
+                    continue
+                if (
+                    pid in members
+                    or ppid in members
+                    or (self.adopter is not None and ppid == self.adopter)
+                ):
+                    members.add(pid)
+                    del candidates[pid]
+                    changed = True
+        self.outsiders.update(candidates)
+        for pid in members - self.members.keys():
+            st = fresh.get(pid) or self._stat(pid)
+            if st is None:
+                continue
+            self.members[pid] = st[9]
+            self.seen_total += 1
+            out.setdefault("events", []).append(
+                event(
+                    t_ms,
+                    "process_start",
+                    st[1],
+                    pid,
+                    ppid=st[3],
+                    cmdline=self._cmdline(pid),
+                    start_ticks=st[9],
+                )
+            )
+            fresh[pid] = st
+        return fresh
+
+    def _cmdline(self, pid: int) -> list[str]:
+        try:
+            raw = self.files.read_once(f"proc/{pid}/cmdline")
+        except OSError:
+            return []
+        return [a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+
+    def sample(self, t_ms: int, out: Rows) -> None:
+        fresh = self._discover(t_ms, out)
+        rows = out.setdefault("proc", [])
+        for pid, start in list(self.members.items()):
+            st = fresh.get(pid) or self._stat(pid)
+            if st is None or st[9] != start or st[2] == "X":
+                self._ended(t_ms, pid, out)
+                continue
+            try:
+                vol, invol = procparse.parse_pid_status_ctxt(
+                    self.files.read_once(f"proc/{pid}/status")
+                )
+            except (OSError, ValueError):
+                vol = invol = None
+            try:
+                rchar, wchar, rbytes, wbytes = procparse.parse_pid_io(
+                    self.files.read_once(f"proc/{pid}/io")
+                )
+            except (OSError, ValueError):
+                # /proc/PID/io needs ptrace rights: absent for other users' processes
+                rchar = wchar = rbytes = wbytes = None
+            _, _, state, ppid, minflt, majflt, utime, stime, threads, _, vsize, rss, cpu = st
+            rows.append(
+                [
+                    pid,
+                    ppid,
+                    state,
+                    utime,
+                    stime,
+                    rss * self.page_size,
+                    vsize,
+                    threads,
+                    cpu,
+                    minflt,
+                    majflt,
+                    vol,
+                    invol,
+                    rchar,
+                    wchar,
+                    rbytes,
+                    wbytes,
+                ]
+            )
+            if state == "Z":
+                self._ended(t_ms, pid, out)
+
+    def _ended(self, t_ms: int, pid: int, out: Rows) -> None:
+        del self.members[pid]
+        self.outsiders.add(pid)  # an unreaped zombie must not rejoin as a new process
+        out.setdefault("events", []).append(event(t_ms, "process_end", "", pid))
+
+    @property
+    def pids(self) -> set[int]:
+        return set(self.members)

@@ -1,0 +1,1 @@
+"""The analyzer: reads .para files and explains where the time went."""

@@ -1,0 +1,154 @@
+"""`para fold`: perf script output -> folded stacks, as FlameGraph's stackcollapse-perf.pl.
+
+The output is byte for byte the reference's ("stack count" lines sorted by their bytes), so
+it feeds flamegraph.pl, speedscope or inferno unchanged; `para` itself stores the per-second
+form (`fold_timed`) next to the other metrics.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import click
+
+from para.cython_ext import load
+from para.errors import ParaError
+
+READ_HINT = "give the file `perf script` wrote, or - (the default) to read standard input"
+
+
+@contextmanager
+def opened_input(path: str) -> Iterator[bytes | mmap.mmap]:
+    """The whole input: the file at `path` (mapped, not copied: the kernel scans it in place),
+    or standard input for '-'."""
+    if path == "-":
+        yield sys.stdin.buffer.read()
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below, after the mapping)
+    except FileNotFoundError:
+        raise ParaError(f"para fold: {path}: no such file", hint=READ_HINT) from None
+    except OSError as e:  # a directory, no permission
+        raise ParaError(
+            f"para fold: cannot read {path}: {e.strerror or e}", hint=READ_HINT
+        ) from None
+    with f:
+        try:
+            mapped: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # empty, or not a regular file (a pipe, /dev/null)
+            mapped = None
+        if mapped is None:
+            try:
+                data = f.read()
+            except OSError as e:
+                raise ParaError(
+                    f"para fold: cannot read {path}: {e.strerror or e}", hint=READ_HINT
+                ) from None
+            yield data
+            return
+        try:
+            yield mapped
+        finally:
+            mapped.close()
+
+
+def render(folded: dict[str, int]) -> bytes:
+    """The reference's output: one "stack count" line per stack, sorted by bytes (Perl's
+    `sort`), so that names that are not UTF-8 keep their bytes and their place."""
+    items = sorted((k.encode("utf-8", "surrogateescape"), n) for k, n in folded.items())
+    return b"".join(b"%s %d\n" % item for item in items)
+
+
+def fold_text(
+    data: bytes | mmap.mmap,
+    *,
+    pid: bool = False,
+    tid: bool = False,
+    kernel: bool = False,
+    jit: bool = False,
+    addrs: bool = False,
+    event_filter: str | None = None,
+) -> bytes:
+    """What `para fold` prints for `data`."""
+    folded = load("fold").fold(
+        data, pid=pid, tid=tid, kernel=kernel, jit=jit, addrs=addrs, event_filter=event_filter
+    )
+    return render(folded)
+
+
+def _write(out: BinaryIO, text: bytes) -> None:
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        # `para fold x | head`: the reader has gone; stop quietly, as the reference does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+@click.command("fold")
+@click.option("--pid", is_flag=True, help="Append the PID to process names (name-PID).")
+@click.option("--tid", is_flag=True, help="Append PID and TID to process names (name-PID/TID).")
+@click.option("--kernel", is_flag=True, help="Mark kernel frames with _[k].")
+@click.option("--jit", is_flag=True, help="Mark JIT frames (/tmp/perf-PID.map) with _[j].")
+@click.option("--all", "all_", is_flag=True, help="Both --kernel and --jit.")
+@click.option("--addrs", is_flag=True, help="Keep raw addresses of unknown symbols.")
+@click.option(
+    "--event-filter",
+    metavar="EVENT",
+    default=None,
+    help="Keep samples of this event only (default: the first event seen).",
+)
+@click.argument("file", default="-", metavar="[FILE]")
+def fold_command(
+    pid: bool,
+    tid: bool,
+    kernel: bool,
+    jit: bool,
+    all_: bool,
+    addrs: bool,
+    event_filter: str | None,
+    file: str,
+) -> None:
+    """Fold `perf script` output (FILE, or - for standard input) into "stack count" lines,
+    exactly as FlameGraph's stackcollapse-perf.pl does.
+
+    \b
+    Example:
+      perf record -g -F 999 ./app && perf script | para fold > app.folded
+    """
+    with opened_input(file) as data:
+        text = fold_text(
+            data,
+            pid=pid,
+            tid=tid,
+            kernel=kernel or all_,
+            jit=jit or all_,
+            addrs=addrs,
+            event_filter=event_filter,
+        )
+    _write(sys.stdout.buffer, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `para fold` with `argv` (default: the process arguments); the exit status."""
+    try:
+        fold_command.main(args=argv, prog_name="para fold", standalone_mode=False)
+    except ParaError as e:
+        click.echo(str(e), err=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:  # --help
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""The `para` command: wires subcommands to the parts that do the work.
+
+Imports are made inside the commands so that `para profile` starts without loading the
+analyzer's libraries.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from para import __version__
+from para.errors import ParaError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="para")
+def cli() -> None:
+    """para: per-second performance monitor and analyzer for HPC and AI clusters.
+
+    \b
+    Profile a program:      para profile -- ./app args
+    Look inside a file:     para show run.para
+    Read the analysis:      para report run.para --html run.html
+    """
+
+
+@cli.command(context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE",
+    help="Where to write (default para-<cmd>-<host>-<time>.para). "
+    "Placeholders: {cmd} {host} {job} {rank} {time} {pid}.",
+)
+@click.option(
+    "-i",
+    "--interval",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds between samples (0.05 at the shortest).",
+)
+@click.option(
+    "--functions",
+    is_flag=True,
+    help="Also sample call stacks with perf record (cycles, else cpu-clock).",
+)
+@click.option(
+    "-e",
+    "--event",
+    "events",
+    multiple=True,
+    metavar="EVENT",
+    help="Extra perf event to count (repeatable), e.g. -e L1-dcache-load-misses.",
+)
+@click.option("--no-counters", is_flag=True, help="Do not run perf stat.")
+@click.option("--no-gpu", is_flag=True, help="Do not sample GPUs.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and the summary.")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def profile(
+    output: str | None,
+    interval: float,
+    functions: bool,
+    events: tuple[str, ...],
+    no_counters: bool,
+    no_gpu: bool,
+    quiet: bool,
+    cmd: tuple[str, ...],
+) -> None:
+    """Run CMD and record what it and the node do, every INTERVAL seconds.
+
+    Exits with CMD's exit code.  Ctrl-C or SIGTERM are passed on to CMD and the file is
+    still written.
+    """
+    from para.agent.profile import ProfileOptions, run
+    from para.analyzer.summary import print_profile_summary
+
+    opts = ProfileOptions(
+        list(cmd),
+        output,
+        interval,
+        functions,
+        list(events),
+        counters=not no_counters,
+        gpu=not no_gpu,
+        quiet=quiet,
+    )
+    result = run(opts)
+    if result.path is not None:
+        print_profile_summary(result.path, sys.stderr)
+    raise SystemExit(result.exit_code)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--no-catalogue", is_flag=True, help="Leave out the metric catalogue.")
+def show(file: str, as_json: bool, no_catalogue: bool) -> None:
+    """What a .para file holds: host, job, time range, sample counts, metric catalogue."""
+    from para.formats.show import show as run_show
+
+    raise SystemExit(run_show(file, as_json, sys.stdout, catalogue=not no_catalogue))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", metavar="FILE", help="Write the complete file here instead.")
+def recover(file: str, output: str | None) -> None:
+    """Rewrite a .para file whose writer was killed as a complete file."""
+    from para.formats.reader import ParaFile
+
+    with ParaFile(file) as pf:
+        if pf.recovery:
+            click.echo(f"para: {pf.recovery.message}", err=True)
+        fin = pf.recover(output)
+    click.echo(
+        f"Wrote {fin.path} ({fin.samples} samples, {fin.values:,} values, {fin.bytes:,} bytes)",
+        err=True,
+    )
+    click.echo(f"Next: para report {fin.path}", err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (docs/report-json.md).")
+@click.option("--html", "html_out", metavar="OUT", help="Write a self-contained HTML report.")
+def report(files: tuple[str, ...], as_json: bool, html_out: str | None) -> None:
+    """Where the time went: a summary in the terminal, as JSON, or as an HTML page."""
+    from para.analyzer.report import main as report_main
+
+    raise SystemExit(report_main(list(files), as_json=as_json, html_out=html_out))
+
+
+def _add_fold() -> None:
+    from para.analyzer.fold import fold_command
+
+    cli.add_command(fold_command, "fold")
+
+
+_add_fold()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run para; returns the exit code (tests call this directly)."""
+    try:
+        cli.main(args=argv, prog_name="para", standalone_mode=False)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except ParaError as e:
+        click.echo(f"para: error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"  hint: {e.hint}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("para: aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

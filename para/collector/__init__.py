@@ -1,0 +1,1 @@
+"""The collector: receives agents' segments over TLS and builds the feature database."""

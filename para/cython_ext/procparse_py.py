@@ -1,0 +1,181 @@
+"""Pure-Python twin of _procparse: parsers for the /proc files sampled every second.
+
+Each function takes the raw bytes of one file and returns plain ints (bytes, not kB or
+sectors) in the order of the matching table in para.formats.schema.  Malformed input raises
+ValueError naming the line; fields a kernel does not have come back as None.
+"""
+
+from __future__ import annotations
+
+CPU_FIELDS = 10
+DISK_FIELDS = 17
+SECTOR = 512
+
+
+def _ints(parts: list[bytes], n: int, where: str) -> list[int | None]:
+    out: list[int | None] = []
+    try:
+        for p in parts[:n]:
+            out.append(int(p))
+    except ValueError:
+        raise ValueError(f"{where}: not a number: {p!r}") from None
+    out.extend([None] * (n - len(out)))
+    return out
+
+
+def _first_int(rest: bytes, lineno: int) -> int:
+    head = rest.lstrip(b" \t").split(b" ", 1)[0]
+    try:
+        return int(head)
+    except ValueError:
+        raise ValueError(f"/proc/stat line {lineno}: not a number: {head!r}") from None
+
+
+def parse_stat(
+    data: bytes,
+) -> tuple[list[int | None], list[tuple[int, list[int | None]]], int, int, int, int, int]:
+    """/proc/stat -> (all-CPU times, [(cpu, times)], ctxt, intr, processes, running, blocked)."""
+    total: list[int | None] | None = None
+    per_cpu: list[tuple[int, list[int | None]]] = []
+    ctxt = intr = processes = running = blocked = 0
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        if line.startswith(b"cpu"):
+            name, _, rest = line.partition(b" ")
+            times = _ints(rest.split(), CPU_FIELDS, f"/proc/stat line {lineno}")
+            if name == b"cpu":
+                total = times
+            else:
+                try:
+                    cpu = int(name[3:])
+                except ValueError:
+                    raise ValueError(f"/proc/stat line {lineno}: bad CPU name {name!r}") from None
+                per_cpu.append((cpu, times))
+        elif line.startswith(b"intr "):
+            # Only the total: the per-IRQ list that follows can be thousands of numbers long.
+            intr = _first_int(line[5:], lineno)
+        elif line.startswith(b"ctxt "):
+            ctxt = _first_int(line[5:], lineno)
+        elif line.startswith(b"processes "):
+            processes = _first_int(line[10:], lineno)
+        elif line.startswith(b"procs_running "):
+            running = _first_int(line[14:], lineno)
+        elif line.startswith(b"procs_blocked "):
+            blocked = _first_int(line[14:], lineno)
+    if total is None:
+        raise ValueError("/proc/stat: no 'cpu' line")
+    return total, per_cpu, ctxt, intr, processes, running, blocked
+
+
+def parse_keyed(data: bytes, keys: tuple[bytes, ...], scale_kb: bool) -> list[int | None]:
+    """/proc/meminfo ('Key:  123 kB') or /proc/vmstat ('key 123'): values of `keys`, in order.
+
+    With scale_kb, values given in kB are returned in bytes.
+    """
+    want = {k: i for i, k in enumerate(keys)}
+    out: list[int | None] = [None] * len(keys)
+    for line in data.split(b"\n"):
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        key = parts[0].rstrip(b":")
+        i = want.get(key)
+        if i is None:
+            continue
+        try:
+            v = int(parts[1])
+        except ValueError:
+            raise ValueError(f"{key.decode()}: not a number: {parts[1]!r}") from None
+        if scale_kb and len(parts) > 2 and parts[2] == b"kB":
+            v *= 1024
+        out[i] = v
+    return out
+
+
+def parse_net_dev(data: bytes) -> list[tuple[str, list[int | None]]]:
+    """/proc/net/dev -> [(iface, 16 counters: 8 receive then 8 transmit)]."""
+    out: list[tuple[str, list[int | None]]] = []
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        name, sep, rest = line.partition(b":")
+        if not sep or b"|" in line:
+            continue
+        out.append((name.strip().decode(), _ints(rest.split(), 16, f"/proc/net/dev line {lineno}")))
+    return out
+
+
+def parse_diskstats(data: bytes) -> list[tuple[str, list[int | None]]]:
+    """/proc/diskstats -> [(device, 17 fields)], sectors turned into bytes.
+
+    Kernels print 14 (before 4.18), 18 (4.18+) or 20 (5.5+) columns; missing ones are None.
+    """
+    out: list[tuple[str, list[int | None]]] = []
+    for lineno, line in enumerate(data.split(b"\n"), 1):
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        vals = _ints(parts[3:], DISK_FIELDS, f"/proc/diskstats line {lineno}")
+        for i in (2, 6, 13):  # read, write and discard sectors
+            v = vals[i]
+            if v is not None:
+                vals[i] = v * SECTOR
+        out.append((parts[2].decode(), vals))
+    return out
+
+
+def parse_pid_stat(
+    data: bytes,
+) -> tuple[int, str, str, int, int, int, int, int, int, int, int, int, int]:
+    """/proc/PID/stat -> (pid, comm, state, ppid, minflt, majflt, utime, stime, threads,
+    starttime, vsize, rss_pages, processor).  comm may hold spaces and parentheses."""
+    open_ = data.find(b"(")
+    close = data.rfind(b")")
+    if open_ < 0 or close < open_:
+        raise ValueError(f"/proc/PID/stat: no (comm) in {data[:40]!r}")
+    pid = int(data[:open_])
+    comm = data[open_ + 1 : close].decode(errors="replace")
+    f = data[close + 2 :].split()
+    if len(f) < 37:
+        raise ValueError(f"/proc/PID/stat of {pid}: {len(f) + 2} fields, expected at least 39")
+    return (
+        pid,
+        comm,
+        f[0].decode(),
+        int(f[1]),
+        int(f[7]),
+        int(f[9]),
+        int(f[11]),
+        int(f[12]),
+        int(f[17]),
+        int(f[19]),
+        int(f[20]),
+        int(f[21]),
+        int(f[36]),
+    )
+
+
+def parse_pid_status_ctxt(data: bytes) -> tuple[int, int]:
+    """/proc/PID/status -> (voluntary, nonvoluntary context switches)."""
+    return _status_field(data, b"\nvoluntary_ctxt_switches:"), _status_field(
+        data, b"\nnonvoluntary_ctxt_switches:"
+    )
+
+
+def _status_field(data: bytes, key: bytes) -> int:
+    i = data.find(key)
+    if i < 0:
+        return 0
+    end = data.find(b"\n", i + 1)
+    return int(data[i + len(key) : end if end >= 0 else None])
+
+
+def parse_pid_io(data: bytes) -> tuple[int, int, int, int]:
+    """/proc/PID/io -> (rchar, wchar, read_bytes, write_bytes)."""
+    vals = parse_keyed(data, (b"rchar", b"wchar", b"read_bytes", b"write_bytes"), False)
+    return (vals[0] or 0, vals[1] or 0, vals[2] or 0, vals[3] or 0)
+
+
+def parse_loadavg(data: bytes) -> tuple[float, float, float]:
+    """/proc/loadavg -> (1, 5, 15 minute load)."""
+    f = data.split()
+    if len(f) < 3:
+        raise ValueError(f"/proc/loadavg: {data[:40]!r}")
+    return float(f[0]), float(f[1]), float(f[2])

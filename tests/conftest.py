@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PROCFS = FIXTURES / "procfs"
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Like pyinstrument's guard: no sampler thread and no child process outlives a test."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    leaked = [
+        t.name
+        for t in threading.enumerate()
+        if t.ident not in before and t.name.startswith("para-") and t.is_alive()
+    ]
+    # blocking samplers' daemon threads stop at the next wake-up; give them a moment
+    for t in threading.enumerate():
+        if t.name in leaked:
+            t.join(timeout=2)
+    still = [t.name for t in threading.enumerate() if t.name in leaked and t.is_alive()]
+    assert not still, f"threads left running: {still}"
+    children = _children(os.getpid())
+    assert not children, f"child processes left running: {children}"
+
+
+def _children(pid: int) -> list[str]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for k in kids:
+            try:
+                comm = Path(f"/proc/{k}/comm").read_text().strip()
+                state = Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                out.append(f"{k} ({comm})")
+    return out
+
+
+def para_cmd() -> list[str]:
+    """How tests run the real `para` command: a subprocess of this interpreter."""
+    return [sys.executable, "-m", "para"]
+
+
+def run_para(
+    *args: str, cwd: Path | None = None, timeout: float = 120, **kw
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **kw.pop("env", {}))
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [*para_cmd(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
+    )
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
