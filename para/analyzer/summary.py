@@ -71,11 +71,13 @@ def summarize(run: Run) -> dict[str, Any]:
         user = system = 0.0
         source = None
     cpu_s = user + system
+    # a rate over a few milliseconds is noise: below a tenth of a second say only the times
+    rated = duration >= 0.1
     out["cpu"] = {
         "user_s": round(user, 3),
         "system_s": round(system, 3),
-        "cores_busy": round(cpu_s / duration, 3) if duration else None,
-        "utilization_pct": round(100 * cpu_s / (duration * allowed), 1) if duration else None,
+        "cores_busy": round(cpu_s / duration, 3) if rated else None,
+        "utilization_pct": round(100 * cpu_s / (duration * allowed), 1) if rated else None,
         "source": source,
     }
     if run.has("node_cpu"):
@@ -221,7 +223,12 @@ def render(s: dict[str, Any]) -> str:
         f"every {s['interval_s']} s"
     )
     c = s["cpu"]
-    if c.get("cores_busy") is not None:
+    if c.get("cores_busy") is None:
+        lines.append(
+            f"  CPU          user {c['user_s']:.2f} s, system {c['system_s']:.2f} s "
+            "(too short a run for a rate)"
+        )
+    else:
         lines.append(
             f"  CPU          {c['cores_busy']:.2f} cores busy on average of {s['allowed_cpus']} "
             f"it could use ({c['utilization_pct']:.0f}%); user {c['user_s']:.1f} s, system "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import errno
 import json
 import os
 from pathlib import Path
@@ -57,6 +58,7 @@ class ProcFiles:
 
     def __init__(self, root: str | os.PathLike[str] = "/"):
         self.root = Path(root)
+        self._prefix = str(self.root).rstrip("/") + "/"
         self._fds: dict[str, int] = {}
 
     def path(self, rel: str) -> Path:
@@ -69,7 +71,13 @@ class ProcFiles:
         """Whole content of root/rel (raises OSError if it vanished)."""
         fd = self._fds.get(rel)
         if fd is None:
-            fd = self._fds[rel] = os.open(self.root / rel, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fd = os.open(self._prefix + rel, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                if e.errno == errno.EMFILE:  # out of descriptors: read without keeping one
+                    return self.read_once(rel)
+                raise
+            self._fds[rel] = fd
         size = 65536
         while True:
             data = os.pread(fd, size, 0)
@@ -78,9 +86,15 @@ class ProcFiles:
             size *= 4
 
     def read_once(self, rel: str) -> bytes:
-        """For files read rarely or per process: no descriptor kept."""
-        with open(self.root / rel, "rb") as f:
-            return f.read()
+        """For files read rarely: no descriptor kept."""
+        fd = os.open(self._prefix + rel, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def forget(self, rel: str) -> None:
         fd = self._fds.pop(rel, None)

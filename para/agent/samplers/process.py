@@ -39,26 +39,45 @@ class ProcessSampler(Sampler):
         self.outsiders: set[int] = set()
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.seen_total = 0
+        self._last_pid = b""
 
     def open(self) -> dict[str, Any]:
         if not self.files.exists("proc/self/stat"):
             raise Unavailable("no /proc/self/stat: /proc is not mounted")
         return {"page_size": self.page_size}
 
-    def _stat(self, pid: int) -> tuple[Any, ...] | None:
+    def _stat(self, pid: int, keep: bool = False) -> tuple[Any, ...] | None:
+        """Members' files stay open (a read on a descriptor of a process that has exited
+        fails, so pid reuse cannot fool it); others are read once."""
+        rel = f"proc/{pid}/stat"
         try:
-            return procparse.parse_pid_stat(self.files.read_once(f"proc/{pid}/stat"))
+            data = self.files.read(rel) if keep else self.files.read_once(rel)
+            return procparse.parse_pid_stat(data)
         except (OSError, ValueError):
             return None
 
-    def _discover(self, t_ms: int, out: Rows) -> dict[int, tuple[Any, ...]]:
-        """Find new members; return the stat of every member read on the way."""
+    def _no_new_process(self) -> bool:
+        """The last pid the kernel handed out (/proc/loadavg) is unchanged: nothing was
+        created since the last look, so /proc need not be listed."""
+        try:
+            last = self.files.read("proc/loadavg").rsplit(b" ", 1)[-1]
+        except OSError:
+            return False
+        same = last == self._last_pid
+        self._last_pid = last
+        return same
+
+    def _discover(self, t_ms: int, out: Rows) -> None:
+        """Find the processes that joined the job since the last sample."""
+        roots = self.roots()
+        if self._no_new_process() and roots <= self.members.keys() | self.outsiders:
+            return
         try:
             alive = {int(n) for n in os.listdir(self.files.path("proc")) if n.isdigit()}
         except OSError:
-            return {}
+            return
         self.outsiders &= alive
-        roots = self.roots() & alive
+        roots &= alive
         excluded = self.exclude()
         fresh: dict[int, tuple[Any, ...]] = {}
         candidates: dict[int, int] = {}  # pid -> ppid, for pids not yet classified
@@ -101,8 +120,6 @@ class ProcessSampler(Sampler):
                     start_ticks=st[9],
                 )
             )
-            fresh[pid] = st
-        return fresh
 
     def _cmdline(self, pid: int) -> list[str]:
         try:
@@ -112,22 +129,20 @@ class ProcessSampler(Sampler):
         return [a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
 
     def sample(self, t_ms: int, out: Rows) -> None:
-        fresh = self._discover(t_ms, out)
+        self._discover(t_ms, out)
         rows = out.setdefault("proc", [])
         for pid, start in list(self.members.items()):
-            st = fresh.get(pid) or self._stat(pid)
+            st = self._stat(pid, keep=True)
             if st is None or st[9] != start or st[2] == "X":
                 self._ended(t_ms, pid, out)
                 continue
             try:
-                vol, invol = procparse.parse_pid_status_ctxt(
-                    self.files.read_once(f"proc/{pid}/status")
-                )
+                vol, invol = procparse.parse_pid_status_ctxt(self.files.read(f"proc/{pid}/status"))
             except (OSError, ValueError):
                 vol = invol = None
             try:
                 rchar, wchar, rbytes, wbytes = procparse.parse_pid_io(
-                    self.files.read_once(f"proc/{pid}/io")
+                    self.files.read(f"proc/{pid}/io")
                 )
             except (OSError, ValueError):
                 # /proc/PID/io needs ptrace rights: absent for other users' processes
@@ -159,6 +174,8 @@ class ProcessSampler(Sampler):
 
     def _ended(self, t_ms: int, pid: int, out: Rows) -> None:
         del self.members[pid]
+        for name in ("stat", "status", "io"):
+            self.files.forget(f"proc/{pid}/{name}")
         self.outsiders.add(pid)  # an unreaped zombie must not rejoin as a new process
         out.setdefault("events", []).append(event(t_ms, "process_end", "", pid))
 
