@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if e.hint:
             click.echo(f"  hint: {e.hint}", err=True)
         return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("para: aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("para: interrupted", err=True)
         return 130
     except click.ClickException as e:
         e.show()

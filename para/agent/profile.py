@@ -8,13 +8,12 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from para.agent import hostinfo, jobenv
-from para.agent.child import Child, Exit, make_subreaper
+from para.agent.child import Child, make_subreaper
 from para.agent.loop import SamplingLoop
 from para.agent.nodelocal import NodeLocal
 from para.agent.samplers.base import ProcFiles, Sampler
@@ -196,16 +195,34 @@ class Profiler:
             "allowed_cpus": hostinfo.allowed_cpus(),
             "started": time.time(),
             "source": "para profile",
-            "kernels": None,
         }
         writer = ParaWriter(path, meta)
         subreaper = make_subreaper()
         try:
             child = Child(self.opts.cmd, gated=True, on_signal=self.say)
-        except OSError as e:
+        except (OSError, KeyboardInterrupt) as e:
             writer.abandon()
             path.unlink(missing_ok=True)
             raise ParaError(f"could not start {self.opts.cmd[0]}: {e}", exit_code=126) from e
+        try:
+            return self._run_child(path, node, files, host, writer, child, subreaper)
+        except BaseException:
+            # Whatever broke, the command must not stay held at the gate, and what was
+            # sampled stays recoverable in the journal.
+            child.kill()
+            writer.abandon()
+            raise
+
+    def _run_child(
+        self,
+        path: Path,
+        node: NodeLocal | None,
+        files: ProcFiles,
+        host: dict[str, Any],
+        writer: ParaWriter,
+        child: Child,
+        subreaper: bool,
+    ) -> ProfileResult:
         # Signals first: every thread started from here on inherits the blocked mask.
         child.forward_signals()
         loop = SamplingLoop(
@@ -217,11 +234,8 @@ class Profiler:
             helper = getattr(s, "perf_pid", None)
             if helper is not None:
                 self._helpers.add(helper)
-        recorder = None
-        if self.opts.functions:
-            recorder = self._start_recorder(child.pid)
+        recorder = self._start_recorder(child.pid) if self.opts.functions else None
         self._announce(path, child, loop, recorder)
-        meta_extra = {"kernels": implementation(), "subreaper": subreaper}
         started = time.monotonic()
         child.release()  # returns once the command has exec'd: it, not the gate, is sampled
         loop.start()  # the first sample is taken at once
@@ -239,12 +253,18 @@ class Profiler:
             if "error" in recorder.info:
                 self.warn(f"no call stacks: {recorder.info['error']}")
         loop.close()
+        facts = {f: dict(st.facts) for f, st in status.items() if st.facts}
+        for s in loop.samplers:  # what a family learnt while running (counter states, ...)
+            learnt = getattr(s, "metadata", None)
+            if callable(learnt) and status[s.family].state != "unavailable":
+                facts.setdefault(s.family, {}).update(learnt())
         end_info = {
             "ended": time.time(),
             "elapsed_s": round(elapsed, 3),
             "exit": exit_status.as_dict(),
+            "host": {**host, "gpus": facts.get("gpu", {}).get("gpus", [])},
             "families": loop.families(),
-            "family_facts": {f: st.facts for f, st in status.items() if st.facts},
+            "family_facts": facts,
             "signals": child.signals_seen,
             "sampler": {
                 "cpu_s": round(loop.cpu_seconds, 4),
@@ -252,9 +272,17 @@ class Profiler:
                 "lost_samples": loop.sink_errors,
             },
             "functions": recorder.info if recorder else None,
-            **meta_extra,
+            "kernels": implementation(),
+            "subreaper": subreaper,
         }
-        self._end_message(exit_status, elapsed, child)
+        prog = Path(self.opts.cmd[0]).name
+        ex = exit_status.as_dict()
+        how = (
+            f"was killed by {ex['signal']}"
+            if "signal" in ex
+            else f"exited with code {ex['exit_code']}"
+        )
+        self.say(f"{prog} {how} after {elapsed:.1f} s")
         try:
             finalized = writer.close(end_info)
         except OSError as e:
@@ -293,18 +321,6 @@ class Profiler:
                 self.say(f"{f}: not sampled ({st.reason})")
         self.say(f"writing {path}; Ctrl-C stops the command and still writes the file")
 
-    def _end_message(self, st: Exit, elapsed: float, child: Child) -> None:
-        prog = Path(self.opts.cmd[0]).name
-        how = (
-            f"was killed by {Exit.as_dict(st).get('signal')}"
-            if st.signal
-            else f"exited with code {st.code}"
-        )
-        self.say(f"{prog} {how} after {elapsed:.1f} s")
-
 
 def run(opts: ProfileOptions, err: TextIO | None = None) -> ProfileResult:
     return Profiler(opts, err).run()
-
-
-Announce = Callable[[str], None]
