@@ -16,7 +16,50 @@ from para.errors import ParaError
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings=CONTEXT)
+# Commands whose code lives in a part: loaded when used, so that one part's imports (or a
+# part still being built) never slow down or break the others.
+LAZY_COMMANDS = {
+    "fold": "para.analyzer.fold:fold_command",
+    "agent": "para.agent.commands:agent_group",
+    "collector": "para.collector.commands:collector_group",
+    "collect": "para.collector.commands:collect_command",
+    "query": "para.collector.commands:query_command",
+    "compare": "para.analyzer.commands:compare_command",
+    "jobs": "para.analyzer.commands:jobs_command",
+    "top": "para.analyzer.top:top_command",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._available()))
+
+    def _available(self) -> dict[str, str]:
+        import importlib.util
+
+        out = {}
+        for name, target in LAZY_COMMANDS.items():
+            module = target.split(":")[0]
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if found:
+                out[name] = target
+        return out
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None or name not in self._available():
+            return cmd
+        import importlib
+
+        module, attr = LAZY_COMMANDS[name].split(":")
+        loaded: click.Command = getattr(importlib.import_module(module), attr)
+        return loaded
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="para")
 def cli() -> None:
     """para: per-second performance monitor and analyzer for HPC and AI clusters.
@@ -133,15 +176,6 @@ def report(files: tuple[str, ...], as_json: bool, html_out: str | None) -> None:
     from para.analyzer.report import main as report_main
 
     raise SystemExit(report_main(list(files), as_json=as_json, html_out=html_out))
-
-
-def _add_fold() -> None:
-    from para.analyzer.fold import fold_command
-
-    cli.add_command(fold_command, "fold")
-
-
-_add_fold()
 
 
 def main(argv: list[str] | None = None) -> int:
