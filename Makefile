@@ -3,8 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PARA   := $(VENV)/bin/para
-# What the tests and benchmarks drive for real: perf, headless Chromium, sysstat's sadc.
-SYSTEM_PACKAGES := linux-perf chromium sysstat
+# What the tests and benchmarks drive for real: perf, headless Chromium, sysstat's sadc, Open MPI.
 
 .PHONY: demo test venv system-deps lint bench clean
 
@@ -25,6 +24,7 @@ system-deps:
 	@missing=""; \
 	command -v perf >/dev/null 2>&1 || missing="$$missing linux-perf"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v mpirun >/dev/null 2>&1 || missing="$$missing openmpi-bin"; \
 	test -x /usr/lib/sysstat/sadc || test -x /usr/lib64/sa/sadc || missing="$$missing sysstat"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \

@@ -311,3 +311,28 @@ def test_functions_records_call_stacks(tmp_path):
         assert info["samples"] == total
         # no PMU here: perf falls back to cpu-clock and the file says so
         assert info["event"] in ("cycles", "cpu-clock")
+
+
+@pytest.mark.slow
+def test_under_real_mpirun(tmp_path):
+    """Open MPI's mpirun starts three ranks on this node: one para samples them all."""
+    if not shutil.which("mpirun"):
+        pytest.skip("mpirun is not installed (make test installs openmpi-bin)")
+    e = env()
+    e.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", TMPDIR=str(tmp_path))
+    r = subprocess.run(
+        ["mpirun", "--oversubscribe", "-np", "3", *para_cmd(), "profile", "-q", "-o", "run.para",
+         "--", "sh", "-c", 'sleep 1.$OMPI_COMM_WORLD_RANK'],
+        cwd=tmp_path, env=e, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    files = sorted(p.name for p in tmp_path.glob("*.para"))
+    assert files == [f"run.{socket.gethostname()}.para"]
+    with ParaFile(tmp_path / files[0]) as pf:
+        assert pf.meta["ranks_on_node"] == 3
+        sleeps = {
+            tuple(json.loads(ev["detail"])["cmdline"])
+            for ev in events(pf, "process_start")
+            if ev["name"] == "sleep"
+        }
+        assert sleeps == {("sleep", "1.0"), ("sleep", "1.1"), ("sleep", "1.2")}

@@ -113,6 +113,7 @@ class Profiler:
         self.err = err or sys.stderr
         self.job = jobenv.detect()
         self.host = socket.gethostname()
+        self._ranks: set[int] = set()  # other ranks' commands on this node, seen so far
 
     def say(self, msg: str) -> None:
         if not self.opts.quiet:
@@ -157,7 +158,9 @@ class Profiler:
     # -- the sampling run ------------------------------------------------------------------
     def _samplers(self, files: ProcFiles, child: Child, node: NodeLocal | None) -> list[Sampler]:
         def roots() -> set[int]:
-            return {child.pid} | (node.passengers() if node else set())
+            others = node.passengers() if node else set()
+            self._ranks |= others
+            return {child.pid} | others
 
         helpers: set[int] = set()
         self._helpers = helpers
@@ -266,6 +269,8 @@ class Profiler:
             "families": loop.families(),
             "family_facts": facts,
             "signals": child.signals_seen,
+            # rusage in "exit" covers this para's own command only when other ranks ran too
+            "ranks_on_node": 1 + len(self._ranks),
             "sampler": {
                 "cpu_s": round(loop.cpu_seconds, 4),
                 "missed_ticks": loop.missed_ticks,

@@ -60,7 +60,7 @@ def summarize(run: Run) -> dict[str, Any]:
     }
     # CPU: the kernel's exact account of the command and every descendant it waited for,
     # else the sampled processes.
-    if "cpu_user_s" in ex:
+    if "cpu_user_s" in ex and int(meta.get("ranks_on_node") or 1) == 1:
         user, system = float(ex["cpu_user_s"]), float(ex["cpu_system_s"])
         source = "rusage"
     elif run.has("proc"):
