@@ -89,6 +89,10 @@ class _Worker:
         self._go.set()
 
 
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class SamplingLoop:
     def __init__(
         self,
@@ -97,8 +101,17 @@ class SamplingLoop:
         interval: float,
         budget: float | None = None,
         on_message: Callable[[str], None] | None = None,
+        clock: Callable[[], int] | None = None,
+        reprobe_s: float | None = None,
     ):
+        """`clock()` gives the stamp of each sample in ms (default: the wall clock); every
+        `reprobe_s` seconds the families found unavailable are opened again (hot-plugged
+        devices, drivers loaded late, filesystems mounted later)."""
         self.samplers = samplers
+        self.clock = clock or _wall_ms
+        self.reprobe_s = reprobe_s
+        self._next_reprobe = time.monotonic() + reprobe_s if reprobe_s else None
+        self._unavailable: list[Sampler] = []
         self.sink = sink
         self.interval = interval
         # A blocking family may use at most this much of each interval.
@@ -117,24 +130,44 @@ class SamplingLoop:
 
     # -- set-up ----------------------------------------------------------------------------
     def open(self) -> dict[str, FamilyStatus]:
-        t_ms = time.time_ns() // 1_000_000
+        t_ms = self.clock()
         for s in self.samplers:
             st = self.status[s.family] = FamilyStatus()
-            try:
-                st.facts = s.open() or {}
-            except Unavailable as e:
-                st.state, st.reason = "unavailable", str(e)
-            except Exception as e:  # a broken family must not stop the run
-                st.state, st.reason = "unavailable", f"{type(e).__name__}: {e}"
-            if st.state != "ok":
+            if not self._open_one(s, st):
+                self._unavailable.append(s)
                 self._pending_events.append(
                     event(t_ms, "family_unavailable", s.family, reason=st.reason)
                 )
-                continue
-            self._active.append(s)
-            if s.may_block:
-                self._workers[s.family] = _Worker(s)
         return self.status
+
+    def _open_one(self, s: Sampler, st: FamilyStatus) -> bool:
+        try:
+            st.facts = s.open() or {}
+        except Unavailable as e:
+            st.state, st.reason = "unavailable", str(e)
+        except Exception as e:  # a broken family must not stop the run
+            st.state, st.reason = "unavailable", f"{type(e).__name__}: {e}"
+        if st.state != "ok":
+            return False
+        self._active.append(s)
+        if s.may_block:
+            self._workers[s.family] = _Worker(s)
+        return True
+
+    def reprobe(self) -> list[str]:
+        """Open again the families that were unavailable; returns those that now are not.
+        Called from the sampling thread (run) between samples."""
+        found = []
+        t_ms = self.clock()
+        for s in list(self._unavailable):
+            st = FamilyStatus()
+            if self._open_one(s, st):
+                self.status[s.family] = st
+                self._unavailable.remove(s)
+                self._pending_events.append(event(t_ms, "family_available", s.family))
+                self.say(f"{s.family}: now available, sampled from here on")
+                found.append(s.family)
+        return found
 
     # -- one sample ------------------------------------------------------------------------
     def _fail(self, s: Sampler, t_ms: int, err: str, out: Rows) -> None:
@@ -155,7 +188,7 @@ class SamplingLoop:
 
     def sample_once(self) -> int:
         """Take one sample of every family and hand it to the sink; returns its time (ms)."""
-        t_ms = time.time_ns() // 1_000_000
+        t_ms = self.clock()
         started = time.monotonic()
         out: Rows = {}
         if self._pending_events:
@@ -208,6 +241,11 @@ class SamplingLoop:
                 skipped = int((now - next_tick) / self.interval) + 1
                 self.missed_ticks += skipped
                 next_tick += skipped * self.interval
+            if self._next_reprobe is not None and now >= self._next_reprobe:
+                self._next_reprobe = now + (self.reprobe_s or 0)
+                if self._unavailable:
+                    self.reprobe()
+                    now = time.monotonic()
             self._stop.wait(next_tick - now)
         self.cpu_seconds += time.thread_time() - cpu0
 

@@ -43,12 +43,14 @@ def views(text: str | None = None) -> list[View]:
 class Run:
     """One recorded run (a .para file) with a DuckDB connection over its tables."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, skip: tuple[str, ...] = ()):
+        """`skip`: tables not to load (the per-core table of a big node is a quarter of a
+        million rows that a per-run report does not use)."""
         self.pf = ParaFile(path)
         self.path = self.pf.path
         self.meta: dict[str, Any] = self.pf.meta
         self.con = duckdb.connect()
-        self.tables = self.pf.tables
+        self.tables = [t for t in self.pf.tables if t not in skip]
         for table in self.tables:
             self.con.register(table, self.pf.read_table(table))
         ticks = int(self.meta.get("host", {}).get("clock_ticks") or 100)

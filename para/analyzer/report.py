@@ -11,16 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shlex
 import sys
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from para.analyzer.load import Run
 from para.analyzer.summary import family_reason, fmt_bytes, render, summarize
 from para.errors import ParaError
+
+if TYPE_CHECKING:
+    from para.analyzer.progress import Progress
 
 REPORT_VERSION = 1
 MAX_PROCESSES = 100
@@ -378,7 +382,8 @@ def _hotspots(run: Run) -> tuple[list[dict[str, Any]], int]:
     if total == 0:
         return [], 0
     rows = run.query(
-        "WITH s AS (SELECT string_split(stack, ';') AS f, samples FROM stacks), "
+        "WITH agg AS (SELECT stack, sum(samples) AS samples FROM stacks GROUP BY stack), "
+        "s AS (SELECT string_split(stack, ';') AS f, samples FROM agg), "
         "self AS (SELECT f[-1] AS fn, sum(samples) AS n FROM s GROUP BY fn), "
         "tot AS (SELECT fn, sum(samples) AS n FROM "
         "  (SELECT unnest(list_distinct(f)) AS fn, samples FROM s) GROUP BY fn) "
@@ -446,14 +451,64 @@ def build(run: Run) -> dict[str, Any]:
     return doc
 
 
-def report(files: list[str]) -> dict[str, Any]:
+def _build_one(f: str) -> dict[str, Any]:
+    with Run(f, skip=("cpu",)) as run:
+        # one thread: floating-point sums then add up in one order, run after run
+        run.con.execute("SET threads TO 1")
+        return build(run)
+
+
+def build_runs(files: list[str], progress: Progress | None = None) -> list[dict[str, Any]]:
+    """The document of each file, in the order given; files are read two or more at a time
+    (each has its own DuckDB connection, which works without holding the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(files) < 2:
+        return [_build_one(f) for f in files]
     runs = []
-    for f in files:
-        with Run(f) as run:
-            # one thread: floating-point sums then add up in one order, run after run
-            run.con.execute("SET threads TO 1")
-            runs.append(build(run))
-    return {"para_report_version": REPORT_VERSION, "runs": runs}
+    with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as ex:
+        for i, doc in enumerate(ex.map(_build_one, files)):
+            runs.append(doc)
+            if progress:
+                progress.advance("runs", i + 1, len(files))
+    return runs
+
+
+def report(
+    files: list[str],
+    *,
+    rules: str | None = None,
+    runs: bool = True,
+    progress: Progress | None = None,
+    job_id: str | None = None,
+    db: str | None = None,
+) -> dict[str, Any]:
+    """The report document: one `run` per file, and the analysis of them together as one
+    job (nodes, phases, functions, bottlenecks; docs/report-json.md).  With `job_id`, the
+    job comes from the feature database `db` instead (no runs), and its features are
+    written back to the database's `jobs` table."""
+    from para.analyzer.analysis import analyse
+    from para.analyzer.job import Job
+    from para.analyzer.rules import load_config
+
+    config = load_config(rules)
+    if job_id is not None:
+        from para.analyzer.jobs import open_job, write_features
+
+        with open_job(job_id, db) as job:
+            a = analyse(job, config)
+        write_features(job_id, a, db)
+        files = []
+    else:
+        with Job(files, progress=progress.advancer("nodes") if progress else None) as job:
+            a = analyse(job, config)
+    return {
+        "para_report_version": REPORT_VERSION,
+        "runs": build_runs(files, progress) if runs else [],
+        "job": a.doc,
+        "bottlenecks": a.bottlenecks,
+        "hotspots": a.hotspots,
+    }
 
 
 # -- terminal --------------------------------------------------------------------------------
@@ -702,8 +757,34 @@ def render_html(rep: dict[str, Any]) -> str:
 # -- entry point -----------------------------------------------------------------------------
 
 
-def main(files: list[str], *, as_json: bool = False, html_out: str | None = None) -> int:
-    rep = report(files)
+# Beyond this many runs, the terminal shows the job only and the HTML page the job's
+# heatmaps instead of a section per run (the JSON always has every run).
+TERMINAL_RUNS = 4
+HTML_RUNS = 8
+
+
+def main(
+    files: list[str],
+    *,
+    as_json: bool = False,
+    html_out: str | None = None,
+    job: str | None = None,
+    db: str | None = None,
+    rules: str | None = None,
+) -> int:
+    from para.analyzer.progress import Progress
+
+    if job is not None and files:
+        raise ParaError("give files or --job ID, not both", hint="para report --job ID")
+    if not files and job is None:
+        raise ParaError("nothing to report on", hint="para report FILE.para... or --job ID")
+    per_run = (
+        as_json
+        or (html_out is not None and len(files) <= HTML_RUNS)
+        or (html_out is None and len(files) <= TERMINAL_RUNS)
+    )
+    with Progress(len(files)) as progress:
+        rep = report(files, rules=rules, runs=per_run, progress=progress, job_id=job, db=db)
     if html_out is not None:
         page = render_html(rep)
         out = Path(html_out)
@@ -720,6 +801,9 @@ def main(files: list[str], *, as_json: bool = False, html_out: str | None = None
     if as_json:
         sys.stdout.write(json.dumps(rep, separators=(",", ":"), allow_nan=False) + "\n")
     elif html_out is None:
+        from para.analyzer import jobview
+
+        jobview.render(rep, sys.stdout)
         for i, doc in enumerate(rep["runs"]):
             if len(rep["runs"]) > 1:
                 print(f"=== run {i + 1} of {len(rep['runs'])} ===")

@@ -232,6 +232,18 @@ PROC = Table(
         _counter("read_bytes", "bytes", "/proc/PID/io", "bytes read from storage"),
         _counter("write_bytes", "bytes", "/proc/PID/io", "bytes written to storage"),
     ),
+    # Added for `para agent` (issue 3): the job a process belongs to on a shared node.
+    payload=(
+        Column(
+            "job",
+            "id",
+            "info",
+            "/proc/PID/cgroup, else /proc/PID/environ",
+            "batch job or pod the process belongs to (null: none, or `para profile`)",
+            "str",
+        ),
+        Column("step", "id", "info", "/proc/PID/cgroup", "job step (Slurm), if known", "str"),
+    ),
 )
 
 GPU = Table(
@@ -316,9 +328,294 @@ STACKS = Table(
     timed_rows=True,
 )
 
+# -- Added for `para agent` (issue 3): jobs on shared nodes and the families of a cluster node.
+
+_JOB_KEY = Column("job", "id", "info", "para agent", "batch job id or pod uid", "str")
+_CG = "cgroup of the job"
+
+JOB = Table(
+    "job",
+    "per job on the node, each sample: its processes summed (ended ones included in the "
+    "counters, as last seen) and its cgroup's own accounting where the scheduler made one",
+    keys=(T, _JOB_KEY),
+    metrics=(
+        _gauge("procs", "processes", "/proc/PID", "live processes of the job"),
+        _gauge("threads", "threads", "/proc/PID/stat", "threads of its live processes"),
+        _counter("utime", "ticks", "/proc/PID/stat", "user CPU time of its processes"),
+        _counter("stime", "ticks", "/proc/PID/stat", "system CPU time of its processes"),
+        _gauge("rss_bytes", "bytes", "/proc/PID/stat", "resident memory of its live processes"),
+        _counter("rchar", "bytes", "/proc/PID/io", "bytes read by its processes (any source)"),
+        _counter("wchar", "bytes", "/proc/PID/io", "bytes written by its processes (any target)"),
+        _counter("read_bytes", "bytes", "/proc/PID/io", "bytes its processes read from storage"),
+        _counter("write_bytes", "bytes", "/proc/PID/io", "bytes its processes wrote to storage"),
+        _gauge("gpu_mem_bytes", "bytes", "NVML", "GPU memory held by its processes"),
+        _gauge(
+            "gpu_sm_pct",
+            "%",
+            "nvmlDeviceGetProcessUtilization",
+            "SM utilisation of its processes, summed over processes and GPUs",
+        ),
+        _counter("cg_cpu_ns", "ns", _CG, "CPU time (cpu.stat usage_usec, cpuacct.usage)"),
+        _gauge("cg_mem_bytes", "bytes", _CG, "memory charged (memory.current, usage_in_bytes)"),
+        _gauge("cg_mem_peak_bytes", "bytes", _CG, "peak memory (memory.peak, max_usage_in_bytes)"),
+        _gauge("cg_mem_limit_bytes", "bytes", _CG, "memory limit (memory.max, limit_in_bytes)"),
+        _counter("cg_read_bytes", "bytes", _CG, "bytes read from block devices (io.stat, blkio)"),
+        _counter("cg_write_bytes", "bytes", _CG, "bytes written to block devices"),
+        _counter("cg_throttled_us", "us", _CG, "time throttled by its CPU quota (cpu.stat)"),
+        _counter("cg_oom_kills", "events", _CG, "processes killed by the OOM killer in it"),
+        _gauge("cpus", "CPUs", _CG, "CPUs allocated (cpuset), else the processes' affinity"),
+    ),
+    payload=(
+        Column(
+            "scheduler", "name", "info", "para agent", "slurm pbs torque lsf flux k8s ...", "str"
+        ),
+    ),
+)
+
+JOB_COUNTERS = Table(
+    "job_counters",
+    "hardware counters per job cgroup (perf stat --for-each-cgroup), per event and interval",
+    keys=(T, _JOB_KEY, Column("event", "name", "info", "perf stat", "perf event name", "str")),
+    metrics=(
+        Column("value", "event unit", "counter", "perf stat", "count in the interval", "float"),
+        _gauge("running_pct", "%", "perf stat", "share of the interval the event was counted"),
+    ),
+    timed_rows=True,
+)
+
+_NVML_UTIL = "nvmlDeviceGetProcessUtilization"
+GPU_PROC_UTIL = Table(
+    "gpu_proc_util",
+    "GPU utilisation per process (NVML's per-process samples, averaged over the interval)",
+    keys=(
+        T,
+        Column("gpu", "index", "info", "NVML", "GPU index", "str"),
+        Column("pid", "pid", "info", "NVML", "process id"),
+    ),
+    metrics=(
+        _gauge("sm_pct", "%", _NVML_UTIL, "SM (kernel) utilisation"),
+        _gauge("mem_pct", "%", _NVML_UTIL, "memory-controller utilisation"),
+        _gauge("enc_pct", "%", _NVML_UTIL, "video encoder utilisation"),
+        _gauge("dec_pct", "%", _NVML_UTIL, "video decoder utilisation"),
+    ),
+)
+
+_IB = "/sys/class/infiniband/DEV/ports/N/counters"
+_IB_HW = "/sys/class/infiniband/DEV/ports/N/hw_counters"
+IB_FIELDS = (
+    # (column, unit, where, description); the data counters count 4-byte words, stored as bytes
+    ("rcv_bytes", "bytes", _IB, "bytes received (port_rcv_data x 4; 64-bit counter if offered)"),
+    ("xmit_bytes", "bytes", _IB, "bytes sent (port_xmit_data x 4)"),
+    ("rcv_packets", "packets", _IB, "packets received"),
+    ("xmit_packets", "packets", _IB, "packets sent"),
+    ("unicast_rcv_packets", "packets", _IB, "unicast packets received"),
+    ("unicast_xmit_packets", "packets", _IB, "unicast packets sent"),
+    ("multicast_rcv_packets", "packets", _IB, "multicast packets received"),
+    ("multicast_xmit_packets", "packets", _IB, "multicast packets sent"),
+    ("rcv_errors", "packets", _IB, "packets received with errors"),
+    ("xmit_discards", "packets", _IB, "outbound packets discarded (port down or congested)"),
+    ("xmit_wait", "ticks", _IB, "ticks with data to send but no credit (congestion)"),
+    ("symbol_errors", "errors", _IB, "minor link errors"),
+    ("link_downed", "events", _IB, "times the link went down"),
+    ("link_error_recovery", "events", _IB, "successful link error recoveries"),
+    ("local_link_integrity_errors", "errors", _IB, "local physical errors past threshold"),
+    ("excessive_buffer_overrun_errors", "errors", _IB, "consecutive flow-control overruns"),
+    ("rcv_remote_physical_errors", "packets", _IB, "packets with remote physical errors"),
+    ("rcv_switch_relay_errors", "packets", _IB, "packets the switch could not relay"),
+    ("rcv_constraint_errors", "packets", _IB, "received packets dropped by constraints"),
+    ("xmit_constraint_errors", "packets", _IB, "outbound packets dropped by constraints"),
+    ("vl15_dropped", "packets", _IB, "subnet management packets dropped"),
+    ("out_of_buffer", "events", _IB_HW, "RoCE/RDMA: drops for lack of receive WQEs"),
+    ("out_of_sequence", "packets", _IB_HW, "RoCE/RDMA: out-of-sequence packets received"),
+    ("packet_seq_err", "events", _IB_HW, "RoCE/RDMA: NAK sequence errors received"),
+    ("local_ack_timeout_err", "events", _IB_HW, "RoCE/RDMA: ACK timeouts (retransmissions)"),
+    ("rnr_nak_retry_err", "events", _IB_HW, "RoCE/RDMA: receiver-not-ready retries exceeded"),
+    ("np_cnp_sent", "packets", _IB_HW, "RoCE: congestion notifications sent (ECN seen)"),
+    ("rp_cnp_handled", "packets", _IB_HW, "RoCE: congestion notifications acted upon"),
+)
+
+IB = Table(
+    "ib",
+    "per InfiniBand / RoCE / Omni-Path port (DEV:PORT): traffic, errors, congestion",
+    keys=(T, Column("port", "name", "info", "/sys/class/infiniband", "device:port", "str")),
+    metrics=tuple(_counter(n, u, w, d) for n, u, w, d in IB_FIELDS)
+    + (
+        _gauge("state", "code", "/sys/class/infiniband/DEV/ports/N/state", "4 = ACTIVE"),
+        _gauge("rate_gbps", "Gb/s", "/sys/class/infiniband/DEV/ports/N/rate", "link rate", "float"),
+    ),
+)
+
+_MS = "/proc/self/mountstats"
+NFS_FIELDS = (
+    ("read_bytes", "bytes", "bytes: read by applications (page cache included)"),
+    ("write_bytes", "bytes", "bytes: written by applications"),
+    ("direct_read_bytes", "bytes", "bytes: read with O_DIRECT"),
+    ("direct_write_bytes", "bytes", "bytes: written with O_DIRECT"),
+    ("server_read_bytes", "bytes", "bytes: read from the server (READ replies)"),
+    ("server_write_bytes", "bytes", "bytes: written to the server (WRITE calls)"),
+    ("pages_read", "pages", "bytes: pages read"),
+    ("pages_written", "pages", "bytes: pages written"),
+    ("rpc_sends", "calls", "xprt: RPC requests sent"),
+    ("rpc_recvs", "calls", "xprt: RPC replies received"),
+    ("rpc_bad_xids", "calls", "xprt: replies that matched no request"),
+    ("rpc_req_u", "requests", "xprt: cumulative requests in flight (divide by sends)"),
+    ("rpc_backlog_u", "requests", "xprt: cumulative backlog queue length (divide by sends)"),
+    ("inode_revalidate", "events", "events: inode attribute revalidations"),
+    ("dentry_revalidate", "events", "events: directory entry revalidations"),
+    ("data_invalidate", "events", "events: page cache invalidations"),
+    ("vfs_open", "calls", "events: opens"),
+    ("vfs_lookup", "calls", "events: lookups"),
+    ("vfs_getdents", "calls", "events: directory reads"),
+    ("vfs_setattr", "calls", "events: attribute changes"),
+    ("vfs_fsync", "calls", "events: fsyncs"),
+    ("short_read", "events", "events: reads the server answered with fewer bytes"),
+    ("short_write", "events", "events: writes the server took partially"),
+    ("delay", "events", "events: server said try again later (EJUKEBOX)"),
+)
+
+NFS = Table(
+    "nfs",
+    "per NFS mount (client side): bytes, RPC transport and VFS events",
+    keys=(T, Column("mount", "path", "info", _MS, "mount point", "str")),
+    metrics=tuple(_counter(n, u, _MS, d) for n, u, d in NFS_FIELDS),
+)
+
+NFS_OPS = Table(
+    "nfs_ops",
+    "per NFS mount and RPC operation (READ, WRITE, GETATTR, ...): calls, bytes and latency",
+    keys=(
+        T,
+        Column("mount", "path", "info", _MS, "mount point", "str"),
+        Column("op", "name", "info", _MS, "NFS operation", "str"),
+    ),
+    metrics=(
+        _counter("ops", "calls", _MS, "operations requested"),
+        _counter("transmissions", "calls", _MS, "transmissions (retries included)"),
+        _counter("timeouts", "events", _MS, "major timeouts"),
+        _counter("bytes_sent", "bytes", _MS, "bytes sent, headers included"),
+        _counter("bytes_recv", "bytes", _MS, "bytes received, headers included"),
+        _counter("queue_ms", "ms", _MS, "time queued before transmission, summed"),
+        _counter("rtt_ms", "ms", _MS, "round-trip time, summed (divide by ops)"),
+        _counter("exe_ms", "ms", _MS, "time from queueing to completion, summed"),
+        _counter("errors", "calls", _MS, "operations that ended in an error (kernel 5.3+)"),
+    ),
+)
+
+_LL = "llite/FS/stats (/proc/fs/lustre or /sys/kernel/debug/lustre)"
+LUSTRE_OPS = (
+    "open",
+    "close",
+    "mmap",
+    "seek",
+    "fsync",
+    "readdir",
+    "setattr",
+    "truncate",
+    "getattr",
+    "create",
+    "unlink",
+    "mkdir",
+    "rmdir",
+    "rename",
+    "statfs",
+    "getxattr",
+    "setxattr",
+    "inode_permission",
+)
+
+LUSTRE = Table(
+    "lustre",
+    "per Lustre filesystem mounted on the node (client llite statistics)",
+    keys=(T, Column("fs", "name", "info", _LL, "filesystem name (llite instance)", "str")),
+    metrics=(
+        _counter("read_bytes", "bytes", _LL, "bytes read (read_bytes sum)"),
+        _counter("write_bytes", "bytes", _LL, "bytes written (write_bytes sum)"),
+        _counter("reads", "calls", _LL, "read calls (read_bytes samples)"),
+        _counter("writes", "calls", _LL, "write calls (write_bytes samples)"),
+    )
+    + tuple(_counter(op, "calls", _LL, f"{op} operations") for op in LUSTRE_OPS),
+)
+
+_RAPL = "/sys/class/powercap/*/energy_uj"
+ENERGY = Table(
+    "energy",
+    "RAPL energy counters per zone (package-N, package-N/core, package-N/dram, psys)",
+    keys=(T, Column("zone", "name", "info", "/sys/class/powercap/*/name", "RAPL zone", "str")),
+    metrics=(
+        _counter("energy_uj", "uJ", _RAPL, "energy since an arbitrary start; wraps at max_range"),
+        _gauge("max_range_uj", "uJ", "max_energy_range_uj", "value at which energy_uj wraps"),
+    ),
+)
+
+_IPMI = "ipmitool"
+IPMI_POWER = Table(
+    "ipmi_power",
+    "node power from the BMC (ipmitool dcmi power reading, or sdr sensors in Watts)",
+    keys=(T, Column("sensor", "name", "info", _IPMI, "'dcmi' or the SDR sensor name", "str")),
+    metrics=(
+        _gauge("watts", "W", _IPMI, "instantaneous power", "float"),
+        _gauge("min_watts", "W", _IPMI, "minimum over the BMC's sampling period (dcmi)", "float"),
+        _gauge("max_watts", "W", _IPMI, "maximum over the BMC's sampling period (dcmi)", "float"),
+        _gauge("avg_watts", "W", _IPMI, "average over the BMC's sampling period (dcmi)", "float"),
+    ),
+)
+
+_LM = "lmutil lmstat -a"
+_SERVER = Column("server", "port@host", "info", "agent config", "license server", "str")
+_FEATURE = Column("feature", "name", "info", _LM, "licensed feature", "str")
+LICENSE = Table(
+    "license",
+    "FlexLM features per license server, polled every few tens of seconds",
+    keys=(T, _SERVER, _FEATURE),
+    metrics=(
+        _gauge("issued", "licenses", _LM, "licenses issued (null: uncounted)"),
+        _gauge("in_use", "licenses", _LM, "licenses in use"),
+        _gauge("reserved", "licenses", _LM, "licenses held by RESERVATION lines"),
+        _gauge("queued", "requests", _LM, "requests queued for the feature"),
+    ),
+    payload=(Column("vendor", "name", "info", _LM, "vendor daemon", "str"),),
+)
+
+LICENSE_USE = Table(
+    "license_use",
+    "who holds FlexLM licenses: per server, feature, user and host, at each poll",
+    keys=(
+        T,
+        _SERVER,
+        _FEATURE,
+        Column("user", "name", "info", _LM, "user holding the licenses", "str"),
+        Column("host", "name", "info", _LM, "host the licenses are used on", "str"),
+    ),
+    metrics=(_gauge("licenses", "licenses", _LM, "licenses held"),),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (NODE, MEMORY, CPU, NET, DISK, FS, PROC, GPU, GPU_PROC, COUNTERS, EVENTS, STACKS)
+    for t in (
+        NODE,
+        MEMORY,
+        CPU,
+        NET,
+        DISK,
+        FS,
+        PROC,
+        GPU,
+        GPU_PROC,
+        COUNTERS,
+        EVENTS,
+        STACKS,
+        JOB,
+        JOB_COUNTERS,
+        GPU_PROC_UTIL,
+        IB,
+        NFS,
+        NFS_OPS,
+        LUSTRE,
+        ENERGY,
+        IPMI_POWER,
+        LICENSE,
+        LICENSE_USE,
+    )
 }
 
 

@@ -93,9 +93,17 @@ class FsSampler(Sampler):
         self.mounts: list[tuple[str, str, str]] = []
         self._tick = 0
 
+    def keep(self, fstype: str) -> bool:
+        """Which filesystems this sampler takes (all; the agent splits local from remote)."""
+        return True
+
+    def _mounts(self) -> list[tuple[str, str, str]]:
+        found = parse_mountinfo(self.files.read_once("proc/self/mountinfo"))
+        return [m for m in found if self.keep(m[1])]
+
     def open(self) -> dict[str, Any]:
         try:
-            self.mounts = parse_mountinfo(self.files.read_once("proc/self/mountinfo"))
+            self.mounts = self._mounts()
         except OSError as e:
             raise Unavailable(f"cannot read /proc/self/mountinfo: {e.strerror}") from e
         return {"filesystems": [{"mount": m, "type": t, "source": s} for m, t, s in self.mounts]}
@@ -103,7 +111,7 @@ class FsSampler(Sampler):
     def sample(self, t_ms: int, out: Rows) -> None:
         self._tick += 1
         if self._tick % REFRESH_EVERY == 0:
-            self.mounts = parse_mountinfo(self.files.read_once("proc/self/mountinfo"))
+            self.mounts = self._mounts()
         rows = []
         for mount, _, _ in self.mounts:
             try:

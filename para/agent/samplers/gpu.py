@@ -97,7 +97,7 @@ class GpuSampler(Sampler):
     """
 
     family = "gpu"
-    tables = ("gpu", "gpu_proc", "events")
+    tables: tuple[str, ...] = ("gpu", "gpu_proc", "events")
     may_block = True
 
     def __init__(

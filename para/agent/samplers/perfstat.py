@@ -76,6 +76,7 @@ class CounterRow(NamedTuple):
     event: str
     run_ns: int | None  # time the counter ran in the interval
     running_pct: float | None  # share of the time enabled that it ran (multiplexing)
+    cgroup: str | None = None  # the cgroup column of `-G` / `--for-each-cgroup` output
 
 
 _NUM = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\Z")
@@ -114,9 +115,12 @@ def _prefix(tokens: list[str]) -> tuple[float | None, bool, str | None, int | No
     return t, summary, aggr, n
 
 
-def parse_line(line: str, sep: str = ",") -> CounterRow | None:
+def parse_line(line: str, sep: str = ",", cgroups: bool = False) -> CounterRow | None:
     """Parse one line of `perf stat -x SEP` output; None for anything that is not a count
     (metric-only rows, headers, blank lines, perf's warnings, garbage).
+
+    With `cgroups` (perf ran with -G or --for-each-cgroup) the column after the event name
+    is the cgroup the count belongs to.
 
     The columns before the value vary (time, 'summary', an aggregation id and its CPU count),
     so the value is found from the shape of what follows it: a unit that is empty or a word,
@@ -140,6 +144,11 @@ def parse_line(line: str, sep: str = ",") -> CounterRow | None:
             ev, rest = ev + sep + tokens[rest], rest + 1
         if not ev or _is_num(ev) or any(c.isspace() for c in ev):
             continue
+        cgroup: str | None = None
+        if cgroups:
+            if rest >= len(tokens) or not tokens[rest] or _INT.match(tokens[rest]):
+                continue
+            cgroup, rest = tokens[rest], rest + 1
         run_ns: int | None = None
         pct: float | None = None
         if rest < len(tokens):
@@ -161,7 +170,7 @@ def parse_line(line: str, sep: str = ",") -> CounterRow | None:
             continue
         if pct is not None and not math.isfinite(pct):
             pct = None
-        return CounterRow(t, summary, aggr, n, value, status, unit, ev, run_ns, pct)
+        return CounterRow(t, summary, aggr, n, value, status, unit, ev, run_ns, pct, cgroup)
     return None
 
 

@@ -16,11 +16,12 @@ from para.agent.samplers.base import ProcFiles, Rows, Sampler, Unavailable, even
 from para.cython_ext import load
 
 procparse = load("procparse")
+_NO_JOB: tuple[str | None, str | None] = (None, None)
 
 
 class ProcessSampler(Sampler):
     family = "process"
-    tables = ("proc", "events")
+    tables: tuple[str, ...] = ("proc", "events")
 
     def __init__(
         self,
@@ -167,10 +168,15 @@ class ProcessSampler(Sampler):
                     wchar,
                     rbytes,
                     wbytes,
+                    *self.job_of(pid),
                 ]
             )
             if state == "Z":
                 self._ended(t_ms, pid, out)
+
+    def job_of(self, pid: int) -> tuple[str | None, str | None]:
+        """The (job, step) a member belongs to: none here; the agent's job sampler knows."""
+        return _NO_JOB
 
     def _ended(self, t_ms: int, pid: int, out: Rows) -> None:
         del self.members[pid]

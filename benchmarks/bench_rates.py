@@ -1,0 +1,112 @@
+"""The `rates` kernel against its pure-Python twin and against SQL, on one node of the
+benchmark job (gen_job.py: 64 CPUs and 32 ranks for an hour).
+
+- counter_rates: per-CPU `user` ticks (230,400 rows, 64 series) to rates, resets nulled;
+  the SQL anchor is DuckDB's window function doing the same (lag per CPU, a negative
+  difference nulled), on the same Arrow table, one thread;
+- slot_sums: the job's CPU per second, summed over its 33 processes (118,800 rows) into the
+  node's 3,600 instants; the anchors are Arrow's hash group-by and DuckDB's GROUP BY.
+
+Medians of 7 repeats (the twin: of 3).
+
+    .venv/bin/python benchmarks/bench_rates.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import duckdb  # noqa: E402
+import gen_job  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+
+from para.analyzer.reduce import Source, _data, _flat, _slots  # noqa: E402
+from para.cython_ext import load  # noqa: E402
+
+
+def median_time(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    files = gen_job.make_job(Path("/tmp/para-bench-job") / "8x3600", 8, 3600)
+    src = Source(files[4])
+    cpu = src.read("cpu", ["t", "cpu", "user"])
+    proc = src.read("proc", ["t", "pid", "utime", "stime"])
+    assert cpu is not None and proc is not None
+    keys = _flat(cpu["cpu"], pa.int64())
+    t = _flat(cpu["t"], pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    v = _flat(cpu["user"], pa.float64())
+    bufs = (_data(keys), _data(t), _data(v))
+    cy, py = load("rates", pure=False), load("rates", pure=True)
+    print(f"counter_rates: {len(cpu):,} rows of per-CPU user ticks, 64 series")
+    res = {}
+    res["Cython kernel"] = median_time(lambda: cy.counter_rates(*bufs, min_dt_s=0.25), 7)
+    res["pure-Python twin"] = median_time(lambda: py.counter_rates(*bufs, min_dt_s=0.25), 3)
+    con = duckdb.connect()
+    con.execute("SET threads TO 1")
+    arrow = pa.table({"cpu": keys, "t": t, "v": v})
+    con.register("cpu", arrow)
+    sql = (
+        "SELECT CASE WHEN d >= 0 AND dt >= 250 THEN d / (dt / 1000.0) END FROM ("
+        "SELECT v - lag(v) OVER w AS d, t - lag(t) OVER w AS dt FROM cpu "
+        "WINDOW w AS (PARTITION BY cpu ORDER BY t))"
+    )
+    res["DuckDB window (lag), 1 thread"] = median_time(lambda: con.sql(sql).to_arrow_table(), 7)
+    _table(res, "Cython kernel")
+
+    tp = _flat(proc["t"], pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    values = _flat(pc.add(proc["utime"], proc["stime"]), pa.float64())
+    cols = {f"v{i}": pc.multiply(values, pa.scalar(float(i + 1))) for i in range(5)}
+    print(
+        f"\nslot_sums: {len(proc):,} process rows, 5 columns (as reduce.py sums CPU, memory,"
+        " reads, writes, D state) summed into the node's 3,600 instants"
+    )
+
+    def kernel() -> Any:
+        spine, slots = _slots(tp)
+        return [cy.slot_sums(_data(slots), len(spine), _data(c)) for c in cols.values()]
+
+    def twin() -> Any:
+        spine, slots = _slots(tp)
+        return [py.slot_sums(_data(slots), len(spine), _data(c)) for c in cols.values()]
+
+    tab = pa.table({"t": tp, **cols})
+    con.register("proc", tab)
+    sums = ", ".join(f"sum({c})" for c in cols)
+    res = {
+        "index_in + Cython slot_sums": median_time(kernel, 7),
+        "index_in + pure-Python twin": median_time(twin, 3),
+        "Arrow group_by (1 thread)": median_time(
+            lambda: tab.group_by("t", use_threads=False).aggregate([(c, "sum") for c in cols]), 7
+        ),
+        "DuckDB GROUP BY, 1 thread": median_time(
+            lambda: con.sql(f"SELECT t, {sums} FROM proc GROUP BY t").to_arrow_table(), 7
+        ),
+    }
+    _table(res, "index_in + Cython slot_sums")
+
+
+def _table(res: dict[str, float], base: str) -> None:
+    print(f"  {'':36} {'median ms':>10} {'vs kernel':>10}")
+    for name, s in res.items():
+        print(f"  {name:36} {1000 * s:10.2f} {s / res[base]:9.1f}x")
+
+
+if __name__ == "__main__":
+    main()

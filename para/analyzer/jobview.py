@@ -1,0 +1,191 @@
+"""The job analysis in the terminal: what limits the job first, then the evidence (phases,
+nodes, applications, functions, instructions), then what could not be judged and why."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from typing import Any, TextIO
+
+from para.analyzer.summary import fmt_bytes
+
+SEV_MARK = {"high": "HIGH", "medium": "MEDIUM", "low": "low"}
+
+
+def _printable(s: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} %"
+
+
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{fmt_bytes(v)}/s"
+
+
+def _size(v: float | None) -> str:
+    return "-" if v is None else fmt_bytes(v)
+
+
+def _cores(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def render(rep: dict[str, Any], out: TextIO) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    job = rep["job"]
+    tty = out.isatty()
+    buf = io.StringIO()
+    console = Console(
+        file=buf, markup=False, highlight=False, emoji=False, force_terminal=tty,
+        color_system="auto" if tty else None,
+        width=max(100, shutil.get_terminal_size().columns) if tty else 120,
+    )  # fmt: skip
+
+    def table(title: str, *cols: tuple[str, str], last: str = "fold") -> Table:
+        console.print()
+        console.print(title, soft_wrap=True)
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=True)
+        for i, (name, just) in enumerate(cols):
+            flex = i == len(cols) - 1
+            t.add_column(
+                name, justify=just, no_wrap=not flex, ratio=1 if flex else None,  # type: ignore[arg-type]
+                overflow=last if flex else "fold",  # type: ignore[arg-type]
+            )  # fmt: skip
+        return t
+
+    ident = job["identity"]
+    s = job["summary"]
+    who = []
+    if ident.get("job_id"):
+        who.append(f"{ident.get('scheduler') or 'job'} job {ident['job_id']}")
+    if ident.get("name"):
+        who.append(f"({ident['name']})")
+    nodes = job["nodes_total"]
+    head = (f"para: analysis of {' '.join(who) + ', ' if who else ''}{nodes} node"
+            f"{'s' if nodes != 1 else ''}, {job['duration_s']:.1f} s, "
+            f"{job['allowed_cpus']} CPUs")  # fmt: skip
+    console.print(_printable(head), soft_wrap=True)
+    util = f" ({s['cpu_util_pct']:.0f} %)" if s.get("cpu_util_pct") is not None else ""
+    line = [f"  {_cores(s.get('cores_mean'))} cores busy on average{util}"]
+    if s.get("peak_rss_bytes"):
+        line.append(f"peak resident {_size(s['peak_rss_bytes'])}")
+    if s.get("read_bps") or s.get("write_bps"):
+        line.append(f"storage {_rate(s.get('read_bps'))} read, {_rate(s.get('write_bps'))} "
+                    "written")  # fmt: skip
+    if s.get("net_bps"):
+        line.append(f"network {_rate(s['net_bps'])}")
+    if s.get("gpu_util_pct") is not None:
+        line.append(f"GPUs {s['gpu_util_pct']:.0f} % busy")
+    if s.get("ipc") is not None:
+        line.append(f"IPC {s['ipc']:.2f}")
+    console.print(", ".join(line), soft_wrap=True)
+
+    bots = rep["bottlenecks"]
+    console.print()
+    if bots:
+        console.print("What limits this job, first things first:", soft_wrap=True)
+        for i, b in enumerate(bots, 1):
+            console.print(
+                Text(f"  {i}. [{SEV_MARK.get(b['severity'], b['severity'])}] {b['title']} "
+                     f"({b['id']})"),
+                soft_wrap=True,
+            )  # fmt: skip
+            console.print(Text("     evidence: " + _printable(b["evidence"])), soft_wrap=True)
+            console.print(Text("     advice:   " + b["advice"]), soft_wrap=True)
+    else:
+        console.print("No bottleneck rule fired: the job used what it had, as far as para "
+                      "measured (see the rules below).", soft_wrap=True)  # fmt: skip
+
+    if job["phases"]:
+        t = table("Phases (where the job's activity changed)",
+                  ("#", "right"), ("from s", "right"), ("to s", "right"), ("cores", "right"),
+                  ("CPU use", "right"), ("read", "right"), ("write", "right"),
+                  ("network", "right"), ("what it did", "left"))  # fmt: skip
+        for p in job["phases"]:
+            top = p["hotspots"][0]["function"] if p.get("hotspots") else ""
+            t.add_row(
+                str(p["index"] + 1),
+                f"{p['start_s']:g}",
+                f"{p['end_s']:g}",
+                _cores(p["cores"]),
+                _pct(p["cpu_util_pct"]),
+                _rate(p["read_bps"]),
+                _rate(p["write_bps"]),
+                _rate(p["net_bps"]),
+                Text(p["label"] + (f"; hottest: {_printable(top)}" if top else "")),
+            )
+        console.print(t)
+
+    system = job["system"]
+    if len(system) > 1:
+        shown = sorted(system, key=lambda n: n["cores_mean"] or 0.0)
+        pick = shown[:5] + [n for n in shown[-5:] if n not in shown[:5]] if len(shown) > 10 \
+            else shown  # fmt: skip
+        bal = job["balance"]
+        imb = f"; imbalance {bal['imbalance_pct']:.0f} %" if bal.get("imbalance_pct") else ""
+        t = table(f"Nodes ({len(system)}; the least and the most busy{imb})",
+                  ("node", "left"), ("cores", "right"), ("CPU use", "right"),
+                  ("peak RSS", "right"), ("memory used", "right"), ("I/O", "right"),
+                  ("network", "right"), ("note", "left"))  # fmt: skip
+        for n in pick:
+            note = []
+            if n["node"] in bal.get("idle_nodes", []):
+                note.append("idle")
+            if n["node"] in bal.get("stragglers", []):
+                note.append("straggler")
+            t.add_row(Text(_printable(n["node"])), _cores(n["cores_mean"]),
+                      _pct(n["cpu_util_pct"]), _size(n["peak_rss_bytes"]),
+                      _size(n["peak_mem_bytes"]), _rate(n["io_bps"]), _rate(n["net_bps"]),
+                      ", ".join(note))  # fmt: skip
+        console.print(t)
+
+    apps = job["applications"]
+    if apps:
+        t = table("Applications (executables, all nodes)", ("executable", "left"),
+                  ("processes", "right"), ("nodes", "right"), ("CPU s", "right"),
+                  ("share", "right"), ("peak RSS", "right"), ("", "left"))  # fmt: skip
+        for a in apps[:8]:
+            t.add_row(
+                Text(_printable(a["executable"])),
+                str(a["processes"]),
+                str(a["nodes"]),
+                f"{a['cpu_s']:.1f}",
+                _pct(a["cpu_pct"]),
+                _size(a["peak_rss_bytes"]),
+                "",
+            )
+        console.print(t)
+
+    fn = job["functions"]
+    if fn["hotspots"]:
+        t = table(f"Hottest functions of the job (of {fn['samples']:,} call-stack samples; "
+                  "self = the function itself, total = with what it calls)",
+                  ("self", "right"), ("total", "right"), ("function", "left"))  # fmt: skip
+        for h in fn["hotspots"][:15]:
+            t.add_row(_pct(h["self_pct"]), _pct(h["total_pct"]), Text(_printable(h["function"])))
+        console.print(t)
+    ins = job["instructions"]
+    for f in ins["functions"][:2]:
+        how = "" if f["disassembled"] else f" ({f['reason']})"
+        t = table(f"Instructions of {_printable(f['function'])} in {_printable(f['dso'])} "
+                  f"({f['samples']:,} samples){how}", ("share", "right"),
+                  ("offset", "right"), ("instruction", "left"))  # fmt: skip
+        for line in f["instructions"][:8]:
+            t.add_row(_pct(line["pct"]), f"+{line['offset']:#x}",
+                      Text(_printable(line["instruction"] or "?")))  # fmt: skip
+        console.print(t)
+
+    missing = [r for r in job["rules"] if r["status"] == "not_evaluated"]
+    passed = [r for r in job["rules"] if r["status"] == "passed"]
+    console.print()
+    console.print(f"Rules: {len(bots)} fired, {len(passed)} passed, {len(missing)} could not "
+                  "be judged:", soft_wrap=True)  # fmt: skip
+    for r in missing:
+        console.print(Text(f"  {r['id']}: {_printable(r['reason'] or '')}"), soft_wrap=True)
+    out.write("\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n\n")

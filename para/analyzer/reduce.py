@@ -1,0 +1,710 @@
+"""One node's recording reduced to what a job analysis needs: per-second series, per-core
+and per-process totals, and call stacks per second.
+
+A node of a big job holds millions of rows (64 CPUs x 3600 s is 230,000 per-core rows, its
+ranks as many again, its call stacks more); loading them all for 128 nodes does not fit in
+memory.  So each node is read once, only the columns needed, and reduced here: counters
+become rates with the `rates` kernel (wraps and resets handled, never made up), rows are
+summed per second with Arrow's group-by, and what comes out is a few thousand rows per node.
+The job's SQL (sql/job.sql) then works on the reduced tables of all nodes together.
+"""
+
+from __future__ import annotations
+
+import mmap
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from para.cython_ext import load
+from para.formats import ParaFile
+
+_rates = load("rates")
+
+# A rate over a window much shorter than the interval is noise (see report.MIN_WINDOW).
+MIN_WINDOW = 0.25
+CPU_KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+# Metadata operations of a parallel or network filesystem client (AGENT's lustre/nfs tables).
+LUSTRE_META = (
+    "open",
+    "close",
+    "getattr",
+    "setattr",
+    "create",
+    "unlink",
+    "mkdir",
+    "rmdir",
+    "rename",
+    "statfs",
+    "readdir",
+    "getxattr",
+    "setxattr",
+    "inode_permission",
+)
+NFS_META = ("vfs_open", "vfs_lookup", "vfs_getdents", "vfs_setattr", "inode_revalidate")
+
+
+# pyarrow converts a Python number on every call (slowly): constants are made once
+_F0 = pa.scalar(0.0)
+_I0 = pa.scalar(0, pa.int64())
+_IM1 = pa.scalar(-1, pa.int32())
+_D = pa.scalar("D")
+
+
+# -- reading the members of a .para file ---------------------------------------------------
+
+
+class Source:
+    """The tables of one .para file, read by column.  A complete file's Parquet parts are
+    read in place from a memory map (they are stored, not compressed, inside the ZIP); an
+    unfinished one goes through ParaFile, which recovers its journal."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.pf = ParaFile(self.path)
+        self.meta: dict[str, Any] = self.pf.meta
+        self.tables = set(self.pf.tables)
+        self._parts: dict[str, list[tuple[int, int]]] = {}
+        self._map: mmap.mmap | None = None
+        if self.pf.complete:
+            self._index()
+
+    def _index(self) -> None:
+        with zipfile.ZipFile(self.path) as zf, open(self.path, "rb") as f:
+            for info in zf.infolist():
+                table, _, rest = info.filename.partition("/")
+                if not rest.endswith(".parquet") or info.compress_type != zipfile.ZIP_STORED:
+                    continue
+                f.seek(info.header_offset + 26)
+                head = f.read(4)
+                nlen, xlen = int.from_bytes(head[:2], "little"), int.from_bytes(head[2:], "little")
+                start = info.header_offset + 30 + nlen + xlen
+                self._parts.setdefault(table, []).append((start, info.compress_size))
+        if self._parts:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def read(self, table: str, columns: list[str], dictionary: tuple[str, ...] = ()
+             ) -> pa.Table | None:  # fmt: skip
+        """The named columns of `table` (a column the file lacks reads as nulls), or None.
+        Columns in `dictionary` stay dictionary-encoded as stored (call stacks repeat)."""
+        if table not in self.tables:
+            return None
+        schema = self.pf.schema(table)
+        wanted = pa.schema([schema.field(c) if c in schema.names else pa.field(c, pa.null())
+                            for c in columns])  # fmt: skip
+        if table in self._parts and self._map is not None:
+            pieces = []
+            for start, size in self._parts[table]:
+                buf = pa.py_buffer(self._map)[start : start + size]
+                pfile = pq.ParquetFile(pa.BufferReader(buf), read_dictionary=dictionary or None)
+                have = [c for c in columns if c in pfile.schema_arrow.names]
+                pieces.append(_conform(pfile.read(columns=have, use_threads=False), wanted))
+            return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+        present = [c for c in columns if c in schema.names]
+        return _conform(self.pf.read_table(table, present), wanted)
+
+    def close(self) -> None:
+        if self._map is not None:
+            # Arrow may still reference the map through buffers handed out; it is
+            # closed when they are gone.
+            self._map = None
+        self.pf.close()
+
+
+def _conform(tab: pa.Table, wanted: pa.Schema) -> pa.Table:
+    cols = []
+    for f in wanted:
+        if f.name in tab.column_names:
+            col = tab.column(f.name)
+            if pa.types.is_dictionary(col.type) or f.type == pa.null() or col.type == f.type:
+                cols.append(col)
+            else:
+                cols.append(col.cast(f.type))
+        else:
+            cols.append(pa.nulls(len(tab), f.type if f.type != pa.null() else pa.int64()))
+    return pa.table(cols, names=wanted.names)
+
+
+# -- the kernel on Arrow arrays --------------------------------------------------------------
+
+
+def _flat(col: pa.ChunkedArray | pa.Array, typ: pa.DataType) -> pa.Array:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return arr.cast(typ) if arr.type != typ else arr
+
+
+def _data(arr: pa.Array) -> pa.Buffer:
+    width = arr.type.bit_width // 8
+    buf = arr.buffers()[1]
+    assert buf is not None
+    return buf.slice(arr.offset * width, len(arr) * width)
+
+
+def rates(
+    keys: pa.Array | None,
+    t_ms: pa.Array,
+    values: pa.ChunkedArray | pa.Array,
+    *,
+    min_dt_s: float,
+    scale: float = 1.0,
+    modulus: float = 0.0,
+    moduli: pa.Array | None = None,
+) -> tuple[pa.Array, int, int]:
+    """Per-second rate of a cumulative counter (rows grouped by key, in time order): the
+    array of rates (null where none can be known), wraps and resets seen."""
+    v = _flat(values, pa.float64())
+    valid = None
+    if v.null_count:
+        valid = _data(_flat(pc.is_valid(v), pa.uint8()))
+        v = pc.fill_null(v, _F0)
+    mods = None
+    if moduli is not None:
+        mods = _data(pc.fill_null(_flat(moduli, pa.float64()), _F0))
+    data, bitmap, nulls, wraps, resets = _rates.counter_rates(
+        _data(keys) if keys is not None else None, _data(t_ms), _data(v), valid,
+        min_dt_s=min_dt_s, modulus=modulus, moduli=mods, scale=scale,
+    )  # fmt: skip
+    n = len(t_ms)
+    arr = pa.Array.from_buffers(
+        pa.float64(), n, [pa.py_buffer(bitmap), pa.py_buffer(data)], null_count=nulls
+    )
+    return arr, wraps, resets
+
+
+def slot_sums(slots: pa.Array, n_slots: int, values: pa.ChunkedArray | pa.Array,
+              how: str = "sums") -> pa.Array:  # fmt: skip
+    """Sum (or max, `how="max"`) of `values` per slot (null where a slot got no valid
+    value), with the kernel."""
+    v = _flat(values, pa.float64())
+    valid = None
+    if v.null_count:
+        valid = _data(_flat(pc.is_valid(v), pa.uint8()))
+        v = pc.fill_null(v, _F0)
+    fn = _rates.slot_max if how == "max" else _rates.slot_sums
+    sums, counts = fn(_data(slots), n_slots, _data(v), valid)
+    total = pa.Array.from_buffers(pa.float64(), n_slots, [None, pa.py_buffer(sums)])
+    count = pa.Array.from_buffers(pa.int64(), n_slots, [None, pa.py_buffer(counts)])
+    return pc.if_else(pc.greater(count, _I0), total, pa.scalar(None, pa.float64()))
+
+
+def _slots(t: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The distinct instants of `t` in order, and each row's position among them."""
+    spine = pc.unique(t)
+    spine = spine.take(pc.sort_indices(spine))
+    return spine, _flat(pc.fill_null(pc.index_in(t, value_set=spine), _IM1), pa.int32())
+
+
+def _keys(col: pa.ChunkedArray) -> pa.Array:
+    """Integer series ids for a key column of any type (names become dictionary indices)."""
+    arr = col.combine_chunks()
+    if pa.types.is_integer(arr.type):
+        return _flat(pc.fill_null(arr, -1), pa.int64())
+    enc = pc.fill_null(arr.cast(pa.string()), "").dictionary_encode()
+    return _flat(enc.indices, pa.int64())
+
+
+def _sorted(tab: pa.Table, keys: list[str]) -> pa.Table:
+    """Rows grouped by key and in time order.  A file's parts are each sorted so; a node
+    made of several parts or files is sorted again (cheap: Arrow sorts in parallel)."""
+    return tab.sort_by([(k, "ascending") for k in keys] + [("t", "ascending")])
+
+
+def _bounds(keys: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Indices of the first and last row of each run of equal keys (rows grouped by key)."""
+    n = len(keys)
+    if n == 0:
+        return pa.array([], pa.int64()), pa.array([], pa.int64())
+    change = pc.not_equal(keys.slice(1), keys.slice(0, n - 1))
+    after = pc.add(pc.indices_nonzero(change), pa.scalar(1, pa.uint64()))
+    first = pa.concat_arrays([pa.array([0], pa.uint64()), after.cast(pa.uint64())])
+    last = pa.concat_arrays(
+        [pc.subtract(after, pa.scalar(1, pa.uint64())), pa.array([n - 1], pa.uint64())]
+    )
+    return first, last
+
+
+def _t_ms(tab: pa.Table) -> pa.Array:
+    return _flat(tab.column("t"), pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+
+
+# -- one node ---------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeData:
+    """What one node contributes to a job analysis (every table keyed by time in epoch ms)."""
+
+    label: str
+    host: str
+    files: list[str]
+    meta: dict[str, Any]
+    series: dict[str, pa.Table] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    wraps: int = 0
+    resets: int = 0
+
+
+def node_facts(meta: dict[str, Any]) -> dict[str, Any]:
+    host = meta.get("host") or {}
+    return {
+        "host": str(host.get("hostname") or "?"),
+        "interval": float(meta.get("interval") or 1.0),
+        "hz": float(host.get("clock_ticks") or 100),
+        "threads": int(host.get("threads") or 0) or None,
+        "allowed": int(meta.get("allowed_cpus") or host.get("threads") or 1),
+        "memory": host.get("memory_bytes"),
+    }
+
+
+def reduce_node(label: str, paths: list[Path], cores: bool = True) -> NodeData:
+    """Read the files of one node (one run, or the agent's consecutive segments) and reduce.
+    `cores`: also the busy share of each CPU (only the report of one node shows it)."""
+    return reduce_sources(label, [Source(p) for p in paths], cores)
+
+
+def reduce_sources(label: str, sources: list[Any], cores: bool = True) -> NodeData:
+    """Reduce one node's recordings: .para files (Source) or anything that reads the same
+    way (the feature database's rows of a job, jobs.DBSource)."""
+    try:
+        meta = dict(sources[0].meta)
+        for s in sources[1:]:  # end facts of the last segment win; the first start stays
+            meta.update({k: v for k, v in s.meta.items() if k not in ("start",)})
+        facts = node_facts(meta)
+        nd = NodeData(label, facts["host"], [str(s.path) for s in sources], meta)
+        r = _Reducer(nd, sources, facts)
+        r.want_cores = cores
+        r.run()
+        return nd
+    finally:
+        for s in sources:
+            s.close()
+
+
+class _Reducer:
+    def __init__(self, nd: NodeData, sources: list[Any], facts: dict[str, Any]):
+        self.nd = nd
+        self.sources = sources
+        self.f = facts
+        self.min_dt = MIN_WINDOW * facts["interval"]
+
+    def read(self, table: str, columns: list[str], keys: list[str],
+             dictionary: tuple[str, ...] = ()) -> pa.Table | None:  # fmt: skip
+        parts = [t for s in self.sources
+                 if (t := s.read(table, ["t", *keys, *columns], dictionary))]  # fmt: skip
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return None
+        tab = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        n_parts = sum(len(s._parts.get(table, [])) or 1 for s in self.sources)
+        if n_parts > 1 and table != "stacks":
+            tab = _sorted(tab, keys)
+        return tab
+
+    def rate(self, tab: pa.Table, col: str, keys: pa.Array | None, t: pa.Array,
+             scale: float = 1.0, moduli: pa.Array | None = None) -> pa.Array:  # fmt: skip
+        arr, w, r = rates(keys, t, tab.column(col), min_dt_s=self.min_dt, scale=scale,
+                          moduli=moduli)  # fmt: skip
+        self.nd.wraps += w
+        self.nd.resets += r
+        return arr
+
+    def run(self) -> None:
+        for step in (self.node, self.cores, self.memory, self.procs, self.disk, self.net,
+                     self.ib, self.gpu, self.counters, self.stacks, self.events, self.fsmeta,
+                     self.energy, self.instructions, self.steps):  # fmt: skip
+            step()
+
+    # node-wide CPU by kind, in cores (ticks per second / USER_HZ)
+    def node(self) -> None:
+        cols = [f"cpu_{k}" for k in CPU_KINDS]
+        tab = self.read("node", cols + ["procs_blocked", "load1"], [])
+        if tab is None:
+            return
+        t = _t_ms(tab)
+        out: dict[str, pa.Array] = {"t": t}
+        for k in CPU_KINDS:
+            out[k] = self.rate(tab, f"cpu_{k}", None, t, 1.0 / self.f["hz"])
+        out["procs_blocked"] = _flat(tab.column("procs_blocked"), pa.float64())
+        s = pa.table(out)
+        busy = pc.add(pc.add(pc.add(s["user"], s["nice"]), pc.add(s["system"], s["irq"])),
+                      pc.add(s["softirq"], s["steal"]))  # fmt: skip
+        total = pc.add(pc.add(busy, s["idle"]), s["iowait"])
+        s = s.append_column("busy", busy).append_column("total", total)
+        self.nd.series["cpu"] = s.filter(pc.is_valid(s["total"]))
+
+    # per core: busy and total CPU time over the run (one busy core among many shows here)
+    want_cores = True
+
+    def cores(self) -> None:
+        if not self.want_cores:
+            return
+        # idle and iowait only: a core's busy time is its time span less them (reading the
+        # six other kinds of 64 cores for an hour costs more than everything else of a node)
+        tab = self.read("cpu", ["idle", "iowait"], ["cpu"])
+        if tab is None:
+            return
+        cpu = _flat(tab["cpu"], pa.int64())
+        first, last = _bounds(cpu)
+        hz = self.f["hz"]
+        t = _t_ms(tab)
+        span_s = pc.divide(
+            pc.subtract(t.take(last), t.take(first)).cast(pa.float64()), pa.scalar(1000.0)
+        )
+        rest = pc.add(tab["idle"], tab["iowait"])
+        idle_s = pc.divide(
+            pc.subtract(rest.take(last), rest.take(first)).cast(pa.float64()), pa.scalar(hz)
+        )
+        self.nd.series["cores"] = pa.table({
+            "cpu": cpu.take(first), "total_s": span_s,
+            "busy_s": pc.max_element_wise(pc.subtract(span_s, idle_s), _F0),
+        })  # fmt: skip
+
+    def memory(self) -> None:
+        cols = ["mem_total", "mem_available", "mem_cached", "mem_buffers", "swap_total",
+                "swap_free", "pgmajfault", "pswpin", "pswpout"]  # fmt: skip
+        tab = self.read("memory", cols, [])
+        if tab is None:
+            return
+        t = _t_ms(tab)
+        swap_io = pc.add(tab["pswpin"], tab["pswpout"])
+        self.nd.series["mem"] = pa.table({
+            "t": t,
+            "used": _flat(pc.subtract(tab["mem_total"], tab["mem_available"]), pa.float64()),
+            "total": _flat(tab["mem_total"], pa.float64()),
+            "cache": _flat(pc.add(tab["mem_cached"], tab["mem_buffers"]), pa.float64()),
+            "swap_used": _flat(pc.subtract(tab["swap_total"], tab["swap_free"]), pa.float64()),
+            "majflt_ps": self.rate(tab, "pgmajfault", None, t),
+            "swap_pps": rates(None, t, swap_io, min_dt_s=self.min_dt)[0],
+        })  # fmt: skip
+
+    # the job's processes: per-process rates, summed per second; per-process totals
+    def procs(self) -> None:
+        cols = ["ppid", "state", "utime", "stime", "rss_bytes", "threads", "read_bytes",
+                "write_bytes"]  # fmt: skip
+        tab = self.read("proc", cols, ["pid"])
+        if tab is None:
+            return
+        t = _t_ms(tab)
+        pid = _flat(tab["pid"], pa.int64())
+        hz = self.f["hz"]
+        cores, w, r = rates(pid, t, pc.add(tab["utime"], tab["stime"]), min_dt_s=self.min_dt,
+                            scale=1.0 / hz)  # fmt: skip
+        self.nd.wraps += w
+        self.nd.resets += r
+        rb = self.rate(tab, "read_bytes", pid, t)
+        wb = self.rate(tab, "write_bytes", pid, t)
+        spine, slots = _slots(t)
+        n = len(spine)
+        ones = _flat(pc.is_valid(t), pa.float64())
+        self.nd.series["job"] = pa.table({
+            "t": spine, "cores": slot_sums(slots, n, cores),
+            "rss": slot_sums(slots, n, tab["rss_bytes"]), "read_bps": slot_sums(slots, n, rb),
+            "write_bps": slot_sums(slots, n, wb),
+            "dstate": slot_sums(slots, n, pc.equal(tab["state"], _D).cast(pa.float64())),
+            "procs": slot_sums(slots, n, ones).cast(pa.int64()),
+        })  # fmt: skip
+        # per process: first and last sample, CPU time as last sampled, peaks
+        first, last = _bounds(pid)
+        # rows are grouped by pid: the i-th run of equal pids is slot i
+        run = pc.cumulative_sum(_flat(pc.not_equal(pid, pa.concat_arrays(
+            [pid.slice(0, 1), pid.slice(0, len(pid) - 1)])), pa.int32()))  # fmt: skip
+        slot = _flat(run, pa.int32())
+        n_pids = len(first)
+        busy = _flat(pc.greater(pc.fill_null(cores, _F0), pa.scalar(0.05)), pa.float64())
+        peaks = {
+            "rss_max": slot_sums(slot, n_pids, tab["rss_bytes"], "max"),
+            "threads_max": slot_sums(slot, n_pids, tab["threads"], "max"),
+            "cores_max": slot_sums(slot, n_pids, cores, "max"),
+            "busy_sum": pc.fill_null(slot_sums(slot, n_pids, busy), _F0).cast(pa.int64()),
+        }
+
+        def at(arr: pa.Array, idx: pa.Array) -> pa.Array:
+            return _flat(arr, pa.float64()).take(idx)
+
+        cpu_s = pc.divide(
+            pc.add(
+                pc.fill_null(at(tab["utime"], last), _F0), pc.fill_null(at(tab["stime"], last), _F0)
+            ),
+            pa.scalar(hz),
+        )
+        self.nd.series["procs"] = pa.table({
+            "pid": pid.take(first), "first_ms": t.take(first), "last_ms": t.take(last),
+            "ppid": _flat(tab["ppid"], pa.int64()).take(first), "cpu_s": cpu_s,
+            "peak_rss": peaks["rss_max"], "peak_threads": peaks["threads_max"],
+            "read_bytes": at(tab["read_bytes"], last), "write_bytes": at(tab["write_bytes"], last),
+            "busy_samples": peaks["busy_sum"], "peak_cores": peaks["cores_max"],
+            "samples": pc.add(pc.subtract(last, first), pa.scalar(1, pa.uint64())).cast(pa.int64()),
+        })  # fmt: skip
+
+    def disk(self) -> None:
+        cols = ["reads", "writes", "read_bytes", "write_bytes", "read_ms", "write_ms", "io_ms"]
+        tab = self.read("disk", cols, ["device"])
+        if tab is None:
+            return
+        whole = ((self.nd.meta.get("family_facts") or {}).get("disk") or {}).get("whole_disks")
+        if whole:
+            tab = tab.filter(pc.is_in(tab["device"], pa.array([str(d) for d in whole])))
+        if not len(tab):
+            return
+        t = _t_ms(tab)
+        k = _keys(tab["device"])
+        ops = pc.add(tab["reads"], tab["writes"])
+        wait = pc.add(tab["read_ms"], tab["write_ms"])
+        per = pa.table({
+            "t": t, "read_bps": self.rate(tab, "read_bytes", k, t),
+            "write_bps": self.rate(tab, "write_bytes", k, t),
+            "iops": rates(k, t, ops, min_dt_s=self.min_dt)[0],
+            "util": pc.min_element_wise(self.rate(tab, "io_ms", k, t, 0.1), pa.scalar(100.0)),
+            "wait_ms_ps": rates(k, t, wait, min_dt_s=self.min_dt)[0],
+        })  # fmt: skip
+        g = per.group_by("t", use_threads=False).aggregate(
+            [
+                ("read_bps", "sum"),
+                ("write_bps", "sum"),
+                ("iops", "sum"),
+                ("util", "max"),
+                ("wait_ms_ps", "sum"),
+            ]  # fmt: skip
+        )
+        g = g.rename_columns(["read_bps", "write_bps", "iops", "util_max", "wait_ms_ps", "t"])
+        self.nd.series["disk"] = g.sort_by("t")
+
+    def net(self) -> None:
+        tab = self.read("net", ["rx_bytes", "tx_bytes", "rx_packets", "tx_packets"], ["iface"])
+        if tab is None:
+            return
+        tab = tab.filter(pc.not_equal(tab["iface"], "lo"))
+        if not len(tab):
+            return
+        t = _t_ms(tab)
+        k = _keys(tab["iface"])
+        per = pa.table({
+            "t": t, "rx_bps": self.rate(tab, "rx_bytes", k, t),
+            "tx_bps": self.rate(tab, "tx_bytes", k, t),
+            "pps": rates(k, t, pc.add(tab["rx_packets"], tab["tx_packets"]),
+                         min_dt_s=self.min_dt)[0],
+        })  # fmt: skip
+        self.nd.series["net"] = _grouped(per, ["rx_bps", "tx_bps", "pps"])
+
+    def ib(self) -> None:
+        tab = self.read("ib", ["rcv_bytes", "xmit_bytes", "xmit_wait", "rate_gbps"], ["port"])
+        if tab is None:
+            return
+        t = _t_ms(tab)
+        k = _keys(tab["port"])
+        per = pa.table({
+            "t": t, "rx_bps": self.rate(tab, "rcv_bytes", k, t),
+            "tx_bps": self.rate(tab, "xmit_bytes", k, t),
+            "wait_ps": self.rate(tab, "xmit_wait", k, t),
+            "link_bps": pc.multiply(_flat(tab["rate_gbps"], pa.float64()), pa.scalar(1e9 / 8)),
+        })  # fmt: skip
+        self.nd.series["ib"] = _grouped(per, ["rx_bps", "tx_bps", "wait_ps", "link_bps"])
+
+    def gpu(self) -> None:
+        cols = ["util_gpu", "util_mem", "mem_used", "mem_total", "power_mw"]
+        tab = self.read("gpu", cols, ["gpu"])
+        if tab is None:
+            return
+        self.nd.series["gpu"] = pa.table({
+            "t": _t_ms(tab), "gpu": _flat(tab["gpu"], pa.string()),
+            "util": _flat(tab["util_gpu"], pa.float64()),
+            "mem_util": _flat(tab["util_mem"], pa.float64()),
+            "mem_used": _flat(tab["mem_used"], pa.float64()),
+            "mem_total": _flat(tab["mem_total"], pa.float64()),
+            "power_w": pc.divide(_flat(tab["power_mw"], pa.float64()), pa.scalar(1000.0)),
+        })  # fmt: skip
+
+    # perf stat -I: a count per interval; its rate is the count over the interval's length
+    def counters(self) -> None:
+        tab = self.read("counters", ["value", "running_pct"], ["event"])
+        if tab is None:
+            return
+        t = _t_ms(tab)
+        k = _keys(tab["event"])
+        # the interval's length: time since the event's previous row (none for its first)
+        n = len(t)
+        prev_t = pa.concat_arrays([pa.nulls(1, pa.int64()), t.slice(0, n - 1)])
+        prev_k = pa.concat_arrays([pa.nulls(1, pa.int64()), k.slice(0, n - 1)])
+        dt = pc.divide(pc.if_else(pc.equal(k, prev_k), pc.subtract(t, prev_t),
+                                  pa.scalar(None, pa.int64())).cast(pa.float64()),
+                       pa.scalar(1000.0))  # fmt: skip
+        dt = pc.if_else(pc.greater(dt, _F0), dt, pa.scalar(None, pa.float64()))
+        value = _flat(tab["value"], pa.float64())
+        timed = pc.is_valid(dt)
+        g = pa.table({
+            "event": _flat(tab["event"], pa.string()), "value": value,
+            "counted": pc.if_else(timed, value, pa.scalar(None, pa.float64())),
+            "seconds": dt, "running_pct": _flat(tab["running_pct"], pa.float64()),
+        }).group_by("event", use_threads=False).aggregate([
+            ("value", "sum"), ("counted", "sum"), ("seconds", "sum"), ("running_pct", "mean"),
+        ])  # fmt: skip
+        # per event over the run: the count, and the count and seconds of the timed intervals
+        self.nd.series["ctr"] = pa.table({
+            "event": g["event"], "total": g["value_sum"], "counted": g["counted_sum"],
+            "seconds": g["seconds_sum"], "running_pct": g["running_pct_mean"],
+        })  # fmt: skip
+
+    def stacks(self) -> None:
+        tab = self.read("stacks", ["stack", "samples"], [], ("stack",))
+        if tab is None:
+            return
+        stack = tab["stack"].combine_chunks()
+        if not pa.types.is_dictionary(stack.type):
+            stack = stack.dictionary_encode()
+        idx = _flat(stack.indices, pa.int64())
+        n_dict = len(stack.dictionary)
+        spine, tslot = _slots(_t_ms(tab))
+        n_slots = len(spine) * n_dict
+        if n_slots > 20_000_000:  # many distinct stacks: hash them instead
+            g = tab.group_by(["t", "stack"], use_threads=False).aggregate([("samples", "sum")])
+            t_out, st_out, n_out = _t_ms(g), _flat(g["stack"], pa.string()), g["samples_sum"]
+        else:
+            slot = pc.add(pc.multiply(tslot.cast(pa.int64()), pa.scalar(n_dict, pa.int64())),
+                          idx).cast(pa.int32())  # fmt: skip
+            sums = slot_sums(slot, n_slots, tab["samples"])
+            keep = pc.indices_nonzero(pc.fill_null(pc.greater(sums, _F0), False))
+            keep64 = keep.cast(pa.int64())
+            t_out = spine.take(pc.divide(keep64, pa.scalar(n_dict, pa.int64())))
+            st_out = stack.dictionary.take(pc.subtract(
+                keep64, pc.multiply(pc.divide(keep64, pa.scalar(n_dict, pa.int64())),
+                                    pa.scalar(n_dict, pa.int64())))).cast(pa.string())  # fmt: skip
+            n_out = sums.take(keep)
+        self.nd.series["stacks"] = pa.table({
+            "t": t_out, "stack": st_out, "samples": _flat(n_out, pa.int64()),
+        })  # fmt: skip
+
+    def events(self) -> None:
+        tab = self.read("events", ["kind", "pid", "name", "detail"], [])
+        if tab is None:
+            return
+        self.nd.series["events"] = pa.table({
+            "t": _t_ms(tab), "kind": _flat(tab["kind"], pa.string()),
+            "pid": _flat(tab["pid"], pa.int64()), "name": _flat(tab["name"], pa.string()),
+            "detail": _flat(tab["detail"], pa.string()),
+        })  # fmt: skip
+
+    # metadata operations per second on Lustre and NFS clients
+    def fsmeta(self) -> None:
+        parts = []
+        for table, key, ops in (("lustre", "fs", LUSTRE_META), ("nfs", "mount", NFS_META)):
+            tab = self.read(table, list(ops), [key])
+            if tab is None:
+                continue
+            t = _t_ms(tab)
+            k = _keys(tab[key])
+            total = None
+            for op in ops:
+                r = pc.fill_null(self.rate(tab, op, k, t), _F0)
+                total = r if total is None else pc.add(total, r)
+            parts.append(pa.table({"t": t, "ops_ps": total}))
+        if parts:
+            self.nd.series["fsmeta"] = _grouped(pa.concat_tables(parts), ["ops_ps"])
+
+    def energy(self) -> None:
+        tab = self.read("energy", ["energy_uj", "max_range_uj"], ["zone"])
+        if tab is None:
+            return
+        # packages only: their core and dram subzones are inside them
+        tab = tab.filter(pc.match_substring_regex(tab["zone"], r"^package-\d+$"))
+        if not len(tab):
+            return
+        t = _t_ms(tab)
+        k = _keys(tab["zone"])
+        w = self.rate(tab, "energy_uj", k, t, 1e-6, moduli=_flat(tab["max_range_uj"],
+                                                                  pa.float64()))  # fmt: skip
+        self.nd.series["power"] = _grouped(pa.table({"t": t, "rapl_w": w}), ["rapl_w"])
+
+    # per-instruction samples (optional table written by `para profile --functions`)
+    def instructions(self) -> None:
+        tab = self.read("instr_samples", ["pid", "dso", "symbol", "offset", "samples"], [])
+        if tab is None:
+            return
+        g = tab.group_by(["dso", "symbol", "offset"], use_threads=False).aggregate(
+            [("samples", "sum")]
+        )
+        self.nd.series["instr"] = pa.table({
+            "dso": _flat(g["dso"], pa.string()), "symbol": _flat(g["symbol"], pa.string()),
+            "offset": _flat(g["offset"], pa.int64()), "samples": _flat(g["samples_sum"],
+                                                                        pa.int64()),
+        })  # fmt: skip
+
+    # The node's sampling instants side by side: one row per instant, the series of every
+    # family as columns (sql/job.sql puts the rows of all nodes on the job's time grid).
+    def steps(self) -> None:
+        ser = self.nd.series
+        spines = [ser[k]["t"] for k in ("cpu", "job", "mem", "gpu") if k in ser]
+        if not spines:
+            return
+        spine = pc.unique(pa.chunked_array([x.combine_chunks() if isinstance(x, pa.ChunkedArray)
+                                            else x for x in spines]))  # fmt: skip
+        spine = spine.take(pc.sort_indices(spine))
+        step_ms = 1000.0 * self.f["interval"]
+        first = spine[0].as_py()
+        cols: dict[str, Any] = {
+            "t": spine,
+            "k": pc.round(
+                pc.divide(
+                    pc.subtract(spine, pa.scalar(first, pa.int64())).cast(pa.float64()),
+                    pa.scalar(step_ms),
+                )
+            ).cast(pa.int64()),
+        }
+
+        def put(table: str, pairs: list[tuple[str, Any]]) -> None:
+            tab = ser.get(table)
+            if tab is None:
+                return
+            where = pc.index_in(spine, value_set=tab["t"].combine_chunks()
+                                if isinstance(tab["t"], pa.ChunkedArray) else tab["t"])  # fmt: skip
+            for name, expr in pairs:
+                arr = expr(tab) if callable(expr) else tab[expr]
+                arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+                cols[name] = arr.take(where)
+
+        put("cpu", [("busy", "busy"), ("usr", lambda x: pc.add(x["user"], x["nice"])),
+                    ("sys", lambda x: pc.add(pc.add(x["system"], x["irq"]), x["softirq"])),
+                    ("iowait", "iowait"), ("steal", "steal"), ("ncpu", "total"),
+                    ("blocked", "procs_blocked")])  # fmt: skip
+        put(
+            "job",
+            [
+                ("job_cores", "cores"),
+                ("rss", "rss"),
+                ("job_read_bps", "read_bps"),
+                ("job_write_bps", "write_bps"),
+                ("procs", "procs"),
+                ("dstate", "dstate"),
+            ],
+        )
+        put("mem", [("mem_used", "used"), ("mem_total", "total"), ("swap_used", "swap_used"),
+                    ("majflt_ps", "majflt_ps"), ("swap_pps", "swap_pps")])  # fmt: skip
+        put("disk", [("disk_read_bps", "read_bps"), ("disk_write_bps", "write_bps"),
+                     ("disk_util", "util_max")])  # fmt: skip
+        put("net", [("net_bps", lambda x: pc.add(x["rx_bps"], x["tx_bps"]))])
+        put("ib", [("ib_bps", lambda x: pc.add(x["rx_bps"], x["tx_bps"])),
+                   ("ib_link_bps", "link_bps"), ("ib_wait_ps", "wait_ps")])  # fmt: skip
+        if "gpu" in ser:
+            g = (
+                ser["gpu"]
+                .group_by("t", use_threads=False)
+                .aggregate(
+                    [("util", "mean"), ("mem_used", "sum"), ("mem_total", "sum"), ("gpu", "count")]
+                )
+            )
+            ser["gpu_t"] = g
+            put("gpu_t", [("gpu_util", "util_mean"), ("gpu_mem", "mem_used_sum"),
+                          ("gpu_mem_total", "mem_total_sum"), ("gpus", "gpu_count")])  # fmt: skip
+            del ser["gpu_t"]
+        put("fsmeta", [("meta_ops", "ops_ps")])
+        ser["steps"] = pa.table(cols)
+
+
+def _grouped(per: pa.Table, cols: list[str]) -> pa.Table:
+    g = per.group_by("t", use_threads=False).aggregate([(c, "sum") for c in cols])
+    return g.rename_columns([c.removesuffix("_sum") for c in g.column_names]).sort_by("t")

@@ -1,0 +1,737 @@
+"""The bottleneck rules: what limits a job, with the evidence in numbers and advice in words.
+
+Each rule has a stable id, a metric, thresholds whose defaults and sources are in rules.toml
+(overridable with `para report --rules FILE` or PARA_RULES), and comes out as one of:
+- fired: a bottleneck, with severity, evidence, advice and its estimated impact (the share
+  of the job's time or resources it costs, which orders the findings);
+- passed: measured, within bounds (the value is reported);
+- not evaluated: its inputs were not recorded (no PMU, no GPU, no call stacks ...), said with
+  the reason instead of guessing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from para.errors import ParaError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SEVERITY = ("high", "medium", "low")
+COMM_FRAMES = re.compile(
+    r"(^|;)(P?MPI_|MPID|MPIR_|mca_|ompi_|opal_progress|ucp_|uct_|ucs_|psm2?_|fi_|"
+    r"ibv_|mlx5_|nccl|gloo|shmem_|gasnet)"
+)  # fmt: skip
+COMM_PATTERN = COMM_FRAMES.pattern
+META_PATTERN = (
+    r"(^|;)(do_sys_open|do_sys_openat2|__x64_sys_open|path_openat|do_filp_open|vfs_statx|"
+    r"do_statx|vfs_fstatat|__do_sys_newfstatat|__do_sys_newstat|__x64_sys_statx|do_unlinkat|"
+    r"__x64_sys_unlink|do_mkdirat|do_rmdir|do_renameat2|path_lookupat|filename_lookup|"
+    r"do_faccessat|__x64_sys_access|iterate_dir|__x64_sys_getdents|ll_lookup|ll_file_open|"
+    r"mdc_|nfs_lookup|nfs4_proc_open|nfs_atomic_open)"
+)
+
+
+# Memory-controller CAS events (one per 64-byte line read or written): by name, or as the
+# raw Intel uncore event 0x04 with the read/write umasks of Skylake-SP (0x03, 0x0c) and
+# Ice Lake-SP (0x0f, 0x30).
+MEM_CAS_PATTERN = (r"cas_count|CAS_COUNT|unc_m_cas|"
+                   r"imc[^/]*/event=0x0?4,umask=0x(0?3|0?c|0f|30)/")  # fmt: skip
+
+
+def default_config() -> dict[str, dict[str, Any]]:
+    text = resources.files("para.analyzer").joinpath("rules.toml").read_text()
+    return tomllib.loads(text)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The defaults, with the overrides of `path` (or of $PARA_RULES) merged over them."""
+    cfg = default_config()
+    path = path or os.environ.get("PARA_RULES") or None
+    if not path:
+        return cfg
+    p = Path(path)
+    try:
+        user = tomllib.loads(p.read_text())
+    except OSError as e:
+        raise ParaError(f"cannot read rules file {p}: {e.strerror or e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ParaError(f"{p}: not valid TOML: {e}", hint="see para/analyzer/rules.toml") from e
+    for rule, table in user.items():
+        if rule not in cfg:
+            raise ParaError(
+                f"{p}: no rule named [{rule}]",
+                hint="rules: " + ", ".join(sorted(cfg)),
+            )
+        if not isinstance(table, dict):
+            raise ParaError(f"{p}: [{rule}] must be a table of settings")
+        for key, value in table.items():
+            if key not in cfg[rule]:
+                keys = ", ".join(k for k in cfg[rule] if isinstance(cfg[rule][k], (int, float)))
+                raise ParaError(f"{p}: [{rule}] has no setting {key!r}", hint=f"settings: {keys}")
+            if isinstance(cfg[rule][key], (int, float)) and not isinstance(value, (int, float)):
+                raise ParaError(f"{p}: [{rule}] {key} must be a number, not {value!r}")
+            cfg[rule][key] = value
+        cfg[rule]["source"] = f"{cfg[rule]['source']} (changed in {p})"
+    return cfg
+
+
+@dataclass
+class Outcome:
+    id: str
+    title: str
+    status: str  # fired | passed | not_evaluated
+    metric: str
+    source: str
+    value: float | None = None
+    unit: str = ""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    severity: str | None = None
+    impact_pct: float = 0.0
+    evidence: str = ""
+    advice: str = ""
+    nodes: list[str] = field(default_factory=list)
+    start_s: float | None = None
+    end_s: float | None = None
+
+    def rule_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "value": _r(self.value),
+            "unit": self.unit,
+            "thresholds": {k: _r(v) for k, v in self.thresholds.items()},
+            "source": self.source,
+            "reason": self.reason,
+        }
+
+    def bottleneck(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "severity": self.severity,
+            "title": self.title,
+            "evidence": self.evidence,
+            "advice": self.advice,
+            "metric": self.metric,
+            "value": _r(self.value),
+            "unit": self.unit,
+            "thresholds": {k: _r(v) for k, v in self.thresholds.items()},
+            "source": self.source,
+            "impact_pct": round(self.impact_pct, 1),
+            "nodes": self.nodes,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+        }
+
+
+def _r(v: float | None, nd: int = 4) -> float | None:
+    if v is None or not math.isfinite(v):
+        return None
+    return round(float(v), nd) + 0.0
+
+
+@dataclass
+class Facts:
+    """What the rules look at; built by analysis.py from the job's tables."""
+
+    step_s: float
+    duration_s: float
+    steps: int
+    samples: int
+    nodes: list[dict[str, Any]]
+    totals: dict[str, Any]
+    series: dict[str, list[Any]]
+    phases: list[dict[str, Any]]
+    cores: list[tuple[int, int, float | None]]
+    siblings: list[dict[str, Any]]
+    gpus: list[dict[str, Any]]
+    counters: dict[str, dict[str, Any]]
+    regression: dict[str, Any] | None
+    catastrophe: dict[str, Any] | None
+    ib: dict[str, Any] | None
+    stack_samples: int
+    share: Callable[[str], float | None]
+    counter_rate: Callable[[str], list[tuple[int, float | None]]]
+    unmeasured: dict[str, str]
+    processes: dict[int, dict[int, str]]
+    has_meta_counters: bool
+    meta_ops_per_node: float | None
+
+
+def _sev(impact: float) -> str:
+    return "high" if impact >= 25 else "medium" if impact >= 10 else "low"
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class Evaluator:
+    def __init__(self, facts: Facts, config: dict[str, dict[str, Any]]):
+        self.f = facts
+        self.cfg = config
+
+    def outcome(self, rid: str, status: str, **kw: Any) -> Outcome:
+        c = self.cfg[rid]
+        th = {k: float(v) for k, v in c.items() if isinstance(v, (int, float))
+              and not isinstance(v, bool)}  # fmt: skip
+        o = Outcome(rid, c["title"], status, c["metric"], c["source"], thresholds=th, **kw)
+        if status == "fired":
+            o.advice = c["advice"]
+            if o.severity is None:
+                o.severity = _sev(o.impact_pct)
+        return o
+
+    def missing(self, rid: str, reason: str) -> Outcome:
+        return self.outcome(rid, "not_evaluated", reason=reason)
+
+    def run(self) -> list[Outcome]:
+        out = []
+        for rid in self.cfg:
+            fn = getattr(self, rid, None)
+            if fn is None:
+                continue
+            out.append(fn(rid, self.cfg[rid]))
+        return out
+
+    # -- time ---------------------------------------------------------------------------------
+    def too_short(self, rid: str, c: dict[str, Any]) -> Outcome:
+        n = self.f.samples
+        if n < c["min_samples"]:
+            return self.outcome(
+                rid, "fired", value=n, unit="samples", severity="low",
+                evidence=f"{n} samples over {_fmt_s(self.f.duration_s)} (every "
+                f"{self.f.step_s:g} s); fewer than {c['min_samples']:g}",
+            )  # fmt: skip
+        return self.outcome(rid, "passed", value=n, unit="samples")
+
+    # -- job: nodes -------------------------------------------------------------------------
+    def _work_nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self.f.nodes if n["steps"]]
+
+    def idle_nodes(self, rid: str, c: dict[str, Any]) -> Outcome:
+        nodes = self._work_nodes()
+        if not nodes:
+            return self.missing(rid, "no CPU samples in the recording")
+        peak = max((n["cores"] or 0.0) for n in nodes)
+        idle = []
+        for n in nodes:
+            cores = n["cores"] or 0.0
+            share = cores / max(n["allowed"], 1)
+            rel = cores / peak if peak > 0 else 0.0
+            if share < c["max_share"] and (len(nodes) == 1 or rel < c["max_share"] or peak <= 0):
+                idle.append(n)
+        worst = min(((n["cores"] or 0.0) / max(n["allowed"], 1) for n in nodes), default=0.0)
+        if not idle:
+            return self.outcome(rid, "passed", value=100 * worst, unit="% of CPUs")
+        impact = 100.0 * len(idle) / len(nodes)
+        lines = [f"{n['label']}: {n['cores'] or 0:.2f} of {n['allowed']} cores busy on average "
+                 f"over {_fmt_s(n['steps'] * self.f.step_s)}" for n in idle[:5]]  # fmt: skip
+        more = f" and {len(idle) - 5} more" if len(idle) > 5 else ""
+        busiest = max(nodes, key=lambda n: n["cores"] or 0.0)
+        ref = (f"; busiest node {busiest['label']}: {busiest['cores']:.2f} cores"
+               if len(nodes) > 1 and peak > 0 else "")  # fmt: skip
+        what = ("the job's processes did no work" if len(nodes) == 1
+                else f"{len(idle)} of {len(nodes)} nodes did no work")  # fmt: skip
+        return self.outcome(
+            rid, "fired", value=100 * worst, unit="% of CPUs", impact_pct=impact,
+            evidence=f"{what}: " + "; ".join(lines) + more + ref,
+            nodes=[n["label"] for n in idle],
+        )  # fmt: skip
+
+    def low_cpu_utilization(self, rid: str, c: dict[str, Any]) -> Outcome:
+        t = self.f.totals
+        if not t.get("steps") or t.get("cores") is None:
+            return self.missing(rid, "no CPU samples in the recording")
+        if self.f.gpus and any(g["util"] is not None and g["util"] >= 1 for g in self.f.gpus):
+            return self.missing(rid, "a GPU job: its CPU use is judged by the GPU rules")
+        util = 100.0 * t["cores"] / max(t["allowed"], 1e-9)
+        if util >= c["warn_pct"]:
+            return self.outcome(rid, "passed", value=util, unit="%")
+        sev = "high" if util < c["alert_pct"] else "medium"
+        nodes = len(self._work_nodes())
+        where = f" on {nodes} nodes" if nodes > 1 else ""
+        return self.outcome(
+            rid, "fired", value=util, unit="%", severity=sev, impact_pct=100.0 - util,
+            evidence=f"{t['cores']:.2f} cores busy on average of {t['allowed']:.0f} the job "
+            f"could use{where} ({util:.0f} %) over {_fmt_s(t['steps'] * self.f.step_s)}; "
+            f"peak {t['peak_cores']:.2f} cores",
+        )  # fmt: skip
+
+    def serial_bottleneck(self, rid: str, c: dict[str, Any]) -> Outcome:
+        s = self.f.series
+        # the cores of the nodes doing real work (not the noise of thousands of idle ranks)
+        pairs = [(w, a) for w, a, live in zip(s["active_cores"], s["allowed"], s["live"],
+                                              strict=True)
+                 if live and w is not None and a]  # fmt: skip
+        if not pairs:
+            return self.missing(rid, "no CPU samples in the recording")
+        if max(a for _, a in pairs) < 2:
+            return self.missing(rid, "the job could use only one CPU")
+        serial = [w for w, a in pairs if a >= 2 and c["low_cores"] <= w <= c["high_cores"]]
+        share = len(serial) / len(pairs)
+        if share < c["min_share"]:
+            return self.outcome(rid, "passed", value=100 * share, unit="% of the run")
+        allowed = sum(a for _, a in pairs) / len(pairs)
+        impact = 100.0 * share * (1 - 1 / max(allowed, 1))
+        where = self._phase_of(lambda p: p["label"].startswith("serial"))
+        busiest = self._busiest_core()
+        return self.outcome(
+            rid, "fired", value=100 * share, unit="% of the run", impact_pct=impact,
+            evidence=f"about one core busy ({sum(serial) / len(serial):.2f} cores on average) "
+            f"during {len(serial)} of {len(pairs)} steps ({100 * share:.0f} % of the run) "
+            f"while {allowed:.0f} could be used" + where + busiest,
+        )  # fmt: skip
+
+    def _busiest_core(self) -> str:
+        if not self.f.cores or len(self.f.nodes) != 1:
+            return ""
+        shares = [(cpu, b) for _, cpu, b in self.f.cores if b is not None]
+        if len(shares) < 2:
+            return ""
+        shares.sort(key=lambda x: -x[1])
+        top, rest = shares[0], shares[1:]
+        mean_rest = sum(b for _, b in rest) / len(rest)
+        return (f"; busiest CPU {top[0]} {100 * top[1]:.0f} % busy, the other "
+                f"{len(rest)} {100 * mean_rest:.0f} % on average")  # fmt: skip
+
+    def _phase_of(self, pred: Callable[[dict[str, Any]], bool]) -> str:
+        hits = [p for p in self.f.phases if pred(p)]
+        if not hits:
+            return ""
+        p = max(hits, key=lambda p: p["duration_s"])
+        return (
+            f"; mostly in phase {p['index'] + 1} ({p['label']}, {p['start_s']:g}-{p['end_s']:g} s)"
+        )
+
+    def load_imbalance(self, rid: str, c: dict[str, Any]) -> Outcome:
+        nodes = [n for n in self._work_nodes()
+                 if (n["cores"] or 0) > 0.01 * max(n["allowed"], 1)]  # fmt: skip
+        findings: list[tuple[float, float, str, list[str]]] = []
+        best_value = 0.0
+        if len(nodes) >= 2:
+            work = [n["cores"] or 0.0 for n in nodes]
+            top = max(work)
+            mean = sum(work) / len(work)
+            imb = (top - mean) / top if top > 0 else 0.0
+            best_value = max(best_value, imb)
+            if imb > c["max_imbalance"]:
+                busiest = max(nodes, key=lambda n: n["cores"] or 0.0)
+                least = min(nodes, key=lambda n: n["cores"] or 0.0)
+                med = sorted(work)[len(work) // 2]
+                strag = [n["label"] for n in nodes if (n["cores"] or 0) > 1.1 * med]
+                late = self._late_nodes()
+                ev = (f"nodes busy {least['cores']:.2f} to {busiest['cores']:.2f} cores "
+                      f"(mean {mean:.2f}, busiest {busiest['label']}): imbalance "
+                      f"{100 * imb:.0f} %")  # fmt: skip
+                if strag:
+                    ev += f"; stragglers (over 1.1x the median node): {', '.join(strag[:8])}"
+                    ev += f" and {len(strag) - 8} more" if len(strag) > 8 else ""
+                if late:
+                    ev += f"; finished working last: {late}"
+                findings.append((100 * imb, imb, ev, strag or [busiest["label"]]))
+        for g in self.f.siblings:
+            if g["n"] < 2 or g["share"] < c["min_share"] or g["max_cpu"] <= 0:
+                continue
+            imb = (g["max_cpu"] - g["mean_cpu"]) / g["max_cpu"]
+            best_value = max(best_value, imb)
+            if imb <= c["max_imbalance"]:
+                continue
+            names = self.f.processes.get(g["node"], {})
+            label = self.f.nodes[g["node"]]["label"] if len(self.f.nodes) > 1 else ""
+            ev = (f"{g['n']} processes of parent {g['ppid']}"
+                  + (f" on {label}" if label else "")
+                  + f" used {g['min_cpu']:.2f} to {g['max_cpu']:.2f} s of CPU (mean "
+                  f"{g['mean_cpu']:.2f} s, busiest pid {g['busiest']}"
+                  + (f" {names[g['busiest']]}" if g["busiest"] in names else "")
+                  + f"): imbalance {100 * imb:.0f} %")  # fmt: skip
+            findings.append((100 * imb * g["share"], imb, ev, [label] if label else []))
+        if not findings:
+            if len(nodes) < 2 and not self.f.siblings:
+                return self.missing(rid, "one node and no sibling processes to compare")
+            return self.outcome(rid, "passed", value=100 * best_value, unit="%")
+        findings.sort(key=lambda f: -f[0])
+        impact, imb, ev, where = findings[0]
+        extra = "; " + "; ".join(f[2] for f in findings[1:3]) if len(findings) > 1 else ""
+        return self.outcome(
+            rid, "fired", value=100 * imb, unit="%", impact_pct=impact, evidence=ev + extra,
+            nodes=where,
+        )  # fmt: skip
+
+    def _late_nodes(self) -> str:
+        ends = [(str(n["label"]), float(n["end_work"])) for n in self.f.nodes if n.get("end_work")]
+        if len(ends) < 2:
+            return ""
+        ends.sort(key=lambda x: -x[1])
+        others = sorted(e for _, e in ends[1:])
+        median = others[len(others) // 2]
+        if ends[0][1] - median < max(3, 0.02 * self.f.steps):
+            return ""
+        return (f"{ends[0][0]} ({(ends[0][1] - median) * self.f.step_s:.0f} s after the "
+                "median node)")  # fmt: skip
+
+    # -- storage ----------------------------------------------------------------------------
+    def io_wait_bound(self, rid: str, c: dict[str, Any]) -> Outcome:
+        nodes = self._work_nodes()
+        if not nodes:
+            return self.missing(rid, "no CPU samples in the recording")
+        d_shares = [n["dstate_share"] for n in nodes if n["dstate_share"] is not None]
+        t = self.f.totals
+        # Two views of the same wait: the job's processes seen blocked in the kernel on I/O
+        # (state D, sampled), and the node's CPUs idle waiting for I/O (counted, but
+        # node-wide: it counts only while the job itself moves data, and is low when other
+        # programs keep the CPUs busy).
+        d_share = sum(d_shares) / len(d_shares) if d_shares else 0.0
+        busy, wait = t.get("cores") or 0.0, t.get("iowait") or 0.0
+        job_io = (t.get("read_bps") or 0.0) + (t.get("write_bps") or 0.0)
+        w_share = wait / (busy + wait) if busy + wait > 0 and job_io >= 1e6 else 0.0
+        if not d_shares and job_io < 1e6:
+            w_share = wait / (busy + wait) if busy + wait > 0 else 0.0
+        share = max(d_share, w_share)
+        how = (f"the job's processes were blocked on I/O (state D) in {100 * d_share:.0f} % of "
+               f"their samples; the CPUs waited for I/O {wait:.2f} cores on average against "
+               f"{busy:.2f} busy with the job ({100 * w_share:.0f} %)")  # fmt: skip
+        if share < c["min_share"]:
+            return self.outcome(rid, "passed", value=100 * share, unit="%")
+        io = (f"; storage traffic {_bytes(t.get('read_bps'))}/s read, "
+              f"{_bytes(t.get('write_bps'))}/s written on average")  # fmt: skip
+        return self.outcome(
+            rid, "fired", value=100 * share, unit="%", impact_pct=100 * share,
+            evidence=how + io
+            + self._phase_of(lambda p: "write" in p["label"] or "read" in p["label"]),
+        )  # fmt: skip
+
+    def metadata_storm(self, rid: str, c: dict[str, Any]) -> Outcome:
+        ops = self.f.meta_ops_per_node
+        if self.f.has_meta_counters and ops is not None and ops >= c["max_ops_per_s"]:
+            return self.outcome(
+                rid, "fired", value=ops, unit="ops/s per node",
+                impact_pct=min(50.0, 10 * ops / c["max_ops_per_s"]),
+                evidence=f"{ops:.0f} metadata operations per second per node on average "
+                "(Lustre/NFS client counters: open, close, stat, create, unlink, lookup ...)",
+            )  # fmt: skip
+        share = self.f.share(META_PATTERN) if self.f.stack_samples else None
+        if share is not None and share >= c["max_sample_share"]:
+            return self.outcome(
+                rid, "fired", value=100 * share, unit="% of samples", impact_pct=100 * share,
+                evidence=f"{100 * share:.0f} % of {self.f.stack_samples:,} call-stack samples "
+                "were in file-metadata system calls (open, stat, unlink, path lookup)",
+            )  # fmt: skip
+        if not self.f.has_meta_counters and share is None:
+            return self.missing(rid, "no Lustre or NFS client counters and no call stacks "
+                                "(record with para profile --functions)")  # fmt: skip
+        value = ops if self.f.has_meta_counters and ops is not None else 100 * (share or 0)
+        unit = "ops/s per node" if self.f.has_meta_counters and ops is not None else "% of samples"
+        return self.outcome(rid, "passed", value=value, unit=unit)
+
+    # -- network ----------------------------------------------------------------------------
+    def network_bound(self, rid: str, c: dict[str, Any]) -> Outcome:
+        ib = self.f.ib
+        if ib and ib.get("link_bps"):
+            sat = ib.get("saturated_share") or 0.0
+            if sat >= 0.1:
+                return self.outcome(
+                    rid, "fired", value=100 * (ib.get("link_share") or 0), unit="% of link",
+                    impact_pct=100 * sat,
+                    evidence=f"InfiniBand traffic at {100 * c['max_link_share']:.0f} % or more "
+                    f"of the {ib['link_bps'] * 8 / 1e9:.0f} Gb/s link during {100 * sat:.0f} % "
+                    f"of the run (mean {100 * (ib.get('link_share') or 0):.0f} %)",
+                )  # fmt: skip
+        share = self.f.share(COMM_PATTERN) if self.f.stack_samples else None
+        if share is not None and share >= c["max_sample_share"]:
+            return self.outcome(
+                rid, "fired", value=100 * share, unit="% of samples", impact_pct=100 * share,
+                evidence=f"{100 * share:.0f} % of {self.f.stack_samples:,} call-stack samples "
+                "were inside communication libraries (MPI, UCX, libfabric, NCCL ...)",
+            )  # fmt: skip
+        if (not ib or not ib.get("link_bps")) and share is None:
+            return self.missing(rid, "no InfiniBand link counters (the link rate of Ethernet "
+                                "is not recorded) and no call stacks")  # fmt: skip
+        if share is not None:
+            return self.outcome(rid, "passed", value=100 * share, unit="% of samples")
+        return self.outcome(rid, "passed", value=100 * (ib or {}).get("link_share", 0.0),
+                            unit="% of link")  # fmt: skip
+
+    # -- counters ---------------------------------------------------------------------------
+    def _counter_reason(self) -> str:
+        return self.f.unmeasured.get("counters", "no hardware counters were recorded")
+
+    def _no_pmu(self) -> bool:
+        return "counters" in self.f.unmeasured
+
+    def _sum_events(self, pattern: str) -> float | None:
+        rx = re.compile(pattern)
+        vals = [v["total"] for e, v in self.f.counters.items() if rx.search(e) and v["total"]]
+        return sum(vals) if vals else None
+
+    def memory_bandwidth_bound(self, rid: str, c: dict[str, Any]) -> Outcome:
+        if not self.f.counters or self._no_pmu():
+            return self.missing(rid, self._counter_reason())
+        per_node = [v for _, v in self.f.counter_rate(MEM_CAS_PATTERN) if v is not None]
+        if not per_node:
+            return self.missing(rid, "no memory-controller events (uncore_imc cas_count_read/"
+                                "write) among the recorded counters: add them with -e")  # fmt: skip
+        bw = 64.0 * max(per_node)
+        peak = c["peak_bytes_per_s"]
+        if not peak:
+            return self.missing(
+                rid,
+                f"memory bandwidth {_bytes(bw)}/s measured on the busiest "
+                "node, but the node's peak is not known: set "
+                "[memory_bandwidth_bound] peak_bytes_per_s in a rules file",
+            )
+        frac = bw / peak
+        if frac < c["min_fraction"]:
+            return self.outcome(rid, "passed", value=100 * frac, unit="% of peak")
+        return self.outcome(
+            rid, "fired", value=100 * frac, unit="% of peak", impact_pct=100 * frac / 2,
+            evidence=f"{_bytes(bw)}/s of memory traffic on the busiest node, {100 * frac:.0f} % "
+            f"of its {_bytes(peak)}/s peak",
+        )  # fmt: skip
+
+    def low_ipc(self, rid: str, c: dict[str, Any]) -> Outcome:
+        if not self.f.counters or self._no_pmu():
+            return self.missing(rid, self._counter_reason())
+        ins = self._sum_events(r"^(cpu_core/)?instructions(/|:|$)")
+        cyc = self._sum_events(r"^(cpu_core/)?cycles(/|:|$)")
+        if not ins or not cyc:
+            missing = [e for e, v in (("instructions", ins), ("cycles", cyc)) if not v]
+            return self.missing(rid, f"{' and '.join(missing)} not counted on this machine "
+                                f"({self._counter_reason()})")  # fmt: skip
+        ipc = ins / cyc
+        if ipc >= c["alert"]:
+            return self.outcome(rid, "passed", value=ipc, unit="instructions/cycle")
+        sev = "high" if ipc < c["high"] else "medium"
+        return self.outcome(
+            rid, "fired", value=ipc, unit="instructions/cycle", severity=sev,
+            impact_pct=100 * (1 - ipc / c["alert"]) / 2,
+            evidence=f"IPC {ipc:.2f}: {ins:.3g} instructions in {cyc:.3g} cycles",
+        )  # fmt: skip
+
+    def poor_vectorization(self, rid: str, c: dict[str, Any]) -> Outcome:
+        if not self.f.counters or self._no_pmu():
+            return self.missing(rid, self._counter_reason())
+        scalar = self._sum_events(r"fp_arith_inst_retired\.scalar|FP_ARITH.*SCALAR|"
+                                  r"fp_ret_sse_avx_ops\.scalar")  # fmt: skip
+        packed = self._sum_events(r"fp_arith_inst_retired\.(128b|256b|512b)_packed|"
+                                  r"FP_ARITH.*PACKED|fp_ret_sse_avx_ops\.packed")  # fmt: skip
+        if scalar is None and packed is None:
+            return self.missing(
+                rid,
+                "no floating-point instruction events (fp_arith_inst_retired"
+                ".scalar_double/.256b_packed_double ...) among the counters",
+            )
+        scalar, packed = scalar or 0.0, packed or 0.0
+        ins = self._sum_events(r"^(cpu_core/)?instructions(/|:|$)")
+        if ins and (scalar + packed) / ins < c["min_fp_share"]:
+            return self.outcome(rid, "passed", value=None, unit="%",
+                                reason="few floating-point instructions: not judged")  # fmt: skip
+        ratio = 100.0 * packed / (scalar + packed) if scalar + packed else 0.0
+        if ratio >= c["caution_pct"]:
+            return self.outcome(rid, "passed", value=ratio, unit="% packed")
+        sev = "high" if ratio < c["alert_pct"] else "medium"
+        return self.outcome(
+            rid, "fired", value=ratio, unit="% packed", severity=sev,
+            impact_pct=(c["caution_pct"] - ratio) / 2,
+            evidence=f"{ratio:.1f} % of floating-point instructions were packed (SIMD): "
+            f"{packed:.3g} packed against {scalar:.3g} scalar",
+        )  # fmt: skip
+
+    # -- memory -----------------------------------------------------------------------------
+    def memory_pressure(self, rid: str, c: dict[str, Any]) -> Outcome:
+        t = self.f.totals
+        if t.get("majflt_ps") is None and t.get("swap_pps") is None:
+            return self.missing(rid, self.f.unmeasured.get("memory", "memory was not sampled"))
+        swap_share = t.get("swap_share") or 0.0
+        majflt = t.get("majflt_ps") or 0.0
+        swap = t.get("swap_pps") or 0.0
+        if swap_share >= c["min_swap_share"]:
+            return self.outcome(
+                rid, "fired", value=swap, unit="pages/s", impact_pct=100 * swap_share,
+                evidence=f"swapping during {100 * swap_share:.0f} % of the run "
+                f"({swap:.0f} pages/s on average); {majflt:.0f} major faults/s",
+            )  # fmt: skip
+        if majflt >= c["max_major_faults_per_s"]:
+            peak = max((x for x in self.f.series["majflt_ps"] if x is not None), default=0.0)
+            return self.outcome(
+                rid, "fired", value=majflt, unit="major faults/s",
+                impact_pct=min(50.0, 10 * majflt / c["max_major_faults_per_s"]),
+                evidence=f"{majflt:.0f} major page faults per second on average (peak "
+                f"{peak:.0f}/s): pages read back from storage; swap {swap:.1f} pages/s",
+            )  # fmt: skip
+        return self.outcome(rid, "passed", value=majflt, unit="major faults/s")
+
+    def memory_growth(self, rid: str, c: dict[str, Any]) -> Outcome:
+        g = self.f.regression
+        if not g or g.get("n") is None or g["n"] < 5 or g.get("slope") is None:
+            return self.missing(rid, "fewer than 5 samples of memory in the run")
+        start = g["intercept"] + g["slope"] * g["first_sec"]
+        end = g["intercept"] + g["slope"] * g["last_sec"]
+        growth = end - start
+        rel = growth / start if start > 0 else 0.0
+        r2 = g.get("r2") or 0.0
+        fired = rel >= c["min_growth"] and growth >= c["min_bytes"] and r2 >= c["min_r2"]
+        if not fired:
+            return self.outcome(rid, "passed", value=100 * rel, unit="% growth")
+        span = (g["last_sec"] - g["first_sec"]) * self.f.step_s
+        rate = growth / span if span > 0 else 0.0
+        peak = self.f.totals.get("peak_rss") or self.f.totals.get("peak_mem")
+        return self.outcome(
+            rid, "fired", value=100 * rel, unit="% growth", impact_pct=min(40.0, 10 * rel),
+            evidence=f"resident memory grew steadily from {_bytes(start)} to {_bytes(end)} "
+            f"(+{100 * rel:.0f} %, {_bytes(rate)}/s, R squared {r2:.2f}) over "
+            f"{_fmt_s(span)}; peak {_bytes(peak)}",
+        )  # fmt: skip
+
+    def near_oom(self, rid: str, c: dict[str, Any]) -> Outcome:
+        rows = [(n, n["peak_mem"] / n["mem_total"]) for n in self.f.nodes
+                if n.get("peak_mem") and n.get("mem_total")]  # fmt: skip
+        if not rows:
+            return self.missing(rid, self.f.unmeasured.get("memory", "memory was not sampled"))
+        n, frac = max(rows, key=lambda x: x[1])
+        if frac < c["max_fraction"]:
+            return self.outcome(rid, "passed", value=100 * frac, unit="% of memory")
+        hot = [x[0]["label"] for x in rows if x[1] >= c["max_fraction"]]
+        where = f" on {n['label']}" if len(self.f.nodes) > 1 else ""
+        return self.outcome(
+            rid, "fired", value=100 * frac, unit="% of memory", impact_pct=100 * frac / 2,
+            severity="high" if frac >= 0.97 else "medium",
+            evidence=f"memory used peaked at {_bytes(n['peak_mem'])} of {_bytes(n['mem_total'])}"
+            f"{where} ({100 * frac:.0f} %)" + (f"; swap used {_bytes(n['peak_swap'])}"
+                                               if n.get("peak_swap") else ""),
+            nodes=hot,
+        )  # fmt: skip
+
+    # -- GPUs -------------------------------------------------------------------------------
+    def _gpu_reason(self) -> str:
+        return self.f.unmeasured.get("gpu", "no GPU was sampled")
+
+    def _gpu_label(self, g: dict[str, Any]) -> str:
+        node = f"{self.f.nodes[g['node']]['label']}:" if len(self.f.nodes) > 1 else ""
+        return f"GPU {node}{g['gpu']}"
+
+    def gpu_idle(self, rid: str, c: dict[str, Any]) -> Outcome:
+        gpus = [g for g in self.f.gpus if g["util"] is not None]
+        if not gpus:
+            return self.missing(rid, self._gpu_reason())
+        idle = [g for g in gpus if g["util"] < c["max_util_pct"]]
+        if not idle:
+            return self.outcome(rid, "passed", value=min(g["util"] for g in gpus), unit="%")
+        return self.outcome(
+            rid, "fired", value=min(g["util"] for g in idle), unit="%",
+            impact_pct=100.0 * len(idle) / len(gpus),
+            evidence=f"{len(idle)} of {len(gpus)} GPUs were never busy: "
+            + "; ".join(f"{self._gpu_label(g)} {g['util']:.1f} % busy on average, memory "
+                        f"{_bytes(g['peak_mem'])} at peak" for g in idle[:6]),
+            nodes=sorted({self.f.nodes[g["node"]]["label"] for g in idle}),
+        )  # fmt: skip
+
+    def _busy_gpus(self) -> list[dict[str, Any]]:
+        lo = self.cfg["gpu_idle"]["max_util_pct"]
+        return [g for g in self.f.gpus if g["util"] is not None and g["util"] >= lo]
+
+    def gpu_low_utilization(self, rid: str, c: dict[str, Any]) -> Outcome:
+        if not self.f.gpus:
+            return self.missing(rid, self._gpu_reason())
+        gpus = self._busy_gpus()
+        if not gpus:
+            return self.missing(rid, "no GPU was used (see gpu_idle)")
+        mean = sum(g["util"] for g in gpus) / len(gpus)
+        if mean >= c["warn_pct"]:
+            return self.outcome(rid, "passed", value=mean, unit="%")
+        sev = "high" if mean < c["alert_pct"] else "medium"
+        return self.outcome(
+            rid, "fired", value=mean, unit="%", severity=sev, impact_pct=100 - mean,
+            evidence=f"the {len(gpus)} GPU(s) in use were busy {mean:.0f} % of the time on "
+            "average: " + "; ".join(f"{self._gpu_label(g)} {g['util']:.0f} % (peak "
+                                    f"{g['peak_util']:.0f} %)" for g in gpus[:6]),
+        )  # fmt: skip
+
+    def gpu_memory_underused(self, rid: str, c: dict[str, Any]) -> Outcome:
+        if not self.f.gpus:
+            return self.missing(rid, self._gpu_reason())
+        gpus = [g for g in self._busy_gpus() if g.get("mem_total")]
+        if not gpus:
+            return self.missing(rid, "no GPU was used, or its memory size is unknown")
+        frac = max(g["peak_mem"] / g["mem_total"] for g in gpus)
+        if frac >= c["max_fraction"]:
+            return self.outcome(rid, "passed", value=100 * frac, unit="% of GPU memory")
+        return self.outcome(
+            rid, "fired", value=100 * frac, unit="% of GPU memory", severity="low",
+            impact_pct=5.0,
+            evidence="peak GPU memory " + "; ".join(
+                f"{self._gpu_label(g)} {_bytes(g['peak_mem'])} of {_bytes(g['mem_total'])} "
+                f"({100 * g['peak_mem'] / g['mem_total']:.0f} %)" for g in gpus[:6]),
+        )  # fmt: skip
+
+    # -- time -------------------------------------------------------------------------------
+    def stalled(self, rid: str, c: dict[str, Any]) -> Outcome:
+        k = self.f.catastrophe
+        if self.f.steps < 10:
+            return self.missing(rid, "fewer than 10 steps: no before and after to compare")
+        if not k or k.get("ratio") is None:
+            return self.missing(rid, "the job did no measurable work")
+        ratio, tail = k["ratio"], k["tail_share"]
+        if ratio > c["max_ratio"] or tail < c["min_tail_share"]:
+            return self.outcome(rid, "passed", value=ratio, unit="after/before")
+        if (k.get("tail_active") or 0.0) >= self.cfg["serial_bottleneck"]["low_cores"]:
+            # one core still works: a serial end, which serial_bottleneck reports
+            return self.outcome(
+                rid,
+                "passed",
+                value=ratio,
+                unit="after/before",
+                reason="activity fell to one busy core, not to nothing",
+            )
+        at = k["sec"] * self.f.step_s
+        return self.outcome(
+            rid, "fired", value=ratio, unit="after/before", impact_pct=100 * tail,
+            evidence=f"from {at:.0f} s on, the job kept {k['after']:.2f} cores busy on average "
+            f"against {k['before']:.2f} before ({100 * ratio:.1f} %), for the last "
+            f"{100 * tail:.0f} % of the run",
+            start_s=round(at, 3), end_s=round(self.f.duration_s, 3),
+        )  # fmt: skip
+
+
+def evaluate(facts: Facts, config: dict[str, dict[str, Any]]) -> list[Outcome]:
+    return Evaluator(facts, config).run()
+
+
+# Rules that say the job left resources unused without saying why: at equal severity the
+# rules that explain it come first, and they are named in its evidence.
+GENERIC = ("low_cpu_utilization",)
+EXPLAINS_CPU = ("idle_nodes", "serial_bottleneck", "load_imbalance", "io_wait_bound",
+                "metadata_storm", "network_bound", "stalled", "memory_pressure")  # fmt: skip
+
+
+def order(outcomes: list[Outcome]) -> list[Outcome]:
+    """Fired rules, what limits the job first: by severity, then estimated impact."""
+    fired = [o for o in outcomes if o.status == "fired"]
+    why = [o.id for o in fired if o.id in EXPLAINS_CPU]
+    for o in fired:
+        if o.id in GENERIC and why:
+            o.evidence += "; explained in part by " + ", ".join(why)
+    return sorted(fired, key=lambda o: (SEVERITY.index(o.severity or "low"), o.id in GENERIC,
+                                        -o.impact_pct, o.id))  # fmt: skip

@@ -1,0 +1,151 @@
+"""Who is calling: a node (writes its own host's data) or an analyst (reads).
+
+Two ways to know, chosen by `para collector serve --auth`:
+- `mtls` (default): the client certificate, signed by the site CA, names the caller (see
+  tls.py); the TLS layer has already refused anyone else.
+- `token`: a bearer token in the `authorization` header, looked up by its SHA-256 in the
+  collector's tokens file (`para collector add-token`), which the collector re-reads when it
+  changes.  Tokens can expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from para.errors import ParaError
+from para.formats import wire
+
+TOKEN_PREFIX = "para_"
+
+
+@dataclass(frozen=True)
+class Identity:
+    role: str  # wire.ROLE_AGENT | wire.ROLE_READER
+    name: str  # the host of an agent, the name of a reader
+    via: str  # certificate | token
+
+    def describe(self) -> str:
+        return f"{self.role} {self.name!r} ({self.via})"
+
+
+class AuthError(Exception):
+    """The caller is not who it must be; the message is safe to send back."""
+
+
+def identity_from_certificate(peer_identity: bytes | str) -> Identity:
+    name = peer_identity.decode() if isinstance(peer_identity, bytes) else peer_identity
+    if not name:
+        raise AuthError("no client certificate identity (mutual TLS is required)")
+    if name.startswith(wire.READER_CN_PREFIX):
+        reader = name[len(wire.READER_CN_PREFIX) :]
+        try:
+            wire.check_reader_name(reader)
+        except wire.WireError as e:
+            raise AuthError(f"client certificate names an invalid reader: {e.message}") from None
+        return Identity(wire.ROLE_READER, reader, "certificate")
+    try:
+        wire.check_host(name)
+    except wire.WireError as e:
+        raise AuthError(f"client certificate names an invalid host: {e.message}") from None
+    return Identity(wire.ROLE_AGENT, name, "certificate")
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    """The tokens file: {"tokens": [{"sha256", "role", "name", "expires", "created"}]}."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._by_digest: dict[str, dict[str, Any]] = {}
+
+    def _load(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._by_digest, self._stamp = {}, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            doc = json.loads(self.path.read_text())
+            entries = doc["tokens"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ParaError(f"tokens file {self.path} is not readable: {e}") from e
+        self._by_digest = {e["sha256"]: e for e in entries if isinstance(e, dict)}
+        self._stamp = stamp
+
+    def identify(self, header: str | None, now: float | None = None) -> Identity:
+        if not header:
+            raise AuthError("no token: send `authorization: Bearer <token>` (collector.token_file)")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("the authorization header is not `Bearer <token>`")
+        with self._lock:
+            self._load()
+            entry = self._by_digest.get(_digest(token.strip()))
+        if entry is None:
+            raise AuthError("unknown token (revoked, or for another collector)")
+        expires = entry.get("expires")
+        now = time.time() if now is None else now
+        if isinstance(expires, (int, float)) and expires < now:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+            raise AuthError(
+                f"token of {entry.get('role')} {entry.get('name')!r} expired on {when}; "
+                f"issue a new one with `para collector add-token {entry.get('name')}`"
+            )
+        role = entry.get("role")
+        name = entry.get("name")
+        try:
+            if role == wire.ROLE_AGENT:
+                wire.check_host(name)
+            elif role == wire.ROLE_READER:
+                wire.check_reader_name(name)
+            else:
+                raise AuthError(f"token has an unknown role {role!r}")
+        except wire.WireError as e:
+            raise AuthError(f"token entry is invalid: {e.message}") from None
+        return Identity(str(role), str(name), "token")
+
+    def add(self, name: str, *, reader: bool = False, days: float | None = None) -> str:
+        """Create a token; returns it (shown once: only its digest is kept)."""
+        role = wire.ROLE_READER if reader else wire.ROLE_AGENT
+        (wire.check_reader_name if reader else wire.check_host)(name)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        now = time.time()
+        with self._lock:
+            try:
+                doc = json.loads(self.path.read_text())
+            except FileNotFoundError:
+                doc = {"tokens": []}
+            except ValueError as e:
+                raise ParaError(f"tokens file {self.path} is not valid JSON: {e}") from e
+            doc["tokens"].append(
+                {
+                    "sha256": _digest(token),
+                    "role": role,
+                    "name": name,
+                    "created": now,
+                    "expires": now + days * 86400 if days else None,
+                }
+            )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f, indent=1)
+            os.replace(tmp, self.path)
+        return token

@@ -1,0 +1,175 @@
+"""Talking to a collector: what the agent's shipper and an analyst's tools use.
+
+Errors are sorted by what the caller should do: `Transient` (retry later: the collector is
+down, busy, out of disk), `Denied` (the credential is refused: fix the configuration; the data
+waits), and a `wire.Ack` with status `rejected` for a segment that can never be accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as fl
+
+from para.collector import tls
+from para.errors import ParaError
+from para.formats import wire
+
+# gRPC's own log lines (handshake failures...) repeat what our errors say, in its words.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+CHUNK_BYTES = 1 << 20
+
+
+class Transient(Exception):
+    """The collector could not take it now; try again later."""
+
+
+class Denied(Exception):
+    """The collector refused the credential (or what it may do); retrying will not help
+    until the configuration is fixed."""
+
+
+@dataclass
+class Endpoint:
+    url: str
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    token: str | None = None
+    insecure: bool = False
+    server_name: str | None = None
+    timeout: float = 60.0
+
+
+def check_url(url: str, insecure: bool) -> str:
+    if url.startswith("grpc+tls://"):
+        return url
+    if url.startswith(("grpc+tcp://", "grpc://")):
+        if not insecure:
+            raise ParaError(
+                f"collector url {url} is plaintext",
+                hint="use grpc+tls://HOST:PORT, or set insecure = true to send unencrypted",
+            )
+        return url
+    raise ParaError(f"collector url {url!r} must start with grpc+tls:// (or grpc+tcp://)")
+
+
+class CollectorClient:
+    def __init__(self, ep: Endpoint):
+        self.ep = ep
+        url = check_url(ep.url, ep.insecure)
+        kwargs: dict[str, Any] = {}
+        if url.startswith("grpc+tls://"):
+            if ep.ca_file:
+                kwargs["tls_root_certs"] = _read(ep.ca_file)
+            if ep.cert_file or ep.key_file:
+                if not (ep.cert_file and ep.key_file):
+                    raise ParaError("a client certificate needs both cert_file and key_file")
+                kwargs["cert_chain"] = _read(ep.cert_file)
+                kwargs["private_key"] = _read(ep.key_file)
+            if ep.server_name:
+                kwargs["override_hostname"] = ep.server_name
+        self._client = fl.FlightClient(url, **kwargs)
+        headers = []
+        if ep.token:
+            headers.append((b"authorization", b"Bearer " + ep.token.encode()))
+        self._options = fl.FlightCallOptions(timeout=ep.timeout, headers=headers)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> CollectorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- agents ----------------------------------------------------------------------------
+    def send_segment(self, data: bytes, header: wire.PutHeader) -> wire.Ack:
+        schema = pa.schema([(wire.CHUNK_COLUMN, pa.binary())])
+        descriptor = fl.FlightDescriptor.for_command(header.encode())
+        try:
+            writer, meta_reader = self._client.do_put(descriptor, schema, options=self._options)
+            try:
+                for batch in _batches(data, schema):
+                    writer.write_batch(batch)
+                writer.done_writing()
+                buf = meta_reader.read()
+            finally:
+                writer.close()
+        except fl.FlightError as e:
+            raise _classify(e) from None
+        except pa.ArrowException as e:
+            raise Transient(f"transfer failed: {e}") from None
+        if buf is None:
+            raise Transient("the collector closed the upload without an acknowledgement")
+        return wire.Ack.decode(buf.to_pybytes())
+
+    def push_live(self, host: str, samples: list[tuple[int, dict[str, Any]]]) -> None:
+        self._action(wire.ACTION_LIVE, wire.encode_live(host, samples))
+
+    # -- readers ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return json.loads(self._action(wire.ACTION_STATUS, b""))
+
+    def live_snapshot(self, host: str | None = None) -> dict[str, Any]:
+        body = json.dumps({"host": host}).encode() if host else b""
+        return json.loads(self._action(wire.ACTION_LIVE_SNAPSHOT, body))
+
+    def _action(self, kind: str, body: bytes) -> bytes:
+        try:
+            results = list(self._client.do_action(fl.Action(kind, body), options=self._options))
+        except fl.FlightError as e:
+            raise _classify(e) from None
+        except pa.ArrowException as e:
+            raise Transient(f"{kind} failed: {e}") from None
+        return results[0].body.to_pybytes() if results else b""
+
+
+def _batches(data: bytes, schema: pa.Schema, per_batch: int = 4) -> list[pa.RecordBatch]:
+    """The bytes as record batches of `per_batch` chunks of CHUNK_BYTES, without copying."""
+    buf = pa.py_buffer(data)
+    out = []
+    step = CHUNK_BYTES * per_batch
+    for start in range(0, max(len(data), 1), step):
+        sub = buf.slice(start, min(step, len(data) - start))
+        n = max(1, -(-sub.size // CHUNK_BYTES))
+        offsets = pa.array([min(i * CHUNK_BYTES, sub.size) for i in range(n + 1)], pa.int32())
+        arr = pa.Array.from_buffers(pa.binary(), n, [None, offsets.buffers()[1], sub])
+        out.append(pa.record_batch([arr], schema=schema))
+    return out
+
+
+def _classify(e: fl.FlightError) -> Exception:
+    msg = _clean(str(e))
+    if isinstance(e, (fl.FlightUnauthenticatedError, fl.FlightUnauthorizedError)):
+        return Denied(msg)
+    return Transient(msg)
+
+
+def _clean(msg: str) -> str:
+    """The collector's own words, without gRPC's wrapping and debug context."""
+    for marker in (". Detail:", ". gRPC client debug context:", " gRPC client debug context:"):
+        msg = msg.split(marker)[0]
+    return msg.replace("Flight returned ", "").strip()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ParaError(f"cannot read {path}: {e.strerror}") from e
+
+
+def credential_problem(ep: Endpoint) -> str | None:
+    """A problem with our own credential that the TLS handshake would only report as a
+    closed connection: an expired or not-yet-valid client certificate."""
+    if ep.cert_file:
+        return tls.cert_problem(ep.cert_file)
+    return None

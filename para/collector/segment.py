@@ -1,0 +1,271 @@
+"""Reading a complete `.para` file (a segment or a profile output) for the database.
+
+Checks everything a peer could get wrong before the collector acknowledges it: a ZIP with a
+central directory (a closed file, not a journal), `meta.json` and `end.json` that say it is a
+complete para file of a version we read, every member's CRC, table names safe as paths, a
+well-formed catalogue.  Parts are read from a memory map, so a segment costs C++ Parquet
+decoding and no Python-level copying.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from para.formats import wire
+from para.formats.container import END_NAME, FORMAT_VERSION, JOURNAL_PREFIX, META_NAME
+from para.formats.journal import arrow_schema, table_layout
+
+_TYPES = {"int", "float", "str"}
+_KINDS = {"counter", "gauge", "info"}
+# Columns the database adds (host, job_id) or derives from the partition path (cluster, date):
+# a file column of the same name (other than job_id, which is the attribution itself) is
+# kept under this prefix.
+RESERVED = ("host", "cluster", "date")
+RENAMED_PREFIX = "col_"
+
+
+class Rejected(Exception):
+    """The file can never be accepted as it stands; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class _Part:
+    name: str
+    offset: int
+    size: int
+    crc: int
+
+
+@dataclass
+class Segment:
+    path: Path
+    id: str
+    host: str
+    meta: dict[str, Any]
+    size: int
+    layout: dict[str, list[dict[str, str]]]
+    parts: dict[str, list[_Part]] = field(default_factory=dict)
+    _mm: pa.MemoryMappedFile | None = None
+
+    @property
+    def job(self) -> dict[str, Any]:
+        job = self.meta.get("job")
+        return job if isinstance(job, dict) else {}
+
+    @property
+    def source(self) -> str:
+        return str(self.meta.get("source") or "")
+
+    def schema(self, table: str) -> pa.Schema:
+        return arrow_schema(self.layout[table])
+
+    def read_table(self, table: str) -> pa.Table:
+        """All rows of `table`, conformed to this file's catalogue."""
+        schema = self.schema(table)
+        pieces = []
+        for part in self.parts.get(table, []):
+            buf = self._buffer(part)
+            try:
+                got = pq.read_table(pa.BufferReader(buf))
+            except (pa.ArrowException, OSError) as e:
+                raise Rejected(
+                    f"{self.path}: member {part.name} at offset {part.offset} is not readable "
+                    f"Parquet ({e})"
+                ) from None
+            pieces.append(_conform(got, schema, f"{self.path}: {part.name}"))
+        if not pieces:
+            return schema.empty_table()
+        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+
+    def verify(self) -> None:
+        """Every member's CRC-32 (a flipped bit anywhere is caught before the ack)."""
+        for parts in self.parts.values():
+            for part in parts:
+                if zlib.crc32(self._buffer(part)) != part.crc:
+                    raise Rejected(
+                        f"{self.path}: member {part.name} at offset {part.offset} fails its "
+                        "CRC-32 (the file is damaged)"
+                    )
+
+    def _buffer(self, part: _Part) -> pa.Buffer:
+        if self._mm is None:
+            self._mm = pa.memory_map(str(self.path))
+        # zero-copy; Arrow keeps the mapping alive while a buffer points into it
+        return self._mm.read_at(part.size, part.offset)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+
+
+def open_segment(
+    path: str | os.PathLike[str], *, sha256: str | None = None, verify: bool = True
+) -> Segment:
+    """Open and check a complete .para file; raises Rejected with the reason otherwise.
+
+    `sha256` is the digest of the file's bytes when the caller already has it (the collector
+    computes it while receiving); otherwise it is computed here (needed for the id of files
+    without a segment id).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise Rejected(f"{path}: cannot read ({e.strerror})") from None
+    if head != b"PK\x03\x04":
+        raise Rejected(f"{path}: not a .para file (offset 0 holds {head!r})")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise Rejected(
+            f"{path}: not a complete .para file ({e}); a file whose writer was stopped is a "
+            f"journal: run `para recover {path}` first"
+        ) from None
+    with zf:
+        names = zf.namelist()
+        if not names or names[0] != META_NAME:
+            raise Rejected(f"{path}: not a .para file (its first member is not {META_NAME})")
+        if any(n.startswith(JOURNAL_PREFIX) for n in names):
+            raise Rejected(f"{path}: still holds journal records; run `para recover {path}`")
+        meta = _json(zf, META_NAME, path)
+        if END_NAME not in names:
+            raise Rejected(f"{path}: has no {END_NAME}: it was not closed; run `para recover`")
+        end = _json(zf, END_NAME, path)
+        if meta.get("format") != "para":
+            raise Rejected(f"{path}: {META_NAME} does not describe a para file")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise Rejected(
+                f"{path}: .para format version {version!r}; this collector reads up to "
+                f"{FORMAT_VERSION} (upgrade the collector)"
+            )
+        if not end.get("complete"):
+            raise Rejected(f"{path}: {END_NAME} does not say complete")
+        meta = {**meta, **end}
+        layout = _layout(meta.get("catalogue"), path)
+        parts: dict[str, list[_Part]] = {}
+        for info in zf.infolist():
+            table, _, rest = info.filename.partition("/")
+            if not rest.endswith(".parquet"):
+                continue
+            if table not in layout:
+                raise Rejected(f"{path}: member {info.filename} belongs to no catalogued table")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise Rejected(f"{path}: member {info.filename} is compressed, not stored")
+            offset = _data_offset(path, info.header_offset)
+            if offset + info.compress_size > size:
+                raise Rejected(f"{path}: member {info.filename} runs past the end of the file")
+            parts.setdefault(table, []).append(
+                _Part(info.filename, offset, info.compress_size, info.CRC)
+            )
+    if sha256 is None:
+        with open(path, "rb") as f:
+            sha256 = _file_sha256(f)
+    try:
+        host = wire.host_of(meta)
+        seg_id = wire.segment_id_for(meta, sha256)
+    except wire.WireError as e:
+        raise Rejected(f"{path}: {e.message}") from None
+    seg = Segment(path, seg_id, host, meta, size, layout, parts)
+    if verify:
+        try:
+            seg.verify()
+        except Rejected:
+            seg.close()
+            raise
+    return seg
+
+
+def _file_sha256(f: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _json(zf: zipfile.ZipFile, name: str, path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(zf.read(name))
+    except (ValueError, zipfile.BadZipFile, zlib.error, OSError) as e:
+        raise Rejected(f"{path}: {name} is not readable JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise Rejected(f"{path}: {name} is not a JSON object")
+    return doc
+
+
+def _layout(catalogue: object, path: Path) -> dict[str, list[dict[str, str]]]:
+    if not isinstance(catalogue, list):
+        raise Rejected(f"{path}: meta.json has no metric catalogue")
+    for i, entry in enumerate(catalogue):
+        ok = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("name"), str)
+            and entry["name"]
+            and entry.get("type") in _TYPES
+            and entry.get("kind") in _KINDS
+        )
+        if not ok:
+            raise Rejected(f"{path}: catalogue entry {i} is malformed: {entry!r:.200}")
+        try:
+            wire.check_table_name(entry.get("table"))
+        except wire.WireError as e:
+            raise Rejected(f"{path}: catalogue entry {i}: {e.message}") from None
+    layout = table_layout(catalogue)
+    for table, cols in layout.items():
+        names = [c["name"] for c in cols]
+        if len(set(names)) != len(names):
+            raise Rejected(f"{path}: table {table} declares a column twice")
+        if "t" not in names:
+            raise Rejected(f"{path}: table {table} has no time column t")
+    return layout
+
+
+def _data_offset(path: Path, header_offset: int) -> int:
+    with open(path, "rb") as f:
+        f.seek(header_offset)
+        head = f.read(_LOCAL_HEADER.size)
+    if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
+        raise Rejected(f"{path}: no member header at offset {header_offset}")
+    nlen, xlen = _LOCAL_HEADER.unpack(head)[-2:]
+    return header_offset + _LOCAL_HEADER.size + nlen + xlen
+
+
+def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """The catalogue's columns and types; a column a part lacks reads as nulls."""
+    if table.schema.equals(schema):
+        return table
+    arrays = []
+    for f in schema:
+        if f.name in table.schema.names:
+            col = table.column(f.name)
+            try:
+                arrays.append(col if col.type == f.type else col.cast(f.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise Rejected(f"{where}: column {f.name} is not {f.type} ({e})") from None
+        else:
+            arrays.append(pa.nulls(len(table), f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)

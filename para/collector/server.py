@@ -1,0 +1,437 @@
+"""`para collector serve`: the Arrow Flight service agents ship to, and the threads that merge
+what arrives into the feature database and keep it tidy.
+
+Threads: gRPC's (receive: store + acknowledge, many at once), one merger (incoming/ -> data/),
+one for upkeep (catalogue snapshots, compaction, retention).  A receive never waits for a
+merge, so a slow disk or a long compaction delays the database, never the agents' acks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as fl
+
+from para.collector import maintenance
+from para.collector.auth import AuthError, Identity, TokenStore, identity_from_certificate
+from para.collector.db import FeatureDB, StoreFull, is_disk_full
+from para.collector.store import IncomingStore
+from para.errors import ParaError
+from para.formats import wire
+
+LIVE_SAMPLES_PER_HOST = 300
+
+
+@dataclass
+class ServeOptions:
+    db: Path
+    listen: str = f"0.0.0.0:{wire.DEFAULT_PORT}"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    auth: str = "mtls"  # mtls | token
+    tokens_file: Path | None = None
+    insecure: bool = False
+    cluster: str = "default"
+    min_free_bytes: int = 256 << 20
+    max_segment_bytes: int = 1 << 30
+    retention_days: dict[str, float] = field(default_factory=dict)
+    compact_every: float = 600.0
+    retention_every: float = 3600.0
+    export_every: float = 2.0
+    port_file: Path | None = None
+    quiet: bool = False
+
+
+class _TokenMiddleware(fl.ServerMiddleware):
+    def __init__(self, identity: Identity):
+        self.identity = identity
+
+
+class _TokenFactory(fl.ServerMiddlewareFactory):
+    def __init__(self, tokens: TokenStore):
+        self.tokens = tokens
+
+    def start_call(self, info: fl.CallInfo, headers: dict[str, list[str]]) -> _TokenMiddleware:
+        values = headers.get("authorization") or []
+        try:
+            ident = self.tokens.identify(values[0] if values else None)
+        except AuthError as e:
+            raise fl.FlightUnauthenticatedError(str(e)) from None
+        except ParaError as e:
+            raise fl.FlightUnavailableError(f"collector cannot read its tokens: {e}") from None
+        return _TokenMiddleware(ident)
+
+
+@dataclass
+class Counters:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    unavailable: int = 0
+    denied: int = 0
+    bytes: int = 0
+    merged: int = 0
+    merged_values: int = 0
+    quarantined: int = 0
+    live_samples: int = 0
+    last_rejection: str = ""
+    last_error: str = ""
+
+
+class CollectorService(fl.FlightServerBase):
+    def __init__(self, opts: ServeOptions, log: Callable[[str], None]):
+        self.opts = opts
+        self.log = log
+        self.db = FeatureDB(opts.db, cluster=opts.cluster)
+        self.store = IncomingStore(
+            self.db, min_free_bytes=opts.min_free_bytes, max_segment_bytes=opts.max_segment_bytes
+        )
+        self.counters = Counters()
+        self._lock = threading.Lock()
+        self._live: dict[str, deque[tuple[int, Any]]] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._meta_dirty = True
+        self._catalog_dirty = True
+        self._full_logged = -1e9
+        self.started = time.time()
+        kwargs: dict[str, Any] = {}
+        if opts.insecure:
+            scheme = "grpc+tcp"
+            if opts.auth == "mtls":
+                raise ParaError(
+                    "--insecure has no TLS, so no client certificates: use --auth token",
+                )
+        else:
+            scheme = "grpc+tls"
+            if not (opts.cert_file and opts.key_file):
+                raise ParaError(
+                    "TLS needs the server certificate and key (--cert, --key or --tls-dir)",
+                    hint="create them with `para collector init-ca`, or pass --insecure "
+                    "for plaintext on a trusted network",
+                )
+            kwargs["tls_certificates"] = [
+                fl.CertKeyPair(_read(opts.cert_file), _read(opts.key_file))
+            ]
+            if opts.auth == "mtls":
+                if not opts.ca_file:
+                    raise ParaError("--auth mtls needs the CA that signed the agents (--ca)")
+                kwargs["verify_client"] = True
+                kwargs["root_certificates"] = _read(opts.ca_file)
+        if opts.auth == "token":
+            if not opts.tokens_file:
+                raise ParaError("--auth token needs a tokens file (--tokens)")
+            kwargs["middleware"] = {"auth": _TokenFactory(TokenStore(opts.tokens_file))}
+        elif opts.auth != "mtls":
+            raise ParaError(f"unknown --auth {opts.auth!r}: mtls or token")
+        # Before serving: finish what a killed collector left half done.
+        self.db.recover()
+        removed = self.store.clean()
+        if removed:
+            log(f"removed {removed} unacknowledged partial uploads left by the last run")
+        host, _, port = opts.listen.rpartition(":")
+        try:
+            super().__init__(f"{scheme}://{host}:{int(port)}", **kwargs)
+        except (pa.ArrowException, OSError) as e:
+            raise ParaError(f"cannot listen on {opts.listen}: {e}") from e
+        self.location = f"{scheme}://{host}:{self.port}"
+        self._threads = [
+            threading.Thread(target=self._merge_loop, name="para-collector-merge", daemon=True),
+            threading.Thread(target=self._upkeep_loop, name="para-collector-upkeep", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- identity --------------------------------------------------------------------------
+    def _identity(self, context: fl.ServerCallContext) -> Identity:
+        if self.opts.auth == "token":
+            mw = context.get_middleware("auth")
+            if mw is None:
+                raise fl.FlightUnauthenticatedError("no credential")
+            return mw.identity
+        try:
+            return identity_from_certificate(context.peer_identity())
+        except AuthError as e:
+            raise fl.FlightUnauthenticatedError(str(e)) from None
+
+    def _agent(self, context: fl.ServerCallContext, host: str) -> Identity:
+        ident = self._identity(context)
+        if ident.role != wire.ROLE_AGENT or ident.name != host:
+            with self._lock:
+                self.counters.denied += 1
+            what = (
+                "readers may not write"
+                if ident.role != wire.ROLE_AGENT
+                else (f"it may write host {ident.name!r} only")
+            )
+            self.log(f"denied: {ident.describe()} tried to write host {host!r}")
+            raise fl.FlightUnauthorizedError(
+                f"{ident.describe()} may not write data of host {host!r}: {what}"
+            )
+        return ident
+
+    def _reader(self, context: fl.ServerCallContext) -> Identity:
+        ident = self._identity(context)
+        if ident.role != wire.ROLE_READER:
+            with self._lock:
+                self.counters.denied += 1
+            raise fl.FlightUnauthorizedError(
+                f"{ident.describe()} may not read: use an analyst's (reader) credential"
+            )
+        return ident
+
+    # -- segments --------------------------------------------------------------------------
+    def do_put(
+        self,
+        context: fl.ServerCallContext,
+        descriptor: fl.FlightDescriptor,
+        reader: fl.MetadataRecordBatchReader,
+        writer: fl.FlightMetadataWriter,
+    ) -> None:
+        try:
+            header = wire.PutHeader.decode(descriptor.command or b"")
+        except wire.WireError as e:
+            self._identity(context)
+            self._reject("?", f"bad upload descriptor: {e.message}")
+            raise fl.FlightServerError(f"para-reject: {e.message}") from None
+        self._agent(context, header.host)
+        if reader.schema.names != [wire.CHUNK_COLUMN] or not pa.types.is_binary(
+            reader.schema.field(0).type
+        ):
+            ack = wire.Ack(wire.REJECTED, header.id, "upload stream is not one binary column")
+        else:
+            try:
+                ack = self.store.receive(header, _chunks(reader))
+            except StoreFull as e:
+                with self._lock:
+                    self.counters.unavailable += 1
+                    self.counters.last_error = e.message
+                    now = time.monotonic()
+                    quiet = now - self._full_logged < 60
+                    if not quiet:
+                        self._full_logged = now
+                if not quiet:  # once a minute, not once per retry of every agent
+                    self.log(f"refusing segments ({header.name} from {header.host}): {e.message}")
+                raise fl.FlightUnavailableError(e.message) from None
+            except Exception as e:  # a bug or an I/O error: the agent retries, we say why
+                with self._lock:
+                    self.counters.last_error = f"{type(e).__name__}: {e}"
+                self.log(f"error storing {header.name} from {header.host}: {e!r}")
+                raise fl.FlightUnavailableError(
+                    f"collector could not store the segment: {e}"
+                ) from None
+        with self._lock:
+            if ack.status == wire.STORED:
+                self.counters.stored += 1
+                self.counters.bytes += header.size
+            elif ack.status == wire.DUPLICATE:
+                self.counters.duplicates += 1
+        if ack.status == wire.REJECTED:
+            self._reject(header.host, ack.reason)
+        writer.write(pa.py_buffer(ack.encode()))
+        if ack.status == wire.STORED:
+            self._wake.set()
+
+    def _reject(self, host: str, reason: str) -> None:
+        with self._lock:
+            self.counters.rejected += 1
+            self.counters.last_rejection = reason
+        self.log(f"rejected a segment from {host}: {reason}")
+
+    # -- actions ---------------------------------------------------------------------------
+    def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
+        return [
+            (wire.ACTION_LIVE, "agents: the last samples of their host"),
+            (wire.ACTION_STATUS, "readers: the collector's counters and database state"),
+            (wire.ACTION_LIVE_SNAPSHOT, "readers: the live samples kept per host"),
+        ]
+
+    def do_action(self, context: fl.ServerCallContext, action: fl.Action) -> Iterator[fl.Result]:
+        kind = action.type
+        body = action.body.to_pybytes() if action.body is not None else b""
+        if kind == wire.ACTION_LIVE:
+            try:
+                host, samples = wire.decode_live(body)
+            except wire.WireError as e:
+                self._identity(context)
+                raise fl.FlightServerError(f"para-reject: {e.message}") from None
+            self._agent(context, host)
+            with self._lock:
+                buf = self._live.setdefault(host, deque(maxlen=LIVE_SAMPLES_PER_HOST))
+                buf.extend(samples)
+                self.counters.live_samples += len(samples)
+            return iter([fl.Result(pa.py_buffer(b'{"ok":true}'))])
+        if kind == wire.ACTION_STATUS:
+            self._reader(context)
+            return iter([fl.Result(pa.py_buffer(json.dumps(self.status()).encode()))])
+        if kind == wire.ACTION_LIVE_SNAPSHOT:
+            self._reader(context)
+            want = json.loads(body or b"{}").get("host") if body else None
+            with self._lock:
+                snap = {h: list(d) for h, d in self._live.items() if want in (None, h)}
+            return iter([fl.Result(pa.py_buffer(json.dumps(snap).encode()))])
+        self._identity(context)
+        raise fl.FlightServerError(f"unknown action {kind!r}")
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            c = dict(self.counters.__dict__)
+        return {
+            "location": self.location,
+            "cluster": self.opts.cluster,
+            "auth": self.opts.auth,
+            "uptime_s": round(time.time() - self.started, 1),
+            "received": c,
+            "database": self.db.status(),
+            "live_hosts": len(self._live),
+        }
+
+    # -- background work -------------------------------------------------------------------
+    def _merge_loop(self) -> None:
+        full_logged = False
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            while not self._stop.is_set():
+                try:
+                    rep = self.db.merge_received()
+                except StoreFull as e:
+                    if not full_logged:
+                        self.log(f"merge postponed: {e.message}")
+                        full_logged = True
+                    self._stop.wait(5.0)
+                    break
+                except Exception:
+                    self.log("merge failed (will retry):\n" + traceback.format_exc())
+                    self._stop.wait(5.0)
+                    break
+                full_logged = False
+                if rep.merged == 0 and rep.quarantined == 0:
+                    break
+                with self._lock:
+                    self.counters.merged += rep.merged
+                    self.counters.merged_values += rep.values
+                    self.counters.quarantined += rep.quarantined
+                self._meta_dirty = True
+                if rep.new_tables:
+                    self._catalog_dirty = True
+                if rep.quarantined:
+                    self.log(f"{rep.quarantined} segment(s) unreadable: moved to quarantine/")
+
+    def _upkeep_loop(self) -> None:
+        next_compact = time.monotonic() + self.opts.compact_every
+        next_retention = time.monotonic() + min(60.0, self.opts.retention_every)
+        upkeep_full = False
+        while not self._stop.wait(self.opts.export_every):
+            try:
+                if self._meta_dirty:
+                    self._meta_dirty = False
+                    self.db.export_meta()
+                    upkeep_full = False
+                if self._catalog_dirty:
+                    self._catalog_dirty = not self.db.refresh_catalog(timeout=1.0)
+                now = time.monotonic()
+                if self.opts.compact_every > 0 and now >= next_compact:
+                    next_compact = now + self.opts.compact_every
+                    rep = maintenance.compact(self.db)
+                    if rep.files_in:
+                        self.log(f"compacted {rep.files_in} files into {rep.files_out}")
+                if self.opts.retention_days and now >= next_retention:
+                    next_retention = now + self.opts.retention_every
+                    gone = maintenance.apply_retention(self.db, self.opts.retention_days)
+                    if gone.partitions:
+                        self.log(f"retention removed {gone.partitions} partitions")
+                        self._meta_dirty = True
+            except Exception as e:
+                if is_disk_full(e):
+                    self._meta_dirty = True
+                    if not upkeep_full:
+                        self.log(f"upkeep postponed while the disk is full ({e})")
+                    upkeep_full = True
+                else:
+                    self.log("upkeep failed (will retry):\n" + traceback.format_exc())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.shutdown()
+        for t in self._threads:
+            t.join(timeout=60)
+        try:
+            self.db.export_meta()
+        except Exception as e:
+            self.log(f"could not write the catalogue snapshots at exit: {e}")
+        self.db.close()
+
+
+def _chunks(reader: fl.MetadataRecordBatchReader) -> Iterator[pa.Buffer]:
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            return
+        if chunk.data is None:
+            continue
+        col = chunk.data.column(0)
+        for i in range(len(col)):
+            buf = col[i].as_buffer()
+            if buf is not None:
+                yield buf
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ParaError(f"cannot read {path}: {e.strerror}") from e
+
+
+def serve(opts: ServeOptions, out: Any = None) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit code."""
+    out = out or sys.stderr
+
+    def log(msg: str) -> None:
+        if not opts.quiet or msg.startswith(("error", "merge failed", "upkeep failed")):
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{stamp} para collector: {msg}", file=out, flush=True)
+
+    service = CollectorService(opts, log)
+    mode = "plaintext (--insecure)" if opts.insecure else "TLS"
+    who = "mutual TLS (client certificates)" if opts.auth == "mtls" else "bearer tokens"
+    log(
+        f"listening on {service.location} ({mode}, {who}); database {opts.db}, "
+        f"cluster {opts.cluster}"
+    )
+    if opts.port_file:
+        tmp = Path(str(opts.port_file) + ".tmp")
+        tmp.write_text(json.dumps({"port": service.port, "pid": os.getpid()}))
+        os.replace(tmp, opts.port_file)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        log("stopping: finishing the merge in progress")
+        service.stop()
+        log("stopped")
+    return 0

@@ -1,0 +1,65 @@
+"""Counters to rates, with wraps and resets: one pass over rows grouped by series.
+
+Two implementations share this description: the Cython kernel `_rates` and its pure-Python
+twin `rates_py`; `para.cython_ext.load("rates")` picks one.
+
+The kernel counts what /proc, sysfs, NVML and RAPL give: cumulative counters, stored raw.
+Rows come grouped by series (all rows of one key together) and in time order inside each
+series, as a .para part stores them.  Buffers are anything with the buffer protocol (bytes,
+bytearray, array, memoryview, a pyarrow Buffer): `keys` and `t_ms` of 64-bit integers,
+`values` and `moduli` of 64-bit floats, `valid` of bytes (0 = the value is missing).
+
+For each row the rate is (value - previous value of the same series) * scale / seconds
+between them, and missing (null) where it cannot be known:
+- the first row of a series (a key differs from the row before), or a row whose value or
+  previous value is missing;
+- a window shorter than `min_dt_s` (the baseline sample taken a few milliseconds before the
+  first regular one: ticks over 6 ms read as 0 or 100 %), or a time that did not advance;
+- a counter that went backwards and did not wrap: it was reset (a driver reloaded, a pid
+  reused, a device re-appeared); when it restarted between the two samples is unknown, so
+  no rate is made up, and `resets` counts it;
+- a rate above `max_rate` (a glitch no device can produce).
+
+A counter that went backwards *wrapped* when it has a known width and the wrapped increase
+(value + width - previous) is in [0, width): the width is `moduli[i]` when given and
+positive (RAPL's max_energy_range_uj, per row), else `modulus` when positive, else a
+32-bit counter is recognised when the previous value lies in [2**31, 2**32) and the wrapped
+increase is below 2**31 (legacy 32-bit NIC and InfiniBand counters).  `wraps` counts them.
+"""
+
+def counter_rates(
+    keys: object | None,
+    t_ms: object,
+    values: object,
+    valid: object | None = None,
+    *,
+    min_dt_s: float = 0.0,
+    modulus: float = 0.0,
+    moduli: object | None = None,
+    max_rate: float = ...,
+    scale: float = 1.0,
+) -> tuple[bytearray, bytearray, int, int, int]:
+    """(rates: float64 per row, validity: an Arrow bitmap, null count, wraps, resets).
+
+    `keys` None means one series.  The rates and bitmap make a pyarrow array with
+    `pa.Array.from_buffers(pa.float64(), n, [pa.py_buffer(bitmap), pa.py_buffer(rates)],
+    null_count)`.  Raises ValueError when the buffers' lengths differ.
+    """
+
+def slot_sums(
+    slots: object, n_slots: int, values: object, valid: object | None = None
+) -> tuple[bytearray, bytearray]:
+    """Sum of `values` (float64) per slot: `slots` (int32, one per row; negative = no slot)
+    says where each row goes, rows whose `valid` byte is 0 are left out.  Returns the sums
+    (float64 per slot) and how many rows each slot got (int64 per slot), the same whatever
+    the order of the rows of a slot when the values are whole numbers (and in the order of
+    the rows otherwise).  Sums a node's per-process rates per sampling instant, its call
+    stacks per second, without hashing: the slots come from `pyarrow.compute.index_in`.
+    Raises ValueError when a slot is >= n_slots or the buffers' lengths differ.
+    """
+
+def slot_max(
+    slots: object, n_slots: int, values: object, valid: object | None = None
+) -> tuple[bytearray, bytearray]:
+    """Largest of `values` per slot, as `slot_sums` takes them: (maxima as float64 per slot,
+    0 where the slot got no value; rows per slot as int64)."""

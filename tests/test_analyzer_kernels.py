@@ -1,0 +1,199 @@
+"""The analyzer's kernels, Cython and pure Python: counters to rates (wraps, resets, gaps),
+per-slot sums and maxima, and change points of phases.  Expected values are worked out by
+hand in each test, and hypothesis checks that both implementations agree exactly."""
+
+from __future__ import annotations
+
+import array
+import inspect
+import math
+import random
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from para.cython_ext import load
+
+IMPLS = [pytest.param(False, id="cython"), pytest.param(True, id="python")]
+
+
+def _mod(name: str, pure: bool):  # type: ignore[no-untyped-def]
+    mod = load(name, pure=pure)
+    if not pure and mod.__name__.endswith("_py"):
+        pytest.fail("the Cython kernel is not built (run `make venv`)")
+    return mod
+
+
+@pytest.fixture(params=IMPLS)
+def rates(request):  # type: ignore[no-untyped-def]
+    return _mod("rates", request.param)
+
+
+@pytest.fixture(params=IMPLS)
+def cp(request):  # type: ignore[no-untyped-def]
+    return _mod("changepoint", request.param)
+
+
+def _q(xs: list[int]) -> bytes:
+    return array.array("q", xs).tobytes()
+
+
+def _d(xs: list[float]) -> bytes:
+    return array.array("d", xs).tobytes()
+
+
+def _out(res: tuple[bytearray, bytearray, int, int, int]) -> tuple[list[float | None], int, int]:
+    data, bitmap, nulls, wraps, resets = res
+    n = len(data) // 8
+    arr = pa.Array.from_buffers(pa.float64(), n, [pa.py_buffer(bitmap), pa.py_buffer(data)],
+                                null_count=nulls)  # fmt: skip
+    return arr.to_pylist(), wraps, resets
+
+
+def test_twins_have_the_same_functions_and_signatures():
+    for name, funcs in (("rates", ("counter_rates", "slot_sums", "slot_max")),
+                        ("changepoint", ("segment",))):  # fmt: skip
+        cy, py = load(name, pure=False), load(name, pure=True)
+        for f in funcs:
+            sig_py = inspect.signature(getattr(py, f))
+            assert list(sig_py.parameters) == list(inspect.signature(getattr(cy, f)).parameters)
+
+
+def test_rates_per_series_first_row_null_and_scaled(rates):
+    keys = _q([7, 7, 7, 9, 9])
+    t = _q([0, 1000, 3000, 0, 500])
+    v = _d([100, 300, 500, 10, 20])
+    got, wraps, resets = _out(rates.counter_rates(keys, t, v, scale=0.5))
+    # 200 over 1 s, 200 over 2 s, halved; the second series starts again
+    assert got == [None, 100.0, 50.0, None, 10.0]
+    assert (wraps, resets) == (0, 0)
+
+
+def test_rates_reset_is_null_and_counted_never_a_negative_rate(rates):
+    t = _q([0, 1000, 2000, 3000])
+    v = _d([5000, 6000, 40, 140])  # the counter restarted between 1 s and 2 s
+    got, wraps, resets = _out(rates.counter_rates(None, t, v))
+    assert got == [None, 1000.0, None, 100.0]
+    assert (wraps, resets) == (0, 1)
+
+
+def test_rates_32_bit_wrap_is_recovered(rates):
+    t = _q([0, 1000, 2000])
+    v = _d([2**32 - 100, 50, 250])  # a legacy 32-bit NIC counter wrapped
+    got, wraps, resets = _out(rates.counter_rates(None, t, v))
+    assert got == [None, 150.0, 200.0]
+    assert (wraps, resets) == (1, 0)
+
+
+def test_small_counter_going_back_is_a_reset_not_a_wrap(rates):
+    # below 2**31 a drop is a restart: a wrap would invent 4 GiB of traffic
+    got, wraps, resets = _out(rates.counter_rates(None, _q([0, 1000]), _d([1000.0, 10.0])))
+    assert got == [None, None] and (wraps, resets) == (0, 1)
+
+
+def test_rates_with_a_known_width_per_row_rapl(rates):
+    # RAPL energy_uj wraps at max_energy_range_uj (here 262143328850 uJ)
+    width = 262143328850.0
+    t = _q([0, 1000, 2000])
+    v = _d([width - 1e6, 2e6, 5e6])
+    got, wraps, _ = _out(rates.counter_rates(None, t, v, moduli=_d([width] * 3), scale=1e-6))
+    assert got == [None, pytest.approx(3.0), pytest.approx(3.0)]
+    assert wraps == 1
+
+
+def test_rates_short_windows_missing_values_and_glitches_are_null(rates):
+    t = _q([0, 6, 1000, 2000, 3000, 3000])
+    v = _d([0, 1, 100, 200, 5e12, 5e12])
+    valid = bytes([1, 1, 1, 0, 1, 1])
+    got, _, _ = _out(rates.counter_rates(None, t, v, valid, min_dt_s=0.25, max_rate=1e9))
+    # 6 ms window too short; a missing value breaks both its intervals; the 5e12 jump is a
+    # glitch; the same time twice has no rate
+    assert got == [None, None, pytest.approx(99 / 0.994), None, None, None]
+
+
+def test_rates_reject_buffers_of_different_lengths(rates):
+    with pytest.raises(ValueError, match="values has 2 items"):
+        rates.counter_rates(None, _q([0, 1, 2]), _d([1.0, 2.0]))
+
+
+def test_slot_sums_and_max(rates):
+    slots = array.array("i", [2, 0, 2, -1, 0, 2]).tobytes()
+    vals = _d([1.0, 10.0, 3.0, 99.0, 20.0, 2.0])
+    valid = bytes([1, 1, 1, 1, 1, 0])
+    s, c = rates.slot_sums(slots, 3, vals, valid)
+    assert list(memoryview(s).cast("d")) == [30.0, 0.0, 4.0]
+    assert list(memoryview(c).cast("q")) == [2, 0, 2]
+    m, c = rates.slot_max(slots, 3, vals, valid)
+    assert list(memoryview(m).cast("d")) == [20.0, 0.0, 3.0]
+    with pytest.raises(ValueError, match="slot 3"):
+        rates.slot_sums(array.array("i", [3]).tobytes(), 3, _d([1.0]))
+
+
+def test_segment_finds_the_steps_of_a_step_signal(cp):
+    rnd = random.Random(7)
+    levels = [(0.0, 120), (4.0, 80), (1.0, 200), (6.0, 60)]
+    xs = [mu + rnd.gauss(0, 1) for mu, n in levels for _ in range(n)]
+    ends = cp.segment(_d(xs), len(xs), 1, penalty=3 * 2 * math.log(len(xs)), min_size=5)
+    # each change found, to within two samples of noise
+    assert len(ends) == 4 and ends[-1] == 460
+    assert all(abs(a - b) <= 2 for a, b in zip(ends, [120, 200, 400, 460], strict=True))
+
+
+def test_segment_two_dimensions_and_min_size(cp):
+    # the first dimension changes at 30, the second at 60; a 2-row blip is shorter than
+    # min_size and is not a segment of its own
+    rows = []
+    for i in range(100):
+        a = 5.0 if i >= 30 else 0.0
+        b = 5.0 if i >= 60 else 0.0
+        if i in (80, 81):
+            a += 50.0
+        rows.extend([a, b])
+    ends = cp.segment(_d(rows), 100, 2, penalty=20.0, min_size=5)
+    assert (
+        ends[:2] == [30, 60]
+        and ends[-1] == 100
+        and all(b - a >= 5 for a, b in zip([0, *ends], ends, strict=False))
+    )
+
+
+def test_segment_flat_series_and_bad_input(cp):
+    assert cp.segment(_d([1.0] * 50), 50, 1, penalty=10.0) == [50]
+    assert cp.segment(_d([]), 0, 1, penalty=1.0) == []
+    assert cp.segment(_d([1.0, 2.0]), 2, 1, penalty=1.0, min_size=2) == [2]
+    with pytest.raises(ValueError, match="n \\* d"):
+        cp.segment(_d([1.0] * 5), 3, 2, penalty=1.0)
+    with pytest.raises(ValueError, match="penalty"):
+        cp.segment(_d([1.0] * 4), 4, 1, penalty=math.nan)
+
+
+finite = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1500), finite,
+                          st.booleans()), max_size=60))  # fmt: skip
+def test_rate_twins_agree(rows):
+    rows.sort(key=lambda r: r[0])  # grouped by key; times need not grow (dt <= 0 is null)
+    t, acc = [], 0
+    for r in rows:
+        acc += r[1]
+        t.append(acc)
+    args = (_q([r[0] for r in rows]), _q(t), _d([r[2] for r in rows]),
+            bytes(int(r[3]) for r in rows))  # fmt: skip
+    cy = load("rates", pure=False).counter_rates(*args, min_dt_s=0.1, scale=0.01)
+    py = load("rates", pure=True).counter_rates(*args, min_dt_s=0.1, scale=0.01)
+    assert cy == py
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(min_value=-100, max_value=100), min_size=0, max_size=80),
+       st.integers(1, 3), st.integers(1, 6), st.floats(0, 200))  # fmt: skip
+def test_segment_twins_agree(xs, d, min_size, penalty):
+    n = len(xs) // d
+    data = _d(xs[: n * d])
+    cy = load("changepoint", pure=False).segment(data, n, d, penalty=penalty, min_size=min_size)
+    py = load("changepoint", pure=True).segment(data, n, d, penalty=penalty, min_size=min_size)
+    assert cy == py
