@@ -168,14 +168,46 @@ def recover(file: str, output: str | None) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=False, type=click.Path(dir_okay=False))
+@click.option("--job", metavar="ID", help="Report on a job of the feature database instead.")
+@click.option(
+    "--db",
+    metavar="DIR",
+    envvar="PARA_DB",
+    default="para-db",
+    show_default=True,
+    help="The feature database, for --job ($PARA_DB).",
+)
+@click.option(
+    "--rules",
+    metavar="FILE",
+    envvar="PARA_RULES",
+    help="Bottleneck thresholds to use instead of the defaults (rules.toml).",
+)
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (docs/report-json.md).")
 @click.option("--html", "html_out", metavar="OUT", help="Write a self-contained HTML report.")
-def report(files: tuple[str, ...], as_json: bool, html_out: str | None) -> None:
-    """Where the time went: a summary in the terminal, as JSON, or as an HTML page."""
+def report(
+    files: tuple[str, ...],
+    job: str | None,
+    db: str,
+    rules: str | None,
+    as_json: bool,
+    html_out: str | None,
+) -> None:
+    """What limits the job and where the time went, for FILES or a job of the database:
+    in the terminal, as JSON, or as one HTML page."""
     from para.analyzer.report import main as report_main
 
-    raise SystemExit(report_main(list(files), as_json=as_json, html_out=html_out))
+    raise SystemExit(
+        report_main(
+            list(files),
+            as_json=as_json,
+            html_out=html_out,
+            job=job,
+            db=db if job else None,
+            rules=rules,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

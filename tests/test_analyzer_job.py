@@ -164,7 +164,7 @@ def annotated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     path = d / "hot.para"
     w = ParaWriter(path, {"host": {"hostname": "h", "clock_ticks": 100}, "interval": 1.0,
                           "command": [str(exe), "150000000"], "allowed_cpus": 1,
-                          "catalogue": catalogue() + instructions.CATALOGUE})  # fmt: skip
+                          "catalogue": catalogue()})  # fmt: skip
     t = 1_800_000_000_000
     w.append(t, {"stacks": [[t, p, tid, c, s, n] for _, p, tid, c, s, n in stacks]},
              sample=False)  # fmt: skip

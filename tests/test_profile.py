@@ -307,6 +307,9 @@ def test_functions_records_call_stacks(tmp_path):
         assert total >= 100  # 499 Hz for about a second
         assert hot / total > 0.6
         assert all(r["comm"] == "hot" for r in rows)
+        instr = pf.read_table("instr_samples").to_pylist()
+        assert sum(r["samples"] for r in instr) == total  # one leaf per sample
+        assert sum(r["samples"] for r in instr if r["symbol"] == "hot_loop") == hot
         info = pf.meta["functions"]
         assert info["samples"] == total
         # no PMU here: perf falls back to cpu-clock and the file says so

@@ -37,36 +37,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from para.agent import lean
-
-lean.preload()  # before any sampler: the format's schema without pyarrow
-
-import para  # noqa: E402
-from para.agent import config as config_mod  # noqa: E402
-from para.agent import hostinfo  # noqa: E402
-from para.agent.config import Config  # noqa: E402
-from para.agent.finalize import FinalizeError, run_child  # noqa: E402
-from para.agent.loop import SamplingLoop  # noqa: E402
-from para.agent.procfiles import SampleFiles  # noqa: E402
-from para.agent.samplers.base import ProcFiles, Rows, Sampler, event  # noqa: E402
-from para.agent.samplers.fsremote import LocalFsSampler, RemoteFsSampler  # noqa: E402
-from para.agent.samplers.gpuproc import GpuProcessSampler  # noqa: E402
-from para.agent.samplers.infiniband import InfinibandSampler  # noqa: E402
-from para.agent.samplers.jobs import JobSampler  # noqa: E402
-from para.agent.samplers.lustre import LustreSampler  # noqa: E402
-from para.agent.samplers.nfs import NfsSampler  # noqa: E402
-from para.agent.samplers.rapl import RaplSampler  # noqa: E402
-from para.agent.samplers.system import (  # noqa: E402
+import para
+from para.agent import config as config_mod
+from para.agent import hostinfo, lean
+from para.agent.config import Config
+from para.agent.finalize import FinalizeError, run_child
+from para.agent.loop import SamplingLoop
+from para.agent.procfiles import SampleFiles
+from para.agent.samplers.base import ProcFiles, Rows, Sampler, event
+from para.agent.samplers.fsremote import LocalFsSampler, RemoteFsSampler
+from para.agent.samplers.gpuproc import GpuProcessSampler
+from para.agent.samplers.infiniband import InfinibandSampler
+from para.agent.samplers.jobs import JobSampler
+from para.agent.samplers.lustre import LustreSampler
+from para.agent.samplers.nfs import NfsSampler
+from para.agent.samplers.rapl import RaplSampler
+from para.agent.samplers.system import (
     CpuSampler,
     DiskSampler,
     MemorySampler,
     NetSampler,
 )
-from para.agent.segment import SegmentWriter, encode_record  # noqa: E402
-from para.agent.spool import Spool, segment_name  # noqa: E402
-from para.cython_ext import implementation  # noqa: E402
-from para.errors import ParaError  # noqa: E402
-from para.formats.schema import catalogue  # noqa: E402
+from para.agent.segment import SegmentWriter, encode_record
+from para.agent.spool import Spool, segment_name
+from para.cython_ext import implementation
+from para.errors import ParaError
+from para.formats.schema import catalogue
 
 CLOCK_STEP_MS = 1000
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}

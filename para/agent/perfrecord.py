@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ class FunctionRecorder:
         self.data = Path(self._dir) / "perf.data"
         self.proc: subprocess.Popen[bytes] | None = None
         self._ctl_w: int | None = None
+        self.instructions: list[list[Any]] = []  # rows of instr_samples, after finish()
         self.log = Path(self._dir) / "perf.log"
         self.info: dict[str, Any] = {"frequency_hz": freq, "requested_event": event}
 
@@ -112,10 +115,11 @@ class FunctionRecorder:
                 # no period field: each sample counts 1, so counts are samples
                 subprocess.run(
                     [perf_binary(self.perf), "script", "-i", str(self.data),
-                     "-F", "comm,pid,tid,time,event,ip,sym,dso"],
+                     "-F", "comm,pid,tid,time,event,ip,sym,symoff,dso"],
                     stdout=out, stderr=subprocess.DEVNULL, check=False,
                 )  # fmt: skip
             folded = _fold_file(text)
+            self.instructions = instruction_rows(text.read_bytes())
             rows = []
             total = 0
             for bucket, pid, tid, comm, stack, count in folded:
@@ -134,6 +138,37 @@ class FunctionRecorder:
         )  # fmt: skip
         names = [ln.strip() for ln in out.stdout.splitlines() if ln.strip() and "dummy" not in ln]
         return names[0] if names else self.event
+
+
+_HEADER = re.compile(rb"^\S.*?\s(\d+)(?:/(\d+))?\s")
+# a leaf line: "\t    55e1c2a0 func+0x1f (/usr/lib/x.so)"
+_FRAME = re.compile(rb"^\s+[0-9a-f]+\s+(.+?)\+0x([0-9a-f]+)\s+\((.*)\)\s*$")
+
+
+def instruction_rows(text: bytes) -> list[list[Any]]:
+    """[pid, dso, symbol, offset, samples] for each sampled instruction of `perf script -F
+    comm,pid,tid,time,event,ip,sym,symoff,dso` output: the first frame of each sample is
+    where the CPU was (rows of the instr_samples table)."""
+    counts: Counter[tuple[int, str, str, int]] = Counter()
+    pid = -1
+    want_leaf = False
+    for line in text.splitlines():
+        if not line.strip():
+            want_leaf = False
+            continue
+        if not line[:1].isspace():
+            m = _HEADER.match(line)
+            pid = int(m.group(1)) if m else -1
+            want_leaf = True
+            continue
+        if want_leaf:
+            want_leaf = False
+            f = _FRAME.match(line)
+            if f:
+                sym = f.group(1).decode(errors="replace")
+                dso = f.group(3).decode(errors="replace")
+                counts[(pid, dso, sym, int(f.group(2), 16))] += 1
+    return [[p, d, s, o, n] for (p, d, s, o), n in sorted(counts.items())]
 
 
 def _fold_file(path: Path) -> list[tuple[float, int, int, str, str, int]]:

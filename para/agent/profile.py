@@ -25,7 +25,15 @@ from para.agent.samplers.system import CpuSampler, DiskSampler, MemorySampler, N
 from para.cython_ext import implementation
 from para.errors import ParaError, UsageError
 from para.formats import ParaWriter
+from para.formats.schema import catalogue
 from para.formats.writer import Finalized, check_writable
+
+# What a profile can hold: the agent's node-wide families (jobs, InfiniBand, licenses ...)
+# are left out of its catalogue.
+PROFILE_TABLES = [
+    "node", "memory", "cpu", "net", "disk", "fs", "proc", "gpu", "gpu_proc", "counters",
+    "events", "stacks", "instr_samples",
+]  # fmt: skip
 
 
 @dataclass
@@ -198,6 +206,7 @@ class Profiler:
             "allowed_cpus": hostinfo.allowed_cpus(),
             "started": time.time(),
             "source": "para profile",
+            "catalogue": catalogue(PROFILE_TABLES),
         }
         writer = ParaWriter(path, meta)
         subreaper = make_subreaper()
@@ -252,7 +261,8 @@ class Profiler:
         if recorder is not None:
             stacks = recorder.finish()
             if stacks:
-                writer.append(int(time.time() * 1000), {"stacks": stacks}, sample=False)
+                rows = {"stacks": stacks, "instr_samples": recorder.instructions}
+                writer.append(int(time.time() * 1000), rows, sample=False)
             if "error" in recorder.info:
                 self.warn(f"no call stacks: {recorder.info['error']}")
         loop.close()

@@ -15,59 +15,18 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from para.agent.perfrecord import instruction_rows
 from para.analyzer.job import Job
+from para.formats.schema import catalogue
 
 TOP_FUNCTIONS = 5
 TOP_INSTRUCTIONS = 12
-# The catalogue entries of the table (what `para profile` declares when it records it).
-CATALOGUE = [
-    {"table": "instr_samples", "name": "t", "unit": "ms since epoch", "kind": "info",
-     "type": "int", "source": "para", "description": "end of the recording"},
-    {"table": "instr_samples", "name": "pid", "unit": "pid", "kind": "info", "type": "int",
-     "source": "perf record", "description": "process id"},
-    {"table": "instr_samples", "name": "dso", "unit": "path", "kind": "info", "type": "str",
-     "source": "perf record", "description": "binary or library of the sampled instruction"},
-    {"table": "instr_samples", "name": "symbol", "unit": "name", "kind": "info", "type": "str",
-     "source": "perf record", "description": "function containing it"},
-    {"table": "instr_samples", "name": "offset", "unit": "bytes", "kind": "info",
-     "type": "int", "source": "perf record", "description": "its offset from the function's start"},
-    {"table": "instr_samples", "name": "samples", "unit": "samples", "kind": "counter",
-     "type": "int", "source": "perf record", "description": "samples at that instruction"},
-]  # fmt: skip
-
-_HEADER = re.compile(rb"^\S.*?\s(\d+)(?:/(\d+))?\s")
-# a leaf line: "\t    55e1c2a0 func+0x1f (/usr/lib/x.so)"
-_FRAME = re.compile(rb"^\s+[0-9a-f]+\s+(.+?)\+0x([0-9a-f]+)\s+\((.*)\)\s*$")
-
-
-def rows_from_script(text: bytes) -> list[list[Any]]:
-    """[pid, dso, symbol, offset, samples] for each sampled instruction of `perf script -F
-    comm,pid,tid,time,event,ip,sym,symoff,dso` output (the first frame of each sample is
-    where the CPU was)."""
-    counts: Counter[tuple[int, str, str, int]] = Counter()
-    pid = -1
-    want_leaf = False
-    for line in text.splitlines():
-        if not line.strip():
-            want_leaf = False
-            continue
-        if not line[:1].isspace():
-            m = _HEADER.match(line)
-            pid = int(m.group(1)) if m and m.group(2) else (int(m.group(1)) if m else -1)
-            want_leaf = True
-            continue
-        if want_leaf:
-            want_leaf = False
-            f = _FRAME.match(line)
-            if f:
-                sym = f.group(1).decode(errors="replace")
-                dso = f.group(3).decode(errors="replace")
-                counts[(pid, dso, sym, int(f.group(2), 16))] += 1
-    return [[p, d, s, o, n] for (p, d, s, o), n in sorted(counts.items())]
+# The table's catalogue entries, and the parser `para profile --functions` keeps them with.
+CATALOGUE = catalogue(["instr_samples"])
+rows_from_script = instruction_rows
 
 
 def _symbol(dso: str, name: str) -> tuple[int, int] | None:

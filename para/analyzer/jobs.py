@@ -145,10 +145,16 @@ class DBSource:
         keys = [c.name for c in TABLES[table].keys] if table in TABLES else ["t"]
         order = [k for k in keys if k != "t" and k in have] + ["t"]
         sel = ", ".join(f'"{c}"' if c in have else f'NULL AS "{c}"' for c in columns)
+        # Rows attributed one by one (processes, per-job sums) belong to the job only when
+        # they say so; node-wide rows of the job's time on the host describe its node.
+        own = table in TABLES and "job" in TABLES[table].column_names
+        where, params = (
+            ("host = ? AND job_id = ?", self._params[:2]) if own else (self._where, self._params)
+        )
         tab = self.con.sql(
-            f'SELECT {sel} FROM "{table}" WHERE {self._where} '
+            f'SELECT {sel} FROM "{table}" WHERE {where} '
             f"ORDER BY {', '.join(chr(34) + k + chr(34) for k in order)}",
-            params=self._params,
+            params=params,
         ).to_arrow_table()
         return tab if len(tab) else None
 

@@ -112,19 +112,24 @@ def _job_column(
       was (from the segment's `job` table); NULL when none or several shared the node.
     """
     n = len(data)
+    if profile_job is not None:
+        fallback = pa.repeat(pa.scalar(profile_job, pa.string()), n)
+    elif exclusive is None or "t" not in data.schema.names or n == 0:
+        fallback = pa.nulls(n, pa.string())
+    else:
+        times, jobs = exclusive
+        idx = pc.index_in(data.column("t").cast(pa.int64()), value_set=times)
+        taken = pc.take(jobs, idx)
+        fallback = taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
     for own in ("job_id", "job"):
         if own in data.schema.names:
             col = data.column(own).combine_chunks()
-            return col if col.type == pa.string() else col.cast(pa.string())
-    if profile_job is not None:
-        return pa.repeat(pa.scalar(profile_job, pa.string()), n)
-    if exclusive is None or "t" not in data.schema.names or n == 0:
-        return pa.nulls(n, pa.string())
-    times, jobs = exclusive
-    t = data.column("t").cast(pa.int64())
-    idx = pc.index_in(t, value_set=times)
-    taken = pc.take(jobs, idx)
-    return taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
+            col = col if col.type == pa.string() else col.cast(pa.string())
+            # a row the agent left unattributed (or a profile, which has the column but does
+            # not fill it) takes the file's or the node's job
+            filled = pc.coalesce(col, fallback)
+            return filled.combine_chunks() if isinstance(filled, pa.ChunkedArray) else filled
+    return fallback
 
 
 def _exclusive_job_by_time(job: pa.Table | None) -> tuple[pa.Array, pa.Array] | None:

@@ -328,6 +328,20 @@ STACKS = Table(
     timed_rows=True,
 )
 
+INSTR_SAMPLES = Table(
+    "instr_samples",
+    "where inside each function the samples fell (the leaf frame of each perf record sample), "
+    "for per-instruction shares; t is the end of the recording",
+    keys=(
+        T,
+        Column("pid", "pid", "info", "perf record", "process id"),
+        Column("dso", "path", "info", "perf record", "binary or library of the instruction", "str"),
+        Column("symbol", "name", "info", "perf record", "function containing it", "str"),
+        Column("offset", "bytes", "info", "perf record", "offset from the function's start"),
+    ),
+    metrics=(_counter("samples", "samples", "perf record", "samples at that instruction"),),
+)
+
 # -- Added for `para agent` (issue 3): jobs on shared nodes and the families of a cluster node.
 
 _JOB_KEY = Column("job", "id", "info", "para agent", "batch job id or pod uid", "str")
@@ -604,6 +618,7 @@ TABLES: dict[str, Table] = {
         COUNTERS,
         EVENTS,
         STACKS,
+        INSTR_SAMPLES,
         JOB,
         JOB_COUNTERS,
         GPU_PROC_UTIL,
