@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PARA   := $(VENV)/bin/para
-# What the tests and benchmarks drive for real: perf, headless Chromium, sysstat's sadc, Open MPI.
+# What the tests and benchmarks drive for real: perf, headless Chromium, sysstat's sadc, Open MPI, tmux.
 
 .PHONY: demo test venv system-deps lint bench clean
 
@@ -25,6 +25,7 @@ system-deps:
 	command -v perf >/dev/null 2>&1 || missing="$$missing linux-perf"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v mpirun >/dev/null 2>&1 || missing="$$missing openmpi-bin"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	test -x /usr/lib/sysstat/sadc || test -x /usr/lib64/sa/sadc || missing="$$missing sysstat"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \

@@ -38,7 +38,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    SLURM_JOB_USER=user, SLURM_JOB_NUM_NODES="1", TMPDIR=str(d))  # fmt: skip
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         r = subprocess.run(
-            [*para_cmd(), "profile", "-q", "-i", "0.5", "-o", str(d / f"{job}.para"), "--",
+            [*para_cmd(), "profile", "-q", "-i", "0.2", "-o", str(d / f"{job}.para"), "--",
              sys.executable, str(WORKLOADS), kind, "4"],
             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
         assert r.returncode == 0, r.stderr

@@ -159,7 +159,9 @@ def test_small_file_loop_is_a_metadata_storm(results):
         pytest.skip(f"no call stacks here: {a.doc['unmeasured'].get('functions')}")
     b = _fired(a)["metadata_storm"]
     assert "file-metadata system calls" in b["evidence"] and b["value"] >= 20
-    hot = {h["function"] for h in a.hotspots[:30]}
+    # the system-call entry points hold the metadata work below them (total share); their own
+    # (self) share is small and shifts with load, so rank on the total
+    hot = {h["function"] for h in a.hotspots if h["total_pct"] >= 10}
     assert hot & {"do_sys_openat2", "path_openat", "do_unlinkat", "ext4_create", "vfs_statx",
                   "__x64_sys_openat", "do_filp_open"}  # fmt: skip
 
