@@ -786,7 +786,11 @@ class Agent:
         _settle_heap()
         self.loop.start()
         self.write_status()
-        next_status = next_retention = time.monotonic()
+        next_retention = time.monotonic()
+        # the next status once the first samples are in, then every status_every_s
+        next_status = next_retention + min(
+            1.5 * self.cfg["agent"]["interval"], self.cfg["agent"]["status_every_s"]
+        )
         while True:
             # asleep until the next chore: a signal wakes it at once (the handler sets _wake)
             self._wake.wait(max(0.0, min(next_status, next_retention) - time.monotonic()))
