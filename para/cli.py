@@ -7,6 +7,7 @@ analyzer's libraries.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -210,10 +211,22 @@ def report(
     )
 
 
+def bottleneck_judge() -> Any:
+    """The analyzer's bottleneck rules for the collector's alert rules: the collector sits
+    upstream of the analyzer, so they are handed to it here."""
+    from para.analyzer.window import Judge
+
+    return Judge()
+
+
+# what one part lends another against the flow of data (read by the commands that use it)
+PARTS = {"bottleneck_judge": bottleneck_judge}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run para; returns the exit code (tests call this directly)."""
     try:
-        cli.main(args=argv, prog_name="para", standalone_mode=False)
+        cli.main(args=argv, prog_name="para", standalone_mode=False, obj=PARTS)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except ParaError as e:

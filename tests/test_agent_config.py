@@ -9,6 +9,7 @@ import pytest
 
 from para.agent import config
 from para.agent.config import KEYS, ConfigError, parse, parse_size
+from para.agent.live.node import ALERT_KEYS, METRICS_KEYS
 
 from .conftest import REPO, run_para
 
@@ -135,7 +136,15 @@ def test_docs_list_every_key_with_its_default():
     for k in KEYS:
         assert (k.table, k.name) in rows, f"docs/agent.md does not document {k.full}"
         assert rows[(k.table, k.name)] == config._toml(k.default), k.full
-    assert set(rows) == {(k.table, k.name) for k in KEYS}
+    # the [alerts] and [metrics] tables, validated by the agent's live part
+    live = {("alerts", n): d for n, (_, d, _) in ALERT_KEYS.items()}
+    live.update({("metrics", n): d for n, (_, d, _) in METRICS_KEYS.items()})
+    for (table, name), default in live.items():
+        if default is not None:  # a required key has no default to show
+            assert rows.get((table, name)) == config._toml(default), f"{table}.{name}"
+    assert set(rows) == {(k.table, k.name) for k in KEYS} | {
+        key for key, default in live.items() if default is not None
+    }
 
 
 def test_check_config_command(tmp_path):

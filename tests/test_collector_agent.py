@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from para.collector.client import CollectorClient, Endpoint
+from para.agent.collector_client import CollectorClient, Endpoint
 from para.collector.db import FeatureDB
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
 

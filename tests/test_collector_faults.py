@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from para.agent.collector_client import CollectorClient, Endpoint
 from para.agent.shipper import Shipper
-from para.collector.client import CollectorClient, Endpoint
 from para.collector.db import FeatureDB
 from tests.collector_support import (
     CollectorProcess,

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from para.agent.collector_client import CollectorClient, Denied, Endpoint, Transient
 from para.agent.shipper import Shipper
 from para.collector import tls
 from para.collector.auth import TokenStore
-from para.collector.client import CollectorClient, Denied, Endpoint, Transient
 from para.collector.db import FeatureDB
 from para.collector.server import CollectorService, ServeOptions
 from para.formats import wire

@@ -69,7 +69,7 @@ def check_config_command(file: str | None, config_path: str | None) -> None:
             err=True,
         )
         raise SystemExit(1) from None
-    shipper_problems = _collector_problems(cfg, text, path)
+    shipper_problems = _collector_problems(cfg, text, path) + _live_problems(cfg, text, path)
     if shipper_problems:
         for line in shipper_problems:
             click.echo(line, err=True)
@@ -98,6 +98,23 @@ def _collector_problems(cfg: Any, text: str, path: str) -> list[str]:
     return out
 
 
+def _live_problems(cfg: Any, text: str, path: str) -> list[str]:
+    """Problems of the [alerts] and [metrics] tables (para/agent/live/node.py, docs/alerts.md)."""
+    if not cfg.live:
+        return []
+    from para.agent.config import key_lines
+    from para.agent.live.node import validate
+
+    lines = key_lines(text)
+    out = []
+    for table, body in cfg.live.items():
+        for problem in validate(table, body):
+            m = re.match(rf"{table}\.(\w+)", problem)
+            line = (lines.get((table, m.group(1))) if m else None) or lines.get((table, ""))
+            out.append(f"{path}:{line}: [{table}] {problem}" if line else f"{path}: {problem}")
+    return out
+
+
 def describe(cfg: Any) -> list[str]:
     """What this configuration runs, in a few lines."""
     from para.agent.config import FAMILIES
@@ -118,6 +135,11 @@ def describe(cfg: Any) -> list[str]:
         f"environment fallback {'on' if cfg['jobs']['environ'] else 'off'}",
         "collector: " + ("configured" if cfg.collector is not None else "none (segments stay)"),
     ]
+    if "alerts" in cfg.live:
+        lines.append(f"alerts: rules {cfg.live['alerts'].get('rules')}, notified from this node "
+                     "when the collector is unreachable")  # fmt: skip
+    if "metrics" in cfg.live and cfg.live["metrics"].get("enabled", True):
+        lines.append(f"metrics: /metrics on {cfg.live['metrics'].get('listen', '127.0.0.1:9466')}")
     changed = sorted(cfg.explicit)
     if changed:
         lines.append("set by the file: " + ", ".join(changed))
@@ -277,6 +299,16 @@ def render_status(doc: dict[str, Any]) -> list[str]:
         )
     else:
         lines.append("  shipper       none configured (segments stay in ready/)")
+    live = doc.get("live")
+    if live:
+        act = live.get("active") or []
+        lines.append(
+            f"  alerts        {live.get('rules', 0)} rules, {len(act)} firing"
+            + (": " + "; ".join(a["summary"] for a in act[:3]) if act else "")
+            + ("; notifying from this node (collector unreachable)" if live.get("notifying")
+               else "")
+            + (f"; /metrics on {live['metrics']}" if live.get("metrics") else "")
+        )  # fmt: skip
     res = doc.get("resources") or {}
     fin_rss = _size(segs.get("finalizer_max_rss_bytes", 0))
     lines.append(

@@ -280,7 +280,8 @@ KEYS: tuple[Key, ...] = (
 
 KEY_INDEX = {(k.table, k.name): k for k in KEYS}
 TABLES = tuple(dict.fromkeys(k.table for k in KEYS))
-PASS_THROUGH = ("collector",)
+# tables validated by their own parts: the shipper's, and the live view's (para/agent/live/node.py)
+PASS_THROUGH = ("collector", "alerts", "metrics")
 
 
 @dataclass
@@ -313,6 +314,7 @@ class Config:
     path: str | None = None
     collector: dict[str, Any] | None = None
     explicit: set[str] = field(default_factory=set)  # "table.key" set by the file
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)  # [alerts], [metrics]
 
     def __getitem__(self, table: str) -> dict[str, Any]:
         return self.values[table]
@@ -345,6 +347,7 @@ class Config:
         out: dict[str, Any] = {t: dict(v) for t, v in self.values.items()}
         if self.collector is not None:
             out["collector"] = "(configured)"
+        out.update({t: dict(v) for t, v in self.live.items()})
         return out
 
 
@@ -447,8 +450,10 @@ def parse(text: str, path: str = "<config>") -> Config:
         if table in PASS_THROUGH:
             if not isinstance(body, dict):
                 problems.append(Problem(lines.get((table, "")), f"[{table}]", "must be a table"))
-            else:
+            elif table == "collector":
                 cfg.collector = body
+            else:
+                cfg.live[table] = body
             continue
         if table not in TABLES:
             problems.append(

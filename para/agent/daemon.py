@@ -282,6 +282,7 @@ class Agent:
         self.dropped_unshipped_bytes = 0
         self.dropped_total = 0
         self.shipper: Any = None
+        self.live: Any = None  # para.agent.live.node.NodeLive with [alerts] or [metrics]
         # Signals first: a SIGTERM while starting must still close what was started.
         self.install_signals()
         # how journal members are written (os.write; tests make it fail like a full disk)
@@ -376,11 +377,17 @@ class Agent:
             self._rotate_reason = "clock step"
         self.samples += 1
         self.last_sample = t_ms / 1000
+        if self.live is not None:
+            alerts = self.live.take_events()
+            if alerts:
+                rows.setdefault("events", []).extend(alerts)
         record = encode_record(t_ms, rows)
         self.backlog.append((t_ms, record))
         self._flush(t_ms)
         if self.shipper is not None:
             self.shipper.push_live(t_ms, rows)
+        if self.live is not None:
+            self.live.push(t_ms, rows)
         if self._rotate_reason == "clock step":
             self.rotate("clock step")
             self.clock.rebase()
@@ -705,7 +712,13 @@ class Agent:
                 "heavy_modules": lean.heavy_modules_loaded(),
             },
             "shipper": None,
+            "live": None,
         }
+        if self.live is not None:
+            try:
+                doc["live"] = self.live.status()
+            except Exception as e:
+                doc["live"] = {"error": str(e)}
         if self.shipper is not None:
             try:
                 doc["shipper"] = self.shipper.status()
@@ -742,6 +755,34 @@ class Agent:
         except Exception as e:
             self.log.error(f"the shipper cannot start: {e}; segments wait in {self.spool.ready}")
             self.shipper = None
+
+    def _start_live(self) -> None:
+        """[alerts] and [metrics]: rules on this node's samples, /metrics (docs/alerts.md)."""
+        if not self.cfg.live:
+            return
+        from para.agent.live.node import NodeLive
+
+        try:
+            self.live = NodeLive(
+                self.host,
+                self.cfg.live.get("alerts"),
+                self.cfg.live.get("metrics"),
+                self.spool.root,
+                self.log.info,
+                lambda: self.shipper,
+                lambda: {"samples": self.samples, "missed_ticks": self.loop.missed_ticks},
+            )
+        except ParaError as e:
+            self.log.error(f"alerts and metrics are off: {e.message}")
+            self.live = None
+
+    def _stop_live(self) -> None:
+        if self.live is not None:
+            try:
+                self.live.stop()
+            except Exception as e:
+                self.log.warning(f"stopping the alerts: {e}")
+            self.live = None
 
     def _stop_shipper(self) -> None:
         if self.shipper is not None:
@@ -783,6 +824,7 @@ class Agent:
         self._recover_leftovers()
         self._open()
         self._start_shipper()
+        self._start_live()
         _settle_heap()
         self.loop.start()
         self.write_status()
@@ -820,6 +862,7 @@ class Agent:
 
     def shutdown(self) -> int:
         self._stop_sampling("shutdown")
+        self._stop_live()
         self._stop_shipper()
         self._final_queue.put(None)
         deadline = time.monotonic() + self.cfg["segments"]["finalize_timeout_s"]
@@ -850,6 +893,7 @@ class Agent:
         self.log.info(f"SIGHUP: reloading {path or 'the defaults'}")
         old = self.cfg
         self._stop_sampling("reload")
+        self._stop_live()
         self._stop_shipper()
         try:
             self._setup(new)
@@ -860,6 +904,7 @@ class Agent:
             self._setup(old)
         self._open()
         self._start_shipper()
+        self._start_live()
         self.loop.start()
         self.write_status()
 

@@ -254,7 +254,7 @@ class Shipper:
 
     def _ship(self, path: Path) -> bool:
         """Send one segment; False when the collector could not be reached or refused us."""
-        from para.collector.client import Denied, Transient
+        from para.agent.collector_client import Denied, Transient
 
         try:
             data = path.read_bytes()
@@ -292,7 +292,12 @@ class Shipper:
         return True
 
     def _connect(self) -> Any:
-        from para.collector.client import CollectorClient, Denied, Endpoint, credential_problem
+        from para.agent.collector_client import (
+            CollectorClient,
+            Denied,
+            Endpoint,
+            credential_problem,
+        )
 
         token = None
         if self.cfg.token_file:

@@ -18,6 +18,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 DEFAULT_TLS_DIR = "/etc/para/collector"
 DEFAULT_SERVER_DB = "/var/lib/para/db"
+DEFAULT_METRICS = "127.0.0.1:9467"
 
 
 def _db_default(server: bool = False) -> str:
@@ -122,6 +123,23 @@ def collector_group() -> None:
 )
 @click.option("--max-segment-mb", type=int, default=1024, show_default=True)
 @click.option("--port-file", metavar="FILE", help="Write {port, pid} as JSON once listening.")
+@click.option(
+    "--alerts",
+    "alert_rules",
+    metavar="FILE",
+    help="Evaluate the alert rules of FILE on the live stream (docs/alerts.md).",
+)
+@click.option(
+    "--metrics",
+    "metrics_on",
+    is_flag=True,
+    help="Serve Prometheus/OpenMetrics /metrics on 127.0.0.1:9467.",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics on this address instead (implies --metrics).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Log only problems.")
 def serve(
     db: str,
@@ -139,6 +157,9 @@ def serve(
     min_free_mb: int,
     max_segment_mb: int,
     port_file: str | None,
+    alert_rules: str | None,
+    metrics_on: bool,
+    metrics_listen: str | None,
     quiet: bool,
 ) -> None:
     """Receive segments from agents and merge them into the feature database."""
@@ -163,8 +184,38 @@ def serve(
         compact_every=compact_every,
         port_file=Path(port_file) if port_file else None,
         quiet=quiet,
+        alert_rules=Path(alert_rules) if alert_rules else None,
+        metrics_listen=metrics_listen or (DEFAULT_METRICS if metrics_on else None),
+        judge=_judge() if alert_rules else None,
     )
     raise SystemExit(run_serve(opts))
+
+
+def _judge() -> Any:
+    """The analyzer's bottleneck rules, which the `para` command hands to the collector
+    (para/cli.py): the collector sits upstream of the analyzer and does not import it."""
+    ctx = click.get_current_context(silent=True)
+    parts = ctx.find_root().obj if ctx is not None else None
+    factory = parts.get("bottleneck_judge") if isinstance(parts, dict) else None
+    return factory() if factory is not None else None
+
+
+@collector_group.command("check-alerts", context_settings=CONTEXT)
+@click.argument("file", metavar="FILE")
+def check_alerts(file: str) -> None:
+    """Check an alert rules file: every problem with its line, else what would run."""
+    from para.agent.live import rules
+
+    judge = _judge()
+    try:
+        rs = rules.load(file, judge.rule_ids() if judge is not None else None)
+    except ParaError as e:
+        click.echo(e.message, err=True)
+        raise SystemExit(1) from None
+    click.echo(f"{file}: OK, {len(rs.rules)} rules, sinks {', '.join(sorted(rs.sinks))}")
+    for r in rs.rules:
+        what = r.metric.text if r.metric is not None else (r.bottleneck or "")
+        click.echo(f"  {r.name:24} {r.type:10} {r.severity:8} {what}  -> {', '.join(r.sinks)}")
 
 
 @collector_group.command("init-ca", context_settings=CONTEXT)
@@ -262,7 +313,7 @@ def status(
 ) -> None:
     """What the database holds (or, with --url, what a running collector reports)."""
     if url:
-        from para.collector.client import CollectorClient, Denied, Endpoint, Transient
+        from para.agent.collector_client import CollectorClient, Denied, Endpoint, Transient
 
         token = Path(token_file).read_text().strip() if token_file else None
         ep = Endpoint(

@@ -53,6 +53,9 @@ class ServeOptions:
     export_every: float = 2.0
     port_file: Path | None = None
     quiet: bool = False
+    alert_rules: Path | None = None  # issue 6: alert rules (docs/alerts.md)
+    metrics_listen: str | None = None  # issue 6: serve /metrics there (off when None)
+    judge: Any = None  # the analyzer's bottleneck rules (alerts.BottleneckJudge), from para/cli.py
 
 
 class _TokenMiddleware(fl.ServerMiddleware):
@@ -142,11 +145,30 @@ class CollectorService(fl.FlightServerBase):
         removed = self.store.clean()
         if removed:
             log(f"removed {removed} unacknowledged partial uploads left by the last run")
+        # The live view (para top, alerts, /metrics): a bad rules file stops us here, before
+        # anything listens.
+        from para.collector.alerts import AlertService
+
+        self.alerts = AlertService(opts.alert_rules, self.db, opts.cluster, log, judge=opts.judge)
+        self.metrics: Any = None
+        try:
+            if opts.metrics_listen:
+                from para.agent.live.openmetrics import MetricsServer
+
+                self.metrics = MetricsServer(opts.metrics_listen, self.alerts.metric_families)
+                log(f"serving /metrics on http://{self.metrics.address}/metrics")
+        except BaseException:
+            self.alerts.stop()
+            raise
         host, _, port = opts.listen.rpartition(":")
         try:
             super().__init__(f"{scheme}://{host}:{int(port)}", **kwargs)
         except (pa.ArrowException, OSError) as e:
+            self._stop_live()
             raise ParaError(f"cannot listen on {opts.listen}: {e}") from e
+        except BaseException:
+            self._stop_live()
+            raise
         self.location = f"{scheme}://{host}:{self.port}"
         self._threads = [
             threading.Thread(target=self._merge_loop, name="para-collector-merge", daemon=True),
@@ -154,6 +176,12 @@ class CollectorService(fl.FlightServerBase):
         ]
         for t in self._threads:
             t.start()
+
+    def _stop_live(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+        self.alerts.stop()
 
     # -- identity --------------------------------------------------------------------------
     def _identity(self, context: fl.ServerCallContext) -> Identity:
@@ -257,6 +285,8 @@ class CollectorService(fl.FlightServerBase):
             (wire.ACTION_LIVE, "agents: the last samples of their host"),
             (wire.ACTION_STATUS, "readers: the collector's counters and database state"),
             (wire.ACTION_LIVE_SNAPSHOT, "readers: the live samples kept per host"),
+            (wire.ACTION_TOP, "readers: the cluster for para top (nodes, jobs, alerts)"),
+            (wire.ACTION_ALERTS, "readers: the alerts firing now and the latest records"),
         ]
 
     def do_action(self, context: fl.ServerCallContext, action: fl.Action) -> Iterator[fl.Result]:
@@ -273,6 +303,7 @@ class CollectorService(fl.FlightServerBase):
                 buf = self._live.setdefault(host, deque(maxlen=LIVE_SAMPLES_PER_HOST))
                 buf.extend(samples)
                 self.counters.live_samples += len(samples)
+            self.alerts.ingest(host, samples)
             return iter([fl.Result(pa.py_buffer(b'{"ok":true}'))])
         if kind == wire.ACTION_STATUS:
             self._reader(context)
@@ -283,6 +314,19 @@ class CollectorService(fl.FlightServerBase):
             with self._lock:
                 snap = {h: list(d) for h, d in self._live.items() if want in (None, h)}
             return iter([fl.Result(pa.py_buffer(json.dumps(snap).encode()))])
+        if kind == wire.ACTION_TOP:
+            self._reader(context)
+            try:
+                req = json.loads(body or b"{}")
+            except ValueError:
+                raise fl.FlightServerError("para-reject: top request is not JSON") from None
+            doc = self.alerts.summary(req if isinstance(req, dict) else {})
+            return iter([fl.Result(pa.py_buffer(json.dumps(doc, default=str).encode()))])
+        if kind == wire.ACTION_ALERTS:
+            self._reader(context)
+            doc = {"active": self.alerts.active(), "recent": list(self.alerts.recent),
+                   "status": self.alerts.status()}  # fmt: skip
+            return iter([fl.Result(pa.py_buffer(json.dumps(doc, default=str).encode()))])
         self._identity(context)
         raise fl.FlightServerError(f"unknown action {kind!r}")
 
@@ -297,6 +341,7 @@ class CollectorService(fl.FlightServerBase):
             "received": c,
             "database": self.db.status(),
             "live_hosts": len(self._live),
+            "alerts": self.alerts.status(),
         }
 
     # -- background work -------------------------------------------------------------------
@@ -368,6 +413,7 @@ class CollectorService(fl.FlightServerBase):
         self._stop.set()
         self._wake.set()
         self.shutdown()
+        self._stop_live()
         for t in self._threads:
             t.join(timeout=60)
         try:
@@ -417,7 +463,10 @@ def serve(opts: ServeOptions, out: Any = None) -> int:
     )
     if opts.port_file:
         tmp = Path(str(opts.port_file) + ".tmp")
-        tmp.write_text(json.dumps({"port": service.port, "pid": os.getpid()}))
+        doc = {"port": service.port, "pid": os.getpid()}
+        if service.metrics is not None:
+            doc["metrics_port"] = service.metrics.port
+        tmp.write_text(json.dumps(doc))
         os.replace(tmp, opts.port_file)
     done = threading.Event()
 

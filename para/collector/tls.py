@@ -208,34 +208,3 @@ def _san(name: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         return x509.DNSName(name)
-
-
-def cert_problem(cert_file: str | Path, now: dt.datetime | None = None) -> str | None:
-    """Why a certificate will not be accepted (expired, not yet valid, unreadable), or None."""
-    try:
-        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
-    except OSError as e:
-        return f"cannot read certificate {cert_file}: {e.strerror}"
-    except ValueError as e:
-        return f"certificate {cert_file} is not PEM: {e}"
-    now = now or _now()
-    if cert.not_valid_after_utc < now:
-        return (
-            f"certificate {cert_file} ({_cn(cert)}) expired on "
-            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-        )
-    if cert.not_valid_before_utc > now:
-        return (
-            f"certificate {cert_file} ({_cn(cert)}) is not valid before "
-            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check the clock)"
-        )
-    return None
-
-
-def _cn(cert: x509.Certificate) -> str:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else "no CN"
-
-
-def subject_of(cert_file: str | Path) -> str:
-    return _cn(x509.load_pem_x509_certificate(Path(cert_file).read_bytes()))

@@ -12,7 +12,8 @@ Transport: Arrow Flight over gRPC, TLS unless the collector runs with `--insecur
   sets it aside).  A failure to store for now (disk full, shutting down) is a Flight
   UNAVAILABLE error: the shipper keeps the segment and retries.
 - Live samples travel as a Flight action `live` whose body is `encode_live()`'s output.
-- Readers (analysts' credentials) may call the actions `status` and `live-snapshot`.
+- Readers (analysts' credentials) may call the actions `status`, `live-snapshot`, `top` (the
+  cluster's latest values, jobs, alerts and recent history, for `para top`) and `alerts`.
 
 Everything a peer sends that ends up in a path (host names, segment ids, table names, cluster
 names) is checked here, by whitelist, before any use.
@@ -36,6 +37,9 @@ OP_SEGMENT = "segment"
 ACTION_LIVE = "live"
 ACTION_STATUS = "status"
 ACTION_LIVE_SNAPSHOT = "live-snapshot"
+# issue 6, readers: what `para top --collector` shows, and the alerts firing now
+ACTION_TOP = "top"
+ACTION_ALERTS = "alerts"
 
 # Ack states
 STORED = "stored"

@@ -7,6 +7,7 @@ waits), and a `wire.Ack` with status `rejected` for a segment that can never be 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.flight as fl
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
-from para.collector import tls
 from para.errors import ParaError
 from para.formats import wire
 
@@ -122,6 +124,14 @@ class CollectorClient:
         body = json.dumps({"host": host}).encode() if host else b""
         return json.loads(self._action(wire.ACTION_LIVE_SNAPSHOT, body))
 
+    def top(self, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The cluster as `para top` shows it (see para.collector.alerts.AlertService.summary)."""
+        return json.loads(self._action(wire.ACTION_TOP, json.dumps(request or {}).encode()))
+
+    def alerts(self) -> dict[str, Any]:
+        """The alerts firing now and the latest alert records."""
+        return json.loads(self._action(wire.ACTION_ALERTS, b""))
+
     def _action(self, kind: str, body: bytes) -> bytes:
         try:
             results = list(self._client.do_action(fl.Action(kind, body), options=self._options))
@@ -171,5 +181,32 @@ def credential_problem(ep: Endpoint) -> str | None:
     """A problem with our own credential that the TLS handshake would only report as a
     closed connection: an expired or not-yet-valid client certificate."""
     if ep.cert_file:
-        return tls.cert_problem(ep.cert_file)
+        return cert_problem(ep.cert_file)
     return None
+
+
+def cert_problem(cert_file: str | Path, now: dt.datetime | None = None) -> str | None:
+    """Why a certificate will not be accepted (expired, not yet valid, unreadable), or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    except OSError as e:
+        return f"cannot read certificate {cert_file}: {e.strerror}"
+    except ValueError as e:
+        return f"certificate {cert_file} is not PEM: {e}"
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if cert.not_valid_after_utc < now:
+        return (
+            f"certificate {cert_file} ({_cn(cert)}) expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    if cert.not_valid_before_utc > now:
+        return (
+            f"certificate {cert_file} ({_cn(cert)}) is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (check the clock)"
+        )
+    return None
+
+
+def _cn(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else "no CN"

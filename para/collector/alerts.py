@@ -1,0 +1,416 @@
+"""The collector's live view of the cluster: alert evaluation, what `para top` shows, and
+the `/metrics` endpoint, all fed by the agents' live samples.
+
+The Flight handler only queues what arrives (`ingest`, never blocks); one thread
+(`para-alerts`) turns samples into per-second values (para.agent.live.metrics), evaluates the
+threshold, anomaly and absent rules on them (para.agent.live.engine), keeps the last minutes of
+each node and job for `para top`'s sparklines, and once a second looks at time (absent
+nodes, stale series, jobs that ended).  Bottleneck rules judge a job's sliding window with
+the analyzer (para/analyzer/window.py) in a thread of their own (`para-alerts-window`), so a
+long analysis never delays the per-second rules.  Notifications leave through the sinks'
+own threads (para.agent.live.sinks) and every alert record is written to the database's `alerts`
+table (alertdb.py) by `para-alert-store`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+import traceback
+import zlib
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from para.agent.live import engine as engine_mod
+from para.agent.live import openmetrics, rules
+from para.agent.live.metrics import Snapshot
+from para.agent.live.sinks import Dispatcher
+from para.agent.live.view import LiveView
+from para.collector.alertdb import AlertStore
+from para.collector.db import FeatureDB
+from para.errors import ParaError
+
+QUEUE_MAX = 20000  # live messages waiting for evaluation (past it: dropped, counted)
+BASELINES_EVERY_S = 60.0
+
+
+class BottleneckJudge(Protocol):
+    """The analyzer's bottleneck rules on a job's window of live samples.  The analyzer sits
+    downstream of the collector, so the command that starts the collector hands one in
+    (para/cli.py gives para.analyzer.window.Judge); without it bottleneck rules are refused."""
+
+    skip_tables: frozenset[str]  # tables the rules never read: not kept in the windows
+
+    def rule_ids(self) -> list[str]: ...
+
+    def judge(
+        self, job: dict[str, Any], nodes: dict[str, list[tuple[int, dict[str, Any]]]]
+    ) -> dict[str, dict[str, Any]]:
+        """Outcome by rule id: status (fired, passed, not_evaluated), severity, value and
+        evidence in words."""
+        ...
+
+
+def severity_at_least(severity: str | None, minimum: str) -> bool:
+    """Is an analyzer severity (high, medium, low) at least `minimum`?"""
+    order = rules.ANALYZER_SEVERITIES
+    return severity in order and order.index(severity) <= order.index(minimum)
+
+
+class AlertService:
+    def __init__(
+        self,
+        rules_path: str | Path | None,
+        db: FeatureDB | None,
+        cluster: str,
+        log: Callable[[str], None],
+        *,
+        store: bool = True,
+        clock: Callable[[], float] = time.time,
+        judge: BottleneckJudge | None = None,
+    ):
+        self.log = log
+        self.judge = judge
+        self.cluster = cluster
+        self.clock = clock
+        self.db = db
+        bottlenecks = judge.rule_ids() if judge is not None else None
+        self.ruleset = rules.load(rules_path, bottlenecks) if rules_path else rules.empty()
+        self.rules_path = str(rules_path) if rules_path else None
+        window = [r.name for r in self.ruleset.rules if r.type == "bottleneck"]
+        if window and judge is None:
+            raise ParaError(
+                f"{rules_path}: bottleneck rules ({', '.join(window)}) need the analyzer, "
+                "which this collector was started without",
+                hint="start it with the `para` command: para collector serve --alerts FILE",
+            )
+        self.wanted = self.ruleset.wanted()
+        self.store = AlertStore(db, cluster, log) if (db is not None and store) else None
+        self.dispatcher = Dispatcher(self.ruleset.sinks, log)
+        self.engine = engine_mod.Engine(
+            self.ruleset, self._on_note, source="collector", cluster=cluster, clock=clock
+        )
+        self.view = LiveView(self.wanted, clock)
+        self.recent: deque[dict[str, Any]] = deque(maxlen=200)
+        self.counts = {
+            "samples": 0,
+            "messages": 0,
+            "dropped": 0,
+            "out_of_order": 0,
+            "notes": 0,
+            "notified": 0,
+            "windows": 0,
+            "window_errors": 0,
+            "window_skipped": 0,
+        }
+        self.eval_cpu_s = 0.0
+        self.window_cpu_s = 0.0
+        self._lock = threading.RLock()
+        self._q: queue.Queue[tuple[str, list[Any], float]] = queue.Queue(QUEUE_MAX)
+        self._stop = threading.Event()
+        self._baselines_path = db.root / "alerting" / "baselines.json" if db else None
+        self._load_baselines()
+        if self.store is not None:
+            restored = self.engine.restore(self.store.open_alerts())
+            if restored:
+                log(f"{restored} alert(s) still firing at the last stop: kept open")
+        # bottleneck rules: windows of raw samples per node, evaluated per (window, every)
+        self.window_rules = [r for r in self.ruleset.rules if r.type == "bottleneck"]
+        self.window_s = max((r.window_s for r in self.window_rules), default=0.0)
+        self._raw: dict[str, deque[tuple[int, bytes]]] = {}
+        self._raw_job_ms: dict[str, int] = {}
+        self._due: dict[tuple[str, float, float], float] = {}
+        self._window_q: queue.Queue[tuple[str, float, float] | None] = queue.Queue(1000)
+        self._window_busy: set[tuple[str, float, float]] = set()
+        self._results: queue.Queue[tuple[str, float, float, dict[str, Any], int]] = queue.Queue()
+        self._analyzer_cfg: dict[str, Any] | None = None
+        self._threads = [threading.Thread(target=self._loop, name="para-alerts", daemon=True)]
+        if self.window_rules:
+            self._threads.append(
+                threading.Thread(target=self._window_loop, name="para-alerts-window", daemon=True)
+            )
+        if self.store is not None:
+            self._threads.append(
+                threading.Thread(target=self._store_loop, name="para-alert-store", daemon=True)
+            )
+        for t in self._threads:
+            t.start()
+        if self.ruleset.rules:
+            kinds: dict[str, int] = {}
+            for r in self.ruleset.rules:
+                kinds[r.type] = kinds.get(r.type, 0) + 1
+            what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+            log(
+                f"alerts: {len(self.ruleset.rules)} rules from {self.rules_path} ({what}); "
+                f"sinks {', '.join(sorted(self.ruleset.sinks))}"
+            )
+
+    # -- input -----------------------------------------------------------------------------
+    def ingest(self, host: str, samples: list[tuple[int, Any]]) -> None:
+        """A live message of `host` (called by the Flight handler): queued, never blocks."""
+        try:
+            self._q.put_nowait((host, samples, self.clock()))
+        except queue.Full:
+            with self._lock:
+                self.counts["dropped"] += len(samples)
+
+    def _loop(self) -> None:
+        next_tick = 0.0
+        next_save = self.clock() + BASELINES_EVERY_S
+        while not self._stop.is_set():
+            try:
+                item = self._q.get(timeout=0.2)
+            except queue.Empty:
+                item = None
+            try:
+                c0 = time.thread_time()
+                batch = [item] if item is not None else []
+                while len(batch) < 5000:
+                    try:
+                        batch.append(self._q.get_nowait())
+                    except queue.Empty:
+                        break
+                with self._lock:
+                    for host, samples, rx in batch:
+                        self._process(host, samples, rx)
+                    self._take_results()
+                    now = self.clock()
+                    if now >= next_tick:
+                        next_tick = now + 1.0
+                        self.engine.tick(now)
+                        self._jobs_tick(now)
+                        self._schedule_windows(now)
+                self.eval_cpu_s += time.thread_time() - c0
+                if self.clock() >= next_save:
+                    next_save = self.clock() + BASELINES_EVERY_S
+                    self._save_baselines()
+            except Exception:
+                self.log("alert evaluation failed (goes on):\n" + traceback.format_exc())
+
+    def _process(self, host: str, samples: list[tuple[int, Any]], rx: float) -> None:
+        self.counts["messages"] += 1
+        for t_ms, rows in samples:
+            if not isinstance(rows, dict):
+                continue
+            snap = self.view.add(host, t_ms, rows, rx)
+            if snap is None:
+                self.counts["out_of_order"] += 1  # a retried message: already seen
+                continue
+            self.counts["samples"] += 1
+            self.engine.observe(snap, rx)
+            self._agent_alerts(snap)
+            if self.window_rules:
+                self._keep_raw(host, t_ms, rows)
+
+    def _agent_alerts(self, snap: Snapshot) -> None:
+        """Alerts the node's agent notified itself while it could not reach us."""
+        for e in snap.events:
+            if len(e) >= 5 and e[1] == "alert" and e[4]:
+                try:
+                    note = json.loads(e[4])
+                except (TypeError, ValueError):
+                    continue
+                if isinstance(note, dict) and "id" in note and "rule" in note:
+                    self.engine.adopt(note)
+
+    def _jobs_tick(self, now: float) -> None:
+        for js in self.view.tick(now):
+            self.engine.end_job(js.job, js.last_ms)
+            for k in [k for k in self._due if k[0] == js.job]:
+                del self._due[k]
+
+    # -- notes -----------------------------------------------------------------------------
+    def _on_note(self, note: dict[str, Any], notify: bool) -> None:
+        sinks = self.engine.rules.by_name(note["rule"]).sinks
+        self.counts["notes"] += 1
+        self.recent.append(note)
+        if notify:
+            self.counts["notified"] += 1
+            self.dispatcher.send(note, sinks)
+        if self.store is not None:
+            self.store.add(note, notify, sinks)
+
+    def _store_loop(self) -> None:
+        assert self.store is not None
+        while not self._stop.wait(1.0):
+            self.store.flush()
+
+    # -- bottleneck windows ----------------------------------------------------------------
+    def _keep_raw(self, host: str, t_ms: int, rows: dict[str, Any]) -> None:
+        assert self.judge is not None
+        skip = self.judge.skip_tables
+        has_job = bool(rows.get("job"))
+        buf = self._raw.get(host)
+        if buf is None:
+            if not has_job:
+                return  # nothing runs there: no window to judge
+            buf = self._raw[host] = deque()
+        keep = {k: v for k, v in rows.items() if k not in skip}
+        buf.append((t_ms, zlib.compress(json.dumps(keep, separators=(",", ":")).encode(), 1)))
+        limit = t_ms - self.window_s * 1000
+        while buf and buf[0][0] < limit:
+            buf.popleft()
+        if has_job:
+            self._raw_job_ms[host] = t_ms
+        elif t_ms - self._raw_job_ms.get(host, 0) > self.window_s * 1000:
+            del self._raw[host]  # no job there for a whole window
+
+    def _schedule_windows(self, now: float) -> None:
+        groups = {(r.window_s, r.every_s) for r in self.window_rules}
+        for job, js in self.view.jobs.items():
+            if (js.last_ms - js.first_ms) / 1000 < 10:
+                continue  # the analyzer judges nothing on fewer than 10 samples
+            for window, every in groups:
+                key = (job, window, every)
+                if now < self._due.get(key, 0.0) or key in self._window_busy:
+                    continue
+                self._due[key] = now + every
+                try:
+                    self._window_q.put_nowait(key)
+                    self._window_busy.add(key)
+                except queue.Full:
+                    self.counts["window_skipped"] += 1
+
+    def _window_loop(self) -> None:
+        assert self.judge is not None
+        while True:
+            key = self._window_q.get()
+            if key is None:
+                return
+            job, width, _every = key
+            c0 = time.thread_time()
+            try:
+                with self._lock:
+                    js = self.view.jobs.get(job)
+                    hosts = dict(js.hosts) if js is not None else {}
+                    info = self.view.job_info(job)
+                    raw = {h: list(self._raw.get(h, ())) for h in hosts}
+                end = max(hosts.values(), default=0)
+                nodes = {}
+                for h, items in raw.items():
+                    lo = end - width * 1000
+                    nodes[h] = [(t, json.loads(zlib.decompress(b))) for t, b in items if t >= lo]
+                found = self.judge.judge(info, nodes)
+                self._results.put((job, width, _every, found, end))
+                with self._lock:
+                    self.counts["windows"] += 1
+            except Exception as e:
+                with self._lock:
+                    self.counts["window_errors"] += 1
+                self.log(f"bottleneck window of job {job} failed: {type(e).__name__}: {e}")
+                self._results.put((job, width, _every, {}, 0))
+            finally:
+                self.window_cpu_s += time.thread_time() - c0
+
+    def _take_results(self) -> None:
+        while True:
+            try:
+                job, width, every, found, end = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._window_busy.discard((job, width, every))
+            if not found or job not in self.view.jobs:
+                continue
+            for rule in self.window_rules:
+                if (rule.window_s, rule.every_s) != (width, every) or not rule.bottleneck:
+                    continue
+                o = found.get(rule.bottleneck)
+                if o is None or o["status"] == "not_evaluated":
+                    self.engine.report(rule, job, None, end)
+                    continue
+                fired = o["status"] == "fired" and severity_at_least(
+                    o.get("severity"), rule.min_severity
+                )
+                self.engine.report(rule, job, fired, end, o.get("value"), o)
+
+    # -- reading (readers' actions, /metrics) ----------------------------------------------
+    def active(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.engine.active()
+
+    def summary(self, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What `para top --collector` shows (para.agent.live.view.LiveView.summary)."""
+        with self._lock:
+            doc = self.view.summary(request, self.engine.active(), self.cluster)
+        doc["rules"] = len(self.ruleset.rules)
+        return doc
+
+    def metric_families(self) -> list[openmetrics.Family]:
+        with self._lock:
+            fams = self.view.families(self.cluster)
+            fams.append(openmetrics.alert_family(self.engine.active()))
+            c = dict(self.counts)
+        for name, help_ in (
+            ("samples", "live samples evaluated"),
+            ("dropped", "live samples dropped (evaluation behind)"),
+            ("notified", "alert notifications sent to sinks"),
+        ):
+            fam = openmetrics.Family(f"para_collector_live_{name}_total", "counter", help_)
+            fam.samples.append(({}, float(c[name])))
+            fams.append(fam)
+        return fams
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "rules": len(self.ruleset.rules),
+                "rules_file": self.rules_path,
+                "hosts": len(self.view.hosts),
+                "jobs": len(self.view.jobs),
+                "active": len(
+                    [
+                        1
+                        for t in self.engine.tracks.values()
+                        if t.state in (engine_mod.FIRING, engine_mod.CLEARING)
+                    ]
+                ),
+                **self.counts,
+                "queued": self._q.qsize(),
+                "evaluation_cpu_s": round(self.eval_cpu_s, 3),
+                "window_cpu_s": round(self.window_cpu_s, 3),
+                "sinks": self.dispatcher.status(),
+                "stored": self.store.written if self.store else None,
+            }
+
+    # -- baselines -------------------------------------------------------------------------
+    def _load_baselines(self) -> None:
+        p = self._baselines_path
+        if p is None or not p.exists():
+            return
+        try:
+            self.engine.import_baselines(json.loads(p.read_text()))
+        except (OSError, ValueError) as e:
+            self.log(f"cannot read the anomaly baselines {p}: {e}; starting them afresh")
+
+    def _save_baselines(self) -> None:
+        p = self._baselines_path
+        if p is None or not self.engine.baselines:
+            return
+        with self._lock:
+            doc = self.engine.export_baselines()
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(p.name + ".tmp")
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, p)
+        except OSError as e:
+            self.log(f"cannot save the anomaly baselines to {p}: {e}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.window_rules:
+            try:
+                self._window_q.put(None, timeout=1.0)
+            except queue.Full:
+                pass
+        for t in self._threads:
+            t.join(timeout=30)
+        self._save_baselines()
+        self.dispatcher.stop(timeout=5.0)
+        if self.store is not None:
+            self.store.flush()
