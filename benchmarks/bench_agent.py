@@ -13,7 +13,12 @@ The agent's segment is finalised to Parquet at rotation (hourly by default) by a
 process; that child's CPU and peak memory come from the agent's status at shutdown, and are
 shown amortised over an hour's samples.
 
+With --alerts the agent also evaluates, on its own node, the 100 alert rules of
+bench_alerts.py (issue 6; no collector: it notifies by itself), and with --metrics it serves
+/metrics (scraped once a second by this script, as a Prometheus would at its fastest).
+
     .venv/bin/python benchmarks/bench_agent.py [--seconds 600] [--interval 1] [--job-procs 8]
+        [--alerts] [--metrics]
 """
 
 from __future__ import annotations
@@ -127,6 +132,26 @@ def hour_segment() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(url: str) -> int:
+    """One scrape of /metrics, as Prometheus does it: 1 if it answered."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            r.read()
+        return 1
+    except OSError:
+        return 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=600, help="measured window (default 600)")
@@ -137,12 +162,25 @@ def main() -> None:
     ap.add_argument(
         "--no-hour", action="store_true", help="skip finalising an hour's segment at the end"
     )
+    ap.add_argument("--alerts", action="store_true", help="100 alert rules on the node")
+    ap.add_argument("--metrics", action="store_true", help="serve /metrics, scraped every second")
     args = ap.parse_args()
     sadc = sadc_path()
     work = Path(tempfile.mkdtemp(prefix="bench-agent-"))
     spool = work / "spool"
     cfg = work / "agent.toml"
-    cfg.write_text(f'[agent]\ninterval = {args.interval}\nspool_dir = "{spool}"\n')
+    text = f'[agent]\ninterval = {args.interval}\nspool_dir = "{spool}"\n'
+    if args.alerts:
+        from bench_alerts import rules_text
+
+        (work / "alerts.toml").write_text(rules_text())
+        text += f'[alerts]\nrules = "{work / "alerts.toml"}"\n'
+    metrics_url = None
+    if args.metrics:
+        port = free_port()
+        text += f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+    cfg.write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PBS_", "LSB_"))}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["PARA_PURE_PYTHON"] = "1" if args.pure else "0"
@@ -170,8 +208,13 @@ def main() -> None:
         c0 = (cpu_s(agent.pid), cpu_s(sa.pid))
         marks = [(w0, *c0)]
         end = time.monotonic() + args.seconds
+        scrapes = 0
         while time.monotonic() < end:
-            time.sleep(min(60.0, end - time.monotonic()))
+            minute = min(time.monotonic() + 60.0, end)
+            while metrics_url and time.monotonic() < minute - 1:
+                scrapes += scrape(metrics_url)
+                time.sleep(1.0)
+            time.sleep(max(0.0, minute - time.monotonic()))
             marks.append((time.time(), cpu_s(agent.pid), cpu_s(sa.pid)))
             done = marks[-1][0] - w0
             print(f"  {done:5.0f} s: para {marks[-1][1] - c0[0]:.3f} s CPU, "
@@ -220,6 +263,13 @@ def main() -> None:
           f"{status.get('kernels')}, {args.job_procs} job processes tracked")  # fmt: skip
     sampled = [f for f, s in status["families"].items() if s["state"] == "ok"]
     print(f"families sampled: {', '.join(sampled)}")
+    live = status.get("live") or {}
+    if args.alerts or args.metrics:
+        print(
+            f"live: {live.get('rules', 0)} alert rules evaluated on the node, "
+            f"{len(live.get('active') or [])} firing at the end; /metrics "
+            + (f"scraped {scrapes} times" if metrics_url else "off")
+        )
     print(f"{'':<24}{'para agent':>14}{'sadc -S XALL':>14}{'ratio':>8}")
     print(f"{'samples in the window':<24}{len(p_times):>14}{len(s_times):>14}")
     print(f"{'CPU s in the window':<24}{para_cpu:>14.3f}{sadc_cpu:>14.3f}")

@@ -33,7 +33,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("db")
     # one after the other: the database tells jobs on one host apart by time where rows carry
     # no job of their own
-    for job, kind, user in (("501", "imbalanced", "alice"), ("502", "fsync", "bob")):
+    for job, kind, user in (("501", "imbalanced", "alice"), ("502", "grow", "bob")):
         env = dict(os.environ, SLURM_JOB_ID=job, SLURM_JOB_NAME=f"wl-{kind}",
                    SLURM_JOB_USER=user, SLURM_JOB_NUM_NODES="1", TMPDIR=str(d))  # fmt: skip
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -67,12 +67,12 @@ def test_report_of_a_job_from_the_database_writes_its_features(db, capsys):
 def test_jobs_analyze_fills_the_rest_and_filters(db):
     r = run_para("jobs", "--db", str(db), "--analyze")
     assert r.returncode == 0, r.stderr
-    assert "502" in r.stdout and "io_wait_bound" in r.stdout
+    assert "502" in r.stdout and "memory_growth" in r.stdout
     r = run_para("jobs", "--db", str(db), "--json", "--user", "bob")
     assert [j["job_id"] for j in json.loads(r.stdout)["jobs"]] == ["502"]
     r = run_para("jobs", "--db", str(db), "--json", "--bottleneck", "load_imbalance")
     assert [j["job_id"] for j in json.loads(r.stdout)["jobs"]] == ["501"]
-    r = run_para("jobs", "--db", str(db), "--json", "--name", "wl-fs*")
+    r = run_para("jobs", "--db", str(db), "--json", "--name", "wl-gr*")
     assert [j["job_id"] for j in json.loads(r.stdout)["jobs"]] == ["502"]
 
 
@@ -82,7 +82,7 @@ def test_compare_two_jobs_of_the_database(db):
     doc = json.loads(r.stdout)
     assert doc["a"]["job_id"] == "501" and doc["b"]["job_id"] == "502"
     new = {b["id"] for b in doc["bottlenecks"]["new"]}
-    assert "io_wait_bound" in new
+    assert "memory_growth" in new
 
 
 def test_unknown_job_says_how_to_list_them(db, capsys):

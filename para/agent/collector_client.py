@@ -49,6 +49,33 @@ class Endpoint:
     timeout: float = 60.0
 
 
+def reader_endpoint(
+    url: str,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    token_file: str | None,
+    insecure: bool,
+    timeout: float,
+) -> Endpoint:
+    """An analyst's endpoint from command-line options (para top, para collector status)."""
+    token = None
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise ParaError(f"cannot read the token file {token_file}: {e.strerror}") from e
+    return Endpoint(
+        url,
+        ca_file=Path(ca) if ca else None,
+        cert_file=Path(cert) if cert else None,
+        key_file=Path(key) if key else None,
+        token=token,
+        insecure=insecure,
+        timeout=timeout,
+    )
+
+
 def check_url(url: str, insecure: bool) -> str:
     if url.startswith("grpc+tls://"):
         return url

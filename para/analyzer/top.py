@@ -704,23 +704,9 @@ def open_source(
     from para.analyzer import topdata
 
     if collector:
-        from para.agent.collector_client import CollectorClient, Endpoint
+        from para.agent.collector_client import CollectorClient, reader_endpoint
 
-        token = None
-        if token_file:
-            try:
-                token = Path(token_file).read_text().strip()
-            except OSError as e:
-                raise ParaError(f"cannot read {token_file}: {e.strerror}") from e
-        ep = Endpoint(
-            collector,
-            ca_file=Path(ca) if ca else None,
-            cert_file=Path(cert) if cert else None,
-            key_file=Path(key) if key else None,
-            token=token,
-            insecure=insecure,
-            timeout=10.0,
-        )
+        ep = reader_endpoint(collector, ca, cert, key, token_file, insecure, timeout=10.0)
         return topdata.CollectorSource(collector, lambda: CollectorClient(ep))
     if not sample_here:
         if spool is None:

@@ -313,18 +313,14 @@ def status(
 ) -> None:
     """What the database holds (or, with --url, what a running collector reports)."""
     if url:
-        from para.agent.collector_client import CollectorClient, Denied, Endpoint, Transient
-
-        token = Path(token_file).read_text().strip() if token_file else None
-        ep = Endpoint(
-            url,
-            ca_file=Path(ca) if ca else None,
-            cert_file=Path(cert) if cert else None,
-            key_file=Path(key) if key else None,
-            token=token,
-            insecure=insecure,
-            timeout=30,
+        from para.agent.collector_client import (
+            CollectorClient,
+            Denied,
+            Transient,
+            reader_endpoint,
         )
+
+        ep = reader_endpoint(url, ca, cert, key, token_file, insecure, timeout=30)
         try:
             with CollectorClient(ep) as client:
                 doc = client.status()
