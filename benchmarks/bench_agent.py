@@ -15,10 +15,10 @@ shown amortised over an hour's samples.
 
 With --alerts the agent also evaluates, on its own node, the 100 alert rules of
 bench_alerts.py (issue 6; no collector: it notifies by itself), and with --metrics it serves
-/metrics (scraped once a second by this script, as a Prometheus would at its fastest).
+/metrics, scraped by this script every --scrape-every seconds (Prometheus' usual 15 s).
 
     .venv/bin/python benchmarks/bench_agent.py [--seconds 600] [--interval 1] [--job-procs 8]
-        [--alerts] [--metrics]
+        [--alerts] [--metrics [--scrape-every 15]]
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ def main() -> None:
         "--no-hour", action="store_true", help="skip finalising an hour's segment at the end"
     )
     ap.add_argument("--alerts", action="store_true", help="100 alert rules on the node")
-    ap.add_argument("--metrics", action="store_true", help="serve /metrics, scraped every second")
+    ap.add_argument("--metrics", action="store_true", help="serve /metrics and scrape it")
+    ap.add_argument("--scrape-every", type=float, default=15.0, help="seconds between scrapes")
     args = ap.parse_args()
     sadc = sadc_path()
     work = Path(tempfile.mkdtemp(prefix="bench-agent-"))
@@ -211,9 +212,9 @@ def main() -> None:
         scrapes = 0
         while time.monotonic() < end:
             minute = min(time.monotonic() + 60.0, end)
-            while metrics_url and time.monotonic() < minute - 1:
+            while metrics_url and time.monotonic() < minute - args.scrape_every:
                 scrapes += scrape(metrics_url)
-                time.sleep(1.0)
+                time.sleep(args.scrape_every)
             time.sleep(max(0.0, minute - time.monotonic()))
             marks.append((time.time(), cpu_s(agent.pid), cpu_s(sa.pid)))
             done = marks[-1][0] - w0
@@ -225,6 +226,7 @@ def main() -> None:
             "sadc": status_kb(sa.pid, "VmHWM"),
         }
         now_rss = {"para": status_kb(agent.pid, "VmRSS"), "sadc": status_kb(sa.pid, "VmRSS")}
+        live = json.loads((spool / "status.json").read_text()).get("live") or {}
     finally:
         sa.send_signal(signal.SIGTERM)
         sa.wait()
@@ -263,7 +265,6 @@ def main() -> None:
           f"{status.get('kernels')}, {args.job_procs} job processes tracked")  # fmt: skip
     sampled = [f for f, s in status["families"].items() if s["state"] == "ok"]
     print(f"families sampled: {', '.join(sampled)}")
-    live = status.get("live") or {}
     if args.alerts or args.metrics:
         print(
             f"live: {live.get('rules', 0)} alert rules evaluated on the node, "

@@ -12,6 +12,7 @@ Off unless configured, and on loopback unless another address is given.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,16 +181,23 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class MetricsServer:
-    """GET /metrics on `listen` (port 0: any free port, see `.port`)."""
+    """GET /metrics on `listen` (port 0: any free port, see `.port`).
+
+    One thread answers the scrapes in turn (a scraper that stalls is cut off after
+    `TIMEOUT_S`), asleep between them: nothing runs on the node while nobody scrapes."""
+
+    TIMEOUT_S = 10.0
 
     def __init__(self, listen: str, families: Callable[[], list[Family]]):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler, HTTPServer
 
         self.families = families
         host, port = parse_listen(listen)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = self.TIMEOUT_S
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 if self.path.split("?")[0] not in ("/metrics", "/metrics/"):
                     self.send_error(404, "para serves /metrics only")
@@ -210,21 +218,34 @@ class MetricsServer:
                 pass  # scrapes every 15 s are not news
 
         try:
-            self.httpd = ThreadingHTTPServer((host, port), Handler)
+            self.httpd = HTTPServer((host, port), Handler)
         except OSError as e:
             raise ParaError(f"cannot serve metrics on {listen}: {e.strerror or e}") from e
-        self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self.address = f"{host}:{self.port}"
+        self._wake_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self._thread = threading.Thread(
             target=self.httpd.serve_forever,
-            kwargs={"poll_interval": 0.25},
+            kwargs={"poll_interval": 3600.0},  # woken by a connection, see stop()
             name="para-metrics-http",
             daemon=True,
         )
         self._thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        import socket
+
+        # serve_forever sleeps in select() until a connection comes: ask it to stop, then
+        # connect until it has seen the request (a connection may come before the request)
+        asking = threading.Thread(target=self.httpd.shutdown, daemon=True)
+        asking.start()
+        deadline = time.monotonic() + 5.0
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            try:
+                socket.create_connection((self._wake_host, self.port), timeout=0.5).close()
+            except OSError:
+                break
+            self._thread.join(0.1)
+        asking.join(1.0)
         self.httpd.server_close()
-        self._thread.join(5.0)
+        self._thread.join(1.0)
