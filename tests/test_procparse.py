@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from para.cython_ext import load
@@ -164,6 +164,8 @@ lines = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(lines.map(lambda ls: b"\n".join(x if isinstance(x, bytes) else x.encode() for x in ls)))
+@example(b"cpu")  # a bare "cpu" line (the Cython kernel once called it a bad CPU name)
+@example(b"cpu\ncpu0")
 def test_fuzz_stat_twins_agree(data):
     results = []
     for pure in (False, True):

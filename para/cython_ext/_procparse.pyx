@@ -94,7 +94,7 @@ def parse_stat(bytes data):
         lineno += 1
         if _starts(s, i, end, b"cpu"):
             j = i + 3
-            if j < end and s[j] == b' ':
+            if j == end or s[j] == b' ':  # "cpu" alone: the total, every field missing
                 total = _ints(s, j, end, CPU_FIELDS, f"/proc/stat line {lineno}")
             else:
                 j = _read_int(s, j, end, &cpu)
