@@ -216,7 +216,8 @@ def node_tables(node: int, seconds: int, cpus: int, ranks: int, seed: int) -> di
             sum(CASE WHEN phase = 'input' AND r >= 0 THEN 12000000 ELSE 0 END) OVER w
               AS read_bytes,
             sum(CASE WHEN phase = 'checkpoint' AND r >= 0 THEN 28000000 ELSE 0 END) OVER w
-              AS write_bytes
+              AS write_bytes,
+            0::BIGINT AS cutime, 0::BIGINT AS cstime
         FROM r WINDOW w AS (PARTITION BY r ORDER BY s)
     """, {**p, "gib": f"{GIB}::BIGINT"})  # fmt: skip
     # perf stat -I 1000: counts in each interval, node-wide for the job's cores

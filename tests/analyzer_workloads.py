@@ -10,6 +10,8 @@ grow        allocates and touches memory steadily
 stall       works for 40 % of the time, then waits for nothing until the end
 meta        creates, stats and deletes small files in a loop
 majflt      maps a file dropped from the page cache and touches its pages in random order
+script      runs CPU-bound commands one after another, as a shell script does: most of them
+            shorter than the sampling interval, every fifth one longer
 """
 
 from __future__ import annotations
@@ -90,6 +92,18 @@ def majflt(seconds: float, path: str, megabytes: int = 64) -> None:
         os.close(fd)
 
 
+def script(seconds: float) -> None:
+    import subprocess
+
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        busy = 1.5 if i % 5 == 4 else 0.15
+        code = f"import time\nend = time.monotonic() + {busy}\nwhile time.monotonic() < end: pass"
+        subprocess.run([sys.executable, "-S", "-c", code], check=True)
+        i += 1
+
+
 def main() -> None:
     kind, seconds = sys.argv[1], float(sys.argv[2])
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as d:
@@ -102,6 +116,7 @@ def main() -> None:
             "stall": lambda: stall(seconds),
             "meta": lambda: metadata(seconds, d),
             "majflt": lambda: majflt(seconds, os.path.join(d, "m")),
+            "script": lambda: script(seconds),
         }[kind]()
 
 

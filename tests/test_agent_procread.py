@@ -60,7 +60,8 @@ def test_captured_processes(pr):
     assert rss == 1981 * PAGE and vsize == 56274944 and (minflt, majflt) == (32533, 26)
     assert (vol, invol) == (4742839, 1727500)
     assert row[12:16] == (750339, 818609, 1024, 2048)  # rchar wchar read_bytes write_bytes
-    assert row[16] == 82375  # start time
+    assert row[16:18] == (158, 99)  # cutime, cstime: the children vim waited for
+    assert row[18] == 82375  # start time
 
 
 def test_live_children_agree_and_missing_files_are_null():
@@ -135,7 +136,7 @@ def test_garbage_gives_none_or_a_row(tmp_path_factory, stat, status):
     try:
         for pure in (False, True):
             (r,) = load("procread", pure=pure).read_pids(fds, PAGE)
-            assert r is None or (len(r) == 17 and isinstance(r[1], str))
+            assert r is None or (len(r) == 19 and isinstance(r[1], str))
     finally:
         close(fds)
 
@@ -149,4 +150,4 @@ def test_fixture_stat_of_the_agent_trees(pr):
     finally:
         close(fds)
     assert row[:4] == (177820, "R", 331356, 957) and row[6] == 40 and row[7] == 3
-    assert row[10:12] == (5000, 123456) and row[16] == 9000000
+    assert row[10:12] == (5000, 123456) and row[16:] == (0, 0, 9000000)

@@ -113,10 +113,12 @@ def test_pid_stat_with_spaces_and_parens_in_comm(pp):
 
 def test_pid_stat_fields(pp):
     st = pp.parse_pid_stat(read("prometheus-procfs", "proc/26231/stat"))
-    pid, comm, state, ppid, minflt, majflt, utime, stime, threads, start, vsize, rss, cpu = st
+    pid, comm, state, ppid, minflt, majflt, utime, stime, threads, start, vsize, rss, cpu = st[:13]
+    kids = list(st[13:])
     assert (pid, comm, state, ppid, threads) == (26231, "vim", "R", 5392, 1)
     assert (minflt, majflt, utime, stime) == (32533, 26, 1677, 44)
     assert (start, vsize, rss, cpu) == (82375, 56274944, 1981, 0)
+    assert kids == [158, 99]  # cutime, cstime: the children vim waited for
 
 
 def test_pid_stat_truncated(pp):

@@ -386,24 +386,25 @@ class _Reducer:
     # the job's processes: per-process rates, summed per second; per-process totals
     def procs(self) -> None:
         cols = ["ppid", "state", "utime", "stime", "rss_bytes", "threads", "read_bytes",
-                "write_bytes"]  # fmt: skip
+                "write_bytes", "cutime", "cstime"]  # fmt: skip
         tab = self.read("proc", cols, ["pid"])
         if tab is None:
             return
         t = _t_ms(tab)
         pid = _flat(tab["pid"], pa.int64())
         hz = self.f["hz"]
-        cores, w, r = rates(pid, t, pc.add(tab["utime"], tab["stime"]), min_dt_s=self.min_dt,
-                            scale=1.0 / hz)  # fmt: skip
+        own = pc.add(tab["utime"], tab["stime"])
+        cores, w, r = rates(pid, t, own, min_dt_s=self.min_dt, scale=1.0 / hz)
         self.nd.wraps += w
         self.nd.resets += r
+        job_cores = self._with_children(tab, pid, t, own, cores)
         rb = self.rate(tab, "read_bytes", pid, t)
         wb = self.rate(tab, "write_bytes", pid, t)
         spine, slots = _slots(t)
         n = len(spine)
         ones = _flat(pc.is_valid(t), pa.float64())
         self.nd.series["job"] = pa.table({
-            "t": spine, "cores": slot_sums(slots, n, cores),
+            "t": spine, "cores": slot_sums(slots, n, job_cores),
             "rss": slot_sums(slots, n, tab["rss_bytes"]), "read_bps": slot_sums(slots, n, rb),
             "write_bps": slot_sums(slots, n, wb),
             "dstate": slot_sums(slots, n, pc.equal(tab["state"], _D).cast(pa.float64())),
@@ -441,6 +442,61 @@ class _Reducer:
             "busy_samples": peaks["busy_sum"], "peak_cores": peaks["cores_max"],
             "samples": pc.add(pc.subtract(last, first), pa.scalar(1, pa.uint64())).cast(pa.int64()),
         })  # fmt: skip
+
+    def _with_children(self, tab: pa.Table, pid: pa.Array, t: pa.Array,
+                       own: pa.ChunkedArray, cores: pa.Array) -> pa.Array:  # fmt: skip
+        """Each row's cores plus the CPU of the children its process waited for since the last
+        sample (cutime, cstime), less what was already seen of those children in their own
+        rows: processes shorter than an interval (a script's commands, make's compilers) are
+        never sampled, and this is the only place their CPU shows."""
+        if tab.column("cutime").null_count == len(tab):
+            return cores  # a file from before the columns existed
+        hz = self.f["hz"]
+        kids = pc.fill_null(pc.add(tab["cutime"], tab["cstime"]), _F0)
+        if not pc.max(kids).as_py():
+            return cores  # no process waited for a child (MPI ranks, most often)
+        kc, _, _ = rates(pid, t, kids, min_dt_s=self.min_dt, scale=1.0 / hz)
+        # a child seen in its own rows that ended before the recording did: what its rows
+        # counted, (own + children) at its last row less at its first, comes again in its
+        # parent's children time when the parent waits for it; take it off there
+        first, last = _bounds(pid)
+        t_last = t.take(last)
+        gone = pc.indices_nonzero(pc.less(t_last, pc.max(t)))
+        if len(gone) and len(kc):
+            total = pc.add(pc.fill_null(_flat(own, pa.float64()), _F0), _flat(kids, pa.float64()))
+            seen = pc.subtract(total.take(last.take(gone)), total.take(first.take(gone)))
+            parents = _flat(tab["ppid"], pa.int64()).take(last.take(gone))
+            rows_of = dict(zip(pid.take(first).to_pylist(),
+                               zip(first.to_pylist(), last.to_pylist())))  # fmt: skip
+            pending: dict[int, list[tuple[int, float]]] = {}
+            for parent, at, ticks in zip(parents.to_pylist(), t_last.take(gone).to_pylist(),
+                                         seen.to_pylist()):  # fmt: skip
+                if parent in rows_of and ticks and ticks > 0:
+                    pending.setdefault(parent, []).append((at, ticks / hz))
+            fixed: dict[int, float] = {}
+            for parent, items in pending.items():
+                items.sort()
+                lo, hi = rows_of[parent]
+                ts = t.slice(lo, hi - lo + 1).to_pylist()
+                rate = kc.slice(lo, hi - lo + 1).to_pylist()
+                owed, k = 0.0, 0
+                for i in range(1, len(ts)):
+                    while k < len(items) and items[k][0] < ts[i]:
+                        owed += items[k][1]
+                        k += 1
+                    if owed <= 0 or not rate[i]:
+                        continue
+                    dt = (ts[i] - ts[i - 1]) / 1000
+                    took = min(owed, rate[i] * dt)
+                    owed -= took
+                    fixed[lo + i] = rate[i] - took / dt
+            if fixed:
+                values = kc.to_pylist()
+                for i, v in fixed.items():
+                    values[i] = v
+                kc = pa.array(values, pa.float64())
+        add = pc.and_(pc.is_valid(kc), pc.greater(kc, _F0))
+        return pc.if_else(add, pc.add(pc.fill_null(cores, _F0), kc), cores)
 
     def disk(self) -> None:
         cols = ["reads", "writes", "read_bytes", "write_bytes", "read_ms", "write_ms", "io_ms"]

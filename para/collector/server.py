@@ -269,6 +269,10 @@ class CollectorService(fl.FlightServerBase):
                 self.counters.duplicates += 1
         if ack.status == wire.REJECTED:
             self._reject(header.host, ack.reason)
+        elif ack.status == wire.DUPLICATE:
+            # answered before the upload was read (its id is known): read the rest, or the call
+            # may end with the agent still writing and our answer lost (it would send again)
+            _drain(reader)
         writer.write(pa.py_buffer(ack.encode()))
         if ack.status == wire.STORED:
             self._wake.set()
@@ -436,6 +440,16 @@ def _chunks(reader: fl.MetadataRecordBatchReader) -> Iterator[pa.Buffer]:
             buf = col[i].as_buffer()
             if buf is not None:
                 yield buf
+
+
+def _drain(reader: fl.MetadataRecordBatchReader) -> None:
+    try:
+        while True:
+            reader.read_chunk()
+    except StopIteration:
+        return
+    except pa.ArrowException:
+        return  # the agent went away: nobody waits for the answer
 
 
 def _read(path: Path) -> bytes:

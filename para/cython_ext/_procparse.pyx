@@ -253,7 +253,7 @@ def parse_pid_stat(bytes data):
     if f < 37:
         raise ValueError(f"/proc/PID/stat of {pid}: {f + 2} fields, expected at least 39")
     return (pid, comm, state, fields[1], fields[7], fields[9], fields[11], fields[12],
-            fields[17], fields[19], fields[20], fields[21], fields[36])
+            fields[17], fields[19], fields[20], fields[21], fields[36], fields[13], fields[14])
 
 
 cdef long long _status_field(bytes data, bytes key) except? -1:

@@ -17,6 +17,8 @@ ProcRow = tuple[
     int | None,
     int | None,
     int,
+    int,
+    int,
 ]
 
 def read_pids(fds: list[tuple[int, int, int]], page_size: int) -> list[ProcRow | None]: ...

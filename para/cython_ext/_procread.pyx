@@ -30,8 +30,8 @@ cdef Py_ssize_t _fill(int fd):
 
 cdef inline bint _used(int k) nogil:
     """The stat fields the result holds (the twin converts these and only these)."""
-    return (k == 1 or k == 7 or k == 9 or k == 11 or k == 12 or k == 17 or k == 19
-            or k == 20 or k == 21 or k == 36)
+    return (k == 1 or k == 7 or k == 9 or k == 11 or k == 12 or k == 13 or k == 14
+            or k == 17 or k == 19 or k == 20 or k == 21 or k == 36)
 
 
 cdef int _parse_stat(Py_ssize_t n, long long* f, Py_ssize_t* state) nogil:
@@ -160,6 +160,7 @@ def read_pids(list fds, long page_size):
                 v_io = (rchar, wchar, rb, wb)
         out.append(
             (f[1], st, f[11], f[12], f[21] * page_size, f[20], f[17], f[36],
-             f[7], f[9], v_vol, v_invol, v_io[0], v_io[1], v_io[2], v_io[3], f[19])
+             f[7], f[9], v_vol, v_invol, v_io[0], v_io[1], v_io[2], v_io[3], f[13], f[14],
+             f[19])
         )
     return out

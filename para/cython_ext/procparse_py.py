@@ -123,9 +123,10 @@ def parse_diskstats(data: bytes) -> list[tuple[str, list[int | None]]]:
 
 def parse_pid_stat(
     data: bytes,
-) -> tuple[int, str, str, int, int, int, int, int, int, int, int, int, int]:
+) -> tuple[int, str, str, int, int, int, int, int, int, int, int, int, int, int, int]:
     """/proc/PID/stat -> (pid, comm, state, ppid, minflt, majflt, utime, stime, threads,
-    starttime, vsize, rss_pages, processor).  comm may hold spaces and parentheses."""
+    starttime, vsize, rss_pages, processor, cutime, cstime).  comm may hold spaces and
+    parentheses."""
     open_ = data.find(b"(")
     close = data.rfind(b")")
     if open_ < 0 or close < open_:
@@ -149,6 +150,8 @@ def parse_pid_stat(
         int(f[20]),
         int(f[21]),
         int(f[36]),
+        int(f[13]),
+        int(f[14]),
     )
 
 

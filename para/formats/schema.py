@@ -231,6 +231,10 @@ PROC = Table(
         _counter("wchar", "bytes", "/proc/PID/io", "bytes written (any target)"),
         _counter("read_bytes", "bytes", "/proc/PID/io", "bytes read from storage"),
         _counter("write_bytes", "bytes", "/proc/PID/io", "bytes written to storage"),
+        # the CPU of its children once it has waited for them: what processes too short to be
+        # sampled used (the analyzer adds it, less what it saw of those children itself)
+        _counter("cutime", "ticks", "/proc/PID/stat", "user CPU time of its waited-for children"),
+        _counter("cstime", "ticks", "/proc/PID/stat", "system CPU time of its waited-for children"),
     ),
     # Added for `para agent` (issue 3): the job a process belongs to on a shared node.
     payload=(

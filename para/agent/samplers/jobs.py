@@ -322,11 +322,11 @@ class JobSampler(ProcessSampler):
                         os.close(x)
                 if fd[0] < 0:
                     continue  # no descriptor to read it with: it stays, read next time
-            if r is None or r[16] != self.members[pid] or r[1] == "X":
+            if r is None or r[18] != self.members[pid] or r[1] == "X":
                 self._ended(t_ms, pid, out)
                 continue
             ref = self.refs.get(pid)
-            rows.append([pid, *r[:16], ref.job_id if ref else None, ref.step if ref else None])
+            rows.append([pid, *r[:18], ref.job_id if ref else None, ref.step if ref else None])
             if r[1] == "Z":
                 self._ended(t_ms, pid, out)
         return rows
@@ -336,7 +336,7 @@ class JobSampler(ProcessSampler):
         pids = list(self.members)
         results = procread.read_pids([(self._open_fds(p)[0], -1, -1) for p in pids], 1)
         for pid, r in zip(pids, results):
-            if r is None or r[16] != self.members[pid] or r[1] in ("X", "Z"):
+            if r is None or r[18] != self.members[pid] or r[1] in ("X", "Z"):
                 self._ended(t_ms, pid, out)
 
     def _close_fds(self, pid: int) -> None:

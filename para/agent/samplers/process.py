@@ -148,7 +148,8 @@ class ProcessSampler(Sampler):
             except (OSError, ValueError):
                 # /proc/PID/io needs ptrace rights: absent for other users' processes
                 rchar = wchar = rbytes = wbytes = None
-            _, _, state, ppid, minflt, majflt, utime, stime, threads, _, vsize, rss, cpu = st
+            _, _, state, ppid, minflt, majflt, utime, stime, threads, _, vsize, rss, cpu = st[:13]
+            cu, cs = st[13:15]
             rows.append(
                 [
                     pid,
@@ -168,6 +169,8 @@ class ProcessSampler(Sampler):
                     wchar,
                     rbytes,
                     wbytes,
+                    cu,
+                    cs,
                     *self.job_of(pid),
                 ]
             )

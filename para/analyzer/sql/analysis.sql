@@ -73,13 +73,20 @@ WHERE j.work_cores IS NOT NULL
 GROUP BY p.phase ORDER BY p.phase;
 
 -- name: siblings  needs: procs
--- Processes with the same parent on a node (the ranks of a launcher, the workers of a pool)
--- and how their CPU times compare.
-WITH g AS (
+-- Processes with the same parent on a node that ran side by side (the ranks of a launcher,
+-- the workers of a pool: each sampled alive at once with another) and how their CPU times
+-- compare.  A script's commands run one after the other: they are not compared.
+WITH side AS (
+    SELECT p.* FROM procs p
+    WHERE p.cpu_s > 0 AND EXISTS (
+        SELECT 1 FROM procs o
+        WHERE o.node = p.node AND o.ppid = p.ppid AND o.pid <> p.pid AND o.cpu_s > 0
+            AND o.first_ms <= p.last_ms AND p.first_ms <= o.last_ms)
+), g AS (
     SELECT node, ppid, count(*) AS n, max(cpu_s) AS max_cpu, avg(cpu_s) AS mean_cpu,
         sum(cpu_s) AS total_cpu, arg_max(pid, cpu_s) AS busiest, arg_min(pid, cpu_s) AS idlest,
         min(cpu_s) AS min_cpu
-    FROM procs WHERE cpu_s > 0 GROUP BY node, ppid HAVING count(*) >= 2
+    FROM side GROUP BY node, ppid HAVING count(*) >= 2
 )
 SELECT node, ppid, n, max_cpu, mean_cpu, min_cpu, total_cpu, busiest, idlest,
     total_cpu / (SELECT sum(cpu_s) FROM procs) AS share

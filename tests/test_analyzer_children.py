@@ -1,0 +1,54 @@
+"""Commands shorter than the sampling interval (a shell script's, make's compilers) are never
+sampled: their CPU shows only in their parent's children time (cutime, cstime of
+/proc/PID/stat) once the parent has waited for them.  The analyzer counts it, less what the
+children it did see already counted, so the job's CPU agrees with what the kernel says the
+command used (its rusage, recorded by `para profile`), and commands that ran one after
+another are not called imbalanced."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from para.analyzer import analysis
+from para.analyzer.job import Job
+from para.formats import ParaFile
+
+from .conftest import REPO, para_cmd
+
+WORKLOADS = Path(__file__).parent / "analyzer_workloads.py"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def script_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("script")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = d / "script.para"
+    r = subprocess.run(
+        [*para_cmd(), "profile", "-q", "-i", "0.5", "-o", str(out), "--",
+         sys.executable, str(WORKLOADS), "script", "8"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_the_cpu_of_unsampled_commands_is_counted_once(script_run: Path):
+    with ParaFile(script_run) as pf:
+        ex = pf.meta["exit"]
+        exact = float(ex["cpu_user_s"]) + float(ex["cpu_system_s"])
+        seen = pf.read_table("proc", columns=["pid"]).column("pid").unique()
+    with Job([script_run]) as j:
+        a = analysis.analyse(j)
+    sampled = a.doc["summary"]["cores_mean"] * a.doc["duration_s"]
+    # about 20 commands, most of them never in a sample
+    assert len(seen) < 20
+    # every command's CPU is in the job's series, and none twice (the long ones were seen)
+    assert 0.8 * exact <= sampled <= 1.1 * exact, (sampled, exact)
+    fired = {b["id"] for b in a.bottlenecks}
+    assert "idle_nodes" not in fired and "load_imbalance" not in fired
