@@ -300,6 +300,43 @@ def test_job_counters_stay_monotonic_and_the_job_ends(tmp_path):
     assert "5561" not in job_rows(out)
 
 
+def add_ticks(root: Path, pid: int, **ticks: int) -> None:
+    """Add CPU ticks to fields of /proc/PID/stat: utime, stime, cutime, cstime."""
+    stat = root / f"proc/{pid}/stat"
+    fields = stat.read_text().split(" ")
+    for name, n in ticks.items():
+        i = {"utime": 13, "stime": 14, "cutime": 15, "cstime": 16}[name]
+        fields[i] = str(int(fields[i]) + n)
+    stat.write_text(" ".join(fields))
+
+
+def test_the_children_a_member_waited_for_count_once(tmp_path):
+    """A command too short to be sampled shows only in its parent's children time; a child that
+    was sampled shows there too once its parent waits for it, and must not count twice."""
+    root = tree(tmp_path, "environ")
+    s = sampler(root)
+    out: dict = {}
+    s.sample(1000, out)
+    first = job_rows(out)["5561"]
+    assert (first["utime"], first["stime"]) == (1 + 700, 1 + 20)
+    exit_process(root, 5002)  # gmx ends; job.sh has not waited for it yet
+    out = {}
+    s.sample(2000, out)
+    assert (job_rows(out)["5561"]["utime"], job_rows(out)["5561"]["stime"]) == (701, 21)
+    # job.sh waits: gmx's 700 + 20 ticks, 30 + 5 more it used after its last sample, and a
+    # command never sampled (50 + 4)
+    add_ticks(root, 5001, cutime=700 + 30 + 50, cstime=20 + 5 + 4)
+    out = {}
+    s.sample(3000, out)
+    row = job_rows(out)["5561"]
+    assert (row["utime"], row["stime"]) == (701 + 30 + 50, 21 + 5 + 4)
+    # later children of job.sh count in full
+    add_ticks(root, 5001, cutime=40)
+    out = {}
+    s.sample(4000, out)
+    assert job_rows(out)["5561"]["utime"] == 781 + 40
+
+
 def test_pid_reuse_is_not_taken_for_the_same_process(tmp_path):
     root = tree(tmp_path, "environ")
     s = sampler(root)

@@ -359,8 +359,18 @@ JOB = Table(
     metrics=(
         _gauge("procs", "processes", "/proc/PID", "live processes of the job"),
         _gauge("threads", "threads", "/proc/PID/stat", "threads of its live processes"),
-        _counter("utime", "ticks", "/proc/PID/stat", "user CPU time of its processes"),
-        _counter("stime", "ticks", "/proc/PID/stat", "system CPU time of its processes"),
+        _counter(
+            "utime",
+            "ticks",
+            "/proc/PID/stat",
+            "user CPU time of its processes and the children they waited for",
+        ),
+        _counter(
+            "stime",
+            "ticks",
+            "/proc/PID/stat",
+            "system CPU time of its processes and the children they waited for",
+        ),
         _gauge("rss_bytes", "bytes", "/proc/PID/stat", "resident memory of its live processes"),
         _counter("rchar", "bytes", "/proc/PID/io", "bytes read by its processes (any source)"),
         _counter("wchar", "bytes", "/proc/PID/io", "bytes written by its processes (any target)"),

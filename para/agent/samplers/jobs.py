@@ -46,8 +46,8 @@ procread = load("procread")
 YOUNG_S = 2.0
 _RDONLY = os.O_RDONLY | os.O_CLOEXEC
 # proc row columns (schema PROC without t): the ones summed per job
-_UTIME, _STIME, _RSS, _THREADS = 3, 4, 5, 7
-_RCHAR, _WCHAR, _RBYTES, _WBYTES = 13, 14, 15, 16
+_PPID, _UTIME, _STIME, _RSS, _THREADS = 1, 3, 4, 5, 7
+_RCHAR, _WCHAR, _RBYTES, _WBYTES, _CUTIME, _CSTIME = 13, 14, 15, 16, 17, 18
 _COUNTERS = (_UTIME, _STIME, _RCHAR, _WCHAR, _RBYTES, _WBYTES)
 # job row layout (schema JOB without t): job, then these
 J_PROCS, J_THREADS, J_UTIME, J_STIME, J_RSS = 1, 2, 3, 4, 5
@@ -108,6 +108,11 @@ class JobSampler(ProcessSampler):
         self.refs: dict[int, JobRef | None] = {}
         self._young: dict[int, int] = {}  # outsider pid -> start ticks
         self._last: dict[int, tuple[int, ...]] = {}  # pid -> last counter values
+        self._ppid: dict[int, int] = {}
+        # children time (cutime, cstime) last seen, and what an ended member's parent still
+        # owes: its rows counted (utime, stime) that come again in the parent's children time
+        self._kids: dict[int, tuple[int, int]] = {}
+        self._owed: dict[int, list[Any]] = {}  # parent pid -> [job id, utime, stime]
         self._ending: list[int] = []
         self.rows_by_job: dict[str, list[Any]] = {}
         self.clk_tck = os.sysconf("SC_CLK_TCK")
@@ -350,10 +355,18 @@ class JobSampler(ProcessSampler):
         self._ending.append(pid)
 
     def _account(self, t_ms: int, proc_rows: list[list[Any]], out: Rows) -> None:
+        """Per job: its live processes summed, CPU with the children each waited for (the
+        commands too short to be sampled), plus what ended members counted when last seen."""
         live: dict[str, list[Any]] = {}
         for prow in proc_rows:
             pid = prow[0]
-            self._last[pid] = tuple(prow[i] or 0 for i in _COUNTERS)
+            cu, cs = prow[_CUTIME] or 0, prow[_CSTIME] or 0
+            counts = [prow[i] or 0 for i in _COUNTERS]
+            counts[0] += cu
+            counts[1] += cs
+            self._last[pid] = tuple(counts)
+            self._ppid[pid] = prow[_PPID]
+            self._repay(pid, cu, cs)
             job_id = prow[-2]
             if job_id is None:
                 continue
@@ -365,12 +378,15 @@ class JobSampler(ProcessSampler):
                 acc[1] += prow[_THREADS] or 0
                 acc[2] += prow[_RSS] or 0
             sums = acc[3]
-            for k, i in enumerate(_COUNTERS):
-                sums[k] += prow[i] or 0
+            for k in range(len(_COUNTERS)):
+                sums[k] += counts[k]
         sampled = {r[0] for r in proc_rows} if self._ending else set()
         for pid in self._ending:
             ref = self.refs.pop(pid, None)
             last = self._last.pop(pid, None)
+            parent = self._ppid.pop(pid, None)
+            self._kids.pop(pid, None)
+            self._owed.pop(pid, None)
             if ref is None:
                 continue
             job = self.jobs.get(ref.job_id)
@@ -386,6 +402,11 @@ class JobSampler(ProcessSampler):
                         acc[3][k] -= last[k]
                 for k in range(len(_COUNTERS)):
                     job.ended[k] += last[k]
+                if parent in job.pids and parent not in self._ending:
+                    # its parent will wait for it: then the parent's children time holds it
+                    owed = self._owed.setdefault(parent, [ref.job_id, 0, 0])
+                    owed[1] += last[0]
+                    owed[2] += last[1]
         self._ending = []
         rows = out.setdefault("job", [])
         self.rows_by_job = {}
@@ -414,6 +435,23 @@ class JobSampler(ProcessSampler):
                 row[J_CG : J_CG + 8] = self._cgroup_values(job.files)
             rows.append(row)
             self.rows_by_job[job_id] = row
+
+    def _repay(self, pid: int, cu: int, cs: int) -> None:
+        """The children time `pid` gained since the last sample holds, first, what its ended
+        children counted in their own rows: take that back from the job's ended sums."""
+        prev = self._kids.get(pid)
+        self._kids[pid] = (cu, cs)
+        owed = self._owed.get(pid)
+        if owed is None or prev is None:
+            return
+        job = self.jobs.get(owed[0])
+        for k, gained in ((0, cu - prev[0]), (1, cs - prev[1])):
+            took = max(0, min(owed[1 + k], gained))
+            owed[1 + k] -= took
+            if job is not None:
+                job.ended[k] -= took
+        if owed[1] <= 0 and owed[2] <= 0:
+            del self._owed[pid]
 
     def _job_ended(self, t_ms: int, job: Job, out: Rows) -> None:
         del self.jobs[job.ref.job_id]
