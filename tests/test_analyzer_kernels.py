@@ -53,7 +53,7 @@ def _out(res: tuple[bytearray, bytearray, int, int, int]) -> tuple[list[float | 
 
 
 def test_twins_have_the_same_functions_and_signatures():
-    for name, funcs in (("rates", ("counter_rates", "slot_sums", "slot_max")),
+    for name, funcs in (("rates", ("counter_rates", "slot_sums")),
                         ("changepoint", ("segment",))):  # fmt: skip
         cy, py = load(name, pure=False), load(name, pure=True)
         for f in funcs:
@@ -125,7 +125,7 @@ def test_slot_sums_and_max(rates):
     s, c = rates.slot_sums(slots, 3, vals, valid)
     assert list(memoryview(s).cast("d")) == [30.0, 0.0, 4.0]
     assert list(memoryview(c).cast("q")) == [2, 0, 2]
-    m, c = rates.slot_max(slots, 3, vals, valid)
+    m, c = rates.slot_sums(slots, 3, vals, valid, maximum=True)
     assert list(memoryview(m).cast("d")) == [20.0, 0.0, 3.0]
     with pytest.raises(ValueError, match="slot 3"):
         rates.slot_sums(array.array("i", [3]).tobytes(), 3, _d([1.0]))

@@ -186,8 +186,7 @@ def slot_sums(slots: pa.Array, n_slots: int, values: pa.ChunkedArray | pa.Array,
     if v.null_count:
         valid = _data(_flat(pc.is_valid(v), pa.uint8()))
         v = pc.fill_null(v, _F0)
-    fn = _rates.slot_max if how == "max" else _rates.slot_sums
-    sums, counts = fn(_data(slots), n_slots, _data(v), valid)
+    sums, counts = _rates.slot_sums(_data(slots), n_slots, _data(v), valid, how == "max")
     total = pa.Array.from_buffers(pa.float64(), n_slots, [None, pa.py_buffer(sums)])
     count = pa.Array.from_buffers(pa.int64(), n_slots, [None, pa.py_buffer(counts)])
     return pc.if_else(pc.greater(count, _I0), total, pa.scalar(None, pa.float64()))

@@ -47,19 +47,18 @@ def counter_rates(
     """
 
 def slot_sums(
-    slots: object, n_slots: int, values: object, valid: object | None = None
+    slots: object,
+    n_slots: int,
+    values: object,
+    valid: object | None = None,
+    maximum: bool = False,
 ) -> tuple[bytearray, bytearray]:
     """Sum of `values` (float64) per slot: `slots` (int32, one per row; negative = no slot)
     says where each row goes, rows whose `valid` byte is 0 are left out.  Returns the sums
     (float64 per slot) and how many rows each slot got (int64 per slot), the same whatever
     the order of the rows of a slot when the values are whole numbers (and in the order of
-    the rows otherwise).  Sums a node's per-process rates per sampling instant, its call
-    stacks per second, without hashing: the slots come from `pyarrow.compute.index_in`.
+    the rows otherwise).  With `maximum`, the largest value of each slot instead of the sum
+    (0 where the slot got none).  Sums a node's per-process rates per sampling instant, its
+    call stacks per second, without hashing: the slots come from `pyarrow.compute.index_in`.
     Raises ValueError when a slot is >= n_slots or the buffers' lengths differ.
     """
-
-def slot_max(
-    slots: object, n_slots: int, values: object, valid: object | None = None
-) -> tuple[bytearray, bytearray]:
-    """Largest of `values` per slot, as `slot_sums` takes them: (maxima as float64 per slot,
-    0 where the slot got no value; rows per slot as int64)."""

@@ -99,7 +99,7 @@ def counter_rates(
     return data, bitmap, nulls, wraps, resets
 
 
-def slot_sums(slots, Py_ssize_t n_slots, values, valid=None):
+def slot_sums(slots, Py_ssize_t n_slots, values, valid=None, bint maximum=False):
     cdef const int[:] sl = memoryview(slots).cast("B").cast("i")
     cdef const double[:] v = memoryview(values).cast("B").cast("d")
     cdef Py_ssize_t n = sl.shape[0]
@@ -111,9 +111,9 @@ def slot_sums(slots, Py_ssize_t n_slots, values, valid=None):
         ok = _bytes(valid, "valid")
         if ok.shape[0] != n:
             raise ValueError(f"slot_sums: valid has {ok.shape[0]} items, slots has {n}")
-    sums = bytearray(8 * n_slots)
+    out = bytearray(8 * n_slots)
     counts = bytearray(8 * n_slots)
-    cdef double[:] s = memoryview(sums).cast("d")
+    cdef double[:] s = memoryview(out).cast("d")
     cdef long long[:] c = memoryview(counts).cast("q")
     cdef Py_ssize_t i, bad = -1
     cdef int k
@@ -125,42 +125,11 @@ def slot_sums(slots, Py_ssize_t n_slots, values, valid=None):
             if k >= n_slots:
                 bad = i
                 break
-            s[k] += v[i]
+            if not maximum:
+                s[k] += v[i]
+            elif c[k] == 0 or v[i] > s[k]:
+                s[k] = v[i]
             c[k] += 1
     if bad >= 0:
         raise ValueError(f"slot_sums: slot {sl[bad]} at row {bad} is not below n_slots {n_slots}")
-    return sums, counts
-
-
-def slot_max(slots, Py_ssize_t n_slots, values, valid=None):
-    cdef const int[:] sl = memoryview(slots).cast("B").cast("i")
-    cdef const double[:] v = memoryview(values).cast("B").cast("d")
-    cdef Py_ssize_t n = sl.shape[0]
-    cdef const unsigned char[:] ok
-    cdef bint has_ok = valid is not None
-    if v.shape[0] != n:
-        raise ValueError(f"slot_max: values has {v.shape[0]} items, slots has {n}")
-    if has_ok:
-        ok = _bytes(valid, "valid")
-        if ok.shape[0] != n:
-            raise ValueError(f"slot_max: valid has {ok.shape[0]} items, slots has {n}")
-    out = bytearray(8 * n_slots)
-    counts = bytearray(8 * n_slots)
-    cdef double[:] m = memoryview(out).cast("d")
-    cdef long long[:] c = memoryview(counts).cast("q")
-    cdef Py_ssize_t i, bad = -1
-    cdef int k
-    with nogil:
-        for i in range(n):
-            k = sl[i]
-            if k < 0 or (has_ok and ok[i] == 0):
-                continue
-            if k >= n_slots:
-                bad = i
-                break
-            if c[k] == 0 or v[i] > m[k]:
-                m[k] = v[i]
-            c[k] += 1
-    if bad >= 0:
-        raise ValueError(f"slot_max: slot {sl[bad]} at row {bad} is not below n_slots {n_slots}")
     return out, counts

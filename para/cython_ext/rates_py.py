@@ -80,7 +80,7 @@ def counter_rates(
 
 
 def slot_sums(
-    slots: object, n_slots: int, values: object, valid: object | None = None
+    slots: object, n_slots: int, values: object, valid: object | None = None, maximum: bool = False
 ) -> tuple[bytearray, bytearray]:
     sl = _view(slots, "i", "slots")
     v = _view(values, "d", "values")
@@ -89,9 +89,9 @@ def slot_sums(
     for name, arr in (("values", v), ("valid", ok)):
         if arr is not None and len(arr) != n:
             raise ValueError(f"slot_sums: {name} has {len(arr)} items, slots has {n}")
-    sums = bytearray(8 * n_slots)
+    out = bytearray(8 * n_slots)
     counts = bytearray(8 * n_slots)
-    s = memoryview(sums).cast("d")
+    s = memoryview(out).cast("d")
     c = memoryview(counts).cast("q")
     for i in range(n):
         k = sl[i]
@@ -99,32 +99,9 @@ def slot_sums(
             continue
         if k >= n_slots:
             raise ValueError(f"slot_sums: slot {k} at row {i} is not below n_slots {n_slots}")
-        s[k] += v[i]
-        c[k] += 1
-    return sums, counts
-
-
-def slot_max(
-    slots: object, n_slots: int, values: object, valid: object | None = None
-) -> tuple[bytearray, bytearray]:
-    sl = _view(slots, "i", "slots")
-    v = _view(values, "d", "values")
-    ok = _view(valid, "B", "valid") if valid is not None else None
-    n = len(sl)
-    for name, arr in (("values", v), ("valid", ok)):
-        if arr is not None and len(arr) != n:
-            raise ValueError(f"slot_max: {name} has {len(arr)} items, slots has {n}")
-    out = bytearray(8 * n_slots)
-    counts = bytearray(8 * n_slots)
-    m = memoryview(out).cast("d")
-    c = memoryview(counts).cast("q")
-    for i in range(n):
-        k = sl[i]
-        if k < 0 or (ok is not None and not ok[i]):
-            continue
-        if k >= n_slots:
-            raise ValueError(f"slot_max: slot {k} at row {i} is not below n_slots {n_slots}")
-        if c[k] == 0 or v[i] > m[k]:
-            m[k] = v[i]
+        if not maximum:
+            s[k] += v[i]
+        elif c[k] == 0 or v[i] > s[k]:
+            s[k] = v[i]
         c[k] += 1
     return out, counts
