@@ -7,25 +7,9 @@ import io
 import shutil
 from typing import Any, TextIO
 
-from para.analyzer.summary import fmt_bytes
+from para.analyzer.summary import fmt_pct, fmt_rate, fmt_size, printable
 
 SEV_MARK = {"high": "HIGH", "medium": "MEDIUM", "low": "low"}
-
-
-def _printable(s: str) -> str:
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f} %"
-
-
-def _rate(v: float | None) -> str:
-    return "-" if v is None else f"{fmt_bytes(v)}/s"
-
-
-def _size(v: float | None) -> str:
-    return "-" if v is None else fmt_bytes(v)
 
 
 def _cores(v: float | None) -> str:
@@ -70,16 +54,16 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
     head = (f"para: analysis of {' '.join(who) + ', ' if who else ''}{nodes} node"
             f"{'s' if nodes != 1 else ''}, {job['duration_s']:.1f} s, "
             f"{job['allowed_cpus']} CPUs")  # fmt: skip
-    console.print(_printable(head), soft_wrap=True)
+    console.print(printable(head), soft_wrap=True)
     util = f" ({s['cpu_util_pct']:.0f} %)" if s.get("cpu_util_pct") is not None else ""
     line = [f"  {_cores(s.get('cores_mean'))} cores busy on average{util}"]
     if s.get("peak_rss_bytes"):
-        line.append(f"peak resident {_size(s['peak_rss_bytes'])}")
+        line.append(f"peak resident {fmt_size(s['peak_rss_bytes'])}")
     if s.get("read_bps") or s.get("write_bps"):
-        line.append(f"storage {_rate(s.get('read_bps'))} read, {_rate(s.get('write_bps'))} "
+        line.append(f"storage {fmt_rate(s.get('read_bps'))} read, {fmt_rate(s.get('write_bps'))} "
                     "written")  # fmt: skip
     if s.get("net_bps"):
-        line.append(f"network {_rate(s['net_bps'])}")
+        line.append(f"network {fmt_rate(s['net_bps'])}")
     if s.get("gpu_util_pct") is not None:
         line.append(f"GPUs {s['gpu_util_pct']:.0f} % busy")
     if s.get("ipc") is not None:
@@ -96,7 +80,7 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
                      f"({b['id']})"),
                 soft_wrap=True,
             )  # fmt: skip
-            console.print(Text("     evidence: " + _printable(b["evidence"])), soft_wrap=True)
+            console.print(Text("     evidence: " + printable(b["evidence"])), soft_wrap=True)
             console.print(Text("     advice:   " + b["advice"]), soft_wrap=True)
     else:
         console.print("No bottleneck rule fired: the job used what it had, as far as para "
@@ -114,11 +98,11 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
                 f"{p['start_s']:g}",
                 f"{p['end_s']:g}",
                 _cores(p["cores"]),
-                _pct(p["cpu_util_pct"]),
-                _rate(p["read_bps"]),
-                _rate(p["write_bps"]),
-                _rate(p["net_bps"]),
-                Text(p["label"] + (f"; hottest: {_printable(top)}" if top else "")),
+                fmt_pct(p["cpu_util_pct"]),
+                fmt_rate(p["read_bps"]),
+                fmt_rate(p["write_bps"]),
+                fmt_rate(p["net_bps"]),
+                Text(p["label"] + (f"; hottest: {printable(top)}" if top else "")),
             )
         console.print(t)
 
@@ -139,9 +123,9 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
                 note.append("idle")
             if n["node"] in bal.get("stragglers", []):
                 note.append("straggler")
-            t.add_row(Text(_printable(n["node"])), _cores(n["cores_mean"]),
-                      _pct(n["cpu_util_pct"]), _size(n["peak_rss_bytes"]),
-                      _size(n["peak_mem_bytes"]), _rate(n["io_bps"]), _rate(n["net_bps"]),
+            t.add_row(Text(printable(n["node"])), _cores(n["cores_mean"]),
+                      fmt_pct(n["cpu_util_pct"]), fmt_size(n["peak_rss_bytes"]),
+                      fmt_size(n["peak_mem_bytes"]), fmt_rate(n["io_bps"]), fmt_rate(n["net_bps"]),
                       ", ".join(note))  # fmt: skip
         console.print(t)
 
@@ -152,12 +136,12 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
                   ("share", "right"), ("peak RSS", "right"), ("", "left"))  # fmt: skip
         for a in apps[:8]:
             t.add_row(
-                Text(_printable(a["executable"])),
+                Text(printable(a["executable"])),
                 str(a["processes"]),
                 str(a["nodes"]),
                 f"{a['cpu_s']:.1f}",
-                _pct(a["cpu_pct"]),
-                _size(a["peak_rss_bytes"]),
+                fmt_pct(a["cpu_pct"]),
+                fmt_size(a["peak_rss_bytes"]),
                 "",
             )
         console.print(t)
@@ -168,17 +152,18 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
                   "self = the function itself, total = with what it calls)",
                   ("self", "right"), ("total", "right"), ("function", "left"))  # fmt: skip
         for h in fn["hotspots"][:15]:
-            t.add_row(_pct(h["self_pct"]), _pct(h["total_pct"]), Text(_printable(h["function"])))
+            fn_name = Text(printable(h["function"]))
+            t.add_row(fmt_pct(h["self_pct"]), fmt_pct(h["total_pct"]), fn_name)
         console.print(t)
     ins = job["instructions"]
     for f in ins["functions"][:2]:
         how = "" if f["disassembled"] else f" ({f['reason']})"
-        t = table(f"Instructions of {_printable(f['function'])} in {_printable(f['dso'])} "
+        t = table(f"Instructions of {printable(f['function'])} in {printable(f['dso'])} "
                   f"({f['samples']:,} samples){how}", ("share", "right"),
                   ("offset", "right"), ("instruction", "left"))  # fmt: skip
         for line in f["instructions"][:8]:
-            t.add_row(_pct(line["pct"]), f"+{line['offset']:#x}",
-                      Text(_printable(line["instruction"] or "?")))  # fmt: skip
+            t.add_row(fmt_pct(line["pct"]), f"+{line['offset']:#x}",
+                      Text(printable(line["instruction"] or "?")))  # fmt: skip
         console.print(t)
 
     missing = [r for r in job["rules"] if r["status"] == "not_evaluated"]
@@ -187,5 +172,5 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
     console.print(f"Rules: {len(bots)} fired, {len(passed)} passed, {len(missing)} could not "
                   "be judged:", soft_wrap=True)  # fmt: skip
     for r in missing:
-        console.print(Text(f"  {r['id']}: {_printable(r['reason'] or '')}"), soft_wrap=True)
+        console.print(Text(f"  {r['id']}: {printable(r['reason'] or '')}"), soft_wrap=True)
     out.write("\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n\n")

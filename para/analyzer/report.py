@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from para.analyzer.load import Run
-from para.analyzer.summary import family_reason, fmt_bytes, render, summarize
+from para.analyzer.summary import (
+    family_reason,
+    fmt_pct,
+    fmt_rate,
+    fmt_size,
+    printable,
+    render,
+    summarize,
+)
 from para.errors import ParaError
 
 if TYPE_CHECKING:
@@ -514,11 +522,6 @@ def report(
 # -- terminal --------------------------------------------------------------------------------
 
 
-def _printable(s: str) -> str:
-    """Control characters (a command line can hold escape sequences) shown, not obeyed."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
-
-
 def _shorten(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
@@ -529,18 +532,6 @@ def _cmd(argv: Any) -> str:
     if isinstance(argv, list):
         return shlex.join(str(a) for a in argv)
     return str(argv)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f} %"
-
-
-def _rate(v: float | None) -> str:
-    return "-" if v is None else f"{fmt_bytes(v)}/s"
-
-
-def _size(v: float | None) -> str:
-    return "-" if v is None else fmt_bytes(v)
 
 
 def _secs(v: float | None) -> str:
@@ -558,43 +549,43 @@ def _resource_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((label, "-", "-", f"not measured: {um.get(family, 'no data')}"))
 
     if c := res["node_cpu"]:
-        add("node CPU busy", c["busy_pct"], _pct, "share of all CPUs of the node")
+        add("node CPU busy", c["busy_pct"], fmt_pct, "share of all CPUs of the node")
         for kind in ("user", "system", "iowait", "steal"):
-            add(f"  {kind}", c[f"{kind}_pct"], _pct)
+            add(f"  {kind}", c[f"{kind}fmt_pct"], fmt_pct)
     else:
         missing("node CPU", "cpu")
     if j := res["job"]:
         add("job CPU (sampled)", j["cores"], lambda v: "-" if v is None else f"{v:.2f} cores",
             f"of {j['allowed_cpus']} cores allowed")  # fmt: skip
-        add("job RSS", j["rss_bytes"], _size, "sum over its processes")
+        add("job RSS", j["rss_bytes"], fmt_size, "sum over its processes")
     else:
         missing("job processes", "process")
     if m := res["memory"]:
-        add("node memory used", m["used_bytes"], _size, f"of {_size(m['total_bytes'])}")
-        add("swap used", m["swap_used_bytes"], _size)
+        add("node memory used", m["used_bytes"], fmt_size, f"of {fmt_size(m['total_bytes'])}")
+        add("swap used", m["swap_used_bytes"], fmt_size)
     else:
         missing("node memory", "memory")
     if d := res["disk"]:
-        add("disk read", d["read_bps"], _rate, "whole disks of the node")
-        add("disk write", d["write_bps"], _rate)
+        add("disk read", d["read_bps"], fmt_rate, "whole disks of the node")
+        add("disk write", d["write_bps"], fmt_rate)
         if b := d["busiest"]:
-            dev = _printable(b["device"])
-            add(f"{dev} utilization", b["util_pct"], _pct, "busiest disk")
+            dev = printable(b["device"])
+            add(f"{dev} utilization", b["util_pct"], fmt_pct, "busiest disk")
             add(f"{dev} await", b["await_ms"], lambda v: "-" if v is None else f"{v:.2f} ms",
                 "time per request")  # fmt: skip
     else:
         missing("disk", "disk")
     if n := res["net"]:
-        add("network receive", n["rx_bps"], _rate, "all interfaces but lo")
-        add("network send", n["tx_bps"], _rate)
+        add("network receive", n["rx_bps"], fmt_rate, "all interfaces but lo")
+        add("network send", n["tx_bps"], fmt_rate)
     else:
         missing("network", "net")
     if gs := res["gpu"]:
         for g in gs:
-            name = _printable(g["gpu"])
-            add(f"GPU {name} busy", g["util_pct"], _pct)
-            add(f"GPU {name} memory", g["mem_used_bytes"], _size,
-                f"of {_size(g['mem_total_bytes'])}")  # fmt: skip
+            name = printable(g["gpu"])
+            add(f"GPU {name} busy", g["util_pct"], fmt_pct)
+            add(f"GPU {name} memory", g["mem_used_bytes"], fmt_size,
+                f"of {fmt_size(g['mem_total_bytes'])}")  # fmt: skip
     else:
         missing("GPU", "gpu")
     if (k := res["counters"]) and k["ipc"]:
@@ -669,13 +660,13 @@ def render_terminal(doc: dict[str, Any], out: TextIO) -> None:
         for p in procs:
             t.add_row(
                 str(p["pid"]),
-                Text(_shorten(_printable(p["name"]), 16)),
+                Text(_shorten(printable(p["name"]), 16)),
                 f"{p['cpu_s']:.2f}",
                 "-" if p["peak_cores"] is None else f"{p['peak_cores']:.2f}",
-                _size(p["peak_rss_bytes"]),
+                fmt_size(p["peak_rss_bytes"]),
                 _secs(p["start_s"]),
                 _secs(p["end_s"]),
-                Text(_printable(_cmd(p["cmdline"]))),
+                Text(printable(_cmd(p["cmdline"]))),
             )
         console.print(t)
     else:
@@ -688,7 +679,8 @@ def render_terminal(doc: dict[str, Any], out: TextIO) -> None:
             ("self", "right"), ("total", "right"), ("function", "left"),
         )  # fmt: skip
         for h in doc["hotspots"][:15]:
-            t.add_row(_pct(h["self_pct"]), _pct(h["total_pct"]), Text(_printable(h["function"])))
+            fn_name = Text(printable(h["function"]))
+            t.add_row(fmt_pct(h["self_pct"]), fmt_pct(h["total_pct"]), fn_name)
         console.print(t)
     else:
         console.print()
@@ -732,7 +724,13 @@ def render_html(rep: dict[str, Any]) -> str:
         autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
     env.filters.update(
-        csp_hash=_csp_hash, bytes=_size, rate=_rate, pct=_pct, secs=_secs, cmd=_cmd, utc=_utc
+        csp_hash=_csp_hash,
+        bytes=fmt_size,
+        rate=fmt_rate,
+        pct=fmt_pct,
+        secs=_secs,
+        cmd=_cmd,
+        utc=_utc,
     )
     text = resources.files("para.analyzer").joinpath("templates/report.html.j2").read_text()
     views = []

@@ -22,6 +22,24 @@ def _fmt_bytes(n: float | None) -> str:
 fmt_bytes = _fmt_bytes  # for the report's tables
 
 
+# cells of the report's tables ("-" where nothing was measured)
+def fmt_pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} %"
+
+
+def fmt_rate(v: float | None) -> str:
+    return "-" if v is None else f"{fmt_bytes(v)}/s"
+
+
+def fmt_size(v: float | None) -> str:
+    return "-" if v is None else fmt_bytes(v)
+
+
+def printable(s: str) -> str:
+    """Control characters (a command line can hold escape sequences) shown, not obeyed."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def _counter_span(run: Run, table: str, key: str, expr: str, where: str = "TRUE") -> float:
     """Sum over devices of (last - first) of a counter expression: its growth in the run."""
     v = run.one(
