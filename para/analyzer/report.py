@@ -551,7 +551,7 @@ def _resource_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if c := res["node_cpu"]:
         add("node CPU busy", c["busy_pct"], fmt_pct, "share of all CPUs of the node")
         for kind in ("user", "system", "iowait", "steal"):
-            add(f"  {kind}", c[f"{kind}fmt_pct"], fmt_pct)
+            add(f"  {kind}", c[f"{kind}_pct"], fmt_pct)
     else:
         missing("node CPU", "cpu")
     if j := res["job"]:
