@@ -165,7 +165,7 @@ def cpu_run(messages: list[list[tuple[str, bytes]]], rules_path: Path | None) ->
 
 def job_row(job: str, rows: dict[str, Any]) -> list[Any]:
     """A `job` row of the recording's process (as an agent sums a job's processes)."""
-    from para.agent.live.metrics import LAYOUTS
+    from para.live.metrics import LAYOUTS
 
     lay, proc = LAYOUTS["job"], LAYOUTS["proc"]
     row: list[Any] = [None] * len(lay.cols)
@@ -219,8 +219,8 @@ def bench_cpu(nodes: int, seconds: int, repeats: int, work: Path) -> dict[str, A
 
 
 def bench_window(repeats: int) -> dict[int, float]:
-    from para.agent.live.metrics import LAYOUTS
     from para.analyzer import window
+    from para.live.metrics import LAYOUTS
 
     rec = samples_from_para()
     ji = LAYOUTS["proc"].index["job"]

@@ -9,7 +9,7 @@ import pytest
 
 from para.agent import config
 from para.agent.config import KEYS, ConfigError, parse, parse_size
-from para.agent.live.node import ALERT_KEYS, METRICS_KEYS
+from para.agent.livenode import ALERT_KEYS, METRICS_KEYS
 
 from .conftest import REPO, run_para
 

@@ -1,5 +1,7 @@
 """Data flows one way through para's parts: agent -> collector -> analyzer, with formats (the
-shared language) and cython_ext (kernels) beneath them all.  A part imports only the parts
+shared language) and cython_ext (kernels) beneath them all, and live (the live stream's
+rules and views, used by the agent on its node and by the collector over the cluster)
+beneath the agent.  A part imports only the parts
 upstream of it; cli.py alone wires them together (docs: the developers' guide)."""
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ PARA = Path(__file__).resolve().parent.parent / "para"
 ALLOWED = {
     "formats": {"cython_ext"},
     "cython_ext": set(),
-    "agent": {"formats", "cython_ext"},
-    "collector": {"agent", "formats", "cython_ext"},
-    "analyzer": {"collector", "agent", "formats", "cython_ext"},
+    "live": {"formats", "cython_ext"},
+    "agent": {"live", "formats", "cython_ext"},
+    "collector": {"agent", "live", "formats", "cython_ext"},
+    "analyzer": {"collector", "agent", "live", "formats", "cython_ext"},
 }
 
 

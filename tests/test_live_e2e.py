@@ -386,7 +386,7 @@ fallback_after = 1
 
 def test_the_agents_alerting_stays_out_of_pyarrow():
     code = (
-        "import sys, para.agent.live.node, para.agent.live.sinks, para.agent.live.openmetrics; "
+        "import sys, para.agent.livenode, para.live.sinks, para.live.openmetrics; "
         "print(sorted(m for m in ('pyarrow', 'duckdb', 'numpy') if m in sys.modules))"
     )
     r = subprocess.run(

@@ -1,4 +1,4 @@
-"""The evaluation of alert rules (para.agent.live.engine) on sequences of samples whose times and
+"""The evaluation of alert rules (para.live.engine) on sequences of samples whose times and
 values are set by the test: when an alert fires and resolves, once; what stops it flapping;
 baselines; silent hosts; alerts notified elsewhere or before a restart; job windows."""
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from para.agent.live import rules
-from para.agent.live.engine import Engine
-from para.agent.live.metrics import LAYOUTS, HostState, Snapshot
+from para.live import rules
+from para.live.engine import Engine
+from para.live.metrics import LAYOUTS, HostState, Snapshot
 
 S = 1000  # ms
 

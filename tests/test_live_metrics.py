@@ -1,5 +1,5 @@
-"""Per-second values from live samples (para.agent.live.metrics) and the rules' expressions
-(para.agent.live.expr): checked against the analyzer's own reduction of the same real recording,
+"""Per-second values from live samples (para.live.metrics) and the rules' expressions
+(para.live.expr): checked against the analyzer's own reduction of the same real recording,
 and against values worked out by hand."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import json
 import pyarrow.compute as pc
 import pytest
 
-from para.agent.live.expr import ExprError, compile_expr
-from para.agent.live.metrics import LAYOUTS, HostState
 from para.analyzer.reduce import reduce_node
+from para.live.expr import ExprError, compile_expr
+from para.live.metrics import LAYOUTS, HostState
 from tests.live_support import VM_RECORDING, samples_from_para
 
 

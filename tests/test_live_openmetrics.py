@@ -1,4 +1,4 @@
-"""The Prometheus/OpenMetrics exposition (para.agent.live.openmetrics), read back with the
+"""The Prometheus/OpenMetrics exposition (para.live.openmetrics), read back with the
 prometheus-client parsers, over a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from para.agent.live import openmetrics
-from para.agent.live.metrics import LAYOUTS, HostState
+from para.live import openmetrics
+from para.live.metrics import LAYOUTS, HostState
 from tests.live_support import samples_from_para
 
 

@@ -1,12 +1,12 @@
-"""Alert rules files (para.agent.live.rules): what they accept, and how they say what is wrong."""
+"""Alert rules files (para.live.rules): what they accept, and how they say what is wrong."""
 
 from __future__ import annotations
 
 import pytest
 
-from para.agent.live import rules
 from para.analyzer.window import rule_ids
 from para.errors import ParaError
+from para.live import rules
 
 GOOD = """
 [defaults]

@@ -1,4 +1,4 @@
-"""Alert sinks (para.agent.live.sinks) against real receivers on 127.0.0.1: an HTTP server for
+"""Alert sinks (para.live.sinks) against real receivers on 127.0.0.1: an HTTP server for
 webhooks, an SMTP server (aiosmtpd) that requires STARTTLS and a login, a real command."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from para.agent.live import sinks
+from para.live import sinks
 from tests.collector_support import wait_for
 from tests.live_support import Receiver, SmtpServer, tls_files
 

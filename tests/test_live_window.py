@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from para.agent.live.metrics import LAYOUTS
 from para.analyzer import analysis, window
 from para.analyzer.job import Job
 from para.errors import ParaError
 from para.formats import ParaFile
+from para.live.metrics import LAYOUTS
 from tests.live_support import VM_RECORDING, samples_from_para
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))

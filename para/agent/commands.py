@@ -99,11 +99,11 @@ def _collector_problems(cfg: Any, text: str, path: str) -> list[str]:
 
 
 def _live_problems(cfg: Any, text: str, path: str) -> list[str]:
-    """Problems of the [alerts] and [metrics] tables (para/agent/live/node.py, docs/alerts.md)."""
+    """Problems of the [alerts] and [metrics] tables (para/agent/livenode.py, docs/alerts.md)."""
     if not cfg.live:
         return []
     from para.agent.config import key_lines
-    from para.agent.live.node import validate
+    from para.agent.livenode import validate
 
     lines = key_lines(text)
     out = []

@@ -280,7 +280,7 @@ KEYS: tuple[Key, ...] = (
 
 KEY_INDEX = {(k.table, k.name): k for k in KEYS}
 TABLES = tuple(dict.fromkeys(k.table for k in KEYS))
-# tables validated by their own parts: the shipper's, and the live view's (para/agent/live/node.py)
+# tables validated by their own parts: the shipper's, and the live view's (para/agent/livenode.py)
 PASS_THROUGH = ("collector", "alerts", "metrics")
 
 

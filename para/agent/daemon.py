@@ -282,7 +282,7 @@ class Agent:
         self.dropped_unshipped_bytes = 0
         self.dropped_total = 0
         self.shipper: Any = None
-        self.live: Any = None  # para.agent.live.node.NodeLive with [alerts] or [metrics]
+        self.live: Any = None  # para.agent.livenode.NodeLive with [alerts] or [metrics]
         # Signals first: a SIGTERM while starting must still close what was started.
         self.install_signals()
         # how journal members are written (os.write; tests make it fail like a full disk)
@@ -760,7 +760,7 @@ class Agent:
         """[alerts] and [metrics]: rules on this node's samples, /metrics (docs/alerts.md)."""
         if not self.cfg.live:
             return
-        from para.agent.live.node import NodeLive
+        from para.agent.livenode import NodeLive
 
         try:
             self.live = NodeLive(

@@ -1,4 +1,4 @@
-"""Where `para top` gets what it shows, as one document (para.agent.live.view.LiveView.summary):
+"""Where `para top` gets what it shows, as one document (para.live.view.LiveView.summary):
 
 - `CollectorSource`: the running collector's `top` action (a reader's credential);
 - `AgentSource`: the local agent, by following the journal of the segment it is writing
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from para.agent.live.metrics import HostState
-from para.agent.live.view import LiveView
 from para.errors import ParaError
+from para.live.metrics import HostState
+from para.live.view import LiveView
 
 # a ZIP local file header (APPNOTE 4.3.7): what a .para journal is made of
 _LOCAL = struct.Struct("<IHHHHHIIIHH")

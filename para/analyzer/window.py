@@ -17,11 +17,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from para.agent.live.metrics import LAYOUTS, NOT_WHOLE_DISK
 from para.analyzer import analysis, rules
 from para.analyzer.job import Job
 from para.formats import journal
 from para.formats.schema import TABLES, catalogue
+from para.live.metrics import LAYOUTS, NOT_WHOLE_DISK
 
 # tables a window never needs: per-CPU rows (only a one-node report's per-core figure uses
 # them, and they are the bulk of a big node's sample), filesystem sizes, licenses, stacks

@@ -2,13 +2,13 @@
 the `/metrics` endpoint, all fed by the agents' live samples.
 
 The Flight handler only queues what arrives (`ingest`, never blocks); one thread
-(`para-alerts`) turns samples into per-second values (para.agent.live.metrics), evaluates the
-threshold, anomaly and absent rules on them (para.agent.live.engine), keeps the last minutes of
+(`para-alerts`) turns samples into per-second values (para.live.metrics), evaluates the
+threshold, anomaly and absent rules on them (para.live.engine), keeps the last minutes of
 each node and job for `para top`'s sparklines, and once a second looks at time (absent
 nodes, stale series, jobs that ended).  Bottleneck rules judge a job's sliding window with
 the analyzer (para/analyzer/window.py) in a thread of their own (`para-alerts-window`), so a
 long analysis never delays the per-second rules.  Notifications leave through the sinks'
-own threads (para.agent.live.sinks) and every alert record is written to the database's `alerts`
+own threads (para.live.sinks) and every alert record is written to the database's `alerts`
 table (alertdb.py) by `para-alert-store`.
 """
 
@@ -26,14 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from para.agent.live import engine as engine_mod
-from para.agent.live import openmetrics, rules
-from para.agent.live.metrics import Snapshot
-from para.agent.live.sinks import Dispatcher
-from para.agent.live.view import LiveView
 from para.collector.alertdb import AlertStore
 from para.collector.db import FeatureDB
 from para.errors import ParaError
+from para.live import engine as engine_mod
+from para.live import openmetrics, rules
+from para.live.metrics import Snapshot
+from para.live.sinks import Dispatcher
+from para.live.view import LiveView
 
 QUEUE_MAX = 20000  # live messages waiting for evaluation (past it: dropped, counted)
 BASELINES_EVERY_S = 60.0
@@ -334,7 +334,7 @@ class AlertService:
             return self.engine.active()
 
     def summary(self, request: dict[str, Any] | None = None) -> dict[str, Any]:
-        """What `para top --collector` shows (para.agent.live.view.LiveView.summary)."""
+        """What `para top --collector` shows (para.live.view.LiveView.summary)."""
         with self._lock:
             doc = self.view.summary(request, self.engine.active(), self.cluster)
         doc["rules"] = len(self.ruleset.rules)

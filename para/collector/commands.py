@@ -204,7 +204,7 @@ def _judge() -> Any:
 @click.argument("file", metavar="FILE")
 def check_alerts(file: str) -> None:
     """Check an alert rules file: every problem with its line, else what would run."""
-    from para.agent.live import rules
+    from para.live import rules
 
     judge = _judge()
     try:

@@ -153,7 +153,7 @@ class CollectorService(fl.FlightServerBase):
         self.metrics: Any = None
         try:
             if opts.metrics_listen:
-                from para.agent.live.openmetrics import MetricsServer
+                from para.live.openmetrics import MetricsServer
 
                 self.metrics = MetricsServer(opts.metrics_listen, self.alerts.metric_families)
                 log(f"serving /metrics on http://{self.metrics.address}/metrics")

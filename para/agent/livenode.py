@@ -30,12 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from para.agent.live import openmetrics, rules
-from para.agent.live.engine import Engine
-from para.agent.live.metrics import HostState, Snapshot
-from para.agent.live.sinks import Dispatcher
 from para.agent.samplers.base import event
 from para.errors import ParaError
+from para.live import openmetrics, rules
+from para.live.engine import Engine
+from para.live.metrics import HostState, Snapshot
+from para.live.sinks import Dispatcher
 
 ALERT_KEYS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "rules": ((str,), None, "the alert rules file (docs/alerts.md)"),

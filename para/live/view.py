@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from para.agent.live import openmetrics
-from para.agent.live.metrics import HostState, Snapshot
+from para.live import openmetrics
+from para.live.metrics import HostState, Snapshot
 
 HISTORY_S = 600  # samples kept per node and job for sparklines (10 minutes at 1 Hz)
 FRESH_S = 60.0  # a node silent for longer is left out of /metrics

@@ -36,9 +36,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from para.agent.live import sinks as sinks_mod
-from para.agent.live.expr import Expr, ExprError, compile_expr
 from para.errors import ParaError
+from para.live import sinks as sinks_mod
+from para.live.expr import Expr, ExprError, compile_expr
 
 if sys.version_info >= (3, 11):
     import tomllib

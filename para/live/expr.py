@@ -6,7 +6,7 @@
     cpu_busy_pct > 90 and host.jobs > 0           host values by name (`host.` optional)
 
 Names are `TABLE.COLUMN` (the tables of docs/para-format.md, counters as per-second rates,
-and the derived columns of para.agent.live.metrics.VIRTUAL), `host.NAME` or a bare `NAME` for the
+and the derived columns of para.live.metrics.VIRTUAL), `host.NAME` or a bare `NAME` for the
 host values (metrics.HOST_METRICS) and the site's own metrics (the `[metrics]` table of a
 rules file).  An expression is evaluated once per device of the one table it ranges over
 (at most one, outside the aggregates max/min/sum/mean/count), else once per host.
@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from para.agent.live.metrics import (
+from para.errors import ParaError
+from para.live.metrics import (
     HOST_METRICS,
     LAYOUTS,
     NOT_SERIES,
@@ -35,7 +36,6 @@ from para.agent.live.metrics import (
     columns,
     unit_of,
 )
-from para.errors import ParaError
 
 Fn = Callable[[Snapshot, Row | None], Any]
 AGGREGATES = ("max", "min", "sum", "mean", "count")

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from para.agent.live.metrics import LAYOUTS, Snapshot
-from para.agent.live.rules import Rule, RuleSet, format_duration
+from para.live.metrics import LAYOUTS, Snapshot
+from para.live.rules import Rule, RuleSet, format_duration
 
 OK, PENDING, FIRING, CLEARING = "ok", "pending", "firing", "clearing"
 EVIDENCE_POINTS = 60
