@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PARA   := $(VENV)/bin/para
-# What the tests and benchmarks drive for real: perf, headless Chromium, sysstat's sadc, Open MPI, tmux.
 
 .PHONY: demo test venv system-deps lint bench clean
 
@@ -20,13 +19,17 @@ demo: venv
 	$(PARA) report demo.para --html demo.html
 	@echo "Wrote demo.para and demo.html. Next: $(PARA) show demo.para"
 
+# Debian packages of the real components the tests drive: perf, headless Chromium and its
+# driver, sysstat (sadc, pidstat), Open MPI (with mpicc for mpi4py), a single-node Slurm with
+# munge, Java for Spark, Prometheus (prometheus, promtool), tmux.
+DEB_PKGS := linux-perf chromium chromium-driver sysstat openmpi-bin libopenmpi-dev python3-mpi4py \
+	slurm-wlm munge openjdk-17-jre-headless prometheus tmux perl
+
 system-deps:
 	@missing=""; \
-	command -v perf >/dev/null 2>&1 || missing="$$missing linux-perf"; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	command -v mpirun >/dev/null 2>&1 || missing="$$missing openmpi-bin"; \
-	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
-	test -x /usr/lib/sysstat/sadc || test -x /usr/lib64/sa/sadc || missing="$$missing sysstat"; \
+	for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
@@ -34,7 +37,7 @@ system-deps:
 	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
 	    { $$sudo apt-get update -q >/dev/null && \
 	      $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
-	  else echo "warning: please install$$missing (the tests that need them are skipped)"; fi; \
+	  else echo "error: please install$$missing (the tests drive them; make test fails without them)"; exit 1; fi; \
 	fi
 
 lint: venv
@@ -43,8 +46,8 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: venv system-deps
-	$(PY) -m pytest -q
-	PARA_PURE_PYTHON=1 $(PY) -m pytest -q
+	PARA_STRICT=1 $(PY) -m pytest -q
+	PARA_STRICT=1 PARA_PURE_PYTHON=1 $(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint
 
 bench: venv system-deps

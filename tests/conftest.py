@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -75,3 +76,24 @@ def run_para(
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+# `make test` and CI run strict: a test that cannot run here is a failure that says what to
+# install, never a silent skip.  Outside them (a developer's quick run) it is a skip that says so.
+STRICT = os.environ.get("CI") == "true" or os.environ.get("PARA_STRICT") == "1"
+
+
+def cannot_run(why: str, hint: str) -> NoReturn:
+    """This test cannot run on this machine: fail under CI/`make test`, else skip, saying why."""
+    msg = f"{why}; {hint}"
+    if STRICT:
+        pytest.fail(f"cannot run here: {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+def need_tool(tool: str, hint: str) -> str:
+    """The path of `tool`, or `cannot_run` with the install hint (e.g. "apt install sysstat")."""
+    path = shutil.which(tool)
+    if path is None:
+        cannot_run(f"{tool} is not installed", hint)
+    return path
