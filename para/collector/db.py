@@ -14,17 +14,19 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from para.collector import catalog
 from para.collector.layout import Layout, fsync_dir, locked
 from para.collector.ledger import Ledger, SegmentRow, merge_columns
 from para.collector.merge import (
     SegmentRows,
+    check_contents,
     concat,
     segment_rows,
     sort_keys,
@@ -59,6 +61,7 @@ class MergeReport:
     values: int = 0
     rows: int = 0
     new_tables: bool = False
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (host, why) quarantined
 
 
 class FeatureDB:
@@ -320,15 +323,50 @@ class FeatureDB:
             if not batch:
                 return report
             before = set(self.layout.tables())
-            for r in self._merge_locked(batch, incoming=True):
+            try:
+                results = self._merge_locked(batch, incoming=True)
+            except StoreFull:
+                raise
+            except Exception as e:
+                if is_disk_full(e):
+                    raise
+                # Something no check foresaw: never retry the same batch forever.  Merged one
+                # by one, the files that fail alone are quarantined and the others go in.
+                results = self._merge_one_by_one(batch, e)
+            for r in results:
                 if r["status"] == "imported":
                     report.merged += 1
                     report.values += r["values"]
                     report.rows += r["rows"]
                 else:
                     report.quarantined += 1
+                    report.problems.append((str(r.get("host") or "?"), str(r.get("reason"))))
             report.new_tables = bool(set(self.layout.tables()) - before)
         return report
+
+    def _merge_one_by_one(
+        self, batch: list[tuple[Segment, str]], first: BaseException
+    ) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        for seg, cluster in batch:
+            row = self.ledger.segment(seg.id)
+            if row is None or row.state != "received":
+                continue  # quarantined before the failure
+            again = self._open_received(row, MergeReport())
+            if again is None:
+                results.append(_result(seg, "rejected"))
+                continue
+            try:
+                results.extend(self._merge_locked([(again, cluster)], incoming=True))
+            except StoreFull:
+                raise
+            except Exception as e:
+                if is_disk_full(e):
+                    raise
+                reason = f"{seg.path}: merge failed: {type(e).__name__}: {e}"
+                self._quarantine(seg.id, seg.host, seg.path, reason)
+                results.append({**_result(seg, "rejected"), "reason": reason})
+        return results
 
     def _open_received(self, row: SegmentRow, report: MergeReport) -> Segment | None:
         path = self.root / (row.path or "")
@@ -340,6 +378,7 @@ class FeatureDB:
         except Rejected as e:
             self._quarantine(row.id, row.host, path, str(e))
             report.quarantined += 1
+            report.problems.append((row.host, str(e)))
             return None
 
     def _quarantine(self, seg_id: str, host: str, path: Path, reason: str) -> None:
@@ -359,26 +398,39 @@ class FeatureDB:
         batch_id = uuid.uuid4().hex
         results: list[dict[str, Any]] = []
         prepared: list[tuple[SegmentRows, str]] = []
+        known = self.ledger.table_columns()
+        groups: dict[tuple[str, str, str], list[Any]] = {}
         try:
             for seg, cluster in items:
                 try:
-                    prepared.append((segment_rows(seg), cluster))
-                except Rejected as e:
+                    # what the ack checked, again: files imported by `para collect`, and two
+                    # files of one batch that bring the same new table with other types
+                    check_contents(seg, known)
+                    sr = segment_rows(seg)
+                    parts = [
+                        ((table, cluster, date), part)
+                        for table, data in sr.tables.items()
+                        for date, part in split_by_date(data).items()
+                    ]
+                except (Rejected, pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+                    reason = str(e) if isinstance(e, Rejected) else f"{seg.path}: cannot merge: {e}"
                     if incoming:
-                        self._quarantine(seg.id, seg.host, seg.path, str(e))
+                        self._quarantine(seg.id, seg.host, seg.path, reason)
                     results.append(
                         {
                             "path": str(seg.path),
                             "id": seg.id,
+                            "host": seg.host,
                             "status": "rejected",
-                            "reason": str(e),
+                            "reason": reason,
                         }
                     )
-            groups: dict[tuple[str, str, str], list[Any]] = {}
-            for sr, cluster in prepared:
-                for table, data in sr.tables.items():
-                    for date, part in split_by_date(data).items():
-                        groups.setdefault((table, cluster, date), []).append(part)
+                    continue
+                for table, cols in sr.columns.items():
+                    known[table] = merge_columns(known.get(table, []), cols)[0]
+                prepared.append((sr, cluster))
+                for key, part in parts:
+                    groups.setdefault(key, []).append(part)
             staging = self.layout.staging / batch_id
             moves: list[list[str]] = []
             try:

@@ -172,7 +172,7 @@ class Ledger:
     def received(self, limit: int) -> list[SegmentRow]:
         rows = self.query(
             "SELECT id, host, cluster, state, path, name FROM segments WHERE state = 'received'"
-            " ORDER BY host, received LIMIT ?",
+            " ORDER BY received, host LIMIT ?",  # first come, first merged: no host waits on another's flood
             (limit,),
         )
         return [SegmentRow(*r) for r in rows]

@@ -32,6 +32,8 @@ from para.errors import ParaError
 from para.formats import wire
 
 LIVE_SAMPLES_PER_HOST = 300
+# Hosts remembered in `para collector status` for what they sent wrong (the latest kept).
+MAX_OFFENDERS = 1000
 
 
 @dataclass
@@ -105,6 +107,7 @@ class CollectorService(fl.FlightServerBase):
         self.counters = Counters()
         self._lock = threading.Lock()
         self._live: dict[str, deque[tuple[int, Any]]] = {}
+        self._offenders: dict[str, dict[str, Any]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._meta_dirty = True
@@ -205,6 +208,7 @@ class CollectorService(fl.FlightServerBase):
                 if ident.role != wire.ROLE_AGENT
                 else (f"it may write host {ident.name!r} only")
             )
+            self._offend(ident.name, "denied", f"tried to write host {host!r}")
             self.log(f"denied: {ident.describe()} tried to write host {host!r}")
             raise fl.FlightUnauthorizedError(
                 f"{ident.describe()} may not write data of host {host!r}: {what}"
@@ -281,7 +285,19 @@ class CollectorService(fl.FlightServerBase):
         with self._lock:
             self.counters.rejected += 1
             self.counters.last_rejection = reason
+        self._offend(host, "rejected", reason)
         self.log(f"rejected a segment from {host}: {reason}")
+
+    def _offend(self, host: str, what: str, reason: str) -> None:
+        """Remember what `host` sent wrong, for `para collector status` (bounded)."""
+        with self._lock:
+            o = self._offenders.pop(host, None) or {}
+            o[what] = o.get(what, 0) + 1
+            o["last"] = reason[:500]
+            o["at"] = round(time.time(), 3)
+            self._offenders[host] = o
+            while len(self._offenders) > MAX_OFFENDERS:
+                del self._offenders[next(iter(self._offenders))]
 
     # -- actions ---------------------------------------------------------------------------
     def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
@@ -337,6 +353,7 @@ class CollectorService(fl.FlightServerBase):
     def status(self) -> dict[str, Any]:
         with self._lock:
             c = dict(self.counters.__dict__)
+            offenders = {h: dict(o) for h, o in self._offenders.items()}
         return {
             "location": self.location,
             "cluster": self.opts.cluster,
@@ -345,6 +362,7 @@ class CollectorService(fl.FlightServerBase):
             "received": c,
             "database": self.db.status(),
             "live_hosts": len(self._live),
+            "offenders": offenders,
             "alerts": self.alerts.status(),
         }
 
@@ -377,8 +395,9 @@ class CollectorService(fl.FlightServerBase):
                 self._meta_dirty = True
                 if rep.new_tables:
                     self._catalog_dirty = True
-                if rep.quarantined:
-                    self.log(f"{rep.quarantined} segment(s) unreadable: moved to quarantine/")
+                for host, why in rep.problems:
+                    self._offend(host, "quarantined", why)
+                    self.log(f"quarantined a segment of {host}: {why}")
 
     def _upkeep_loop(self) -> None:
         next_compact = time.monotonic() + self.opts.compact_every
