@@ -170,9 +170,10 @@ class Ledger:
             return cur.rowcount == 1
 
     def received(self, limit: int) -> list[SegmentRow]:
+        # first come, first merged: no host waits behind another's flood
         rows = self.query(
             "SELECT id, host, cluster, state, path, name FROM segments WHERE state = 'received'"
-            " ORDER BY received, host LIMIT ?",  # first come, first merged: no host waits on another's flood
+            " ORDER BY received, host LIMIT ?",
             (limit,),
         )
         return [SegmentRow(*r) for r in rows]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
