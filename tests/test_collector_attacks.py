@@ -172,3 +172,63 @@ def _custom_parts(pa_type: str) -> dict[str, bytes]:
     buf = io.BytesIO()
     pq.write_table(pa.table({"t": times, "x": x}), buf)
     return {**atk.TPL.parts, "custom/part-00000.parquet": buf.getvalue()}
+
+
+# -- item 2: decompression bombs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ["meta_bomb", "parquet_bomb"])
+def test_a_decompression_bomb_is_refused_within_bounded_memory(
+    site: atk.Site, attack: str
+) -> None:
+    _, base_peak = site.memory()
+    if attack == "meta_bomb":
+        header, data = site.segment("node01")
+        data = atk.meta_bomb(data)
+        header = atk.Site.header("node01", header.name, header.id, data)
+        words = "more than the limit"
+    else:
+        header, data = site.segment("node01", atk.parquet_bomb())
+        words = "past the limit"
+    assert len(data) < 2 * atk.MIB  # what travels is small
+    ack = site.send("node01", header, data)
+    assert ack.status == wire.REJECTED and words in ack.reason, ack
+    _others_flow(site)
+    _, peak = site.memory()
+    assert peak < base_peak + MEMORY_MARGIN, (base_peak, peak)
+    _offender(site, "node01", words)
+
+
+def _run_para(*args: str) -> tuple[int, str, int]:
+    """`para ARGS` in a child process: (exit code, stderr, its peak resident bytes)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys\n"
+        "from para.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300
+    )
+    peak = int(p.stderr.rsplit("PEAK", 1)[1].split()[0]) * 1024
+    return p.returncode, p.stderr, peak
+
+
+def test_para_show_and_collect_refuse_a_bomb_clearly(tmp_path: Path) -> None:
+    from tests.collector_support import segment_bytes
+
+    _, _, good = segment_bytes(atk.TPL, atk.TPL.parts, "node01", 0, 0)
+    (tmp_path / "good.para").write_bytes(good)
+    (tmp_path / "bomb.para").write_bytes(atk.meta_bomb(good))
+    rc, _, base = _run_para("show", str(tmp_path / "good.para"))
+    assert rc == 0
+    rc, err, peak = _run_para("show", str(tmp_path / "bomb.para"))
+    assert rc != 0 and "bomb.para: member meta.json" in err and "limit" in err, err
+    assert peak < base + MEMORY_MARGIN, (base, peak)
+    rc, err, peak = _run_para("collect", "--db", str(tmp_path / "db"), str(tmp_path / "bomb.para"))
+    assert rc != 0 and "member meta.json" in err and "limit" in err, err
+    assert peak < base + MEMORY_MARGIN, (base, peak)

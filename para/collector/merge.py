@@ -73,6 +73,7 @@ def check_contents(seg: Segment, known: dict[str, list[dict[str, str]]]) -> None
             f"{seg.path}: column {col} of table {table} is declared {got}; the database holds "
             f"it as {have}"
         )
+    seg.measure()
     for table in seg.layout:
         if not seg.parts.get(table):
             continue

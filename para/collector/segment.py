@@ -100,7 +100,7 @@ class Segment:
         field_ = self.schema(table).field(name)
         chunks: list[pa.Array] = []
         for part in self.parts.get(table, []):
-            got = self._read_part(part, name)
+            got = self._read_part(part, name, charge=False)
             if name in got.schema.names:
                 col = got.column(name)
                 try:
@@ -113,7 +113,19 @@ class Segment:
                 chunks.append(pa.nulls(len(got), field_.type))
         return pa.chunked_array(chunks, field_.type)
 
-    def _read_part(self, part: _Part, column: str | None) -> pa.Table:
+    def measure(self) -> int:
+        """Check every part against the bounds without keeping its rows (before the ack);
+        returns the bytes the file decodes to."""
+        self._decoded = self._rows = 0
+        for parts in self.parts.values():
+            for part in parts:
+                self._read_part(part, None, expand=False)
+        decoded, self._decoded, self._rows = self._decoded, 0, 0
+        return decoded
+
+    def _read_part(
+        self, part: _Part, column: str | None, *, charge: bool = True, expand: bool = True
+    ) -> pa.Table:
         """A part's rows (or one column), refused before decoding when its metadata passes
         the bounds, and after decoding the strings when they do: Parquet pages are
         compressed and dictionary-encoded, so a small part can decode to gigabytes."""
@@ -121,9 +133,10 @@ class Segment:
         try:
             strings = _string_columns(pq.read_schema(pa.BufferReader(buf)))
             pf = pq.ParquetFile(pa.BufferReader(buf), read_dictionary=strings)
-            self._charge(part, pf.metadata)
+            if charge:
+                self._charge(part, pf.metadata)
             got = pf.read(columns=None if column is None else [column])
-            return self._expand(part, got)
+            return self._expand(part, got, charge, expand)
         except (pa.ArrowException, OSError) as e:
             raise Rejected(
                 f"{self.path}: member {part.name} at offset {part.offset} is not readable "
@@ -156,7 +169,7 @@ class Segment:
                 f"{MAX_ROWS} rows (the limits for one file); send smaller segments"
             )
 
-    def _expand(self, part: _Part, table: pa.Table) -> pa.Table:
+    def _expand(self, part: _Part, table: pa.Table, charge: bool, expand: bool) -> pa.Table:
         """Dictionary-encoded strings back to plain strings, once their decoded size is
         known to fit the bounds."""
         cols = []
@@ -164,12 +177,13 @@ class Segment:
             if not pa.types.is_dictionary(f.type):
                 cols.append(col)
                 continue
-            need = 0
-            for chunk in col.chunks:
-                lengths = pc.binary_length(chunk.dictionary)
-                need += pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0
-            self._charge_bytes(part, need)
-            cols.append(col.cast(f.type.value_type))
+            if charge:
+                need = 0
+                for chunk in col.chunks:
+                    lengths = pc.binary_length(chunk.dictionary)
+                    need += pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0
+                self._charge_bytes(part, need)
+            cols.append(col.cast(f.type.value_type) if expand else col)
         return pa.table(cols, names=table.schema.names)
 
     def verify(self) -> None:
