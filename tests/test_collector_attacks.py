@@ -178,9 +178,7 @@ def _custom_parts(pa_type: str) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("attack", ["meta_bomb", "parquet_bomb"])
-def test_a_decompression_bomb_is_refused_within_bounded_memory(
-    site: atk.Site, attack: str
-) -> None:
+def test_a_decompression_bomb_is_refused_within_bounded_memory(site: atk.Site, attack: str) -> None:
     _, base_peak = site.memory()
     if attack == "meta_bomb":
         header, data = site.segment("node01")
@@ -232,3 +230,116 @@ def test_para_show_and_collect_refuse_a_bomb_clearly(tmp_path: Path) -> None:
     rc, err, peak = _run_para("collect", "--db", str(tmp_path / "db"), str(tmp_path / "bomb.para"))
     assert rc != 0 and "member meta.json" in err and "limit" in err, err
     assert peak < base + MEMORY_MARGIN, (base, peak)
+
+
+# -- items 4 and 7: the live stream -----------------------------------------------------------
+
+BUSY_RULES = """
+[defaults]
+sinks = ["hook"]
+
+[[sink]]
+name = "hook"
+type = "webhook"
+url = "{url}"
+backoff = 0.1
+
+[[rule]]
+name = "busy"
+metric = "cpu_busy_pct"
+above = 80
+for = "1s"
+clear_for = "1s"
+"""
+
+
+class LiveNode:
+    """A node's live stream: CPU busy share set by the test, second by second."""
+
+    def __init__(self, site: atk.Site, host: str, t0_ms: int) -> None:
+        self.site, self.host, self.t = site, host, t0_ms
+        self.ticks = [0, 0]
+
+    def rows(self, busy_pct: float) -> dict[str, list[list[object]]]:
+        from para.live.metrics import LAYOUTS
+
+        self.ticks[0] += int(busy_pct)
+        self.ticks[1] += int(100 - busy_pct)
+        node: list[object] = [0] * len(LAYOUTS["node"].cols)
+        node[LAYOUTS["node"].index["cpu_user"]] = self.ticks[0]
+        node[LAYOUTS["node"].index["cpu_idle"]] = self.ticks[1]
+        return {"node": [node]}
+
+    def push(self, busy_pct: float, events: list[list[object]] | None = None) -> None:
+        self.t += 1000
+        rows = self.rows(busy_pct)
+        if events:
+            rows["events"] = events
+        with self.site.client(self.host) as c:
+            c.push_live(self.host, [(self.t, rows)])
+
+
+def test_a_node_cannot_silence_another_nodes_alerts(tmp_path: Path, pki: Path) -> None:
+    """node01 sends, on its own live stream, a note claiming node03's `busy` alert was
+    notified already; node03 then really gets busy: its alert reaches the webhook."""
+    import json
+    import time
+
+    from tests.collector_support import wait_for
+    from tests.live_support import Receiver
+
+    rx = Receiver()
+    rules = tmp_path / "alerts.toml"
+    rules.write_text(BUSY_RULES.format(url=rx.url))
+    site = atk.Site(tmp_path, pki, "--alerts", str(rules))
+    try:
+        now = int(time.time()) * 1000
+        attacker, victim = LiveNode(site, "node01", now), LiveNode(site, "node03", now)
+        forged = {"id": "f" * 32, "rule": "busy", "host": "node03", "labels": {},
+                  "state": "firing", "started": now / 1000, "source": "agent:node03"}  # fmt: skip
+        attacker.push(10, [[attacker.t + 1000, "alert", None, "busy", json.dumps(forged)]])
+        attacker.push(10)
+        for _ in range(6):
+            victim.push(100)
+            attacker.push(10)
+        got = wait_for(lambda: rx.events("busy"), timeout=60, step=0.2, what="node03's alert")
+        event, body = got[0]
+        assert event == "firing" and body["host"] == "node03" and body["id"] != forged["id"]
+        _offender(site, "node01", "a node may speak for itself only")
+        assert site.status()["alerts"]["notes_refused"] == 1
+    finally:
+        site.stop()
+        rx.close()
+
+
+def test_a_live_flood_is_bounded_and_others_stream_on(site: atk.Site) -> None:
+    """node01 sends live messages that inflate a thousandfold (7 MiB of JSON in ~10 KiB), and
+    one past the bound; node02's samples are still kept and its segments merge."""
+    import json
+    import zlib
+
+    _, base_peak = site.memory()
+    blob = "x" * (1 << 20)
+
+    def message(n: int) -> bytes:
+        samples = [(1000 * i, {"events": [[1000 * i, "note", None, "x", blob]]}) for i in range(n)]
+        doc = {"v": wire.PROTOCOL_VERSION, "host": "node01", "samples": samples}
+        return zlib.compress(json.dumps(doc).encode(), 9)
+
+    big, huge = message(7), message(9)
+    assert len(big) < 64 * 1024
+    with site.client("node01") as c:
+        for _ in range(100):  # 700 MiB of samples, decompressed
+            c._action(wire.ACTION_LIVE, big)
+        with pytest.raises(Exception, match="more than the"):
+            c._action(wire.ACTION_LIVE, huge)
+    with site.client("node02") as c:
+        c.push_live("node02", [(5000, {"node": [[1]]})])
+    with site.client("alice") as r:
+        snap = r.live_snapshot()
+    assert snap["node02"] == [[5000, {"node": [[1]]}]]
+    assert len(snap["node01"]) <= 8  # its own bound: what it flooded, it lost
+    _others_flow(site)
+    _, peak = site.memory()
+    assert peak < base_peak + MEMORY_MARGIN, (base_peak, peak)
+    _offender(site, "node01", "decompresses to more than")

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,11 @@ import pyarrow.flight as fl
 from para.collector import maintenance
 from para.collector.auth import AuthError, Identity, TokenStore, identity_from_certificate
 from para.collector.db import FeatureDB, StoreFull, is_disk_full
+from para.collector.livebuf import LiveBuffer
 from para.collector.store import IncomingStore
 from para.errors import ParaError
 from para.formats import wire
 
-LIVE_SAMPLES_PER_HOST = 300
 # Hosts remembered in `para collector status` for what they sent wrong (the latest kept).
 MAX_OFFENDERS = 1000
 
@@ -92,6 +91,8 @@ class Counters:
     merged_values: int = 0
     quarantined: int = 0
     live_samples: int = 0
+    live_refused: int = 0
+    live_dropped: int = 0
     last_rejection: str = ""
     last_error: str = ""
 
@@ -106,7 +107,8 @@ class CollectorService(fl.FlightServerBase):
         )
         self.counters = Counters()
         self._lock = threading.Lock()
-        self._live: dict[str, deque[tuple[int, Any]]] = {}
+        self._live = LiveBuffer()
+        self._live_logged: dict[str, float] = {}
         self._offenders: dict[str, dict[str, Any]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -153,6 +155,7 @@ class CollectorService(fl.FlightServerBase):
         from para.collector.alerts import AlertService
 
         self.alerts = AlertService(opts.alert_rules, self.db, opts.cluster, log, judge=opts.judge)
+        self.alerts.offend = self._offend
         self.metrics: Any = None
         try:
             if opts.metrics_listen:
@@ -288,6 +291,17 @@ class CollectorService(fl.FlightServerBase):
         self._offend(host, "rejected", reason)
         self.log(f"rejected a segment from {host}: {reason}")
 
+    def _live_refused(self, host: str, why: str) -> None:
+        with self._lock:
+            self.counters.live_refused += 1
+            now = time.monotonic()
+            quiet = now - self._live_logged.get(host, -1e9) < 60
+            if not quiet:
+                self._live_logged[host] = now
+        self._offend(host, "live_refused", why)
+        if not quiet:  # once a minute per host: a flood must not flood the log too
+            self.log(f"refused live samples from {host}: {why}")
+
     def _offend(self, host: str, what: str, reason: str) -> None:
         """Remember what `host` sent wrong, for `para collector status` (bounded)."""
         with self._lock:
@@ -313,26 +327,39 @@ class CollectorService(fl.FlightServerBase):
         kind = action.type
         body = action.body.to_pybytes() if action.body is not None else b""
         if kind == wire.ACTION_LIVE:
+            ident = self._identity(context)
             try:
-                host, samples = wire.decode_live(body)
+                host, samples, nbytes = wire.decode_live_sized(body)
             except wire.WireError as e:
-                self._identity(context)
+                self._live_refused(ident.name, e.message)
                 raise fl.FlightServerError(f"para-reject: {e.message}") from None
             self._agent(context, host)
+            if not self._live.add(host, samples, nbytes):
+                why = (
+                    f"live message of {nbytes} bytes: more than the {self._live.bytes_per_host} "
+                    "kept per host"
+                )
+                self._live_refused(host, why)
+                raise fl.FlightServerError(f"para-reject: {why}")
             with self._lock:
-                buf = self._live.setdefault(host, deque(maxlen=LIVE_SAMPLES_PER_HOST))
-                buf.extend(samples)
                 self.counters.live_samples += len(samples)
-            self.alerts.ingest(host, samples)
+            if not self.alerts.ingest(host, samples, nbytes):
+                with self._lock:
+                    self.counters.live_dropped += len(samples)
             return iter([fl.Result(pa.py_buffer(b'{"ok":true}'))])
         if kind == wire.ACTION_STATUS:
             self._reader(context)
             return iter([fl.Result(pa.py_buffer(json.dumps(self.status()).encode()))])
         if kind == wire.ACTION_LIVE_SNAPSHOT:
             self._reader(context)
-            want = json.loads(body or b"{}").get("host") if body else None
-            with self._lock:
-                snap = {h: list(d) for h, d in self._live.items() if want in (None, h)}
+            try:
+                req = json.loads(body) if body else {}
+            except ValueError:
+                raise fl.FlightServerError(
+                    "para-reject: live-snapshot request is not JSON"
+                ) from None
+            want = req.get("host") if isinstance(req, dict) else None
+            snap = self._live.snapshot(want if isinstance(want, str) else None)
             return iter([fl.Result(pa.py_buffer(json.dumps(snap).encode()))])
         if kind == wire.ACTION_TOP:
             self._reader(context)
@@ -362,6 +389,7 @@ class CollectorService(fl.FlightServerBase):
             "received": c,
             "database": self.db.status(),
             "live_hosts": len(self._live),
+            "live": self._live.status(),
             "offenders": offenders,
             "alerts": self.alerts.status(),
         }

@@ -212,9 +212,29 @@ def encode_live(host: str, samples: list[tuple[int, dict[str, Any]]]) -> bytes:
     return zlib.compress(json.dumps(doc, separators=(",", ":"), default=str).encode(), 1)
 
 
-def decode_live(data: bytes, max_bytes: int = 16 << 20) -> tuple[str, list[tuple[int, Any]]]:
+# A live message's bound, decompressed (docs/collector.md, "Bounds"): a second's sample of a
+# busy node is tens of KiB; an agent that could not send for a while sends its backlog at once.
+LIVE_MESSAGE_MAX = 8 << 20
+
+
+def decode_live(
+    data: bytes, max_bytes: int = LIVE_MESSAGE_MAX
+) -> tuple[str, list[tuple[int, Any]]]:
+    host, samples, _ = decode_live_sized(data, max_bytes)
+    return host, samples
+
+
+def decode_live_sized(
+    data: bytes, max_bytes: int = LIVE_MESSAGE_MAX
+) -> tuple[str, list[tuple[int, Any]], int]:
+    """(host, samples, bytes of JSON they decoded from); refuses more than `max_bytes`."""
+    if len(data) > max_bytes:
+        raise WireError(f"live message of {len(data)} bytes: more than the {max_bytes} allowed")
     try:
-        raw = zlib.decompressobj().decompress(data, max_bytes)
+        d = zlib.decompressobj()
+        raw = d.decompress(data, max_bytes + 1)
+        if len(raw) > max_bytes or d.unconsumed_tail:
+            raise WireError(f"live message decompresses to more than the {max_bytes} bytes allowed")
         doc = json.loads(raw)
         host = check_host(doc["host"])
         samples = [(int(t), rows) for t, rows in doc["samples"]]
@@ -224,4 +244,4 @@ def decode_live(data: bytes, max_bytes: int = 16 << 20) -> tuple[str, list[tuple
         raise WireError(f"live message is not readable ({type(e).__name__}: {e})") from None
     if doc.get("v") != PROTOCOL_VERSION:
         raise WireError(f"live message in protocol version {doc.get('v')!r}")
-    return host, samples
+    return host, samples, len(raw)
