@@ -343,3 +343,48 @@ def test_a_live_flood_is_bounded_and_others_stream_on(site: atk.Site) -> None:
     _, peak = site.memory()
     assert peak < base_peak + MEMORY_MARGIN, (base_peak, peak)
     _offender(site, "node01", "decompresses to more than")
+
+
+# -- item 6: odd host facts ---------------------------------------------------------------------
+
+
+def test_an_odd_host_fact_never_stops_the_exports(site: atk.Site) -> None:
+    """node01's facts hold a list of empty objects (which Parquet cannot store as such), a
+    name no column can take and a huge value: hosts, jobs and catalogue stay current."""
+    import json
+    import zipfile
+
+    from para.collector.db import FeatureDB
+    from tests.collector_support import wait_for
+
+    facts = dict(atk.TPL.end["host"], hostname="node01", evil=[{}])
+    facts["bad name; drop table"] = 1
+    facts["huge"] = "y" * 100_000
+
+    def odd(name: str, body: bytes) -> tuple[bytes, int]:
+        if name == "end.json":
+            return json.dumps({**json.loads(body), "host": facts}).encode(), zipfile.ZIP_DEFLATED
+        return atk.extra(name, body)
+
+    header, data = site.segment("node01")
+    data = atk.rezip(data, odd)
+    header = atk.Site.header("node01", header.name, header.id, data)
+    assert site.send("node01", header, data).status == wire.STORED
+    site.wait_merged("node01", 2)
+    _others_flow(site)
+
+    def hosts() -> dict[str, dict[str, object]]:
+        con = FeatureDB(site.db).connect()
+        try:
+            cur = con.execute("SELECT * FROM hosts")
+            names = [d[0] for d in cur.description]
+            return {r[0]: dict(zip(names, r)) for r in cur.fetchall()}
+        finally:
+            con.close()
+
+    got = wait_for(
+        lambda: (h := hosts()).get("node02", {}).get("segments") == 2 and h, what="hosts export"
+    )
+    assert got["node01"]["evil"] == "[{}]"
+    assert "huge" not in got["node01"] and not any("drop" in k for k in got["node01"])
+    assert "upkeep failed" not in site.log()

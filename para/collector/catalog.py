@@ -69,13 +69,30 @@ def _column(values: list[Any]) -> pa.Array:
     """An Arrow column for free-form values (facts, features): inferred, else JSON text."""
     try:
         arr = pa.array(values)
-        if not pa.types.is_null(arr.type) and not pa.types.is_struct(arr.type):
+        # plain values only: nested ones (a list of empty objects, say: a struct with no
+        # field, which Parquet cannot store) go in as JSON text, so no host's odd fact can
+        # stop the export of every host's
+        if _plain_type(arr.type):
             return arr
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
     return pa.array(
         [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
         pa.string(),
+    )
+
+
+def _plain_type(t: pa.DataType, nested: bool = True) -> bool:
+    if nested and (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return _plain_type(t.value_type, nested=False)
+    return (
+        pa.types.is_boolean(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -516,7 +517,7 @@ class FeatureDB:
                         batch_id,
                     ),
                 )
-                facts = seg.meta.get("host") if isinstance(seg.meta.get("host"), dict) else {}
+                facts = host_facts(seg.meta.get("host"))
                 cur.execute(
                     "INSERT INTO hosts (host, cluster, first_seen, last_seen, last_received,"
                     ' segments, "values", facts) VALUES (?, ?, ?, ?, ?, 1, ?, ?)'
@@ -603,6 +604,27 @@ class FeatureDB:
         if self.layout.staging.is_dir():
             for leftover in self.layout.staging.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+# A host's facts become columns of `hosts` (docs/collector.md, "Bounds"): names as columns
+# can be, so many of them, so long each (what is past these is left out).
+_FACT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+MAX_FACTS = 200
+MAX_FACT_BYTES = 4096
+
+
+def host_facts(doc: object) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        if len(out) >= MAX_FACTS:
+            break
+        if not isinstance(k, str) or not _FACT_NAME.fullmatch(k):
+            continue
+        if len(json.dumps(v, default=str)) <= MAX_FACT_BYTES:
+            out[k] = v
+    return out
 
 
 def _plain(v: Any) -> Any:

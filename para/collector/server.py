@@ -435,7 +435,11 @@ class CollectorService(fl.FlightServerBase):
             try:
                 if self._meta_dirty:
                     self._meta_dirty = False
-                    self.db.export_meta()
+                    try:
+                        self.db.export_meta()
+                    except BaseException:
+                        self._meta_dirty = True  # not done: again next round
+                        raise
                     upkeep_full = False
                 if self._catalog_dirty:
                     self._catalog_dirty = not self.db.refresh_catalog(timeout=1.0)
