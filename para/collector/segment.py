@@ -9,6 +9,7 @@ decoding and no Python-level copying.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -49,6 +50,19 @@ MAX_ROWS = 20_000_000
 
 class Rejected(Exception):
     """The file can never be accepted as it stands; the message says why and where."""
+
+
+# Errors of the machine reading the file, not of the file: the reader may try again later
+# (the collector answers UNAVAILABLE and the agent keeps the segment).
+PASSING_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.EIO, errno.ENOMEM, errno.EAGAIN, errno.EINTR,
+     errno.ENOSPC, errno.EDQUOT, errno.EBUSY, errno.ENOBUFS}
+)  # fmt: skip
+
+
+def _raise_if_passing(e: OSError) -> None:
+    if e.errno in PASSING_ERRNOS:
+        raise e
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,10 @@ class Segment:
             got = pf.read(columns=None if column is None else [column])
             return self._expand(part, got, charge, expand)
         except (pa.ArrowException, OSError) as e:
+            if isinstance(e, pa.ArrowMemoryError):
+                raise MemoryError(f"{self.path}: {e}") from None  # the collector's, not the file's
+            if isinstance(e, OSError) and not isinstance(e, pa.ArrowException):
+                _raise_if_passing(e)
             raise Rejected(
                 f"{self.path}: member {part.name} at offset {part.offset} is not readable "
                 f"Parquet ({e})"
@@ -232,12 +250,16 @@ def open_segment(
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
+        _raise_if_passing(e)
         raise Rejected(f"{path}: cannot read ({e.strerror})") from None
     if head != b"PK\x03\x04":
         raise Rejected(f"{path}: not a .para file (offset 0 holds {head!r})")
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except OSError as e:
+        _raise_if_passing(e)
+        raise Rejected(f"{path}: cannot read ({e.strerror})") from None
+    except zipfile.BadZipFile as e:
         raise Rejected(
             f"{path}: not a complete .para file ({e}); a file whose writer was stopped is a "
             f"journal: run `para recover {path}` first"
@@ -311,7 +333,10 @@ def _json(zf: zipfile.ZipFile, name: str, path: Path) -> dict[str, Any]:
         doc = json.loads(read_zip_member(zf, name, MAX_JSON_BYTES))
     except TooLarge as e:
         raise Rejected(f"{path}: {e.message}") from None
-    except (ValueError, zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
+    except OSError as e:
+        _raise_if_passing(e)
+        raise Rejected(f"{path}: {name} is not readable ({e})") from None
+    except (ValueError, zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise Rejected(f"{path}: {name} is not readable JSON ({e})") from None
     if not isinstance(doc, dict):
         raise Rejected(f"{path}: {name} is not a JSON object")
