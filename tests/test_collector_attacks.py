@@ -388,3 +388,35 @@ def test_an_odd_host_fact_never_stops_the_exports(site: atk.Site) -> None:
     assert got["node01"]["evil"] == "[{}]"
     assert "huge" not in got["node01"] and not any("drop" in k for k in got["node01"])
     assert "upkeep failed" not in site.log()
+
+
+# -- item 10: keys and tokens through planted temporary files ------------------------------------
+
+
+def test_a_planted_temporary_file_or_link_never_catches_a_key_or_a_token(tmp_path: Path) -> None:
+    """A local user plants, where an older para wrote its temporary files, a symlink to a
+    file of theirs and a world-readable file: the CA key and the tokens file go elsewhere,
+    0600, and the planted files are untouched."""
+    import os
+    import stat
+
+    from para.collector import tls
+    from para.collector.auth import TokenStore
+
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    theirs = tmp_path / "theirs"
+    theirs.write_text("")
+    os.symlink(theirs, ca / ".ca.key.tmp")
+    (ca / ".server.key.tmp").write_text("")
+    os.chmod(ca / ".server.key.tmp", 0o644)
+    (ca / ".tokens.json.tmp").write_text("")
+    os.chmod(ca / ".tokens.json.tmp", 0o666)
+    tls.init_ca(ca, server_names=["localhost"])
+    token = TokenStore(ca / "tokens.json").add("node01")
+    assert theirs.read_text() == "" and (ca / ".server.key.tmp").read_text() == ""
+    assert (ca / ".tokens.json.tmp").read_text() == ""
+    for name in ("ca.key", "server.key", "tokens.json"):
+        st = (ca / name).lstat()
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, name
+    assert TokenStore(ca / "tokens.json").identify(f"Bearer {token}").name == "node01"

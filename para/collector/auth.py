@@ -142,10 +142,7 @@ class TokenStore:
                     "expires": now + days * 86400 if days else None,
                 }
             )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=1)
-            os.replace(tmp, self.path)
+            from para.collector.tls import write_private
+
+            write_private(self.path, json.dumps(doc, indent=1).encode())
         return token
