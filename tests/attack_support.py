@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from para.agent.collector_client import CollectorClient, Endpoint
 from para.formats import journal, wire
 from tests.collector_support import (
+    FIXTURE,
     CollectorProcess,
     Template,
     load_template,
@@ -34,6 +35,7 @@ from tests.collector_support import (
 )
 
 TPL = load_template()
+TPL_PATH = FIXTURE
 MIB = 1 << 20
 
 

@@ -420,3 +420,63 @@ def test_a_planted_temporary_file_or_link_never_catches_a_key_or_a_token(tmp_pat
         st = (ca / name).lstat()
         assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600, name
     assert TokenStore(ca / "tokens.json").identify(f"Bearer {token}").name == "node01"
+
+
+# -- item 12: what a portal serves, and losses said aloud ---------------------------------------
+
+
+def test_a_locked_down_query_reads_the_database_and_nothing_else(tmp_path: Path) -> None:
+    """What the portal will serve: the database's tables read as usual; other files, writes,
+    extensions and unlocking refused, by DuckDB itself (external access off) and by the
+    SELECT-only check."""
+    from para.cli import main as para_main
+    from para.collector.query import check_select, locked_connection
+    from para.errors import ParaError
+
+    db = tmp_path / "db"
+    assert para_main(["collect", "--db", str(db), str(atk.TPL_PATH)]) == 0
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    con = locked_connection(db)
+    try:
+        n = con.execute("SELECT count(*) FROM node").fetchone()[0]
+        assert n == atk.TPL.end["rows"]["node"]
+        assert con.execute("SELECT count(*) FROM hosts").fetchone()[0] == 1
+        for sql in (
+            f"SELECT * FROM read_csv('{secret}')",
+            f"SELECT * FROM read_text('{db}/ledger.sqlite3')",
+            "SELECT * FROM glob('/etc/*')",
+        ):
+            check_select(con, sql)
+            with pytest.raises(Exception, match="disabled by configuration"):
+                con.execute(sql).fetchall()
+        for sql in (
+            f"COPY (SELECT 1) TO '{db}/data/x.csv'",
+            "SET enable_external_access = true",
+            "INSTALL httpfs",
+            f"ATTACH '{tmp_path}/other.duckdb'",
+        ):
+            with pytest.raises(ParaError, match="only SELECT"):
+                check_select(con, sql)
+        with pytest.raises(Exception, match="lock"):
+            con.execute("SET enable_external_access = true")
+    finally:
+        con.close()
+    assert not (db / "data" / "x.csv").exists()
+
+
+def test_a_committed_batch_whose_files_vanished_is_said_aloud(tmp_path: Path) -> None:
+    from para.collector.db import FeatureDB
+
+    db = FeatureDB(tmp_path / "db")
+    try:
+        db.ledger.query  # noqa: B018
+        with db.ledger.transaction() as cur:
+            cur.execute(
+                "INSERT INTO batches (id, kind, state, created, moves, deletes)"
+                " VALUES ('b1', 'merge', 'committed', 0, ?, '[]')",
+                ('[["staging/b1/data/node/x.parquet", "data/node/x.parquet"]]',),
+            )
+        assert db.recover() == ["data/node/x.parquet"]
+    finally:
+        db.close()

@@ -431,8 +431,14 @@ def collect_command(
 @click.option("--json", "fmt", flag_value="json", help="A JSON array of objects on stdout.")
 @click.option("--parquet", "parquet_out", metavar="OUT", help="Write the result to OUT.")
 @click.option("--max-rows", type=int, default=1000, show_default=True, help="Table output.")
+@click.option(
+    "--locked",
+    is_flag=True,
+    help="Locked down, as for queries a server runs for others: SELECT only, no file "
+    "outside the database's data, no extensions.",
+)
 def query_command(
-    sql: str, db: str, fmt: str | None, parquet_out: str | None, max_rows: int
+    sql: str, db: str, fmt: str | None, parquet_out: str | None, max_rows: int, locked: bool
 ) -> None:
     """Run DuckDB SQL on the feature database.
 
@@ -452,6 +458,7 @@ def query_command(
         out=sys.stdout,
         parquet_out=parquet_out,
         max_rows=max_rows,
+        locked=locked,
     )
     if parquet_out:
         click.echo(f"wrote {n:,} rows to {parquet_out}", err=True)

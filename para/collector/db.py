@@ -137,6 +137,11 @@ class FeatureDB:
             catalog.refresh(self.layout, timeout=5)
         return catalog.connect(self.layout, read_only, self._table_columns_readonly())
 
+    def connect_locked(self) -> duckdb.DuckDBPyConnection:
+        """The views of connect(), for untrusted SQL (see catalog.connect_locked)."""
+        self._require()
+        return catalog.connect_locked(self.layout, self._table_columns_readonly())
+
     def _read_ledger(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """A query of the ledger that writes nothing: analysts may have read access only."""
         if self._ledger is not None:
@@ -442,6 +447,13 @@ class FeatureDB:
                     data = concat(parts)
                     write_parquet(data, tmp, sort_keys(table, data.schema.names))
                     moves.append([str(tmp.relative_to(self.root)), str(rel)])
+                # the files' names too are on disk before the commit that points at them
+                synced: set[Path] = set()
+                for d in sorted({(self.root / src).parent for src, _ in moves}):
+                    while d != self.layout.staging.parent and d not in synced:
+                        fsync_dir(d)
+                        synced.add(d)
+                        d = d.parent
             except BaseException as e:
                 shutil.rmtree(staging, ignore_errors=True)
                 if is_disk_full(e):
@@ -576,34 +588,42 @@ class FeatureDB:
                             (table, json.dumps(merged), now),
                         )
 
-    def finish_batch(self, batch_id: str, moves: list[list[str]], deletes: list[str]) -> None:
-        """Move a committed batch's files into place (again, after a crash: idempotent)."""
+    def finish_batch(self, batch_id: str, moves: list[list[str]], deletes: list[str]) -> list[str]:
+        """Move a committed batch's files into place (again, after a crash: idempotent).
+        Returns the files that are neither in staging/ nor in place (lost: said loudly)."""
         dirs: set[Path] = set()
+        lost: list[str] = []
         for src, dst in moves:
             s, d = self.root / src, self.root / dst
             if s.exists():
                 d.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(s, d)
                 dirs.add(d.parent)
+            elif not d.exists():
+                lost.append(dst)
         for d in dirs:
             fsync_dir(d)
         for rel in deletes:
             (self.root / rel).unlink(missing_ok=True)
         shutil.rmtree(self.layout.staging / batch_id, ignore_errors=True)
         self.ledger.batch_done(batch_id)
+        return lost
 
-    def recover(self) -> None:
-        """Finish the batches a killed writer committed, drop what it left uncommitted."""
+    def recover(self) -> list[str]:
+        """Finish the batches a killed writer committed, drop what it left uncommitted.
+        Returns the data files of committed batches that were lost (see finish_batch)."""
         self.ledger  # noqa: B018 - creates the database if needed
         with locked(self.layout):
-            self.recover_locked()
+            return self.recover_locked()
 
-    def recover_locked(self) -> None:
+    def recover_locked(self) -> list[str]:
+        lost: list[str] = []
         for batch_id, moves, deletes in self.ledger.pending_batches():
-            self.finish_batch(batch_id, moves, deletes)
+            lost += self.finish_batch(batch_id, moves, deletes)
         if self.layout.staging.is_dir():
             for leftover in self.layout.staging.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)
+        return lost
 
 
 # A host's facts become columns of `hosts` (docs/collector.md, "Bounds"): names as columns

@@ -146,7 +146,12 @@ class CollectorService(fl.FlightServerBase):
         elif opts.auth != "mtls":
             raise ParaError(f"unknown --auth {opts.auth!r}: mtls or token")
         # Before serving: finish what a killed collector left half done.
-        self.db.recover()
+        lost = self.db.recover()
+        if lost:
+            log(
+                f"error: {len(lost)} data file(s) of merged batches were neither in staging/ nor "
+                f"in place (lost by a crash of the disk?): {', '.join(lost[:10])}"
+            )
         removed = self.store.clean()
         if removed:
             log(f"removed {removed} unacknowledged partial uploads left by the last run")
