@@ -480,3 +480,43 @@ def test_a_committed_batch_whose_files_vanished_is_said_aloud(tmp_path: Path) ->
         assert db.recover() == ["data/node/x.parquet"]
     finally:
         db.close()
+
+
+# -- item 8: revocation, short lifetimes, renewal ------------------------------------------------
+
+
+def test_a_revoked_node_is_refused_at_once_and_the_others_go_on(site: atk.Site) -> None:
+    from para.agent.collector_client import Denied
+    from tests.conftest import run_para
+
+    r = run_para("collector", "revoke", "node01", "--db", str(site.db), "--reason", "stolen")
+    assert r.returncode == 0 and "host node01 revoked" in r.stdout, r.stderr
+    header, data = site.segment("node01")
+    with pytest.raises(Denied, match="revoked.*stolen"):
+        site.send("node01", header, data)
+    _others_flow(site)
+    _offender(site, "node01", "revoked")
+    r = run_para("collector", "revoke", "node01", "--db", str(site.db), "--undo")
+    assert r.returncode == 0 and "no longer revoked" in r.stdout
+    assert site.send("node01", header, data).status == wire.STORED
+
+
+def test_certificates_are_short_lived_and_renewed_before_they_expire(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+
+    from para.collector import tls
+
+    tls.init_ca(tmp_path, server_names=["localhost"])
+    node = tls.issue(tmp_path, "node01")
+    assert node.not_after - dt.datetime.now(dt.timezone.utc) < dt.timedelta(days=31)
+    soon = tls.issue(tmp_path, "node02", days=3)
+    reader = tls.issue(tmp_path, "alice", reader=True, days=3)
+    got = tls.renew(tmp_path, within_days=10)
+    assert sorted(g.subject for g in got) == ["node02", "para-reader:alice"]
+    cert = x509.load_pem_x509_certificate(soon.cert.read_bytes())
+    assert cert.not_valid_after_utc > soon.not_after + dt.timedelta(days=20)
+    assert x509.load_pem_x509_certificate(reader.cert.read_bytes()).subject.rfc4514_string() == (
+        "CN=para-reader:alice"
+    )

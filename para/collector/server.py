@@ -24,7 +24,14 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 from para.collector import maintenance
-from para.collector.auth import AuthError, Identity, TokenStore, identity_from_certificate
+from para.collector.auth import (
+    REVOKED_FILE,
+    AuthError,
+    Identity,
+    Revoked,
+    TokenStore,
+    identity_from_certificate,
+)
 from para.collector.db import FeatureDB, StoreFull, is_disk_full
 from para.collector.livebuf import LiveBuffer
 from para.collector.store import IncomingStore
@@ -106,6 +113,7 @@ class CollectorService(fl.FlightServerBase):
             self.db, min_free_bytes=opts.min_free_bytes, max_segment_bytes=opts.max_segment_bytes
         )
         self.counters = Counters()
+        self.revoked = Revoked(opts.db / REVOKED_FILE)
         self._lock = threading.Lock()
         self._live = LiveBuffer()
         self._live_logged: dict[str, float] = {}
@@ -200,11 +208,23 @@ class CollectorService(fl.FlightServerBase):
             mw = context.get_middleware("auth")
             if mw is None:
                 raise fl.FlightUnauthenticatedError("no credential")
-            return mw.identity
+            ident = mw.identity
+        else:
+            try:
+                ident = identity_from_certificate(context.peer_identity())
+            except AuthError as e:
+                raise fl.FlightUnauthenticatedError(str(e)) from None
         try:
-            return identity_from_certificate(context.peer_identity())
+            self.revoked.check(ident)
         except AuthError as e:
+            with self._lock:
+                self.counters.denied += 1
+            self._offend(ident.name, "denied", str(e))
+            self.log(f"denied: {e}")
             raise fl.FlightUnauthenticatedError(str(e)) from None
+        except ParaError as e:
+            raise fl.FlightUnavailableError(f"collector cannot read its deny list: {e}") from None
+        return ident
 
     def _agent(self, context: fl.ServerCallContext, host: str) -> Identity:
         ident = self._identity(context)
