@@ -520,3 +520,36 @@ def test_certificates_are_short_lived_and_renewed_before_they_expire(tmp_path: P
     assert x509.load_pem_x509_certificate(reader.cert.read_bytes()).subject.rfc4514_string() == (
         "CN=para-reader:alice"
     )
+
+
+# -- item 5: job metadata -----------------------------------------------------------------------
+
+
+def test_one_node_cannot_make_another_users_job_its_own(site: atk.Site) -> None:
+    """node01 claims job 4242 first, for mallory; node02, which ran it, says alice.  The job
+    belongs to neither claim (no user: nobody's portal shows it as theirs) and the dispute is
+    on record; a job its nodes agree on keeps its user."""
+    import json
+    import sqlite3
+
+    def job(user: str) -> dict[str, object]:
+        return {"job": {"job_id": "4242", "user": user, "name": "train", "scheduler": "slurm"}}
+
+    header, data = site.segment("node01", None, job("mallory"))
+    assert site.send("node01", header, data).status == wire.STORED
+    site.wait_merged("node01", 2)
+    header, data = site.segment("node02", None, job("alice"))
+    assert site.send("node02", header, data).status == wire.STORED
+    header, data = site.segment("node03", None, {"job": {"job_id": "77", "user": "bob"}})
+    assert site.send("node03", header, data).status == wire.STORED
+    site.wait_merged("node02", 2)
+    site.wait_merged("node03", 2)
+    con = sqlite3.connect(f"file:{site.db / 'ledger.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = {r[0]: r[1:] for r in con.execute("SELECT job_id, user, name, info FROM jobs")}
+    finally:
+        con.close()
+    user, name, info = rows["4242"]
+    assert user is None and name == "train"
+    assert json.loads(info)["disputed"]["user"] == {"node01": "mallory", "node02": "alice"}
+    assert rows["77"][0] == "bob"

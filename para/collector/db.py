@@ -549,9 +549,6 @@ class FeatureDB:
                         'INSERT INTO jobs (job_id, cluster, scheduler, user, name, start, "end",'
                         " info) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                         " ON CONFLICT(job_id) DO UPDATE SET"
-                        " scheduler = coalesce(scheduler, excluded.scheduler),"
-                        " user = coalesce(user, excluded.user),"
-                        " name = coalesce(name, excluded.name),"
                         " start = min(coalesce(start, excluded.start),"
                         "             coalesce(excluded.start, start)),"
                         ' "end" = max(coalesce("end", excluded."end"),'
@@ -568,15 +565,19 @@ class FeatureDB:
                             json.dumps(job.info, default=str),
                         ),
                     )
+                    claim = {k: v for k in CLAIMED if (v := getattr(job, k)) is not None}
                     cur.execute(
-                        'INSERT INTO job_hosts (job_id, host, start, "end") VALUES (?, ?, ?, ?)'
+                        'INSERT INTO job_hosts (job_id, host, start, "end", claims)'
+                        " VALUES (?, ?, ?, ?, ?)"
                         " ON CONFLICT(job_id, host) DO UPDATE SET"
                         " start = min(coalesce(start, excluded.start),"
                         "             coalesce(excluded.start, start)),"
                         ' "end" = max(coalesce("end", excluded."end"),'
-                        '             coalesce(excluded."end", "end"))',
-                        (job.job_id, seg.host, job.start, job.end),
+                        '             coalesce(excluded."end", "end")),'
+                        " claims = json_patch(coalesce(claims, '{}'), excluded.claims)",
+                        (job.job_id, seg.host, job.start, job.end, json.dumps(claim)),
                     )
+                    _settle_job(cur, job.job_id)
                 for table, cols in sr.columns.items():
                     merged, grew = merge_columns(known.get(table, []), cols)
                     if grew or table not in known:
@@ -624,6 +625,41 @@ class FeatureDB:
             for leftover in self.layout.staging.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)
         return lost
+
+
+# What a node says of a job that decides who may see it: no single node's word sets it.
+CLAIMED = ("user", "name", "scheduler")
+
+
+def _settle_job(cur: sqlite3.Cursor, job_id: str) -> None:
+    """A job's user, name and scheduler from what its hosts said: a value every host that
+    said one agrees on; where they disagree, none (NULL) and the claims under info.disputed.
+    One node claiming a job id, first or not, can never make the job its user's (or take
+    it from its user): the job's real nodes contradict it."""
+    said: dict[str, dict[str, str]] = {k: {} for k in CLAIMED}
+    for host, claims in cur.execute(
+        "SELECT host, claims FROM job_hosts WHERE job_id = ? ORDER BY host", (job_id,)
+    ).fetchall():
+        doc = json.loads(claims) if claims else {}
+        for k in CLAIMED:
+            if doc.get(k) is not None:
+                said[k][host] = str(doc[k])
+    settled = {k: (next(iter(set(v.values()))) if len(set(v.values())) == 1 else None)
+               for k, v in said.items()}  # fmt: skip
+    disputed = {k: v for k, v in said.items() if len(set(v.values())) > 1}
+    cur.execute(
+        "UPDATE jobs SET user = ?, name = ?, scheduler = ?,"
+        " info = CASE WHEN ? IS NULL THEN json_remove(coalesce(info, '{}'), '$.disputed')"
+        " ELSE json_set(coalesce(info, '{}'), '$.disputed', json(?)) END WHERE job_id = ?",
+        (
+            settled["user"],
+            settled["name"],
+            settled["scheduler"],
+            json.dumps(disputed) if disputed else None,
+            json.dumps(disputed) if disputed else None,
+            job_id,
+        ),
+    )
 
 
 # A host's facts become columns of `hosts` (docs/collector.md, "Bounds"): names as columns
