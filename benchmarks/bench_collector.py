@@ -8,8 +8,10 @@ values in the database / seconds from the first send.  Then the database is chec
 row against what was sent: losses and duplicates.
 
 Anchor, same run: `para collect` importing the same files locally (no network, no TLS), i.e.
-the merge alone.  Reference: Netdata documents about 1 million samples/s per 2 cores for its
-parent (streaming ingest); the goal here is 2 million values/s on this 2-core machine.
+the merge alone; and the same ingest without the collector's gate (`serve --no-gate`: Flight
+terminating TLS itself, as before issue 16's items 3 and 8), each repeat running both.
+Reference: Netdata documents about 1 million samples/s per 2 cores for its parent (streaming
+ingest); the goal here is 2 million values/s on this 2-core machine.
 
     .venv/bin/python benchmarks/bench_collector.py [--agents 32] [--segments 8] [--repeats 3]
 """
@@ -104,11 +106,14 @@ def check(db: Path, expected_segments: int, template: Path) -> dict[str, int]:
     return {"lost_rows": lost, "duplicate_rows": dup}
 
 
-def run_network(work: Path, pki: Path, hosts: list[str], total: int) -> dict[str, float]:
+def run_network(
+    work: Path, pki: Path, hosts: list[str], total: int, gate: bool = True
+) -> dict[str, float]:
     db = work / "db"
     shutil.rmtree(db, ignore_errors=True)
     copy_spools(work / "spools", work / "run")
-    col = CollectorProcess(db, pki, "--compact-every", "0", "-q", state=work).start()
+    args = ["--compact-every", "0", "-q"] + ([] if gate else ["--no-gate"])
+    col = CollectorProcess(db, pki, *args, state=work).start()
     proc = psutil.Process(col.proc.pid)  # type: ignore[union-attr]
     cpu0 = proc.cpu_times()
     me0 = psutil.Process().cpu_times()
@@ -213,19 +218,29 @@ def report(
     net: list[dict[str, float]],
     loc: list[dict[str, float]],
     drain: dict[str, float],
+    direct: list[dict[str, float]],
 ) -> None:
     med = {k: statistics.median(r[k] for r in net) for k in net[0]}
+    dmed = {k: statistics.median(r[k] for r in direct) for k in direct[0]}
+    dvps = [r["values_per_s"] / 1e6 for r in direct]
     lmed = {k: statistics.median(r[k] for r in loc) for k in loc[0]}
     vps = [r["values_per_s"] / 1e6 for r in net]
     lvps = [r["values_per_s"] / 1e6 for r in loc]
-    lost = sum(r["lost_rows"] for r in net) + drain["lost_rows"]
-    dup = sum(r["duplicate_rows"] for r in net) + drain["duplicate_rows"]
+    lost = sum(r["lost_rows"] for r in net + direct) + drain["lost_rows"]
+    dup = sum(r["duplicate_rows"] for r in net + direct) + drain["duplicate_rows"]
     rows = [
-        ("ingest over mutual TLS, M values/s", f"**{med['values_per_s'] / 1e6:.2f}**",
+        ("ingest over mutual TLS through the gate, M values/s",
+         f"**{med['values_per_s'] / 1e6:.2f}**",
          f"{min(vps):.2f} .. {max(vps):.2f}"),
         ("anchor: local `para collect`, M values/s", f"{lmed['values_per_s'] / 1e6:.2f}",
          f"{min(lvps):.2f} .. {max(lvps):.2f}"),
         ("TLS / local", f"{med['values_per_s'] / lmed['values_per_s']:.2f}", ""),
+        ("anchor: without the gate (`--no-gate`), M values/s",
+         f"{dmed['values_per_s'] / 1e6:.2f}", f"{min(dvps):.2f} .. {max(dvps):.2f}"),
+        ("gate / no gate", f"{med['values_per_s'] / dmed['values_per_s']:.2f}", ""),
+        ("collector CPU, s, without the gate", f"{dmed['collector_cpu_s']:.1f}", ""),
+        ("collector peak RSS, MiB, without the gate",
+         f"{dmed['collector_peak_rss'] / 2**20:.0f}", ""),
         (f"collector CPU, s (of {med['seconds']:.1f} s wall)", f"{med['collector_cpu_s']:.1f}",
          ""),
         ("collector M values per CPU-second",
@@ -269,18 +284,21 @@ def main() -> None:
             f"{size // total:,} bytes each); {total * tpl.end['values']:,} values, "
             f"{size / 1e6:.1f} MB in all (made in {time.monotonic() - t:.1f} s)"
         )
-        net, loc = [], []
+        net, loc, direct = [], [], []
         for i in range(args.repeats):
-            n = run_network(work, pki, hosts, total)
-            net.append(n)
-            rss = n["collector_peak_rss"] / 2**20
-            print(
-                f"  run {i + 1}: TLS {n['values_per_s'] / 1e6:6.2f} M values/s "
-                f"({n['seconds']:.1f} s, acked in {n['acked_s']:.1f} s; collector CPU "
-                f"{n['collector_cpu_s']:.1f} s, peak RSS {rss:.0f} MiB; "
-                f"agents CPU {n['agents_cpu_s']:.1f} s; retries {n['retries']}; "
-                f"lost rows {n['lost_rows']}, duplicated {n['duplicate_rows']})"
-            )
+            # both ways each repeat, in turn first, so that a busy spell hits both alike
+            for gate in (True, False) if i % 2 == 0 else (False, True):
+                n = run_network(work, pki, hosts, total, gate=gate)
+                (net if gate else direct).append(n)
+                rss = n["collector_peak_rss"] / 2**20
+                print(
+                    f"  run {i + 1}: TLS {'gate   ' if gate else 'no gate'} "
+                    f"{n['values_per_s'] / 1e6:6.2f} M values/s "
+                    f"({n['seconds']:.1f} s, acked in {n['acked_s']:.1f} s; collector CPU "
+                    f"{n['collector_cpu_s']:.1f} s, peak RSS {rss:.0f} MiB; "
+                    f"agents CPU {n['agents_cpu_s']:.1f} s; retries {n['retries']}; "
+                    f"lost rows {n['lost_rows']}, duplicated {n['duplicate_rows']})"
+                )
             lo = run_local(work)
             loc.append(lo)
             print(
@@ -294,7 +312,7 @@ def main() -> None:
             f"the collector came back; lost rows {drain['lost_rows']}, "
             f"duplicated {drain['duplicate_rows']}"
         )
-        report(args, net, loc, drain)
+        report(args, net, loc, drain, direct)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

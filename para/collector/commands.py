@@ -140,6 +140,12 @@ def collector_group() -> None:
     metavar="HOST:PORT",
     help="Serve /metrics on this address instead (implies --metrics).",
 )
+@click.option(
+    "--no-gate",
+    is_flag=True,
+    hidden=True,
+    help="Serve Arrow Flight directly, without the gate (for measurements: docs/collector.md).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Log only problems.")
 def serve(
     db: str,
@@ -160,6 +166,7 @@ def serve(
     alert_rules: str | None,
     metrics_on: bool,
     metrics_listen: str | None,
+    no_gate: bool,
     quiet: bool,
 ) -> None:
     """Receive segments from agents and merge them into the feature database."""
@@ -187,6 +194,7 @@ def serve(
         alert_rules=Path(alert_rules) if alert_rules else None,
         metrics_listen=metrics_listen or (DEFAULT_METRICS if metrics_on else None),
         judge=_judge() if alert_rules else None,
+        gate=not no_gate,
     )
     raise SystemExit(run_serve(opts))
 
@@ -292,19 +300,43 @@ def renew_command(directory: str, out: str | None, within_days: float, days: int
 
 
 @collector_group.command("revoke", context_settings=CONTEXT)
-@click.argument("name")
+@click.argument("name", required=False)
 @_db_option(server=True)
 @click.option("--reader", is_flag=True, help="NAME is an analyst (reader), not a node.")
+@click.option(
+    "--cert",
+    "cert_file",
+    metavar="FILE",
+    help="Revoke this certificate (by its serial) instead of a name: the node stays welcome "
+    "with a new one.",
+)
 @click.option("--reason", default="", help="Said to the refused caller and in the log.")
 @click.option("--undo", is_flag=True, help="Lift the revocation (after issuing a new key).")
-def revoke_command(name: str, db: str, reader: bool, reason: str, undo: bool) -> None:
-    """Refuse node NAME (or a reader) from the next call on, whatever its credential."""
+def revoke_command(
+    name: str | None, db: str, reader: bool, cert_file: str | None, reason: str, undo: bool
+) -> None:
+    """Refuse node NAME (or a reader, or one certificate) from the next call on; the
+    collector also drops the connections it holds."""
     from para.collector.auth import REVOKED_FILE, Revoked
 
     path = Path(db) / REVOKED_FILE
-    changed = Revoked(path).change(name, reader=reader, revoke=not undo, reason=reason)
-    what = "reader " + name if reader else "host " + name
     state = "no longer revoked" if undo else "revoked"
+    if cert_file:
+        if name:
+            raise click.UsageError("give NAME or --cert FILE, not both")
+        try:
+            pem = Path(cert_file).read_bytes()
+        except OSError as e:
+            raise ParaError(f"cannot read {cert_file}: {e.strerror}") from e
+        serial, subject, changed = Revoked(path).change_certificate(
+            pem, revoke=not undo, reason=reason
+        )
+        what = f"certificate {serial} ({subject})"
+    elif name:
+        changed = Revoked(path).change(name, reader=reader, revoke=not undo, reason=reason)
+        what = "reader " + name if reader else "host " + name
+    else:
+        raise click.UsageError("give the NAME to revoke, or --cert FILE")
     click.echo(f"{what} {state}{'' if changed else ' (already)'}: {path}")
 
 
