@@ -345,6 +345,42 @@ class RawH2:
         self.sock.close()
 
 
+def streams_flood(raw: RawH2) -> int:
+    """40 requests opened at once on one connection (their bodies never sent).  Each flood
+    returns the stream the collector should answer (0: whichever went too far)."""
+    for i in range(40):  # 32 at once are allowed
+        raw.open(1 + 2 * i, "DoAction")
+    return 1 + 2 * 32
+
+
+def continuation_flood(raw: RawH2) -> int:
+    """A header block that never ends: CONTINUATION frames of 16 KiB, on and on."""
+    block = raw.request_block("DoAction")
+    raw.sock.sendall(raw.frame(1, 0, 1, block))
+    for _ in range(64):
+        raw.sock.sendall(raw.frame(9, 0, 1, b"\x00" * 16384))
+    return 1
+
+
+def hpack_bomb(raw: RawH2) -> int:
+    """4 KB of header stored in the decoder's table, then named a thousand times, a byte
+    each: a 5 KB block that decodes to 4 MB."""
+    big = ("x-big", "a" * 4000)
+    block = raw.request_block("DoAction", [big] * 1000)
+    assert len(block) < 16384
+    raw.sock.sendall(raw.frame(1, 0x4, 1, block))
+    return 1
+
+
+def rapid_reset(raw: RawH2) -> int:
+    """Open a request and cancel it at once (RST_STREAM), a thousand times."""
+    for i in range(1000):
+        sid = 1 + 2 * i
+        raw.open(sid, "DoAction")
+        raw.sock.sendall(raw.frame(3, 0, sid, (8).to_bytes(4, "big")))
+    return 0
+
+
 def grpc_status(frames: list[tuple[int, int, int, Any]], stream: int) -> tuple[str, str]:
     """(grpc-status, grpc-message) the collector ended `stream` with."""
     for kind, _, sid, payload in frames:

@@ -176,47 +176,13 @@ def test_a_node_cannot_send_a_huge_message_once_authenticated(site: atk.Site) ->
     _offender(site, "node01", "a DoPut message of")
 
 
-def _streams(raw: atk.RawH2) -> int:
-    for i in range(40):  # 32 at once are allowed
-        raw.open(1 + 2 * i, "DoAction")
-    return 1 + 2 * 32
-
-
-def _continuation(raw: atk.RawH2) -> int:
-    """A header block that never ends: CONTINUATION frames of 16 KiB, on and on."""
-    block = raw.request_block("DoAction")
-    raw.sock.sendall(raw.frame(1, 0, 1, block))
-    for _ in range(64):
-        raw.sock.sendall(raw.frame(9, 0, 1, b"\x00" * 16384))
-    return 1
-
-
-def _hpack_bomb(raw: atk.RawH2) -> int:
-    """4 KB of header stored in the decoder's table, then named a thousand times, a byte
-    each: a 5 KB block that decodes to 4 MB."""
-    big = ("x-big", "a" * 4000)
-    block = raw.request_block("DoAction", [big] * 1000)
-    assert len(block) < 16384
-    raw.sock.sendall(raw.frame(1, 0x4, 1, block))
-    return 1
-
-
-def _rapid_reset(raw: atk.RawH2) -> int:
-    """Open a request and cancel it at once (RST_STREAM), a thousand times."""
-    for i in range(1000):
-        sid = 1 + 2 * i
-        raw.open(sid, "DoAction")
-        raw.sock.sendall(raw.frame(3, 0, sid, (8).to_bytes(4, "big")))
-    return 0
-
-
 @pytest.mark.parametrize(
     "attack, words",
     [
-        (_streams, "more than 32 requests at once"),
-        (_continuation, "a header block of more than 65536 bytes"),
-        (_hpack_bomb, "headers decoding to more than 65536 bytes"),
-        (_rapid_reset, "new requests a second"),
+        (atk.streams_flood, "more than 32 requests at once"),
+        (atk.continuation_flood, "a header block of more than 65536 bytes"),
+        (atk.hpack_bomb, "headers decoding to more than 65536 bytes"),
+        (atk.rapid_reset, "new requests a second"),
     ],
     ids=["streams", "continuation", "hpack-bomb", "rapid-reset"],
 )

@@ -199,3 +199,26 @@ def test_a_refused_stream_reads_as_a_grpc_error() -> None:
     headers = dict(hpack.Decoder().decode(frames[0][3]))
     assert headers[":status"] == "200" and headers["grpc-status"] == "16"
     assert headers["grpc-message"] == "no token: 100%25"
+
+
+def _two_paths() -> bytes:
+    headers = [(":method", "POST"), (":path", PATH + "ListActions"), (":path", PATH + "DoPut")]
+    block = hpack.Encoder().encode([*headers, ("authorization", "Bearer para_secret")])
+    return g.PREFACE + _frame(g.HEADERS, g.END_HEADERS, 1, block)
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"GET / HTTP/1.1\r\nHost: collector\r\n\r\n", "not HTTP/2"),
+        (g.PREFACE + _frame(g.DATA, 0, 1, b"\x00" * 5), "DATA on a stream never opened"),
+        (g.PREFACE + _frame(g.HEADERS, g.END_HEADERS, 2, b""), "a client may not open"),
+        (g.PREFACE + _frame(g.PING, 0, 0, b"\x00" * 20000), "more than the 16384 agreed"),
+        (g.PREFACE + _frame(g.PUSH_PROMISE, 0, 1, b"\x00" * 4), "frame type 5"),
+        (_two_paths(), "pseudo-header :path twice"),
+    ],
+    ids=["http1", "data-unopened", "even-stream", "big-frame", "push", "two-paths"],
+)
+def test_what_breaks_the_protocol_is_refused(data: bytes, words: str) -> None:
+    with pytest.raises(g.Refuse, match=words):
+        Recorder().inbound.feed(data)

@@ -74,7 +74,7 @@ GRPC_UNAVAILABLE, GRPC_UNAUTHENTICATED = 14, 16
 _FLIGHT = "/arrow.flight.protocol.FlightService/"
 _FLIGHT_DETAIL = {GRPC_UNAUTHENTICATED: "Unauthenticated", GRPC_PERMISSION_DENIED: "Unauthorized",
                   GRPC_UNAVAILABLE: "Unavailable"}  # fmt: skip
-READ_BYTES = 256 << 10
+READ_BYTES = 64 << 10
 KIB, MIB = 1 << 10, 1 << 20
 
 
@@ -95,7 +95,8 @@ class Bounds:
     action_message: int = wire.LIVE_MESSAGE_MAX + 64 * KIB  # one DoAction request
     other_message: int = 64 * KIB  # any other method's message
     pending_per_caller: int = 64 * MIB  # declared bytes of messages under way, one caller
-    linger_seconds: float = 2.0  # reading (and dropping) what a refused client still sends
+    linger_seconds: float = 10.0  # reading (and dropping) what a refused client still
+    linger_bytes: int = 64 * MIB  # sends, until it reads our answer and goes
 
     def message_bound(self, path: str) -> tuple[str, int]:
         method = path[len(_FLIGHT) :] if path.startswith(_FLIGHT) else path
@@ -262,7 +263,7 @@ class Inbound:
 
     def feed(self, data: bytes) -> bytes:
         buf = self._rest + data if self._rest else data
-        out: list[bytes] = []
+        out: list[Any] = []  # bytes and memoryviews
         pos = 0
         if not self._preface:
             if len(buf) < len(PREFACE):
@@ -276,9 +277,10 @@ class Inbound:
             pos = len(PREFACE)
             self._preface = True
         end = len(buf)
+        view = memoryview(buf)  # what is forwarded as is, without a copy
         while pos < end:
             if self._data is not None:
-                pos = self._data_piece(buf, pos, out)
+                pos = self._data_piece(buf, view, pos, out)
                 continue
             if end - pos < 9:
                 break
@@ -301,7 +303,7 @@ class Inbound:
             if self._block is not None and (kind != CONTINUATION or sid != self._block[0]):
                 raise Refuse("a header block interrupted", h2=H2_PROTOCOL_ERROR, kind="protocol")
             if kind == DATA:
-                self._data_start(buf, pos, length, flags, sid, out)
+                self._data_start(view, pos, length, flags, sid, out)
                 pos += 9
                 continue
             if end - pos < 9 + length:
@@ -314,30 +316,33 @@ class Inbound:
             else:
                 if kind == RST_STREAM:
                     self.close_stream(sid)
-                out.append(buf[pos : pos + 9 + length])
+                out.append(view[pos : pos + 9 + length])
             pos += 9 + length
         self._rest = bytes(buf[pos:])
         return b"".join(out)
 
     # -- DATA: followed piece by piece, never held ----------------------------------------
     def _data_start(
-        self, buf: bytes, pos: int, length: int, flags: int, sid: int, out: list[bytes]
+        self, view: memoryview, pos: int, length: int, flags: int, sid: int, out: list[Any]
     ) -> None:
         if sid == 0 or sid > self.last_stream:
             raise Refuse("DATA on a stream never opened", h2=H2_PROTOCOL_ERROR, kind="protocol")
-        out.append(buf[pos : pos + 9])
-        # d0, d1: where the data lies in the payload (a PADDED frame's first byte is the pad
-        # length; -1 until it is known)
-        d0, d1 = (1, -1) if flags & PADDED else (0, length)
-        self._data = (sid, length, 0, d0, d1)
+        if flags & PADDED and length == 0:
+            raise Refuse("DATA padding too long", h2=H2_PROTOCOL_ERROR, kind="protocol")
+        out.append(view[pos : pos + 9])
         if flags & END_STREAM:
             st = self.streams.get(sid)
             if st is not None:
                 st.client_done = True
         if length == 0:
             self._data_end(sid)
+            return
+        # d0, d1: where the data lies in the payload (a PADDED frame's first byte is the pad
+        # length; -1 until it is known)
+        d0, d1 = (1, -1) if flags & PADDED else (0, length)
+        self._data = (sid, length, 0, d0, d1)
 
-    def _data_piece(self, buf: bytes, pos: int, out: list[bytes]) -> int:
+    def _data_piece(self, buf: bytes, view: memoryview, pos: int, out: list[Any]) -> int:
         assert self._data is not None
         sid, length, at, d0, d1 = self._data
         take = min(length - at, len(buf) - pos)
@@ -350,8 +355,8 @@ class Inbound:
         if st is not None:
             lo, hi = max(at, d0), min(at + take, d1)
             if hi > lo:
-                self._messages(sid, st, memoryview(buf)[pos + lo - at : pos + hi - at])
-        out.append(buf[pos : pos + take])
+                self._messages(sid, st, view[pos + lo - at : pos + hi - at])
+        out.append(view[pos : pos + take])
         at += take
         if at == length:
             self._data = None
@@ -451,12 +456,16 @@ class Inbound:
         if st is not None:  # trailers of an open stream
             if end_stream:
                 st.client_done = True
+                self._data_end(sid)
             return header_frames(sid, encode_literal(kept), end_stream)
         if sid <= self.last_stream:
             raise Refuse("HEADERS on a closed stream", h2=H2_PROTOCOL_ERROR, kind="protocol")
         self.last_stream = sid
         named: dict[bytes, bytes] = {}
         for n, v in headers:
+            if n.startswith(b":") and n in named:  # malformed (RFC 9113 8.3): which to believe?
+                raise Refuse(f"pseudo-header {n.decode('latin-1')} twice", stream=sid,
+                             code=GRPC_INVALID_ARGUMENT, kind="protocol")  # fmt: skip
             named.setdefault(n.lower(), v)
         ident = self._caller(sid, named)  # may refuse: credential, deny list, connections
         if len(self.streams) >= self.bounds.streams:
@@ -728,6 +737,13 @@ class Gate:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> Gate:
         self._file_limit()
+        # asyncio (3.11+) gives every TLS connection a 256 KiB read buffer, zeroed, so resident:
+        # a TLS record is at most 16 KiB, and 64 KiB keeps idle connections cheap (by
+        # thousands of nodes); this process has no other use for asyncio's TLS
+        import asyncio.sslproto as sslproto
+
+        if getattr(sslproto.SSLProtocol, "max_size", 0) > READ_BYTES:
+            sslproto.SSLProtocol.max_size = READ_BYTES  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._run, name="para-collector-gate", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -948,14 +964,19 @@ class Gate:
     async def _refuse(
         self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r: Refuse
     ) -> None:
-        """Say why, close: nothing more goes to the server, what the client still sends is
-        read and dropped for a moment (so it reads our answer rather than a reset)."""
+        """Say why, close: nothing more goes to the server; what the client still sends is
+        read and dropped until it goes (a gRPC client does once it has our answer), for
+        10 s or 64 MiB at most, so that it reads our answer rather than a reset."""
         self._stop(conn, r)
 
         async def linger() -> None:
             await writer.drain()
-            while await reader.read(READ_BYTES):
-                pass
+            dropped = 0
+            while dropped < self.bounds.linger_bytes:
+                data = await reader.read(READ_BYTES)
+                if not data:
+                    return
+                dropped += len(data)
 
         with contextlib.suppress(OSError, asyncio.TimeoutError, ssl.SSLError):
             await asyncio.wait_for(linger(), self.bounds.linger_seconds)
