@@ -82,7 +82,7 @@ KIB, MIB = 1 << 10, 1 << 20
 class Bounds:
     """What one caller can cost the collector (docs/collector.md, "Bounds")."""
 
-    connections: int = 8192  # in all (each takes three file descriptors of the collector)
+    connections: int = 65536  # in all (each takes three file descriptors of the collector)
     unauthenticated: int = 256  # connections whose caller is not known yet...
     unauthenticated_per_address: int = 32  # ...and of those, from one address
     per_caller: int = 64  # connections of one node or reader
