@@ -159,6 +159,43 @@ def run_network(
     return result
 
 
+def run_transfer(work: Path, pki: Path, mib: int, gate: bool) -> dict[str, float]:
+    """One node sends one upload of `mib` MiB of random bytes (not a .para file: the collector
+    receives it all, checks its size and SHA-256, then rejects it): the transport alone."""
+    from para.agent.collector_client import CollectorClient, Endpoint
+    from para.formats import wire
+
+    db = work / "db-transfer"
+    shutil.rmtree(db, ignore_errors=True)
+    args = ["--compact-every", "0", "-q"] + ([] if gate else ["--no-gate"])
+    col = CollectorProcess(db, pki, *args, state=work).start()
+    proc = psutil.Process(col.proc.pid)  # type: ignore[union-attr]
+    data = os.urandom(mib << 20)
+    header = wire.PutHeader(
+        "node0000", "0" * 32, "node0000-x.para", len(data), wire.sha256_hex(data)
+    )
+    ep = Endpoint(
+        f"grpc+tls://127.0.0.1:{col.port}", ca_file=pki / "ca.crt", timeout=600,
+        cert_file=pki / "issued" / "node0000.crt", key_file=pki / "issued" / "node0000.key",
+    )  # fmt: skip
+    try:
+        with CollectorClient(ep) as c:
+            c.push_live("node0000", [])  # connected before the clock starts
+            cpu0 = proc.cpu_times()
+            t0 = time.monotonic()
+            ack = c.send_segment(data, header)
+            elapsed = time.monotonic() - t0
+            cpu1 = proc.cpu_times()
+    finally:
+        col.stop()
+    assert ack.status == wire.REJECTED, ack
+    return {
+        "seconds": elapsed,
+        "mb_per_s": len(data) / 1e6 / elapsed,
+        "collector_cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+    }
+
+
 def run_local(work: Path) -> dict[str, float]:
     db = work / "db-local"
     shutil.rmtree(db, ignore_errors=True)
@@ -260,12 +297,33 @@ def report(
     print(f"\nGoal >= 2 M values/s with zero loss: {goal}.")
 
 
+def transfer(work: Path, pki: Path, args: argparse.Namespace) -> None:
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for i in range(args.repeats):
+        for gate in (True, False) if i % 2 == 0 else (False, True):
+            r = run_transfer(work, pki, args.transfer_mb, gate)
+            runs[gate].append(r)
+            print(
+                f"  one {args.transfer_mb} MiB upload, {'gate   ' if gate else 'no gate'}: "
+                f"{r['mb_per_s']:.0f} MB/s ({r['seconds']:.2f} s, collector CPU "
+                f"{r['collector_cpu_s']:.2f} s)"
+            )
+    print(f"\n| one upload of {args.transfer_mb} MiB (the transport alone) | gate | no gate |")
+    print("|---|---:|---:|")
+    for key, name in (("mb_per_s", "MB/s"), ("collector_cpu_s", "collector CPU, s")):
+        g, d = (statistics.median(r[key] for r in runs[k]) for k in (True, False))
+        print(f"| {name}, median of {args.repeats} | {g:.2f} | {d:.2f} |")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, default=32)
     ap.add_argument("--segments", type=int, default=8, help="per agent")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--template", type=Path, default=FIXTURE)
+    ap.add_argument("--transfer-mb", type=int, default=256, help="one upload's size (0: none)")
+    ap.add_argument("--transfer-only", action="store_true", help="only the one-upload runs")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="para-bench-collector-"))
     try:
@@ -284,6 +342,10 @@ def main() -> None:
             f"{size // total:,} bytes each); {total * tpl.end['values']:,} values, "
             f"{size / 1e6:.1f} MB in all (made in {time.monotonic() - t:.1f} s)"
         )
+        if args.transfer_mb:
+            transfer(work, pki, args)
+            if args.transfer_only:
+                return
         net, loc, direct = [], [], []
         for i in range(args.repeats):
             # both ways each repeat, in turn first, so that a busy spell hits both alike

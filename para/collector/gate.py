@@ -923,7 +923,9 @@ class Gate:
         timer = asyncio.get_running_loop().call_at(deadline, self._too_slow, conn)
         try:
             await asyncio.wait((inward, outward), return_when=asyncio.FIRST_COMPLETED)
-            if not inward.done():  # the server ended: let the client read what it sent
+            if conn.closing and not inward.done():
+                await inward  # refusing: it lingers until the client has our answer (bounded)
+            elif not inward.done():  # the server ended: let the client read what it sent
                 with contextlib.suppress(OSError, asyncio.TimeoutError):
                     await asyncio.wait_for(writer.drain(), self.bounds.linger_seconds)
         finally:
