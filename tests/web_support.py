@@ -149,3 +149,95 @@ def wait_port_file(path: Path, key: str, timeout: float = 60.0) -> int:
         if time.monotonic() > deadline:
             raise AssertionError(f"no {key} in {path} after {timeout} s")
         time.sleep(0.05)
+
+
+BOTTLENECKS = [
+    "io_wait_bound",
+    "low_cpu_utilization",
+    "memory_pressure",
+    "network_bound",
+    "load_imbalance",
+    "gpu_underused",
+    "metadata_storm",
+]
+
+
+def write_jobs(path: Path, n: int, seed: int = 1, start: float = 1.7e9) -> list[dict[str, Any]]:
+    """`n` jobs of a year of a site, as the collector writes meta/jobs.parquet (the schema of
+    para/collector/catalog.py: base columns, then the analyzer's features for 70 % of them):
+    600 users in 60 accounts, 5 partitions, sizes and durations spread as on real clusters
+    (most jobs small and short, a few wide and long).  Returns the rows."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rnd = random.Random(seed)
+    users = [f"u{i:03d}" for i in range(600)]
+    account = {u: f"acct{rnd.randrange(60):02d}" for u in users}
+    parts = ["cpu", "gpu", "bigmem", "debug", "long"]
+    apps = ["lammps", "gromacs", "vasp", "python", "wrf", "cp2k", "openfoam", "namd"]
+    rows: list[dict[str, Any]] = []
+    t = start
+    for i in range(n):
+        t += rnd.expovariate(1 / 30.0)
+        u = rnd.choice(users)
+        nodes = min(512, max(1, int(rnd.paretovariate(1.2))))
+        dur = min(7 * 86400.0, rnd.lognormvariate(7.0, 1.5))
+        analysed = rnd.random() < 0.7
+        row: dict[str, Any] = {
+            "job_id": str(1_000_000 + i),
+            "cluster": "default",
+            "scheduler": "slurm",
+            "user": u,
+            "name": f"{rnd.choice(apps)}-{rnd.randrange(100)}",
+            "hosts": [f"cn{(i * 7 + k) % 4096:04d}" for k in range(min(nodes, 8))],
+            "nodes": nodes,
+            "start": int(t * 1000),
+            "end": int((t + dur) * 1000),
+            "info": json.dumps(
+                {"account": account[u], "partition": rnd.choice(parts), "ended": True}
+            ),
+            "analysis_version": 1 if analysed else None,
+            "duration_s": round(dur, 1) if analysed else None,
+            "cpu_util_pct": round(rnd.uniform(1, 100), 1) if analysed else None,
+            "peak_rss_bytes": float(rnd.randrange(1 << 20, 1 << 38)) if analysed else None,
+            "gpu_util_pct": round(rnd.uniform(0, 100), 1)
+            if analysed and rnd.random() < 0.3
+            else None,
+            "bottlenecks": rnd.sample(BOTTLENECKS, rnd.randrange(3)) if analysed else None,
+            "worst_severity": rnd.choice(["high", "medium", "low"]) if analysed else None,
+            "top_function": rnd.choice(["dgemm_", "MPI_Wait", "fft3d", "memcpy"])
+            if analysed
+            else None,
+        }
+        if analysed and not row["bottlenecks"]:
+            row["worst_severity"] = None
+        rows.append(row)
+    ts = pa.timestamp("ms", tz="UTC")
+    cols = {
+        "job_id": pa.string(),
+        "cluster": pa.string(),
+        "scheduler": pa.string(),
+        "user": pa.string(),
+        "name": pa.string(),
+        "hosts": pa.list_(pa.string()),
+        "nodes": pa.int64(),
+        "start": ts,
+        "end": ts,
+        "info": pa.string(),
+        "analysis_version": pa.int64(),
+        "duration_s": pa.float64(),
+        "cpu_util_pct": pa.float64(),
+        "peak_rss_bytes": pa.float64(),
+        "gpu_util_pct": pa.float64(),
+        "bottlenecks": pa.list_(pa.string()),
+        "worst_severity": pa.string(),
+        "top_function": pa.string(),
+    }
+    table = pa.table({k: pa.array([r[k] for r in rows], typ) for k, typ in cols.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return rows

@@ -31,6 +31,7 @@ from para.web.access import Viewer
 
 VIEWS_EVERY_S = 10.0  # how often new tables are looked for
 JOBS_EVERY_S = 1.0  # how often meta/jobs.parquet is checked for a new version
+FACETS_S = 60.0  # how long the job list's filter choices are kept
 # the job list: what may be sorted on (page parameter -> SQL)
 SORTS = {
     "job": "job_id",
@@ -129,6 +130,7 @@ class Store:
         self._jobs_stamp: tuple[int, int] | None = None
         self._jobs_at = 0.0
         self._job_cols: set[str] = set()
+        self._facets: dict[Any, tuple[float, dict[str, list[str]]]] = {}
         self.refresh(force=True)
 
     # -- keeping up with the database ----------------------------------------------------
@@ -339,7 +341,20 @@ class Store:
             return _dicts(res)
 
     def facets(self, v: Viewer, share_accounts: bool) -> dict[str, list[str]]:
-        """The values the list's filters offer (at most 200 of each)."""
+        """The values the list's filters offer (at most 200 of each), kept a minute per
+        viewer and version of the jobs (four scans of a million jobs are not per page)."""
+        key = (v.name, v.admin, v.users, share_accounts, self._jobs_stamp)
+        now = time.monotonic()
+        hit = self._facets.get(key)
+        if hit is not None and now - hit[0] < FACETS_S:
+            return hit[1]
+        out = self._facets_now(v, share_accounts)
+        if len(self._facets) > 1000:
+            self._facets.clear()
+        self._facets[key] = (now, out)
+        return out
+
+    def _facets_now(self, v: Viewer, share_accounts: bool) -> dict[str, list[str]]:
         cond, params = self.visible(v, share_accounts)
         out: dict[str, list[str]] = {}
         with self.cursor() as cur:
@@ -392,7 +407,7 @@ class Store:
             "host = ? AND t BETWEEN to_timestamp(?) AND to_timestamp(?) AND "
             "date BETWEEN CAST(to_timestamp(?) AS DATE) AND CAST(to_timestamp(?) AS DATE)"
         )
-        b = f"(epoch(t)::BIGINT // {step}) * {step}"
+        b = f"(floor(epoch(t))::BIGINT // {step}) * {step}"
         out: dict[str, Any] = {"step_s": step, "t0": t0, "t1": t1}
         queries = {
             "cpu": (

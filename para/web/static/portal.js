@@ -46,6 +46,7 @@
       });
     });
     function draw(d) {
+      var started = performance.now();
       var h = d.heatmap, pct = h.unit === "%";
       var trace = {
         type: "heatmap", z: h.z, x: h.x, y: h.hosts.map(esc), colorscale: "YlOrRd",
@@ -98,6 +99,7 @@
       });
       document.getElementById("alerts-count").textContent = String(d.alerts.length);
       drawn += 1;
+      root.setAttribute("data-draw-ms", String(Math.round(performance.now() - started)));
       root.setAttribute("data-updates", String(drawn));
       root.setAttribute("data-t", String(d.t));
       status.textContent = d.nodes + " nodes" + (d.stale ? " (" + d.stale + " silent)" : "") +
