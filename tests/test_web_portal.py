@@ -171,6 +171,17 @@ live_interval = 0.5
             what="an alert in the database",
         )
         (tmp / "stop").touch()
+        # and in the portal's own table of jobs (it loads each new version in the background)
+        portal = Https(web_port, pki / "ca.crt")
+        admin_hdr = {"Authorization": f"Bearer {tok['admin']}"}
+        wait_for(
+            lambda: (
+                {j["job_id"] for j in portal.json("/api/jobs", admin_hdr)[1]["jobs"]} >= set(JOBS)
+            ),
+            timeout=60,
+            step=0.2,
+            what="the jobs in the portal",
+        )
         # the second portal: `para web`, users from a proxy on 127.0.0.1 only
         port_file = tmp / "web2.port"
         with open(tmp / "web2.log", "w") as log:

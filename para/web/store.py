@@ -131,6 +131,8 @@ class Store:
         self._jobs_at = 0.0
         self._job_cols: set[str] = set()
         self._facets: dict[Any, tuple[float, dict[str, list[str]]]] = {}
+        self._jobs_lock = threading.Lock()
+        self._loading = threading.Event()
         self.refresh(force=True)
 
     # -- keeping up with the database ----------------------------------------------------
@@ -152,18 +154,33 @@ class Store:
                 self._tables = tables | (self._tables & set(META_VIEWS))
         if force or now - self._jobs_at >= JOBS_EVERY_S:
             self._jobs_at = now
-            self._load_jobs()
+            stamp = self._stamp()
+            if stamp == self._jobs_stamp and self._job_cols:
+                return
+            if force or not self._job_cols:
+                self._load_jobs(stamp)
+            elif not self._loading.is_set():
+                # pages go on with the jobs they have while the new version loads
+                self._loading.set()
+                threading.Thread(
+                    target=self._load_jobs, args=(stamp,), daemon=True, name="para-web-jobs"
+                ).start()
 
-    def _load_jobs(self) -> None:
-        path = self.layout.meta / JOBS_FILE
+    def _stamp(self) -> tuple[int, int] | None:
         try:
-            st = os.stat(path)
-            stamp = (st.st_mtime_ns, st.st_size)
+            st = os.stat(self.layout.meta / JOBS_FILE)
         except FileNotFoundError:
-            stamp = None
-        if stamp == self._jobs_stamp and self._job_cols:
-            return
-        with self._lock:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _load_jobs(self, stamp: tuple[int, int] | None) -> None:
+        try:
+            self._load_jobs_locked(stamp)
+        finally:
+            self._loading.clear()
+
+    def _load_jobs_locked(self, stamp: tuple[int, int] | None) -> None:
+        with self._jobs_lock:
             if stamp == self._jobs_stamp and self._job_cols:
                 return
             cur = self.con.cursor()
