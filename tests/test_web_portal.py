@@ -518,6 +518,28 @@ def test_bad_input_gets_clear_errors(site):
     assert status == 400 and "page" in doc["error"]
     status, doc = h.json("/api/jobs?size=100000", hdr)
     assert status == 200 and doc["size"] == 500  # pages are bounded
+    # signing in sends people to pages of the portal only
+    from urllib.parse import urlencode
+
+    for nxt, where in (
+        ("//evil.example/x", "/cluster"),
+        ("/\\evil.example", "/cluster"),
+        ("/jobs?user=bob", "/jobs?user=bob"),
+    ):
+        body = urlencode({"token": site["tokens"]["bob"], "next": nxt}).encode()
+        status, headers, _ = h.get(
+            "/login", {"Content-Type": "application/x-www-form-urlencoded"}, body
+        )
+        assert status == 303 and headers["location"] == where
+        assert (
+            "para_session=" in headers["set-cookie"] and "secure" in headers["set-cookie"].lower()
+        )
+    status, _, _ = h.get(
+        "/login",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        b"token=para_wrong&next=/jobs",
+    )
+    assert status == 401
     assert h.get("/api/jobs")[0] == 401  # nobody
     assert h.get("/api/jobs", {"Authorization": "Bearer para_forged"})[0] == 401
     # the portal serves HTTPS only, with the collector's certificate

@@ -50,6 +50,7 @@ RANGES = {"1h": 3600, "6h": 6 * 3600, "1d": 86400, "7d": 7 * 86400, "31d": 31 * 
 TIMELINE_POINTS = 1200
 _REL = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_LOCAL_PATH = re.compile(r"^/(?![/\\])[A-Za-z0-9/_.,;=?&%+-]*$")
 
 
 @dataclass
@@ -694,8 +695,8 @@ async def login(request: Request) -> Response:
     form = parse_qs(body[:8192].decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0].strip()
     nxt = (form.get("next") or ["/cluster"])[0]
-    if not nxt.startswith("/") or nxt.startswith("//"):
-        nxt = "/cluster"  # only pages of the portal
+    if not _LOCAL_PATH.match(nxt):
+        nxt = "/cluster"  # only pages of the portal (not //host, /\\host, or a scheme)
     viewer = None
     if portal.tokens is not None and token:
         peer = request.client.host if request.client else None
