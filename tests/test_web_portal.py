@@ -26,7 +26,15 @@ import pytest
 
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
 from tests.conftest import _children
-from tests.web_support import Https, browser, console_errors, drawn, wait, wait_port_file
+from tests.web_support import (
+    Https,
+    browser,
+    console_errors,
+    drawn,
+    navigate,
+    wait,
+    wait_port_file,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -250,7 +258,7 @@ def _sign_in(drv: Any, site: dict[str, Any], who: str) -> None:
     base = f"https://127.0.0.1:{site['port']}"
     drv.get(base + "/login")
     drv.find_element(By.ID, "token").send_keys(site["tokens"][who])
-    drv.find_element(By.ID, "login-form").submit()
+    navigate(drv, drv.find_element(By.ID, "login-form").submit)
     wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, "#nav .who"), what="signed in")
     assert who in drv.find_element(By.CSS_SELECTOR, "#nav .who").text
 
@@ -355,24 +363,20 @@ def test_the_job_list_filters_sorts_and_pages_on_the_server(site, admin):
     assert cells["901"] == HOSTILE and cells["903"] == HOSTILE
     assert not drv.find_elements(By.CSS_SELECTOR, "#jobs img, #jobs tbody script")
     # sorting by user, both ways (what the database says the users are)
-    drv.find_element(By.CSS_SELECTOR, "a.sort[data-sort='user']").click()
-    wait(drv, lambda d: "sort=user" in d.current_url, what="sorted")
+    navigate(drv, drv.find_element(By.CSS_SELECTOR, "a.sort[data-sort='user']").click, "sort=user")
     users = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#jobs .c-user")]
     assert users == sorted(users, reverse=True) and len(set(users)) >= 3
-    drv.find_element(By.CSS_SELECTOR, "a.sort[data-sort='user']").click()
-    wait(drv, lambda d: "dir=asc" in d.current_url, what="sorted ascending")
+    navigate(drv, drv.find_element(By.CSS_SELECTOR, "a.sort[data-sort='user']").click, "dir=asc")
     users = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#jobs .c-user")]
     assert users == sorted(users)
     # a filter: bob's jobs only
     Select(drv.find_element(By.ID, "f-user")).select_by_value("bob")
-    drv.find_element(By.ID, "apply").click()
-    wait(drv, lambda d: "user=bob" in d.current_url, what="filtered")
+    navigate(drv, drv.find_element(By.ID, "apply").click, "user=bob")
     assert ids() == ["902"]
     # the account filter, and a page of one row at a time
     drv.get(base + "/jobs?account=physics&size=1&sort=job&dir=asc")
     assert ids() == ["901"]
-    drv.find_element(By.ID, "next").click()
-    wait(drv, lambda d: "page=2" in d.current_url, what="the next page")
+    navigate(drv, drv.find_element(By.ID, "next").click, "page=2")
     assert ids() == ["903"]
     assert "3 jobs" in drv.find_element(By.ID, "jobs-total").text
     assert console_errors(drv) == []
@@ -384,7 +388,7 @@ def test_a_job_page_shows_the_analysis_links_nodes_and_compares(site, admin):
     drv = admin
     base = f"https://127.0.0.1:{site['port']}"
     drv.get(base + "/jobs")
-    drv.find_element(By.CSS_SELECTOR, "tr[data-job='901'] a.job-link").click()
+    navigate(drv, drv.find_element(By.CSS_SELECTOR, "tr[data-job='901'] a.job-link").click)
     wait(drv, lambda d: d.find_elements(By.ID, "portal-nav"), what="the job page")
     assert "901" in drv.title
     _plots_drawn(drv, "#job-timeline")
@@ -396,7 +400,7 @@ def test_a_job_page_shows_the_analysis_links_nodes_and_compares(site, admin):
     assert status == 200 and headers["x-para-cache"] == "hit"
     assert HOSTILE not in body.decode()  # escaped everywhere, in the HTML and in the JSON
     # its node
-    drv.find_element(By.CSS_SELECTOR, "a.node-link").click()
+    navigate(drv, drv.find_element(By.CSS_SELECTOR, "a.node-link").click)
     wait(drv, lambda d: d.find_elements(By.ID, "node-name"), what="the node page")
     assert drv.find_element(By.ID, "node-name").text == "webnode"
     _plots_drawn(drv, "[data-timeline]", at_least=3)
@@ -408,7 +412,7 @@ def test_a_job_page_shows_the_analysis_links_nodes_and_compares(site, admin):
         o.get_attribute("value") for o in drv.find_elements(By.CSS_SELECTOR, "#compare-with option")
     ]
     assert opts == ["903"]  # same name: the same application; bob's and carol's are others
-    drv.find_element(By.ID, "compare-go").click()
+    navigate(drv, drv.find_element(By.ID, "compare-go").click)
     wait(drv, lambda d: d.find_elements(By.ID, "verdict"), timeout=180, what="the comparison")
     assert "B " in drv.find_element(By.ID, "verdict").text
     assert console_errors(drv) == []
@@ -426,8 +430,7 @@ def test_the_alert_history_shows_evidence_and_filters(site, admin):
     text = rows[0].find_element(By.TAG_NAME, "details").text
     assert "job.cpu_cores" in text
     Select(drv.find_element(By.ID, "f-event")).select_by_value("firing")
-    drv.find_element(By.ID, "apply").click()
-    wait(drv, lambda d: "event=firing" in d.current_url, what="filtered")
+    navigate(drv, drv.find_element(By.ID, "apply").click, "event=firing")
     events = {
         e.text for e in drv.find_elements(By.CSS_SELECTOR, "#alerts-table tbody td:nth-child(2)")
     }

@@ -77,6 +77,25 @@ def wait(drv: Any, cond: Any, timeout: float = 90.0, what: str = "") -> Any:
     return WebDriverWait(drv, timeout, poll_frequency=0.1).until(cond, message=what)
 
 
+def navigate(drv: Any, action: Any, url_has: str | None = None, timeout: float = 180.0) -> None:
+    """Do `action` (a click or submit that loads a page) and wait until the new page has
+    loaded: the old document gone, the new one complete (and its URL containing `url_has`)."""
+    from selenium.webdriver.support import expected_conditions as ec
+
+    old = drv.find_element("tag name", "html")
+    action()
+    wait(drv, ec.staleness_of(old), timeout, "the page to go")
+    wait(
+        drv,
+        lambda d: (
+            d.execute_script("return document.readyState") == "complete"
+            and (url_has is None or url_has in d.current_url)
+        ),
+        timeout,
+        f"the page {url_has or ''}",
+    )
+
+
 def drawn(png: bytes) -> dict[str, float]:
     """How much of a screenshot is drawn: the share of pixels that are not background
     (near-white), of those that are coloured (not grey: plot data, not axes and text), and

@@ -552,6 +552,10 @@ async def job_page(portal: Portal, request: Request, viewer: Viewer) -> Response
     headers = portal._headers(REPORT_CSP)
     headers["X-Para-Cache"] = "hit" if cached else "miss"
     headers["X-Para-Render-Seconds"] = f"{rendered.seconds:.3f}"
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body = await run_in_threadpool(rendered.gzipped)
+        headers.update({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+        return Response(body, media_type="text/html; charset=utf-8", headers=headers)
     return HTMLResponse(rendered.html, headers=headers)
 
 

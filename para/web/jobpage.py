@@ -25,6 +25,15 @@ class Rendered:
     html: str
     seconds: float  # how long it took to render
     made: float  # when
+    _gz: bytes | None = None
+
+    def gzipped(self) -> bytes:
+        """The page compressed once (a 128-node job's page is megabytes of JSON)."""
+        if self._gz is None:
+            import gzip
+
+            self._gz = gzip.compress(self.html.encode(), 6)
+        return self._gz
 
 
 class PageCache:
