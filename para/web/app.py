@@ -591,6 +591,9 @@ def _range(portal: Portal, request: Request, host: dict[str, Any]) -> tuple[floa
     t1 = parse_time(qp.get("to"), what="to") or last
     t0 = parse_time(qp.get("from"), what="from") if not preset else t1 - RANGES[preset]
     assert t0 is not None
+    if not (qp.get("range") or qp.get("from")) and host.get("first_seen"):
+        # the default: no more than the node's data (at least a minute)
+        t0 = min(max(t0, host["first_seen"] / 1000), t1 - 60)
     if t1 <= t0:
         raise BadRequest("the range ends before it starts", hint="from must be before to")
     limit = portal.opts.max_range_days * 86400
