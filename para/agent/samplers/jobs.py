@@ -137,7 +137,8 @@ class JobSampler(ProcessSampler):
         # children time (cutime, cstime) last seen, and what an ended member's parent still
         # owes: its rows counted (utime, stime) that come again in the parent's children time
         self._kids: dict[int, tuple[int, int]] = {}
-        self._owed: dict[int, list[Any]] = {}  # parent pid -> [job id, utime, stime]
+        # parent pid -> [[job id, child pid, utime, stime, zombie], ...]
+        self._owed: dict[int, list[list[Any]]] = {}
         self._ending: list[int] = []
         # slurmstepd of each job: pid -> (job id, start ticks); followed for its children time
         self.reapers: dict[int, tuple[str, int]] = {}
@@ -586,9 +587,10 @@ class JobSampler(ProcessSampler):
             for k in range(len(_COUNTERS)):
                 job.ended[k] += last[k]
             if parent is not None and parent in gains:
-                owed = self._owed.setdefault(parent, [job_id, 0, 0])
-                owed[1] += last[0]
-                owed[2] += last[1]
+                # its parent was read this sample: its children time gains this process's
+                # final values when it reaps it; a zombie is not reaped yet
+                zombie = pid in gains and self._zombie(pid)
+                self._owed.setdefault(parent, []).append([job_id, pid, last[0], last[1], zombie])
         for pid, (gu, gs) in gains.items():
             if pid in self._owed:
                 self._repay(pid, gu, gs)
@@ -606,7 +608,7 @@ class JobSampler(ProcessSampler):
                 if t_ms - job.empty_since_ms >= self.end_after_ms:
                     self._job_ended(t_ms, job, out)
                     continue
-                if not job.reapers:
+                if acc is None and not job.reapers:
                     continue  # nothing of it left to read: no more rows
             row: list[Any] = [job_id] + [None] * (JOB_WIDTH - 1)
             row[J_SCHEDULER] = job.ref.scheduler
@@ -629,17 +631,28 @@ class JobSampler(ProcessSampler):
             rows.append(row)
             self.rows_by_job[job_id] = row
 
+    def _zombie(self, pid: int) -> bool:
+        return self.files.exists(f"proc/{pid}")
+
     def _repay(self, pid: int, gu: int, gs: int) -> None:
-        """The children time `pid` gained holds, first, what its ended children counted in
-        their own rows: take that back from the job's ended sums."""
-        owed = self._owed[pid]
-        job = self.jobs.get(owed[0])
-        for k, gain in ((0, gu), (1, gs)):
-            took = max(0, min(owed[1 + k], gain))
-            owed[1 + k] -= took
-            if job is not None:
-                job.ended[k] -= took
-        if owed[1] <= 0 and owed[2] <= 0:
+        """The children time `pid` gained holds the final values of the children it reaped:
+        take what their own rows counted back from the job's ended sums, child by child, for
+        the children gone from /proc (a zombie is repaid once its parent has reaped it)."""
+        entries = self._owed[pid]
+        left = [gu, gs]
+        for e in entries:
+            if e[4] and self._zombie(e[1]):
+                continue  # not reaped yet
+            e[4] = False
+            job = self.jobs.get(e[0])
+            for k in (0, 1):
+                took = max(0, min(e[2 + k], left[k]))
+                e[2 + k] -= took
+                left[k] -= took
+                if job is not None:
+                    job.ended[k] -= took
+        entries[:] = [e for e in entries if e[2] > 0 or e[3] > 0]
+        if not entries:
             del self._owed[pid]
 
     def _job_ended(self, t_ms: int, job: Job, out: Rows) -> None:
