@@ -22,7 +22,10 @@ from para.agent.samplers.jobs import JobSampler
 from para.formats.schema import TABLES
 
 # the 28 fields of /proc/PID/stat after rss, as a real line has them (processor is field 39)
-_TAIL = "18446744073709551615 1 1 0 0 0 0 65536 3686404 1266761467 0 0 0 17 {cpu} 0 0 0 0 0 0 0 0 0 0 0 0 0"
+_TAIL = (
+    "18446744073709551615 1 1 0 0 0 0 65536 3686404 1266761467 0 0 0 17 {cpu} "
+    "0 0 0 0 0 0 0 0 0 0 0 0 0"
+)
 BTIME = 1_700_000_000
 
 
@@ -53,14 +56,39 @@ class FakeNode:
     def _loadavg(self) -> None:
         (self.proc / "loadavg").write_text(f"1.00 1.00 1.00 2/100 {self.last_pid}\n")
 
-    def add(self, pid: int, comm: str, ppid: int, *, uid: int = 0, utime: int = 0,
-            stime: int = 0, cutime: int = 0, cstime: int = 0, start: int = 8_000_000,
-            rss: int = 1000, threads: int = 1, cpus: str = "0-1", cgroup: str = "0::/\n",
-            env: dict[str, str] | None = None, cmdline: list[str] | None = None) -> None:  # fmt: skip
+    def add(
+        self,
+        pid: int,
+        comm: str,
+        ppid: int,
+        *,
+        uid: int = 0,
+        utime: int = 0,
+        stime: int = 0,
+        cutime: int = 0,
+        cstime: int = 0,
+        start: int = 8_000_000,
+        rss: int = 1000,
+        threads: int = 1,
+        cpus: str = "0-1",
+        cgroup: str = "0::/\n",
+        env: dict[str, str] | None = None,
+        cmdline: list[str] | None = None,
+    ) -> None:
         d = self.proc / str(pid)
         d.mkdir()
-        self.procs[pid] = dict(comm=comm, ppid=ppid, utime=utime, stime=stime, cutime=cutime,
-                               cstime=cstime, start=start, rss=rss, threads=threads, state="S")  # fmt: skip
+        self.procs[pid] = dict(
+            comm=comm,
+            ppid=ppid,
+            utime=utime,
+            stime=stime,
+            cutime=cutime,
+            cstime=cstime,
+            start=start,
+            rss=rss,
+            threads=threads,
+            state="S",
+        )
         self._stat(pid)
         (d / "status").write_text(
             f"Name:\t{comm}\nState:\tS (sleeping)\nPid:\t{pid}\nPPid:\t{ppid}\n"
@@ -150,20 +178,62 @@ def slurm_v1_job(node: FakeNode, *, cpuacct: bool = False) -> None:
     node.cgfile(f"cpuset{V1_JOB}/cpuset.cpus", "0\n")
     if cpuacct:
         node.cgfile(f"cpuacct{V1_JOB}/cpuacct.usage", "31000000000\n")
-    stepd = (f"6:freezer:{V1_JOB}\n4:memory:{V1_JOB}/step_batch\n3:cpuset:{V1_JOB}/step_batch\n"
-             "2:cpuacct:/\n1:cpu:/\n")  # fmt: skip
-    task = (f"6:freezer:{V1_JOB}/step_batch\n4:memory:{V1_JOB}/step_batch/task_0\n"
-            f"3:cpuset:{V1_JOB}/step_batch\n"
-            + (f"2:cpuacct:{V1_JOB}/step_batch/task_0\n" if cpuacct else "2:cpuacct:/\n")
-            + "1:cpu:/\n")  # fmt: skip
-    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "busy", "SLURM_JOB_PARTITION": "debug",
-           "SLURM_JOB_USER": "mallory", "SLURM_CPUS_ON_NODE": "1", "SLURM_JOB_NUM_NODES": "1"}  # fmt: skip
-    node.add(50, "slurmstepd", 1, uid=0, utime=40, stime=30, rss=10_000, threads=7,
-             cgroup=stepd, start=8_000_000)  # fmt: skip
-    node.add(51, "slurm_script", 50, uid=2001, utime=1, stime=1, rss=800, cgroup=task,
-             env=env, start=8_000_010, cpus="0")  # fmt: skip
-    node.add(52, "python3", 51, uid=2001, utime=3000, stime=10, rss=3000, cgroup=task,
-             env=env, start=8_000_020, cpus="0")  # fmt: skip
+    stepd = (
+        f"6:freezer:{V1_JOB}\n4:memory:{V1_JOB}/step_batch\n3:cpuset:{V1_JOB}/step_batch\n"
+        "2:cpuacct:/\n1:cpu:/\n"
+    )
+    task = (
+        f"6:freezer:{V1_JOB}/step_batch\n4:memory:{V1_JOB}/step_batch/task_0\n"
+        f"3:cpuset:{V1_JOB}/step_batch\n"
+        + (f"2:cpuacct:{V1_JOB}/step_batch/task_0\n" if cpuacct else "2:cpuacct:/\n")
+        + "1:cpu:/\n"
+    )
+    env = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_JOB_NAME": "busy",
+        "SLURM_JOB_PARTITION": "debug",
+        "SLURM_JOB_USER": "mallory",
+        "SLURM_CPUS_ON_NODE": "1",
+        "SLURM_JOB_NUM_NODES": "1",
+    }
+    node.add(
+        50,
+        "slurmstepd",
+        1,
+        uid=0,
+        utime=40,
+        stime=30,
+        rss=10_000,
+        threads=7,
+        cgroup=stepd,
+        start=8_000_000,
+    )
+    node.add(
+        51,
+        "slurm_script",
+        50,
+        uid=2001,
+        utime=1,
+        stime=1,
+        rss=800,
+        cgroup=task,
+        env=env,
+        start=8_000_010,
+        cpus="0",
+    )
+    node.add(
+        52,
+        "python3",
+        51,
+        uid=2001,
+        utime=3000,
+        stime=10,
+        rss=3000,
+        cgroup=task,
+        env=env,
+        start=8_000_020,
+        cpus="0",
+    )
 
 
 def test_slurmstepd_is_no_job_process_and_the_owner_comes_from_the_cgroup(node):
@@ -253,8 +323,9 @@ def test_where_the_cgroup_accounts_cpu_the_job_end_says_so(node):
     s = sampler(node, end_after_s=0)
     out: dict = {}
     s.sample(1000, out)
-    assert "unavailable" not in events(out, "job_start")[0][2] or "cpu" not in (
-        events(out, "job_start")[0][2]["unavailable"]
+    assert (
+        "unavailable" not in events(out, "job_start")[0][2]
+        or "cpu" not in (events(out, "job_start")[0][2]["unavailable"])
     )
     assert job_row(out, "7")["cg_cpu_ns"] == 31_000_000_000  # type: ignore[index]
     for pid in (52, 51, 50):
@@ -351,8 +422,9 @@ def test_a_cgroup_quota_caps_the_cpus(node):
     (node.cg / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
     node.cgfile(f"{job}/cpuset.cpus.effective", "0-7\n")
     node.cgfile(f"{job}/cpu.max", "150000 100000\n")
-    node.add(700, "app", 1, uid=2001, cpus="0-7", cgroup=f"0::/{job}/step_0/user/task_0\n",
-             start=100)  # fmt: skip
+    node.add(
+        700, "app", 1, uid=2001, cpus="0-7", cgroup=f"0::/{job}/step_0/user/task_0\n", start=100
+    )
     s = sampler(node)
     s.sample(1000, out := {})
     assert job_row(out, "31")["cpus"] == 2  # type: ignore[index]

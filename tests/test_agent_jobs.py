@@ -191,8 +191,10 @@ def test_layout_finds_both_versions():
     assert v1.unified is None and v1.v1_dir("memory") == "memory"
     f1 = v1.files(JobRef("torque", "1182724.batch", None, (("memory", "/torque/1182724.batch"),)))
     # a job whose processes are in no cpuacct cgroup: no path is guessed, and the reason said
-    assert f1 is not None and f1.cpu is None and f1.mem == "memory/torque/1182724.batch/" + (
-        "memory.usage_in_bytes"
+    assert (
+        f1 is not None
+        and f1.cpu is None
+        and f1.mem == "memory/torque/1182724.batch/" + ("memory.usage_in_bytes")
     )
     assert f1.missing["cpu"] == "the job has no cpuacct cgroup (its processes are in memory only)"
     assert v1.files(JobRef("slurm", "1", None, ())) is None
@@ -218,8 +220,9 @@ def test_slurm_cgroup_v2_node(tmp_path):
         "cpus": 1,  # cpuset.cpus.effective of job_4 is "0"
         "cgroup": "/system.slice/slurmstepd.scope/job_4",
         "already_running": True,  # there at the sampler's first look
-        "unavailable": {"io": f"{root}/sys/fs/cgroup/system.slice/slurmstepd.scope/job_4/io.stat"
-                        " does not exist"},
+        "unavailable": {
+            "io": f"{root}/sys/fs/cgroup/system.slice/slurmstepd.scope/job_4/io.stat does not exist"
+        },
     }
     # only the job's task has a proc row; slurmstepd and the login shell are not the job's
     assert [(r[0], r[-2], r[-1]) for r in out["proc"]] == [(49276, "4", "0")]

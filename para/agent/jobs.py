@@ -424,8 +424,11 @@ class CgroupLayout:
                 missing.setdefault(kind, f"no {ctrl} cgroup hierarchy under {self.root}")
                 return None
             if ctrl not in by_ctrl:
-                missing.setdefault(kind, f"the job has no {ctrl} cgroup (its processes are in "
-                                         f"{', '.join(sorted(c for c in by_ctrl if c))} only)")
+                missing.setdefault(
+                    kind,
+                    f"the job has no {ctrl} cgroup (its processes are in "
+                    f"{', '.join(sorted(c for c in by_ctrl if c))} only)",
+                )
                 return None
             return f"{_join(d, by_ctrl[ctrl])}/{name}"
 

@@ -51,7 +51,7 @@ def read_pids(fds: list[tuple[int, int, int]], page_size: int) -> list[ProcRow |
                 rchar, wchar, rbytes, wbytes = parse_pid_io(_pread(io_fd))
             except (OSError, ValueError):
                 pass
-        _, comm, state, ppid, minflt, majflt, utime, stime, threads, start, vsize, rss, cpu = st[:13]
+        comm, state, ppid, minflt, majflt, utime, stime, threads, start, vsize, rss, cpu = st[1:13]
         cu, cs = st[13:15]
         out.append(
             (
