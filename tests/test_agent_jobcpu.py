@@ -332,7 +332,7 @@ def test_where_the_cgroup_accounts_cpu_the_job_end_says_so(node):
         node.reap(pid)
     s.sample(2000, out := {})
     ((_, _, end),) = events(out, "job_end")
-    assert end["cpu_from"] == "cgroup" and end["cpu_s"] == 31.0
+    assert end["cpu_from"] == "cgroup" and end["cpu_s"] == end["cg_cpu_s"] == 31.0
     assert end["processes_cpu_s"] == pytest.approx(3012 / s.clk_tck)
 
 
@@ -444,3 +444,33 @@ def test_the_name_follows_exec(node):
     assert detail["cmdline"] == ["python3.11", "train.py"] and detail["job"] == "41"
     s.sample(3000, out := {})
     assert not events(out, "process_exec")
+
+
+def test_a_script_and_its_child_ending_in_one_interval(node):
+    """The real busy job: python and the batch script end between two samples; slurmstepd's
+    children time then holds both (the script's includes python's), and python's last row
+    must not count a second time (it did: 7.96 s against 3.98 s)."""
+    slurm_v1_job(node)
+    s = sampler(node)
+    s.sample(1000, {})
+    node.reap(52)
+    node.reap(51)
+    node.set(50, cutime=2 + 3100, cstime=11)  # 90 more ticks of python's after its last row
+    s.sample(2000, out := {})
+    assert cpu(out, "7") == 3102 + 11
+    s.sample(3000, out := {})
+    assert cpu(out, "7") == 3113
+
+
+def test_a_zombie_script_then_reaped(node):
+    slurm_v1_job(node)
+    s = sampler(node)
+    s.sample(1000, {})
+    node.reap(52)
+    node.set(51, state="Z", cutime=3050, cstime=10)  # reaped python, then exited
+    s.sample(2000, out := {})
+    assert cpu(out, "7") == 2 + 3060
+    node.reap(51)
+    node.set(50, cutime=1 + 3050, cstime=1 + 10)  # the script's final own and children time
+    s.sample(3000, out := {})
+    assert cpu(out, "7") == 3062

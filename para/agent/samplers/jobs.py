@@ -143,6 +143,7 @@ class JobSampler(ProcessSampler):
         # slurmstepd of each job: pid -> (job id, start ticks); followed for its children time
         self.reapers: dict[int, tuple[str, int]] = {}
         self._comm: dict[int, str] = {}
+        self._starts: dict[int, int] = {}  # start ticks of members and reapers
         self.rows_by_job: dict[str, list[Any]] = {}
         self.clk_tck = os.sysconf("SC_CLK_TCK")
         self._known = set(known_jobs or ())
@@ -242,6 +243,7 @@ class JobSampler(ProcessSampler):
             self.members[pid] = start
             self.refs[pid] = ref
             self._comm[pid] = st[1]
+            self._starts[pid] = start
             self.seen_total += 1
             if ref is not None:
                 self._joined(t_ms, ref, pid, start, out)
@@ -271,6 +273,7 @@ class JobSampler(ProcessSampler):
         except OSError:
             return
         self.reapers[pid] = (job_id, start)
+        self._starts[pid] = start
         self._fds[pid] = (fd, -1, -1)
         job = self.jobs.get(job_id)
         if job is not None:
@@ -563,9 +566,24 @@ class JobSampler(ProcessSampler):
                 sums[k] += counts[k]
         # the processes that ended: their last values move to their job's account, and their
         # parent, read this sample, owes them back when its children time shows them
-        for pid in self._ending:
+        ending = set(self._ending)
+
+        def holder(pid: int) -> int | None:
+            """Whose children time will hold the final values of `pid`: its parent if read
+            this sample, else (the parent ended too, having reaped it, or it was re-parented
+            to the subreaper) the nearest ancestor read this sample."""
+            p = self._ppid.get(pid)
+            for _ in range(64):
+                if p is None or p in gains or p not in ending:
+                    break
+                p = self._ppid.get(p)
+            return p if p is not None and p in gains else None
+
+        holders = {pid: holder(pid) for pid in ending}
+        # children first, so that what an ended parent still owes moves up once, complete
+        order = sorted(ending, key=lambda p: -self._starts.get(p, 0))
+        for pid in order:
             last = self._last.pop(pid, None)
-            parent = self._ppid.pop(pid, None)
             reaper = self.reapers.pop(pid, None)
             ref = self.refs.pop(pid, None)
             job_id = reaper[0] if reaper is not None else (ref.job_id if ref else None)
@@ -586,17 +604,32 @@ class JobSampler(ProcessSampler):
                     acc[3][k] -= last[k]
             for k in range(len(_COUNTERS)):
                 job.ended[k] += last[k]
-            if parent is not None and parent in gains:
-                # its parent was read this sample: its children time gains this process's
-                # final values when it reaps it; a zombie is not reaped yet
+            to = holders[pid]
+            if to is not None:
+                # that process's children time gains this one's final values when it reaps
+                # it; a zombie is not reaped yet
                 zombie = pid in gains and self._zombie(pid)
-                self._owed.setdefault(parent, []).append([job_id, pid, last[0], last[1], zombie])
+                self._owed.setdefault(to, []).append([job_id, pid, last[0], last[1], zombie])
+        # an ended zombie repays from its own final children time first; what an ended
+        # process still owes then moves to whoever holds its final values (they include
+        # the children it reaped after its last sample)
+        for pid in order:
+            if pid in gains and pid in self._owed:
+                self._repay(pid, *gains[pid])
+            entries = self._owed.pop(pid, None)
+            to = holders[pid]
+            if entries and to is not None:
+                zombie = pid in gains and self._zombie(pid)
+                for e in entries:
+                    e[1], e[4] = pid, zombie
+                self._owed.setdefault(to, []).extend(entries)
         for pid, (gu, gs) in gains.items():
-            if pid in self._owed:
+            if pid in self._owed and pid not in ending:
                 self._repay(pid, gu, gs)
-        for pid in self._ending:
+        for pid in ending:
             self._kids.pop(pid, None)
-            self._owed.pop(pid, None)
+            self._ppid.pop(pid, None)
+            self._starts.pop(pid, None)
         self._ending = []
         rows = out.setdefault("job", [])
         self.rows_by_job = {}
@@ -683,13 +716,20 @@ class JobSampler(ProcessSampler):
             "processes": job.ended_procs,
             "max_rss_bytes": job.max_rss,
         }
-        if job.cg_cpu_ns is not None and "cpu" not in job.unavailable:
-            detail["cpu_s"] = round(job.cg_cpu_ns / 1e9, 2)
-            detail["cpu_from"] = "cgroup"
+        # Both are lower bounds: slurmstepd removes the job's cgroup a moment after its last
+        # task ends, so the cgroup's last reading can miss the end, while the processes'
+        # figure has the tasks' final CPU through their parent's children time.
+        cg_cpu = round(job.cg_cpu_ns / 1e9, 2) if job.cg_cpu_ns is not None else None
+        if cg_cpu is not None:
+            detail["cg_cpu_s"] = cg_cpu
+        if proc_cpu is not None:
             detail["processes_cpu_s"] = proc_cpu
-        elif proc_cpu is not None:
-            detail["cpu_s"] = proc_cpu
-            detail["cpu_from"] = "processes"
+        best = max(
+            ((v, k) for v, k in ((cg_cpu, "cgroup"), (proc_cpu, "processes")) if v is not None),
+            default=None,
+        )
+        if best is not None:
+            detail["cpu_s"], detail["cpu_from"] = best
         # who and what, again: a job's first process may not have said its name
         detail.update({k: v for k, v in job.facts.items() if k in _END_FACTS})
         if job.cpus is not None:
