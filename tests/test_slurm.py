@@ -23,6 +23,7 @@ import pytest
 from para.formats import ParaFile
 
 from .slurm_support import TEST_USER, Slurm, ensure_test_user
+from .conftest import run_para
 from .test_agent_e2e import AgentRun
 
 pytestmark = pytest.mark.slow
@@ -225,3 +226,27 @@ def test_the_accounting_the_job_cgroups_lack_is_said(recorded):
     else:
         assert "no job cgroup" in start["unavailable"]["cpu"]
         assert end["cpu_from"] == "processes"
+
+
+def test_report_on_the_agent_segments_is_per_job(recorded):
+    """Issue 10 item 10: `para report` on a segment with several jobs mixed them in one "What
+    limits this job"; each job is reported on its own, with its id."""
+    segs = [str(p) for p in recorded.segments]
+    busy, kids = recorded.ids["busy"], recorded.ids["kids"]
+    r = run_para("report", *segs, "--job", busy, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["job"]
+    assert doc["identity"]["job_id"] == busy and doc["identity"]["name"] == "busy"
+    # the analysis sees the job's own processes only: its CPU is the job's
+    truth = cpu_seconds(recorded.outputs["busy"])
+    used = doc["summary"]["cores_mean"] * doc["duration_s"]
+    assert used == pytest.approx(truth, rel=0.15), doc["summary"]
+    r = run_para("report", *segs)
+    assert r.returncode == 0, r.stderr
+    for job_id in (busy, kids):
+        assert f"=== job {job_id} " in r.stdout
+        assert f"slurm job {job_id} ({'busy' if job_id == busy else 'kids'})" in r.stdout
+    r = run_para("report", *segs, "--json")
+    assert r.returncode != 0 and "--job ID" in r.stderr
+    r = run_para("report", *segs, "--job", "no-such-job")
+    assert r.returncode != 0 and busy in r.stderr
