@@ -47,6 +47,7 @@ class FakeNode:
         self.cg.mkdir(parents=True)
         (self.proc / "self").mkdir()
         (self.proc / "self/cgroup").write_text("0::/\n")
+        (self.proc / "self/stat").write_text("1 (init) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0")
         (self.proc / "stat").write_text(f"cpu  1 2 3 4 5 6 7 0 0 0\nbtime {BTIME}\n")
         (self.proc / "uptime").write_text("90000.00 100000.00\n")
         self.last_pid = 1
@@ -474,3 +475,16 @@ def test_a_zombie_script_then_reaped(node):
     node.set(50, cutime=1 + 3050, cstime=1 + 10)  # the script's final own and children time
     s.sample(3000, out := {})
     assert cpu(out, "7") == 3062
+
+
+def test_a_profiled_process_name_follows_exec_too(node):
+    from para.agent.samplers.process import ProcessSampler
+
+    node.add(900, "bash", 1, start=100, cmdline=["bash", "/pyenv/shims/python"])
+    s = ProcessSampler(ProcFiles(node.root), roots=lambda: {900})
+    s.open()
+    s.sample(1000, out := {})
+    node.exec(900, "python3.11", ["python3.11", "-c", "pass"])
+    s.sample(2000, out := {})
+    ((name, pid, detail),) = events(out, "process_exec")
+    assert (name, pid, detail["cmdline"]) == ("python3.11", 900, ["python3.11", "-c", "pass"])

@@ -316,7 +316,7 @@ def _processes(run: Run, t0_ms: int) -> tuple[list[dict[str, Any]], int]:
     if run.has("events"):
         for t, kind, pid, name, detail in run.query(
             "SELECT epoch_ms(t), kind, pid, name, detail FROM events "
-            "WHERE kind IN ('process_start', 'process_end') AND pid IS NOT NULL "
+            "WHERE kind IN ('process_start', 'process_end', 'process_exec') AND pid IS NOT NULL "
             "ORDER BY t, kind, pid"
         ):
             if kind == "process_end":
@@ -329,6 +329,12 @@ def _processes(run: Run, t0_ms: int) -> tuple[list[dict[str, Any]], int]:
             d = d if isinstance(d, dict) else {}
             raw = d.get("cmdline")
             cmd = [str(a) for a in raw] if isinstance(raw, list) else []
+            if kind == "process_exec":
+                # it ran another program: the name and command line follow, the start stays
+                if int(pid) in starts:
+                    st0 = starts[int(pid)]
+                    starts[int(pid)] = (st0[0], str(name or ""), cmd or st0[2], st0[3])
+                continue
             ppid = d.get("ppid")
             starts.setdefault(
                 int(pid), (int(t), str(name or ""), cmd, ppid if isinstance(ppid, int) else None)

@@ -142,7 +142,6 @@ class JobSampler(ProcessSampler):
         self._ending: list[int] = []
         # slurmstepd of each job: pid -> (job id, start ticks); followed for its children time
         self.reapers: dict[int, tuple[str, int]] = {}
-        self._comm: dict[int, str] = {}
         self._starts: dict[int, int] = {}  # start ticks of members and reapers
         self.rows_by_job: dict[str, list[Any]] = {}
         self.clk_tck = os.sysconf("SC_CLK_TCK")
@@ -242,7 +241,7 @@ class JobSampler(ProcessSampler):
             self.outsiders.discard(pid)
             self.members[pid] = start
             self.refs[pid] = ref
-            self._comm[pid] = st[1]
+            self.names[pid] = st[1]
             self._starts[pid] = start
             self.seen_total += 1
             if ref is not None:
@@ -467,7 +466,7 @@ class JobSampler(ProcessSampler):
                 self._ended(t_ms, pid, out)
                 continue
             ref = self.refs.get(pid)
-            if r[19] != self._comm.get(pid):
+            if r[19] != self.names.get(pid):
                 self._exec(t_ms, pid, r[19], ref, out)
             rows.append([pid, *r[:18], ref.job_id if ref else None, ref.step if ref else None])
             if r[1] == "Z":
@@ -481,7 +480,7 @@ class JobSampler(ProcessSampler):
     def _exec(self, t_ms: int, pid: int, comm: str, ref: JobRef | None, out: Rows) -> None:
         """The process ran another program (a shell's exec, a pyenv shim's python): its name
         follows (process_exec carries the new name and command line)."""
-        self._comm[pid] = comm
+        self.names[pid] = comm
         out.setdefault("events", []).append(
             event(
                 t_ms,
@@ -514,7 +513,6 @@ class JobSampler(ProcessSampler):
     def _ended(self, t_ms: int, pid: int, out: Rows) -> None:
         super()._ended(t_ms, pid, out)
         self._close_fds(pid)
-        self._comm.pop(pid, None)
         self._ending.append(pid)
 
     def _account(
