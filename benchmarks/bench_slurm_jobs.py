@@ -35,7 +35,9 @@ SIX["pair"] = (
     None,
 )
 SIX["short"] = (
-    "#!/bin/bash\n" + START + "for i in $(seq 300); do sha256sum /usr/bin/bash > /dev/null; done\n"
+    "#!/bin/bash\n"
+    + START
+    + "for i in $(seq 300); do sha256sum /usr/bin/bash > /dev/null; done\n"
     + END,
     ("-n1",),
     None,

@@ -47,7 +47,7 @@ class FakeNode:
         self.cg.mkdir(parents=True)
         (self.proc / "self").mkdir()
         (self.proc / "self/cgroup").write_text("0::/\n")
-        (self.proc / "self/stat").write_text("1 (init) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0")
+        (self.proc / "self/stat").write_text("1 (init) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1")
         (self.proc / "stat").write_text(f"cpu  1 2 3 4 5 6 7 0 0 0\nbtime {BTIME}\n")
         (self.proc / "uptime").write_text("90000.00 100000.00\n")
         self.last_pid = 1

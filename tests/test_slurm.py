@@ -22,22 +22,28 @@ import pytest
 
 from para.formats import ParaFile
 
-from .slurm_support import TEST_USER, Slurm, ensure_test_user
 from .conftest import run_para
+from .slurm_support import TEST_USER, Slurm, ensure_test_user
 from .test_agent_e2e import AgentRun
 
 pytestmark = pytest.mark.slow
 
 PY = "/usr/bin/python3"
 # CPU seconds, not wall seconds: the same work whatever else runs on the machine
-BUSY = PY + """ -c '
+BUSY = (
+    PY
+    + """ -c '
 import time
 while time.process_time() < {cpu}: pass'"""
-MEMORY = PY + """ -c '
+)
+MEMORY = (
+    PY
+    + """ -c '
 import time
 a = bytearray({mib} << 20)
 for i in range(0, len(a), 4096): a[i] = 1
 while time.process_time() < {cpu}: pass'"""
+)
 # the job's memory cgroup (v1: /slurm_<node>/uid_N/job_N) and its peak, as the job sees them
 CG_PEAK = r"""cg=$(sed -n 's,^[0-9]*:memory:\(.*/job_[0-9]*\).*,\1,p' /proc/self/cgroup)
 [ -n "$cg" ] && echo "CGPEAK $(cat /sys/fs/cgroup/memory$cg/memory.max_usage_in_bytes)"

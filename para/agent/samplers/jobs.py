@@ -595,11 +595,11 @@ class JobSampler(ProcessSampler):
                 job.ended_procs += 1
             if last is None:
                 continue
-            acc = live.get(job_id)  # type: ignore[arg-type]
-            if acc is not None and pid in gains:
+            ended_acc = live.get(job_id)  # type: ignore[arg-type]
+            if ended_acc is not None and pid in gains:
                 # its final row was summed as live above: count it once, as ended
                 for k in range(len(_COUNTERS)):
-                    acc[3][k] -= last[k]
+                    ended_acc[3][k] -= last[k]
             for k in range(len(_COUNTERS)):
                 job.ended[k] += last[k]
             to = holders[pid]
@@ -632,14 +632,14 @@ class JobSampler(ProcessSampler):
         rows = out.setdefault("job", [])
         self.rows_by_job = {}
         for job_id, job in list(self.jobs.items()):
-            acc = live.get(job_id)
+            job_acc = live.get(job_id)
             if not job.pids:
                 if job.empty_since_ms is None:
                     job.empty_since_ms = t_ms
                 if t_ms - job.empty_since_ms >= self.end_after_ms:
                     self._job_ended(t_ms, job, out)
                     continue
-                if acc is None and not job.reapers:
+                if job_acc is None and not job.reapers:
                     continue  # nothing of it left to read: no more rows
             row: list[Any] = [job_id] + [None] * (JOB_WIDTH - 1)
             row[J_SCHEDULER] = job.ref.scheduler
@@ -647,7 +647,7 @@ class JobSampler(ProcessSampler):
             if self.mode == "none":
                 row[J_PROCS] = len(job.pids)
             else:
-                procs, threads, rss, sums = acc if acc is not None else (0, 0, 0, None)
+                procs, threads, rss, sums = job_acc if job_acc is not None else (0, 0, 0, None)
                 row[J_PROCS] = procs
                 row[J_THREADS] = threads
                 row[J_RSS] = rss
