@@ -105,6 +105,7 @@ class Recorded:
     ends: dict[str, dict[str, Any]] = field(default_factory=dict)
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     names: dict[str, set[str]] = field(default_factory=dict)  # job -> process names seen
+    samples: list[float] = field(default_factory=list)  # the agent's sampling instants
 
 
 def _wait_agent_done(agent: AgentRun, ids: set[str], timeout: float = 60.0) -> None:
@@ -145,6 +146,7 @@ def recorded(slurm: Slurm, tmp_path_factory: pytest.TempPathFactory) -> Recorded
                     rec.ends[e["name"]] = d
                 elif e["kind"] in ("process_start", "process_exec") and d.get("job") in mine:
                     rec.names.setdefault(d["job"], set()).add(e["name"])
+            rec.samples += [t.timestamp() for t in pf.read_table("node", ["t"])["t"].to_pylist()]
             for r in pf.read_table("job").to_pylist():
                 if r["job"] in mine:
                     rec.rows.setdefault(r["job"], []).append(r)
@@ -197,13 +199,18 @@ def test_job_start_and_end_within_a_second(recorded, name):
     began, ended = _value(out, "START"), _value(out, "END")
     assert began is not None and ended is not None, out
     assert abs(end["start"] - began) <= 1.0
-    assert abs(end["end"] - ended) <= 1.0
+    # its end is the last sample that saw it running: within 1 s at the agent's 0.5 s, or
+    # within the gap to the next sample where a loaded machine delayed that one
+    after = [t for t in sorted(recorded.samples) if t > end["end"] + 1e-3]
+    gap = (after[0] - end["end"]) if after else 1.0
+    assert -0.1 <= ended - end["end"] <= max(1.0, gap + 0.1), (ended, end["end"], gap)
     assert end["duration_s"] == pytest.approx(ended - began, abs=1.0)
-    # scontrol's times are whole seconds, and its start is before the script's
+    # scontrol's times are whole seconds, taken when slurmctld launched the job and heard of
+    # its end (a launch and a message away from the script's own clock)
     sc = recorded.scontrol[job_id]
     for key, ours in (("StartTime", end["start"]), ("EndTime", end["end"])):
         theirs = time.mktime(time.strptime(sc[key], "%Y-%m-%dT%H:%M:%S"))
-        assert abs(ours - theirs) <= 2.0, (key, sc[key], ours)
+        assert abs(ours - theirs) <= 3.0, (key, sc[key], ours)
 
 
 def test_peak_memory_against_the_cgroup(recorded):
