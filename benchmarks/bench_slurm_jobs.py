@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -93,6 +94,7 @@ def main() -> int:
               f"{TEST_USER}")  # fmt: skip
     finally:
         slurm.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
