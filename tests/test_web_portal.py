@@ -51,18 +51,22 @@ for = "1s"
 clear_for = "2s"
 severity = "critical"
 """
-# a job: one core busy until told to stop (the alert is in the database), then waiting
+# a job: one core busy until its stdin says stop (the alert is in the database), then waiting
 BUSY_JOB = (
-    "import os, sys, time\nt = time.time()\n"
-    "while not os.path.exists(sys.argv[1]) and time.time() - t < 300: pass\n"
+    "import select, sys, time\nt = time.time()\n"
+    "while not select.select([sys.stdin], [], [], 0)[0] and time.time() - t < 300: pass\n"
     "time.sleep(600)"
 )
 IDLE_JOB = "import time\ntime.sleep(600)"
-JOBS = {  # job id: (user, account, partition, name)
-    "901": ("alice", "physics", "gpu", HOSTILE),
-    "902": ("bob", "chem", "cpu", "bob-sim"),
-    "903": ("alice", "physics", "gpu", HOSTILE),
-    "904": ("carol", "physics", "cpu", "carol-run"),
+# job id: (user, account, partition, name).  The agent takes a job's user from the kernel
+# (the processes' real uid), so the jobs run as three accounts every Debian system has.
+ALICE, BOB, CAROL = "daemon", "bin", "sys"
+JOB_PYTHON = "/usr/bin/python3"  # the system's (this venv's may not be readable by them)
+JOBS = {
+    "901": (ALICE, "physics", "gpu", HOSTILE),
+    "902": (BOB, "chem", "cpu", "bob-sim"),
+    "903": (ALICE, "physics", "gpu", HOSTILE),
+    "904": (CAROL, "physics", "cpu", "carol-run"),
 }
 _CLUSTER: set[int] = set()
 
@@ -100,7 +104,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("web")
     pki = make_pki(tmp / "pki", ["webnode"])
     tokens = TokenStore(pki / "web-tokens.json")
-    tok = {who: tokens.add(who, reader=True) for who in ("admin", "alice", "bob")}
+    tok = {who: tokens.add(who, reader=True) for who in ("admin", ALICE, BOB)}
     (tmp / "alerts.toml").write_text(RULES)
     (tmp / "web.toml").write_text('[web]\nadmins = ["admin"]\nrefresh_s = 1\n')
     db = tmp / "db"
@@ -163,7 +167,15 @@ live_interval = 0.5
                 SLURM_JOB_NAME=name,
             )
             code = BUSY_JOB if job_id == "901" else IDLE_JOB
-            jobs.append(subprocess.Popen([sys.executable, "-c", code, str(tmp / "stop")], env=jenv))
+            jobs.append(
+                subprocess.Popen(
+                    [JOB_PYTHON, "-c", code],
+                    env=jenv,
+                    user=user,
+                    stdin=subprocess.PIPE,
+                    cwd="/",
+                )
+            )
         _CLUSTER.update(p.pid for p in jobs)
         # the jobs in the database (a segment closed, shipped, merged, the catalogue written)
         wait_for(
@@ -178,7 +190,8 @@ live_interval = 0.5
             step=0.5,
             what="an alert in the database",
         )
-        (tmp / "stop").touch()
+        jobs[0].stdin.write(b"stop\n")  # 901 stops burning
+        jobs[0].stdin.flush()
         # and in the portal's own table of jobs (it loads each new version in the background)
         portal = Https(web_port, pki / "ca.crt")
         admin_hdr = {"Authorization": f"Bearer {tok['admin']}"}
@@ -370,8 +383,8 @@ def test_the_job_list_filters_sorts_and_pages_on_the_server(site, admin):
     users = [e.text for e in drv.find_elements(By.CSS_SELECTOR, "#jobs .c-user")]
     assert users == sorted(users)
     # a filter: bob's jobs only
-    Select(drv.find_element(By.ID, "f-user")).select_by_value("bob")
-    navigate(drv, drv.find_element(By.ID, "apply").click, "user=bob")
+    Select(drv.find_element(By.ID, "f-user")).select_by_value(BOB)
+    navigate(drv, drv.find_element(By.ID, "apply").click, f"user={BOB}")
     assert ids() == ["902"]
     # the account filter, and a page of one row at a time
     drv.get(base + "/jobs?account=physics&size=1&sort=job&dir=asc")
@@ -445,7 +458,7 @@ def test_a_user_sees_their_jobs_only_and_gets_404_on_another_users(site, tmp_pat
 
     drv = browser(tmp_path / "chrome-alice", site["pki"] / "server.crt")
     try:
-        _sign_in(drv, site, "alice")
+        _sign_in(drv, site, ALICE)
         base = f"https://127.0.0.1:{site['port']}"
         drv.get(base + "/jobs")
         ids = {
@@ -474,23 +487,25 @@ def test_a_user_sees_their_jobs_only_and_gets_404_on_another_users(site, tmp_pat
         drv.quit()
     # the same answer for a job that does not exist; the refusal is logged at the server
     h = Https(site["port"], site["pki"] / "ca.crt")
-    hdr = {"Authorization": f"Bearer {site['tokens']['alice']}"}
+    hdr = {"Authorization": f"Bearer {site['tokens'][ALICE]}"}
     assert h.get("/jobs/902", hdr)[0] == 404
     assert h.get("/jobs/99999", hdr)[0] == 404
     assert h.get("/api/alerts?job=902", hdr)[0] == 200
     status, doc = h.json("/api/alerts?job=902", hdr)
     assert doc["total"] == 0  # bob's job's alerts are not alice's either
-    status, doc = h.json("/api/jobs?user=bob", hdr)
+    status, doc = h.json(f"/api/jobs?user={BOB}", hdr)
     assert doc["total"] == 0
     log = site["col"].output()
-    assert re.search(r"denied: alice \(token, 127\.0\.0\.1\) asked for job '902' of 'bob'", log)
+    assert re.search(
+        rf"denied: {ALICE} \(token, 127\.0\.0\.1\) asked for job '902' of '{BOB}'", log
+    )
     assert "99999" not in log  # a job that does not exist is no one's
 
 
 def test_identity_from_the_proxy_header_only_from_the_trusted_address(site):
     trusted = Https(site["web2"], site["pki"] / "ca.crt")
     other = Https(site["web2"], site["pki"] / "ca.crt", source="127.0.0.2")
-    as_alice = {"X-Forwarded-User": "alice"}
+    as_alice = {"X-Forwarded-User": ALICE}
     status, doc = trusted.json("/api/jobs?sort=job&dir=asc", as_alice)
     assert status == 200
     # --share-accounts: alice's own jobs and the physics account's (carol's), not bob's
@@ -500,7 +515,7 @@ def test_identity_from_the_proxy_header_only_from_the_trusted_address(site):
     assert other.get("/api/jobs", as_alice)[0] == 401
     assert other.get("/jobs", {"X-Forwarded-User": "root"})[0] == 401
     # a name that is no user name is refused, not cleaned
-    assert trusted.get("/api/jobs", {"X-Forwarded-User": "alice<script>"})[0] == 401
+    assert trusted.get("/api/jobs", {"X-Forwarded-User": ALICE + "<script>"})[0] == 401
     log = site["web2_log"].read_text()
     assert "ignored the x-forwarded-user header from 127.0.0.2" in log
 
@@ -527,9 +542,9 @@ def test_bad_input_gets_clear_errors(site):
     for nxt, where in (
         ("//evil.example/x", "/cluster"),
         ("/\\evil.example", "/cluster"),
-        ("/jobs?user=bob", "/jobs?user=bob"),
+        (f"/jobs?user={BOB}", f"/jobs?user={BOB}"),
     ):
-        body = urlencode({"token": site["tokens"]["bob"], "next": nxt}).encode()
+        body = urlencode({"token": site["tokens"][BOB], "next": nxt}).encode()
         status, headers, _ = h.get(
             "/login", {"Content-Type": "application/x-www-form-urlencoded"}, body
         )
