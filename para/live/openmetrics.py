@@ -55,26 +55,39 @@ NODE_GAUGES: dict[str, tuple[str, float, str]] = {
     "job_procs": ("para_node_job_processes", 1.0, "processes of those jobs"),
 }
 
-# host value -> the same in PromQL over what is served (per host; `[1m]` is any window)
-_CPU = "rate(para_node_cpu_seconds_total{{mode{m}}}[1m])"
-_BUSY = 'sum by (host) (rate(para_node_cpu_seconds_total{mode!~"idle|iowait"}[1m]))'
+# host value -> the same in PromQL over what is served (per host; `[1m]` is any window).
+# Shares of CPU time are of all the time counted (as the agent's): an overloaded VM's
+# counters count less than its CPUs x the seconds.
+_CPU = "sum by (host) (rate(para_node_cpu_seconds_total{sel}[1m]))"
+_ALL = _CPU.format(sel="")
 
 
 def _share(modes: str) -> str:
-    return f"sum by (host) ({_CPU.format(m=modes)}) / on (host) para_node_cpus"
+    return f"{_CPU.format(sel='{mode' + modes + '}')} / {_ALL}"
 
 
-def _sum_rate(family: str, match: str = "") -> str:
-    return f"sum by (host) (rate({family}{match}[1m]))"
+_BUSY = _share('!~"idle|iowait"')
+
+
+def _sum_rate(family: str) -> str:
+    return f"sum by (host) (rate({family}[1m]))"
+
+
+_RX, _TX = "para_node_network_receive_bytes_total", "para_node_network_transmit_bytes_total"
+_ERRS, _DROPS = "para_node_network_errors_total", "para_node_network_drops_total"
+_READ, _WRITTEN = "para_node_disk_read_bytes_total", "para_node_disk_written_bytes_total"
+_READS, _WRITES = "para_node_disk_reads_completed_total", "para_node_disk_writes_completed_total"
+_IB_RX = "para_node_infiniband_receive_bytes_total"
+_IB_TX = "para_node_infiniband_transmit_bytes_total"
 
 
 FROM_COUNTERS: dict[str, str] = {
-    "cpu_busy_pct": f"{_BUSY} / on (host) para_node_cpus",
+    "cpu_busy_pct": _BUSY,
     "cpu_user_pct": _share('=~"user|nice"'),
     "cpu_system_pct": _share('=~"system|irq|softirq"'),
     "cpu_iowait_pct": _share('="iowait"'),
     "cpu_steal_pct": _share('="steal"'),
-    "busy_cores": _BUSY,
+    "busy_cores": f"({_BUSY}) * on (host) para_node_cpus",
     "load_per_cpu": "para_node_load1 / on (host) para_node_cpus",
     "mem_used_pct": "para_node_mem_used_bytes / para_node_mem_total_bytes",
     "swap_used_pct": "para_node_swap_used_bytes / (para_node_swap_size_bytes > 0)",
@@ -82,26 +95,21 @@ FROM_COUNTERS: dict[str, str] = {
     "major_faults_per_s": _sum_rate("para_node_memory_major_faults_total"),
     "net_rx_bps": _sum_rate("para_node_network_receive_bytes_total"),
     "net_tx_bps": _sum_rate("para_node_network_transmit_bytes_total"),
-    "net_bps": "sum by (host) (rate({__name__=~"
-    '"para_node_network_(receive|transmit)_bytes_total"}[1m]))',
-    "net_errors_per_s": "sum by (host) (rate({__name__=~"
-    '"para_node_network_(errors|drops)_total"}[1m]))',
-    "disk_read_bps": _sum_rate("para_node_disk_read_bytes_total"),
-    "disk_write_bps": _sum_rate("para_node_disk_written_bytes_total"),
-    "io_bps": 'sum by (host) (rate({__name__=~"para_node_disk_(read|written)_bytes_total"}[1m]))',
-    "disk_iops": "sum by (host) (rate({__name__=~"
-    '"para_node_disk_(reads|writes)_completed_total"}[1m]))',
+    "net_bps": f"{_sum_rate(_RX)} + {_sum_rate(_TX)}",
+    "net_errors_per_s": f"{_sum_rate(_ERRS)} + {_sum_rate(_DROPS)}",
+    "disk_read_bps": _sum_rate(_READ),
+    "disk_write_bps": _sum_rate(_WRITTEN),
+    "io_bps": f"{_sum_rate(_READ)} + {_sum_rate(_WRITTEN)}",
+    "disk_iops": f"{_sum_rate(_READS)} + {_sum_rate(_WRITES)}",
     "disk_util_pct": "max by (host) (rate(para_node_disk_io_time_seconds_total[1m]))",
     "gpu_util_pct": "avg by (host) (para_gpu_utilization_ratio)",
     "gpu_util_min_pct": "min by (host) (para_gpu_utilization_ratio)",
     "gpu_mem_used_pct": "max by (host) (para_gpu_memory_used_bytes / para_gpu_memory_total_bytes)",
     "gpu_power_w": "sum by (host) (para_gpu_power_watts)",
     "gpu_temp_c": "max by (host) (para_gpu_temperature_celsius)",
-    "ib_bps": "sum by (host) (rate({__name__=~"
-    '"para_node_infiniband_(receive|transmit)_bytes_total"}[1m]))',
-    "ib_link_pct": "max by (host) (sum by (host, port) (rate({__name__=~"
-    '"para_node_infiniband_(receive|transmit)_bytes_total"}[1m])) '
-    "/ (2 * para_node_infiniband_rate_bytes_per_second))",
+    "ib_bps": f"{_sum_rate(_IB_RX)} + {_sum_rate(_IB_TX)}",
+    "ib_link_pct": f"max by (host) ((rate({_IB_RX}[1m]) + rate({_IB_TX}[1m]))"
+    " / (2 * para_node_infiniband_rate_bytes_per_second))",
 }
 
 
