@@ -123,6 +123,14 @@ class NodeLive:
         if m and m["enabled"]:
             self.metrics = openmetrics.MetricsServer(m["listen"], self.families)
             log(f"serving /metrics on http://{self.metrics.address}/metrics")
+            sh = shipper()
+            if sh is not None and getattr(sh.cfg, "live", False):
+                # the same series, twice in Prometheus if both are scraped
+                log(
+                    "this node's live samples also reach the collector, whose /metrics serves "
+                    "the same series: have Prometheus scrape the collector or the agents, not "
+                    "both (docs/prometheus.md)"
+                )
         self._thread = threading.Thread(target=self._run, name="para-agent-live", daemon=True)
         self._thread.start()
         if self.ruleset.rules:
