@@ -231,6 +231,7 @@ listen = "127.0.0.1:0"
             "job_cpu": clock.job,
             "node_cpu": clock.node,
             "hz": os.sysconf("SC_CLK_TCK"),
+            "agent_log": (tmp / "agent.log").read_text(),
         }
     finally:
         if clock is not None:
@@ -254,6 +255,11 @@ def test_promtool_checks_what_both_endpoints_serve(run):
             [tool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
         )
         assert r.returncode == 0 and not (r.stdout + r.stderr), f"{name}: {r.stdout}{r.stderr}"
+
+
+def test_the_agent_says_not_to_scrape_it_and_the_collector(run):
+    """Its live samples reach the collector, which serves the same series: the agent says so."""
+    assert "have Prometheus scrape the collector or the agents, not both" in run["agent_log"]
 
 
 # family -> (table, columns summed, unit of one raw count in the served unit (None: ticks),

@@ -15,7 +15,7 @@ from para.formats import ParaFile
 from para.live import openmetrics
 from para.live.metrics import HOST_METRICS, LAYOUTS, NOT_WHOLE_DISK, HostState
 from para.live.view import LiveView
-from tests.conftest import need_tool
+from tests.conftest import REPO, need_tool
 from tests.live_support import VM_RECORDING, samples_from_para
 
 PROMTOOL_HINT = "apt install prometheus (Debian's package ships promtool; make system-deps)"
@@ -179,3 +179,46 @@ def test_user_hz_from_counters(recording):
     for t, rows in recording:
         hs.update(t, rows)
     assert hs.user_hz == HZ
+
+
+def test_gpu_families_from_recorded_nvml_answers(recording):
+    """An H100 under load as nvidia-smi recorded it (tests/fixtures/nvidia-smi), sampled by the
+    agent's GPU sampler through the NVML stand-in: the per-GPU gauges in base units, and
+    which job uses the GPU (its processes are the job's), past promtool."""
+    from para.agent.samplers.gpu import GpuSampler
+    from tests.nvml_replay import MiB, from_capture
+    from tests.test_gpu import H100
+
+    sampler = GpuSampler(from_capture(H100, "load"))
+    sampler.open()
+    hs = HostState("gpu01", user_hz=HZ)
+    proc = LAYOUTS["proc"]
+    snap = None
+    for t, rows in recording:
+        gpu_rows: dict = {}
+        sampler.sample(t, gpu_rows)
+        procs = []
+        for _, pid, _ in gpu_rows["gpu_proc"][:2]:  # two of its processes belong to job 4711
+            r: list = [None] * len(proc.cols)
+            r[proc.index["pid"]], r[proc.index["job"]] = pid, "4711"
+            procs.append(r)
+        snap = hs.update(t, dict(rows, **gpu_rows, proc=procs))
+    text = openmetrics.render(openmetrics.node_families([snap]))
+    r = _promtool(text)
+    assert r.returncode == 0 and not (r.stdout + r.stderr), r.stdout + r.stderr
+    got = _values(text)
+    g = (("gpu", "0"), ("host", "gpu01"))
+    assert got[("para_gpu_utilization_ratio", g)] == 1.0  # nvidia-smi: 100 %
+    assert got[("para_gpu_memory_used_bytes", g)] == 19818 * MiB
+    assert got[("para_gpu_power_watts", g)] == pytest.approx(631.95)
+    assert ("para_gpu_temperature_celsius", g) in got
+    assert got[("para_gpu_job_info", (*g, ("job_id", "4711")))] == 1
+    assert got[("para_node_gpus", (("host", "gpu01"),))] == 1
+    # NVML's energy counter is in no capture: no energy series rather than a wrong one
+    assert not [k for k in got if k[0] == "para_gpu_energy_joules_total"]
+
+
+def test_the_promql_of_every_host_value_is_documented():
+    doc = (REPO / "docs" / "prometheus.md").read_text()
+    missing = [k for k, expr in openmetrics.FROM_COUNTERS.items() if f"`{expr}`" not in doc]
+    assert not missing, f"docs/prometheus.md lacks the PromQL of {missing}"

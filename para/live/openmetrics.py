@@ -292,6 +292,8 @@ def _unit(name: str) -> str:
 
 
 def _escape(v: str) -> str:
+    if "\\" not in v and "\n" not in v and '"' not in v:
+        return v
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -305,6 +307,8 @@ def _num(v: float) -> str:
 
 def render(families: Iterable[Family], openmetrics: bool = False) -> str:
     out: list[str] = []
+    # the label sets are shared between a node's (or a device's) series: each written once
+    written: dict[int, str] = {}
     for f in families:
         if not f.samples and f.type != "counter":
             continue
@@ -318,8 +322,11 @@ def render(families: Iterable[Family], openmetrics: bool = False) -> str:
             out.append(f"# UNIT {fam} {f.unit}")
         sample = f"{name}_total" if f.type == "counter" else name
         for labels, value in f.samples:
-            lab = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-            out.append(f"{sample}{{{lab}}} {_num(value)}" if lab else f"{sample} {_num(value)}")
+            lab = written.get(id(labels))
+            if lab is None:
+                lab = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+                lab = written[id(labels)] = f"{{{lab}}}" if lab else ""
+            out.append(f"{sample}{lab} {_num(value)}")
     if openmetrics:
         out.append("# EOF")
     return "\n".join(out) + "\n"
@@ -331,6 +338,9 @@ def _num_or_none(v: Any) -> float | None:
 
 def _total(row: list[Any], idx: tuple[int, ...]) -> float | None:
     """The sum of a row's columns; None if one is missing (a partial sum is no counter)."""
+    if len(idx) == 1:
+        v = row[idx[0]]
+        return float(v) if type(v) in (int, float) else None  # not bool, not None
     total = 0.0
     for i in idx:
         v = _num_or_none(row[i])
@@ -410,7 +420,11 @@ def _device_counters(
     lay = LAYOUTS[table]
     width = len(lay.cols)
     key_i = lay.key_idx[0] if key_label else None
-    cols = [(c, tuple(lay.index[n] for n in c.columns)) for c in counters]
+    plan = _PLANS.get(table)
+    if plan is None:
+        plan = _PLANS[table] = [
+            (c, tuple(lay.index[n] for n in c.columns), dict(c.labels)) for c in counters
+        ]
     for row in rows:
         if len(row) != width:
             continue  # a row of another para version: not ours to guess
@@ -420,7 +434,7 @@ def _device_counters(
             if not _served_device(table, dev):
                 continue
             labels = {**base, key_label: _label(dev)}
-        for c, idx in cols:
+        for c, idx, extra in plan:
             v = _total(row, idx)
             if v is None:
                 continue
@@ -430,7 +444,11 @@ def _device_counters(
                 v /= snap.user_hz
             else:
                 v *= c.scale
-            fams.add(c.family, "counter", c.help, {**labels, **dict(c.labels)}, v)
+            fams.add(c.family, "counter", c.help, {**labels, **extra} if extra else labels, v)
+
+
+# table -> its counters with their columns' places and constant labels
+_PLANS: dict[str, list[tuple[Counter, tuple[int, ...], dict[str, str]]]] = {}
 
 
 def _served_device(table: str, dev: Any) -> bool:
