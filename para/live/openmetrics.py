@@ -56,8 +56,9 @@ NODE_GAUGES: dict[str, tuple[str, float, str]] = {
 }
 
 # host value -> the same in PromQL over what is served (per host; `[1m]` is any window).
-# Shares of CPU time are of all the time counted (as the agent's): an overloaded VM's
-# counters count less than its CPUs x the seconds.
+# Shares of CPU time are of all the CPU time counted, as the agent computes them: a ratio of
+# two rates over the same samples, exact even where rate() extrapolates less than the window
+# (a series that began inside it).
 _CPU = "sum by (host) (rate(para_node_cpu_seconds_total{sel}[1m]))"
 _ALL = _CPU.format(sel="")
 
