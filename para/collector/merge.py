@@ -268,7 +268,12 @@ def _jobs_seen(seg: Segment, raw: dict[str, pa.Table]) -> dict[str, JobSeen]:
                 continue
             j = get(jid)
             t = ev["t"].timestamp() if ev.get("t") is not None else None
-            j.widen(t, t)
+            if ev["kind"] == "job_end" and isinstance(detail.get("end"), (int, float)):
+                # the agent knows a job has ended end_after_s after its last process: the job
+                # ran from its first process's start to the last sample that saw one
+                j.widen(_num(detail.get("start")), float(detail["end"]))
+            else:
+                j.widen(t, t)
             if isinstance(detail.get("since"), (int, float)):
                 j.widen(float(detail["since"]), None)
             if j.scheduler is None:
