@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PARA   := $(VENV)/bin/para
 
-.PHONY: demo test venv system-deps lint bench clean
+.PHONY: demo test venv kernels system-deps lint bench clean
 
 $(VENV)/.stamp: pyproject.toml setup.py $(wildcard para/cython_ext/*.pyx)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(VENV)/.stamp: pyproject.toml setup.py $(wildcard para/cython_ext/*.pyx)
 	touch $@
 
 venv: $(VENV)/.stamp
+
+# A kernel that did not build would leave para (and the twin tests) on its pure-Python twin.
+kernels: venv
+	@$(PY) -c 'import sys; from para.cython_ext import unbuilt; u = unbuilt(); \
+	  sys.exit("error: Cython kernels not built: " + ", ".join(u) + "; see make venv") if u else 0'
 
 demo: venv
 	$(PARA) profile --functions -o demo.para -- $(PY) benchmarks/workloads/phases.py
@@ -45,7 +50,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check para tests benchmarks
 	$(VENV)/bin/mypy
 
-test: venv system-deps
+test: venv kernels system-deps
 	PARA_STRICT=1 $(PY) -m pytest -q
 	PARA_STRICT=1 PARA_PURE_PYTHON=1 $(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint
