@@ -107,8 +107,10 @@ def compiled_kernel(name: str) -> ModuleType:
     from para.cython_ext import compiled, unbuilt
 
     mod = compiled(name)
-    why = "not built" if mod is None else next(
-        (u.split(" ", 1)[1] for u in unbuilt() if u.split(" ", 1)[0] == name), None
+    why = (
+        "not built"
+        if mod is None
+        else next((u.split(" ", 1)[1] for u in unbuilt() if u.split(" ", 1)[0] == name), None)
     )
     if why is not None:
         pytest.fail(

@@ -7,16 +7,42 @@ ValueError naming the line; fields a kernel does not have come back as None.
 
 from __future__ import annotations
 
+import re
+
 CPU_FIELDS = 10
 DISK_FIELDS = 17
 SECTOR = 512
+
+# The kernel's grammar, as the Cython kernel reads it: fields are separated by spaces or tabs
+# only, and a number is decimal digits after an optional minus (int() alone would also take
+# "+5", "1_0" and other whitespace around it, which the kernel does not).
+_INT = re.compile(rb"-?[0-9]+")
+_SEP = re.compile(rb"[ \t]+")
+# major, minor, then the device name, followed by a space or tab (possessive: as a C scan)
+_DISK = re.compile(rb"[ \t]*+[^ \t]*+[ \t]*+[^ \t]*+[ \t]*+([^ \t]++)[ \t]")
+
+
+def _split(s: bytes) -> list[bytes]:
+    return [f for f in _SEP.split(s) if f]
+
+
+def _first(s: bytes) -> bytes:
+    """The first field of `s` (b"" if none)."""
+    f = _split(s)
+    return f[0] if f else b""
+
+
+def _int(tok: bytes) -> int:
+    if _INT.fullmatch(tok) is None:
+        raise ValueError(tok)
+    return int(tok)
 
 
 def _ints(parts: list[bytes], n: int, where: str) -> list[int | None]:
     out: list[int | None] = []
     try:
         for p in parts[:n]:
-            out.append(int(p))
+            out.append(_int(p))
     except ValueError:
         raise ValueError(f"{where}: not a number: {p!r}") from None
     out.extend([None] * (n - len(out)))
@@ -24,9 +50,9 @@ def _ints(parts: list[bytes], n: int, where: str) -> list[int | None]:
 
 
 def _first_int(rest: bytes, lineno: int) -> int:
-    head = rest.lstrip(b" \t").split(b" ", 1)[0]
+    head = _first(rest)
     try:
-        return int(head)
+        return _int(head)
     except ValueError:
         raise ValueError(f"/proc/stat line {lineno}: not a number: {head!r}") from None
 
@@ -40,16 +66,15 @@ def parse_stat(
     ctxt = intr = processes = running = blocked = 0
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if line.startswith(b"cpu"):
-            name, _, rest = line.partition(b" ")
-            times = _ints(rest.split(), CPU_FIELDS, f"/proc/stat line {lineno}")
-            if name == b"cpu":
-                total = times
+            if line[3:4] in (b"", b" "):  # "cpu" alone: the total
+                total = _ints(_split(line[3:]), CPU_FIELDS, f"/proc/stat line {lineno}")
             else:
+                name, rest = (re.split(rb"[ \t]", line[3:], maxsplit=1) + [b""])[:2]
                 try:
-                    cpu = int(name[3:])
+                    cpu = _int(name)
                 except ValueError:
                     raise ValueError(f"/proc/stat line {lineno}: bad CPU name {name!r}") from None
-                per_cpu.append((cpu, times))
+                per_cpu.append((cpu, _ints(_split(rest), CPU_FIELDS, f"/proc/stat line {lineno}")))
         elif line.startswith(b"intr "):
             # Only the total: the per-IRQ list that follows can be thousands of numbers long.
             intr = _first_int(line[5:], lineno)
@@ -73,20 +98,27 @@ def parse_keyed(data: bytes, keys: tuple[bytes, ...], scale_kb: bool) -> list[in
     """
     want = {k: i for i, k in enumerate(keys)}
     out: list[int | None] = [None] * len(keys)
+    found = 0
     for line in data.split(b"\n"):
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        key = parts[0].rstrip(b":")
+        if found >= len(keys):  # every key seen: the rest of the file is not read
+            break
+        body = line.lstrip(b" \t")
+        key = re.match(rb"[^ \t:]*", body).group()  # type: ignore[union-attr]
         i = want.get(key)
         if i is None:
             continue
+        rest = body[len(key) :]
+        if rest[:1] == b":":
+            rest = rest[1:]
+        tok = _first(rest)
         try:
-            v = int(parts[1])
+            v = _int(tok)
         except ValueError:
-            raise ValueError(f"{key.decode()}: not a number: {parts[1]!r}") from None
-        if scale_kb and len(parts) > 2 and parts[2] == b"kB":
+            raise ValueError(f"{key.decode()}: not a number: {tok!r}") from None
+        if scale_kb and rest.lstrip(b" \t")[len(tok) :].lstrip(b" \t").startswith(b"kB"):
             v *= 1024
+        if out[i] is None:
+            found += 1
         out[i] = v
     return out
 
@@ -98,7 +130,8 @@ def parse_net_dev(data: bytes) -> list[tuple[str, list[int | None]]]:
         name, sep, rest = line.partition(b":")
         if not sep or b"|" in line:
             continue
-        out.append((name.strip().decode(), _ints(rest.split(), 16, f"/proc/net/dev line {lineno}")))
+        where = f"/proc/net/dev line {lineno}"
+        out.append((name.strip(b" \t").decode(), _ints(_split(rest), 16, where)))
     return out
 
 
@@ -109,15 +142,15 @@ def parse_diskstats(data: bytes) -> list[tuple[str, list[int | None]]]:
     """
     out: list[tuple[str, list[int | None]]] = []
     for lineno, line in enumerate(data.split(b"\n"), 1):
-        parts = line.split()
-        if len(parts) < 4:
+        m = _DISK.match(line)
+        if m is None:  # no device name, or nothing after it
             continue
-        vals = _ints(parts[3:], DISK_FIELDS, f"/proc/diskstats line {lineno}")
+        vals = _ints(_split(line[m.end(1) :]), DISK_FIELDS, f"/proc/diskstats line {lineno}")
         for i in (2, 6, 13):  # read, write and discard sectors
             v = vals[i]
             if v is not None:
                 vals[i] = v * SECTOR
-        out.append((parts[2].decode(), vals))
+        out.append((m.group(1).decode(), vals))
     return out
 
 
@@ -133,25 +166,32 @@ def parse_pid_stat(
         raise ValueError(f"/proc/PID/stat: no (comm) in {data[:40]!r}")
     pid = int(data[:open_])
     comm = data[open_ + 1 : close].decode(errors="replace")
-    f = data[close + 2 :].split()
+    f = _split(data[close + 1 :].split(b"\n", 1)[0])[:37]
+    nums = [0] * 37
+    where = f"/proc/PID/stat of {pid}"
+    for k, tok in enumerate(f[1:], 1):  # every field a number, as the kernel reads them
+        try:
+            nums[k] = _int(tok)
+        except ValueError:
+            raise ValueError(f"{where}: field {k + 3} is not a number: {tok!r}") from None
     if len(f) < 37:
-        raise ValueError(f"/proc/PID/stat of {pid}: {len(f) + 2} fields, expected at least 39")
+        raise ValueError(f"{where}: {len(f) + 2} fields, expected at least 39")
     return (
         pid,
         comm,
         f[0].decode(),
-        int(f[1]),
-        int(f[7]),
-        int(f[9]),
-        int(f[11]),
-        int(f[12]),
-        int(f[17]),
-        int(f[19]),
-        int(f[20]),
-        int(f[21]),
-        int(f[36]),
-        int(f[13]),
-        int(f[14]),
+        nums[1],
+        nums[7],
+        nums[9],
+        nums[11],
+        nums[12],
+        nums[17],
+        nums[19],
+        nums[20],
+        nums[21],
+        nums[36],
+        nums[13],
+        nums[14],
     )
 
 
@@ -167,7 +207,11 @@ def _status_field(data: bytes, key: bytes) -> int:
     if i < 0:
         return 0
     end = data.find(b"\n", i + 1)
-    return int(data[i + len(key) : end if end >= 0 else None])
+    tok = _first(data[i + len(key) : end if end >= 0 else None])
+    try:
+        return _int(tok)
+    except ValueError:
+        raise ValueError(f"{key.decode().strip()}: not a number: {tok!r}") from None
 
 
 def parse_pid_io(data: bytes) -> tuple[int, int, int, int]:
