@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from para.collector.db import FeatureDB
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
-from tests.conftest import _children, have, run_para
+from tests.conftest import _children, need_tool, run_para
 from tests.live_support import Receiver
 
 pytestmark = pytest.mark.slow
@@ -230,8 +230,8 @@ def test_prometheus_scrapes_the_collector_and_the_agent_with_job_labels(cluster)
     assert agent[("para_agent_samples_total", (("host", "e2enode"),))] > 5
 
 
-@pytest.mark.skipif(not have("tmux"), reason="tmux is not installed (make system-deps)")
 def test_para_top_in_tmux(cluster, tmp_path: Path):
+    need_tool("tmux", "apt install tmux (make test installs it)")
     pki, port = cluster["pki"], cluster["col"].port
     sock = str(tmp_path / "tmux.sock")
 

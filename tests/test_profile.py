@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from para.formats import ParaFile
 
-from .conftest import REPO, para_cmd, run_para
+from .conftest import REPO, need_tool, para_cmd, run_para
 
 BUSY = "import time\nt=time.monotonic()\nwhile time.monotonic()-t<{s}: pass\n"
 
@@ -289,8 +288,8 @@ int main(void) { printf("%f %f\n", hot_loop(400000000), cold_loop(40000000)); re
 
 @pytest.mark.slow
 def test_functions_records_call_stacks(tmp_path):
-    if not (shutil.which("perf") and shutil.which("gcc")):
-        pytest.skip("needs perf and gcc")
+    need_tool("perf", "apt install linux-perf (make test installs it)")
+    need_tool("gcc", "apt install gcc")
     src, exe = tmp_path / "hot.c", tmp_path / "hot"
     src.write_text(HOT_C)
     subprocess.run(
@@ -319,8 +318,7 @@ def test_functions_records_call_stacks(tmp_path):
 @pytest.mark.slow
 def test_under_real_mpirun(tmp_path):
     """Open MPI's mpirun starts three ranks on this node: one para samples them all."""
-    if not shutil.which("mpirun"):
-        pytest.skip("mpirun is not installed (make test installs openmpi-bin)")
+    need_tool("mpirun", "apt install openmpi-bin (make test installs it)")
     e = env()
     e.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", TMPDIR=str(tmp_path))
     r = subprocess.run(

@@ -24,11 +24,12 @@ from para.analyzer.summary import fmt_bytes
 from para.formats import ParaFile, ParaWriter
 from para.formats.schema import TABLES
 
-from .conftest import REPO, para_cmd, run_para
+from .conftest import REPO, need_tool, para_cmd, run_para
 
 HOSTILE = "</script><script>alert(1)</script> <img src=x onerror=alert(1)>"
 HOSTILE_SCRIPT = f"sleep 1; exit 3 # {HOSTILE}"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_HINT = "apt install chromium (make test installs it)"
 PLOTS = ["cpu", "job", "memory", "disk", "net", "gpu", "counters"]
 FAMILY = {"cpu": "cpu", "job": "process", "memory": "memory", "disk": "disk", "net": "net",
           "gpu": "gpu", "counters": "counters"}  # fmt: skip
@@ -457,7 +458,7 @@ def page(rec: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def browser(rec: dict[str, Any], page: dict[str, Any]) -> dict[str, Any]:
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed (Debian: apt install chromium; `make test` does)")
+        need_tool("chromium", CHROMIUM_HINT)
     d = rec["dir"]
     dump = _chromium(page["path"].as_uri(), d / "profile", "--dump-dom")
     png = d / "report.png"

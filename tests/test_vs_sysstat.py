@@ -5,7 +5,6 @@ raw counter sadc stored must lie between para's two readings."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -13,6 +12,10 @@ import pytest
 from para.agent.samplers.base import ProcFiles
 from para.agent.samplers.system import CpuSampler, DiskSampler, NetSampler
 from para.formats.schema import TABLES
+
+from .conftest import cannot_run, need_tool
+
+SYSSTAT = "apt install sysstat (make test installs it)"
 
 SADC = next(
     (p for p in ("/usr/lib/sysstat/sadc", "/usr/lib64/sa/sadc") if os.access(p, os.X_OK)), None
@@ -55,8 +58,9 @@ def pairs(fields: list[str], start: int) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def bracket(tmp_path_factory):
-    if SADC is None or not shutil.which("sadf"):
-        pytest.skip("sysstat is not installed (make test installs it)")
+    need_tool("sadf", SYSSTAT)
+    if SADC is None:
+        cannot_run("sysstat's sadc is not in /usr/lib/sysstat or /usr/lib64/sa", SYSSTAT)
     sa = tmp_path_factory.mktemp("sa") / "sa"
     before = para_sample()
     subprocess.run([SADC, "-S", "XALL", "1", "2", str(sa)], check=True)
