@@ -250,6 +250,13 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _wait_log(a: AgentRun, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in a.log.read_text():
+        assert time.monotonic() < deadline, f"the agent did not log {text!r}: {a.log.read_text()}"
+        time.sleep(0.05)
+
+
 def test_a_full_disk_drops_the_oldest_samples_and_says_how_many(agents, tmp_path, tiny_disk):
     a = AgentRun(
         tmp_path,
@@ -266,16 +273,10 @@ def test_a_full_disk_drops_the_oldest_samples_and_says_how_many(agents, tmp_path
                 f.write(b"\0" * 65536)
         except OSError:
             pass
-    end = time.monotonic() + 20
-    while time.monotonic() < end and "dropping the oldest" not in a.log.read_text():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    # the agent says so once it has dropped a sample: from then on at least one is lost
+    _wait_log(a, "dropping the oldest")
     filler.unlink()
-    end = time.monotonic() + 20
-    while (
-        time.monotonic() < end and "the spool can be written again after" not in a.log.read_text()
-    ):
-        time.sleep(0.05)
+    _wait_log(a, "the spool can be written again after")
     log = a.log.read_text()
     assert log.count("cannot write to the spool") == 1, log  # said once
     assert "samples were lost" in log, (log, a.status(), os.listdir(tiny_disk / "spool/current"))

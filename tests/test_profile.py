@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from para.errors import ParaError
 from para.formats import ParaFile
 
 from .conftest import REPO, need_tool, para_cmd, run_para
@@ -127,8 +128,7 @@ def test_signals_reach_the_command_and_the_file_is_written(tmp_path, sig):
         text=True,
         env=env(),
     )
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(0.5)
+    assert p.stdout.readline().strip() == "ready"  # para forwards signals from before it starts
     p.send_signal(sig)
     _, err = p.communicate(timeout=30)
     assert marker.read_text() == signal.Signals(sig).name
@@ -178,6 +178,49 @@ def test_tenth_of_a_second_interval(tmp_path):
         assert pf.meta["sampler"]["missed_ticks"] <= 2
 
 
+def _wait_samples(path: Path, n: int, p: subprocess.Popen, timeout: float = 60) -> int:
+    """Wait until the .para file being written holds `n` samples; returns how many it held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert p.poll() is None, "para ended early"
+        try:
+            with ParaFile(path) as pf:
+                seen = pf.stats()["samples"]
+        except (OSError, ParaError):  # not created yet, or caught mid-write
+            seen = 0
+        if seen >= n:
+            return seen
+        assert time.monotonic() < deadline, f"{path} held {seen} of {n} samples after {timeout} s"
+        time.sleep(0.05)
+
+
+def _start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below `pid`."""
+    out, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out += [(k, _start_time(k)) for k in kids]
+            except OSError:  # gone meanwhile
+                continue
+            todo += kids
+    return out
+
+
+def _kill_if_same(pid: int, start: str) -> None:
+    """SIGKILL `pid` if it is still the process that started at `start` (not a reused pid)."""
+    try:
+        if _start_time(pid) == start:
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError):
+        pass
+
+
 @pytest.mark.slow
 def test_sigkill_of_para_loses_at_most_two_seconds(tmp_path):
     out = tmp_path / "k.para"
@@ -187,16 +230,22 @@ def test_sigkill_of_para_loses_at_most_two_seconds(tmp_path):
         stderr=subprocess.PIPE,
         env=env(),
     )
-    time.sleep(4.5)
-    killed = time.time()
-    p.kill()
-    p.wait()
-    p.stderr.close()
-    subprocess.run(["pkill", "-f", "^sleep 30$"], check=False)
+    left: list[tuple[int, str]] = []
+    try:
+        seen = _wait_samples(out, 4, p)  # as a reader sees the file while para writes it
+        left = _descendants(p.pid)  # the command: para's SIGKILL leaves it running
+        assert left, "the command is not below para"
+        killed = time.time()
+    finally:
+        p.kill()
+        p.wait()
+        p.stderr.close()
+        for pid, start in left:  # only the processes this test started, never by name
+            _kill_if_same(pid, start)
     with ParaFile(out) as pf:
         assert pf.recovery is not None and "was not closed" in pf.recovery.message
         stats = pf.stats()
-        assert stats["samples"] >= 4
+        assert stats["samples"] >= seen >= 4  # nothing a reader saw before the kill is lost
         assert killed - stats["end"] <= 2.0
     r = run_para("recover", str(out), env=env())
     assert r.returncode == 0 and "Wrote" in r.stderr
