@@ -26,9 +26,10 @@ demo: venv
 
 # Debian packages of the real components the tests drive: perf, headless Chromium and its
 # driver, sysstat (sadc, pidstat), Open MPI (with mpicc for mpi4py), a single-node Slurm with
-# munge, Java for Spark, Prometheus (prometheus, promtool), tmux.
+# munge, Java for Spark, Prometheus (prometheus, promtool), tmux; gcc and binutils (objdump) for
+# the C programs the profiling tests build, procps (free), perl for FlameGraph's reference script.
 DEB_PKGS := linux-perf chromium chromium-driver sysstat openmpi-bin libopenmpi-dev python3-mpi4py \
-	slurm-wlm munge openjdk-17-jre-headless prometheus tmux perl
+	slurm-wlm munge openjdk-17-jre-headless prometheus tmux perl gcc binutils procps
 
 system-deps:
 	@missing=""; \
