@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -100,6 +101,7 @@ def need_tool(tool: str, hint: str) -> str:
     return path
 
 
+@functools.cache
 def compiled_kernel(name: str) -> ModuleType:
     """The compiled Cython kernel `name`: a twin test that compared the pure-Python twin with
     itself (what `load(name, pure=False)` falls back to when the kernel is not built) would pass
