@@ -91,7 +91,13 @@ def cli() -> None:
 @click.option(
     "--functions",
     is_flag=True,
-    help="Also sample call stacks with perf record (cycles, else cpu-clock).",
+    help="Also sample call stacks with perf record (cycles, else cpu-clock); Python "
+    "processes get their Python functions from py-spy.",
+)
+@click.option(
+    "--no-python-stacks",
+    is_flag=True,
+    help="With --functions: no py-spy; Python processes keep perf's interpreter frames.",
 )
 @click.option(
     "-e",
@@ -109,6 +115,7 @@ def profile(
     output: str | None,
     interval: float,
     functions: bool,
+    no_python_stacks: bool,
     events: tuple[str, ...],
     no_counters: bool,
     no_gpu: bool,
@@ -132,6 +139,7 @@ def profile(
         counters=not no_counters,
         gpu=not no_gpu,
         quiet=quiet,
+        python_stacks=not no_python_stacks,
     )
     result = run(opts)
     if result.path is not None:

@@ -79,3 +79,9 @@ FROM x GROUP BY node ORDER BY node;
 CREATE OR REPLACE TABLE stack_sec AS
 SELECT (t - getvariable('t0')) // getvariable('step_ms') AS sec, stack, sum(samples) AS samples
 FROM stacks GROUP BY ALL;
+
+-- name: wait_sec  needs: waits
+-- Python threads off-CPU per step (sleep, I/O, a lock, the GIL), as stack_sec.
+CREATE OR REPLACE TABLE wait_sec AS
+SELECT (t - getvariable('t0')) // getvariable('step_ms') AS sec, stack, sum(samples) AS samples
+FROM waits GROUP BY ALL;
