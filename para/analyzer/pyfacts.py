@@ -98,17 +98,22 @@ def python_facts(job: Job, freq_hz: float | None) -> dict[str, Any] | None:
         "interpreter": int(interp),
         "interpreter_top": [(str(fn), int(n)) for fn, n in top],
         "threads": threads,
-        "where": lambda pattern, state: _where(job, pattern, state),
+        "where": lambda pattern, state, thread=None: _where(job, pattern, state, thread),
     }
 
 
-def _where(job: Job, pattern: str, state: str | None) -> list[tuple[str, int]]:
-    """The stacks matching `pattern` (in `state`, or any), cut after the last frame that
-    matches, by samples: the evidence a rule quotes."""
+def _where(
+    job: Job, pattern: str, state: str | None, thread: dict[str, Any] | None = None
+) -> list[tuple[str, int]]:
+    """The stacks matching `pattern` (in `state`, or any; of one thread, or all), cut after
+    the last frame that matches, by samples: the evidence a rule quotes."""
     cond = "regexp_matches(stack, $p)" + (" AND state = $s" if state else "")
     params: dict[str, Any] = {"p": pattern}
     if state:
         params["s"] = state
+    if thread is not None:
+        cond += " AND node = $node AND pid = $pid AND tid = $tid"
+        params.update(node=thread["node"], pid=thread["pid"], tid=thread["tid"])
     out: dict[str, int] = {}
     rx = re.compile(pattern)
     for stack, n in job.query(

@@ -771,7 +771,7 @@ class Evaluator:
             return self.outcome(rid, "passed", value=100 * share, unit="% of a thread's time")
         freq = p.get("freq_hz") or 0.0
         secs = f" ({t['data'] / freq:.1f} s)" if freq else ""
-        waited = p["where"](DATA_LOADING_PATTERN, "wait")
+        waited = p["where"](DATA_LOADING_PATTERN, "wait", t)
         where = f" in {waited[0][0]}" if waited else ""
         workers = [w for w in p["threads"] if w["worker"]]
         busy = ""
