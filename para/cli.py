@@ -100,6 +100,15 @@ def cli() -> None:
     help="With --functions: no py-spy; Python processes keep perf's interpreter frames.",
 )
 @click.option(
+    "--py-spy-rate",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    metavar="HZ",
+    help="With --functions: how often py-spy reads the Python stacks (it places perf's "
+    "samples in time; perf's rate sets the samples).",
+)
+@click.option(
     "-e",
     "--event",
     "events",
@@ -116,6 +125,7 @@ def profile(
     interval: float,
     functions: bool,
     no_python_stacks: bool,
+    py_spy_rate: int,
     events: tuple[str, ...],
     no_counters: bool,
     no_gpu: bool,
@@ -140,6 +150,7 @@ def profile(
         gpu=not no_gpu,
         quiet=quiet,
         python_stacks=not no_python_stacks,
+        pyspy_rate=py_spy_rate,
     )
     result = run(opts)
     if result.path is not None:

@@ -298,8 +298,10 @@ def test_busy_thread_is_the_hotspot_and_the_waiting_one_waits(tmp_path):
     freq = run.info["frequency_hz"]
     busy, waiting = run.total("busy"), run.total("waiting")
     assert busy > 0 and 100.0 * waiting / (busy + waiting) <= POINTS
-    # the waiting thread's time is kept, as waiting: py-spy saw it, perf did not
+    # the waiting thread's time is kept, as waiting: py-spy saw it, perf did not; it slept,
+    # so none of it was spent runnable
     waited = run.total("waiting", "wait") / freq
+    assert run.total("waiting", "ready") <= 0.05 * run.total("waiting", "wait")
     wall = run.own["waiting"][1]
     assert 0.6 * wall <= waited <= 1.1 * wall, (waited, wall)
     # the busy thread's samples are its CPU time (within the 5 points of its wall time)
@@ -495,7 +497,26 @@ def test_stitching_keeps_native_frames_under_the_python_caller_and_counts_waitin
     # 1 s in `f` at 10 samples/s, 2 of them on a CPU: 8 waiting
     assert got[(py, "py-spy", "wait")] == 8
     assert counts == {"stitched_samples": 2, "perf_only_samples": 1, "wait_samples": 8,
-                      "threads": 1}  # fmt: skip
+                      "ready_samples": 0, "threads": 1}  # fmt: skip
+
+
+def test_off_cpu_time_spent_runnable_is_ready_not_waiting(tmp_path):
+    """The kernel's run-queue time of the thread (schedstat) over the segment: of 10
+    off-CPU samples (1 s at 10/s), 0.3 s runnable are 3 "ready", 7 "wait"."""
+    script = tmp_path / "perf.script"
+    script.write_text("")
+    stacks = pystacks.Stacks()
+    tl = pystacks.Timeline()
+    tl.add(10.0, stacks.intern(("m.f (m.py:1)",)))
+    tl.add(11.0, 0)
+    for t, rq in ((9.0, 1.9), (10.0, 2.0), (11.0, 2.3), (12.0, 2.4)):
+        tl.rq_t.append(t)
+        tl.rq_s.append(rq)
+    interp = pystacks.Interpreter("/p", None, "")
+    rows, counts = pystacks.stitch(script, [], 10.0, {1: interp}, {(1, 1): tl}, stacks)
+    got = {r[7]: r[5] for r in rows}
+    assert got == {"ready": 3, "wait": 7}
+    assert counts["ready_samples"] == 3 and counts["wait_samples"] == 7
 
 
 def test_a_stopped_thread_does_not_wait_after_it_ended(tmp_path):

@@ -12,9 +12,11 @@ the thread had at that instant, and keeps the native frames perf saw below the i
 
 perf's cpu-clock samples a thread only while it runs on a CPU, py-spy sees it all the time:
 the time py-spy saw a thread in a stack, less the samples perf took of it there, is the time
-it waited in that stack (sleep, I/O, a lock, the GIL).  Those rows have state "wait", in
-perf-sample units (1/frequency seconds), so a thread waiting for the GIL is never a hotspot
-of its function and "where the time goes" separates CPU from waiting.
+it spent off-CPU in that stack: runnable but waiting for a CPU (state "ready", the kernel's
+run-queue time of the thread, /proc/PID/task/TID/schedstat), or waiting for something
+(state "wait": sleep, I/O, a lock, the GIL).  Those rows are in perf-sample units
+(1/frequency seconds), so a thread waiting for the GIL is never a hotspot of its function
+and "where the time goes" separates CPU from waiting.
 
 Where py-spy is missing or cannot read a process (no ptrace permission, a container, an
 interpreter it does not know), that is said once and the process keeps perf's own stacks.
@@ -27,6 +29,7 @@ one, at a hundred times the data (docs/benchmarks.md, issue 12).
 
 from __future__ import annotations
 
+import array
 import bisect
 import datetime
 import json
@@ -51,6 +54,7 @@ from para.cython_ext import fold_py
 DEFAULT_RATE = 100  # py-spy samples per second (it only places perf's samples in time)
 ROTATE_S = 60.0  # a py-spy keeps its whole trace in memory: a fresh one every minute
 POLL_S = 0.1  # how often new processes of the job are looked for
+SCHEDSTAT_EVERY = 5  # polls between reads of the threads' run-queue time
 MIN_AGE_S = 0.05  # a process this old has exec'd what it runs (fork + exec take far less)
 STOP_TIMEOUT = 20.0
 INSTALL_HINT = "pip install py-spy (it is a dependency of para: reinstall para)"
@@ -193,6 +197,9 @@ class Timeline:
     starts: list[float] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
     last_seen: float | None = None  # the thread was last listed in /proc then
+    # the kernel's count of the time it waited, runnable, for a CPU (schedstat), over time
+    rq_t: array.array[float] = field(default_factory=lambda: array.array("d"))
+    rq_s: array.array[float] = field(default_factory=lambda: array.array("d"))
 
     def add(self, t: float, sid: int) -> None:
         if self.starts and t <= self.starts[-1]:
@@ -214,6 +221,22 @@ class Timeline:
 
     def index(self, t: float) -> int:
         return bisect.bisect_right(self.starts, t) - 1
+
+    def runnable(self, s: float, e: float) -> float:
+        """Seconds the thread waited for a CPU between s and e (0 where not measured)."""
+        return max(0.0, self._rq(e) - self._rq(s))
+
+    def _rq(self, t: float) -> float:
+        ts, vs = self.rq_t, self.rq_s
+        if len(ts) < 2:
+            return 0.0
+        i = bisect.bisect_right(ts, t)
+        if i == 0:
+            return vs[0]
+        if i == len(ts):
+            return vs[-1]
+        f = (t - ts[i - 1]) / (ts[i] - ts[i - 1])
+        return vs[i - 1] + f * (vs[i] - vs[i - 1])
 
 
 class Stacks:
@@ -357,6 +380,7 @@ class PySpyRecorder:
         self._others: set[int] = set()  # job pids that are not CPython (or were classified)
         self._members: set[int] = set()
         self._last_pid = b""
+        self._polls = 0
         self._said: set[str] = set()
         self._dir = tempfile.mkdtemp(prefix="para-pyspy-")
         self._stop = threading.Event()
@@ -388,7 +412,8 @@ class PySpyRecorder:
             try:
                 self._scan()
                 self._reap()
-                self._threads()
+                self._polls += 1
+                self._threads(schedstat=self._polls % SCHEDSTAT_EVERY == 1)
             except Exception as e:  # a bug here must not stop the profile
                 self._say_once("error", f"python stacks: {type(e).__name__}: {e}")
             if self._stop.wait(self.poll_s):
@@ -545,9 +570,10 @@ class PySpyRecorder:
             "(said once for all processes that fail alike)",
         )
 
-    def _threads(self) -> None:
-        """When each thread of a sampled process was last there: py-spy's trace keeps a
-        thread that ended in its last stack until py-spy stops."""
+    def _threads(self, schedstat: bool = False) -> None:
+        """When each thread of a sampled process was last there (py-spy's trace keeps a
+        thread that ended in its last stack until py-spy stops), and with `schedstat` how
+        long it has waited for a CPU: off-CPU is not all waiting for something."""
         now = time.monotonic()
         for pid in self._spies:
             try:
@@ -559,6 +585,14 @@ class PySpyRecorder:
                 if tl is None:
                     tl = self.timelines[(pid, int(t))] = Timeline()
                 tl.last_seen = now
+                if schedstat:
+                    try:
+                        with open(f"/proc/{pid}/task/{t}/schedstat", "rb") as f:
+                            rq = int(f.read().split()[1]) / 1e9
+                    except (OSError, IndexError, ValueError):
+                        continue
+                    tl.rq_t.append(now)
+                    tl.rq_s.append(rq)
 
     # -- the end -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -567,7 +601,7 @@ class PySpyRecorder:
         if self._thread is not None:
             self._thread.join(timeout=STOP_TIMEOUT)
             self._thread = None
-        self._threads()
+        self._threads(schedstat=True)
         for spy in self._spies.values():
             if spy.proc.poll() is None:
                 try:
@@ -650,20 +684,22 @@ def stitch(
         cpu[key] = cpu.get(key, 0) + 1
     for (b, pid, tid, comm, stack, src), n in cpu.items():
         out.append((b, pid, tid, comm, stack, n, src, "cpu"))
-    wait_total = 0
-    for (b, pid, tid, sid), n in sorted(_waits(targets, timelines, on_cpu, freq, poll_s).items()):
+    totals = {"wait": 0, "ready": 0}
+    waits = _waits(targets, timelines, on_cpu, freq, poll_s)
+    for (b, pid, tid, sid, state), n in sorted(waits.items()):
         k = round(n)
         if k > 0:
             comm = thread_comm.get((pid, tid)) or comms.get(pid, "")
             py = joined.get(sid)
             if py is None:
                 py = joined[sid] = ";".join(stacks.frames[sid])
-            out.append((b, pid, tid, comm, py, k, "py-spy", "wait"))
-            wait_total += k
+            out.append((b, pid, tid, comm, py, k, "py-spy", state))
+            totals[state] += k
     out.sort()
     threads = len({k for k, tl in timelines.items() if k[0] in targets and any(tl.ids)})
     return out, {"stitched_samples": stitched, "perf_only_samples": unplaced,
-                 "wait_samples": wait_total, "threads": threads}  # fmt: skip
+                 "wait_samples": totals["wait"], "ready_samples": totals["ready"],
+                 "threads": threads}  # fmt: skip
 
 
 def _waits(
@@ -672,11 +708,12 @@ def _waits(
     on_cpu: dict[tuple[int, int, int], int],
     freq: float,
     poll_s: float,
-) -> dict[tuple[int, int, int, int], float]:
+) -> dict[tuple[int, int, int, int, str], float]:
     """Off-CPU samples of each stack segment: its length times perf's frequency, less the
-    samples perf took in it; spread over the seconds it covers.  Keys (second, pid, tid,
-    stack id)."""
-    out: dict[tuple[int, int, int, int], float] = {}
+    samples perf took in it; of them, those the thread spent runnable, waiting for a CPU
+    (the kernel's run-queue time), are "ready", the rest "wait"; spread over the seconds
+    the segment covers.  Keys (second, pid, tid, stack id, state)."""
+    out: dict[tuple[int, int, int, int, str], float] = {}
     for (pid, tid), tl in timelines.items():
         if pid not in targets:
             continue
@@ -689,15 +726,18 @@ def _waits(
                 e = min(e, tl.last_seen + poll_s)
             if e <= s:
                 continue
-            wait = (e - s) * freq - on_cpu.get((pid, tid, i), 0)
-            if wait <= 0:
+            off = (e - s) * freq - on_cpu.get((pid, tid, i), 0)
+            if off <= 0:
                 continue
+            ready = min(off, tl.runnable(s, e) * freq)
             b = math.floor(s)
             while b < e:
-                part = min(e, b + 1) - max(s, b)
+                part = (min(e, b + 1) - max(s, b)) / (e - s)
                 if part > 0:
-                    k = (b, pid, tid, sid)
-                    out[k] = out.get(k, 0.0) + wait * part / (e - s)
+                    for state, n in (("ready", ready), ("wait", off - ready)):
+                        if n > 0:
+                            k = (b, pid, tid, sid, state)
+                            out[k] = out.get(k, 0.0) + n * part
                 b += 1
     return out
 

@@ -158,8 +158,10 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
     waits = fn.get("waiting") or {}
     if waits.get("functions"):
         secs = f"{waits['seconds']:.1f} thread-seconds, " if waits.get("seconds") else ""
-        t = table(f"Where Python threads waited, off-CPU ({secs}{waits['samples']:,} samples; "
-                  "sleep, I/O, locks, the GIL, or no free CPU)",
+        ready = (f"; {waits['ready_seconds']:.1f} of them runnable, waiting for a CPU"
+                 if waits.get("ready_seconds") else "")  # fmt: skip
+        t = table(f"Where Python threads waited, off-CPU ({secs}{waits['samples']:,} samples: "
+                  f"sleep, I/O, locks, the GIL{ready})",
                   ("share", "right"), ("seconds", "right"), ("innermost Python function",
                                                               "left"))  # fmt: skip
         for w in waits["functions"][:10]:

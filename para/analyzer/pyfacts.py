@@ -39,8 +39,13 @@ def waiting(job: Job, limit: int = MAX_WAITING) -> dict[str, Any]:
     """Where Python threads waited (off-CPU): the innermost Python frame of each waiting
     stack, with its samples and seconds."""
     if not job.has("waits"):
-        return {"samples": 0, "seconds": None, "functions": []}
-    total = int(job.one("SELECT coalesce(sum(samples), 0) FROM wait_sec") or 0)
+        return {"samples": 0, "seconds": None, "ready_samples": 0, "ready_seconds": None,
+                "functions": []}  # fmt: skip
+    total, ready = job.query(
+        "SELECT coalesce(sum(samples), 0), coalesce(sum(samples) FILTER (WHERE state = "
+        "'ready'), 0) FROM wait_sec"
+    )[0]
+    total, ready = int(total), int(ready)
     rows = job.query(
         "SELECT string_split(stack, ';')[-1] AS fn, sum(samples) AS n FROM wait_sec "
         "GROUP BY fn ORDER BY n DESC, fn LIMIT ?",
@@ -50,6 +55,8 @@ def waiting(job: Job, limit: int = MAX_WAITING) -> dict[str, Any]:
     return {
         "samples": total,
         "seconds": round(total / freq, 3) if freq else None,
+        "ready_samples": ready,
+        "ready_seconds": round(ready / freq, 3) if freq else None,
         "functions": [
             {"function": str(fn), "samples": int(n), "pct": _pct(int(n), total),
              "seconds": round(int(n) / freq, 3) if freq else None}

@@ -615,12 +615,13 @@ class _Reducer:
             self.pystacks(tab)
             # Python threads seen off-CPU (issue 12): where the time went waiting, apart
             # from the CPU samples that make the hotspots
-            wait = pc.fill_null(pc.equal(state, "wait"), False)
+            wait = pc.fill_null(pc.is_in(state, pa.array(["wait", "ready"])), False)
             waits = tab.filter(wait)
             tab = tab.filter(pc.invert(wait))
             if len(waits):
                 self.nd.series["waits"] = pa.table({
                     "t": _t_ms(waits), "stack": _flat(waits["stack"], pa.string()),
+                    "state": _flat(waits["state"], pa.string()),
                     "samples": _flat(waits["samples"], pa.int64()),
                 })  # fmt: skip
             if not len(tab):

@@ -346,9 +346,9 @@ STACKS = Table(
             "name",
             "info",
             "para",
-            "cpu: perf sampled the thread on a CPU; wait: "
-            "py-spy saw the thread in this stack while perf did not (sleep, I/O, a lock, "
-            "the GIL), in samples of perf's period",
+            "cpu: perf sampled the thread on a CPU; wait: py-spy saw the thread in this "
+            "stack while perf did not (sleep, I/O, a lock, the GIL); ready: the same time "
+            "spent runnable, waiting for a CPU (schedstat); in samples of perf's period",
             "str",
         ),
     ),  # fmt: skip

@@ -81,7 +81,9 @@ SELECT (t - getvariable('t0')) // getvariable('step_ms') AS sec, stack, sum(samp
 FROM stacks GROUP BY ALL;
 
 -- name: wait_sec  needs: waits
--- Python threads off-CPU per step (sleep, I/O, a lock, the GIL), as stack_sec.
+-- Python threads off-CPU per step, as stack_sec: state wait (sleep, I/O, a lock, the GIL)
+-- or ready (runnable, waiting for a CPU).
 CREATE OR REPLACE TABLE wait_sec AS
-SELECT (t - getvariable('t0')) // getvariable('step_ms') AS sec, stack, sum(samples) AS samples
+SELECT (t - getvariable('t0')) // getvariable('step_ms') AS sec, stack, state,
+    sum(samples) AS samples
 FROM waits GROUP BY ALL;
