@@ -34,6 +34,7 @@ import bisect
 import datetime
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -333,6 +334,7 @@ class _Spy:
     log: Path
     real_minus_mono: float
     started: float
+    cpu_s: float = 0.0  # its CPU time, last read
 
 
 @dataclass
@@ -394,6 +396,7 @@ class PySpyRecorder:
             "unreadable": [],
             "pyspy_samples": 0,
             "pyspy_errors": 0,
+            "pyspy_cpu_s": 0.0,
         }
 
     # -- the thread ----------------------------------------------------------------------
@@ -514,9 +517,11 @@ class PySpyRecorder:
 
     def _reap(self, final: bool = False) -> None:
         for pid, spy in list(self._spies.items()):
+            spy.cpu_s = _cpu_s(spy.proc.pid, spy.cpu_s)  # a zombie still has its times
             if spy.proc.poll() is None:
                 continue
             del self._spies[pid]
+            self.info["pyspy_cpu_s"] = round(self.info["pyspy_cpu_s"] + spy.cpu_s, 3)
             target = self.targets[pid]
             ok = self._read(spy, target)
             alive = _alive(pid) and cpython_of(pid) is not None
@@ -656,13 +661,14 @@ def stitch(
     out: list[Row] = [(*r, "perf", "cpu") for r in folded if r[1] not in targets]
     if not targets:
         return out, {}
-    interp = {pid: i.paths() for pid, i in targets.items()}
+    interp = {pid: {x.encode() for x in i.paths()} for pid, i in targets.items()}
     cpu: dict[tuple[int, int, int, str, str, str], int] = {}
     on_cpu: dict[tuple[int, int, int], int] = {}  # (pid, tid, segment) -> samples
     thread_comm: dict[tuple[int, int], str] = {}
     joined: dict[int, str] = {}
+    names = FrameNames()
     stitched = unplaced = 0
-    for pid, tid, comm, t, frames in perf_samples(script, set(targets)):
+    for pid, tid, comm, t, block in perf_samples(script, set(targets)):
         thread_comm[(pid, tid)] = comm
         bucket = math.floor(t)
         tl = timelines.get((pid, tid))
@@ -672,14 +678,14 @@ def stitch(
             sid = 0
         if not sid:
             unplaced += 1
-            key = (bucket, pid, tid, comm, ";".join(f for f, _ in frames), "perf")
+            key = (bucket, pid, tid, comm, names.stack(block), "perf")
         else:
             stitched += 1
             on_cpu[(pid, tid, i)] = on_cpu.get((pid, tid, i), 0) + 1
             py = joined.get(sid)
             if py is None:
                 py = joined[sid] = ";".join(stacks.frames[sid])
-            native = _native_below(frames, interp[pid])
+            native = names.native_below(block, interp[pid])
             key = (bucket, pid, tid, comm, ";".join([py, *native]) if native else py, "py-spy")
         cpu[key] = cpu.get(key, 0) + 1
     for (b, pid, tid, comm, stack, src), n in cpu.items():
@@ -742,76 +748,103 @@ def _waits(
     return out
 
 
-def _native_below(frames: list[tuple[str, str]], interp: set[str]) -> list[str]:
-    """The native frames under the Python code (root-first): from the leaf up to the first
-    frame of the interpreter (or one perf could not place), what a C extension, a library
-    it calls or the kernel ran."""
-    out: list[str] = []
-    for func, dso in reversed(frames):
-        if dso in interp or dso == "[unknown]" or os.path.basename(dso).startswith("libpython"):
-            break
-        out.append(func)
-    out.reverse()
-    return out
+class FrameNames:
+    """Stack lines of `perf script` named as `para fold` names them, each distinct line
+    (address left out) tidied once."""
 
+    def __init__(self) -> None:
+        self._seen: dict[bytes, list[str]] = {}
 
-def perf_samples(
-    script: Path, pids: set[int]
-) -> Iterator[tuple[int, int, str, float, list[tuple[str, str]]]]:
-    """(pid, tid, comm, time, frames root-first as (name, dso)) of each sample of `pids` in
-    `perf script -F comm,pid,tid,time,event,ip,sym,symoff,dso` output, the frames named as
-    `para fold` names them; the first event seen is the one kept, as there."""
-    wanted = b""
-    cur: tuple[int, int, str, float] | None = None
-    frames: list[tuple[str, str]] = []
-    with open(script, "rb") as f:
-        for line in f:
-            line = line.rstrip(b"\n")
-            if not line:
-                if cur is not None:
-                    frames.reverse()
-                    yield (*cur, frames)
-                cur, frames = None, []
-                continue
-            if not line[:1].isspace():
-                cur = None
-                m = fold_py.HEADER.match(line)
-                if m is None or m.group(3) is None:
-                    continue
-                ev = fold_py.EVENT.search(line)
-                if ev is not None:
-                    if not wanted:
-                        wanted = ev.group(2)
-                    elif ev.group(2) != wanted:
-                        continue
-                pid = fold_py.parse_id(m.group(2))
-                if pid not in pids:
-                    continue
-                stamp = None
-                for token in line[m.end() :].split():
-                    ts = fold_py.TIMESTAMP.fullmatch(token)
-                    if ts is not None:
-                        stamp = float(ts.group(1))
-                        break
-                if stamp is None:
-                    continue
-                comm = m.group(1).replace(b" ", b"_").decode("utf-8", "surrogateescape")
-                cur = (pid, fold_py.parse_id(m.group(3)), comm, stamp)
-                frames = []
-                continue
-            if cur is None:
-                continue
+    def names(self, line: bytes) -> list[str]:
+        """The frames of one stack line, in perf's order (an inlined chain is several)."""
+        rest = line.lstrip()
+        sp = rest.find(b" ")
+        key = rest[sp + 1 :] if sp >= 0 else rest
+        got = self._seen.get(key)
+        if got is None:
             parts = fold_py.match_frame(line)
-            if parts is None:
+            funcs = (fold_py.frame_funcs(*parts, java=False, kernel=False, jit=False,
+                                         addrs=False) if parts else None)  # fmt: skip
+            got = [f.decode("utf-8", "surrogateescape") for f in funcs or ()]
+            if len(self._seen) < 1_000_000:
+                self._seen[key] = got
+        return got
+
+    def native_below(self, block: bytes, interp: set[bytes]) -> list[str]:
+        """The native frames under the Python code, root-first: the stack lines of one
+        sample (leaf first, as perf prints them) up to the first frame of the interpreter
+        (or one perf could not place): what a C extension, a library it calls or the
+        kernel ran.  Only these lines are read."""
+        out: list[str] = []
+        pos, size = 0, len(block)
+        while pos < size:
+            nl = block.find(b"\n", pos)
+            if nl < 0:
+                nl = size
+            line = block[pos:nl]
+            pos = nl + 1
+            i = line.rfind(b" (")
+            if i < 0 or not line.endswith(b")"):
                 continue
-            funcs = fold_py.frame_funcs(*parts, java=False, kernel=False, jit=False, addrs=False)
-            if funcs:
-                dso = parts[2].decode("utf-8", "surrogateescape")
-                # perf prints the leaf first; frames inlined into one line stay in its order
-                for fn in reversed(funcs):
-                    frames.append((fn.decode("utf-8", "surrogateescape"), dso))
-    if cur is not None and frames:
-        pass  # like `para fold`, a last sample without its blank line is dropped
+            dso = line[i + 2 : -1]
+            if dso in interp or dso == b"[unknown]" or b"/libpython" in dso:
+                break
+            out.extend(reversed(self.names(line)))
+        out.reverse()
+        return out
+
+    def stack(self, block: bytes) -> str:
+        """The whole stack of one sample, root-first, as `para fold` joins it."""
+        out: list[str] = []
+        for line in block.split(b"\n"):
+            out[:0] = self.names(line)
+        return ";".join(out)
+
+
+def perf_samples(script: Path, pids: set[int]) -> Iterator[tuple[int, int, str, float, bytes]]:
+    """(pid, tid, comm, time, stack lines) of each sample of `pids` in `perf script -F
+    comm,pid,tid,time,event,ip,sym,symoff,dso` output, the first event seen being the one
+    kept, as `para fold` does.  Samples are cut at blank lines in place (a memory map): the
+    samples of other processes are skipped without being read line by line."""
+    if not script.exists() or script.stat().st_size == 0:
+        return
+    wanted = b""
+    with open(script, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pos, size = 0, len(m)
+        while pos < size:
+            end = m.find(b"\n\n", pos)
+            if end < 0:
+                return  # like `para fold`, a last sample without its blank line is dropped
+            nl = m.find(b"\n", pos, end)
+            head_end = end if nl < 0 else nl
+            header = m[pos:head_end]
+            block_start = head_end + 1
+            pos = end + 2
+            while pos < size and m[pos : pos + 1] == b"\n":
+                pos += 1
+            if not header or header[:1].isspace() or header.startswith(b"#"):
+                continue
+            # "comm pid/tid time: event:" (the comm may hold spaces)
+            toks = header.rsplit(None, 3)
+            if len(toks) != 4 or not toks[2].endswith(b":") or not toks[3].endswith(b":"):
+                continue
+            ids = toks[1].split(b"/")
+            if len(ids) != 2 or not ids[0].isdigit() or not ids[1].isdigit():
+                continue
+            event = toks[3]
+            if not wanted:
+                wanted = event
+            elif event != wanted:
+                continue
+            pid = fold_py.parse_id(ids[0])
+            if pid not in pids:
+                continue
+            try:
+                stamp = float(toks[2][:-1])
+            except ValueError:
+                continue
+            comm = toks[0].replace(b" ", b"_").decode("utf-8", "surrogateescape")
+            yield pid, fold_py.parse_id(ids[1]), comm, stamp, m[block_start:end]
 
 
 def _version(binary: str) -> str | None:
@@ -843,6 +876,16 @@ def _age(pid: int) -> float:
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int, last: float) -> float:
+    """User + system CPU seconds of process `pid` (`last` when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        return last
 
 
 def _alive(pid: int) -> bool:
