@@ -46,9 +46,9 @@ def inner(n):
     return s
 def outer(n):
     return sum(inner(2000) for _ in range(n))
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 outer(int(sys.argv[1]))
-open(sys.argv[2], "w").write(str(time.perf_counter() - t))
+open(sys.argv[2], "w").write(f"{time.perf_counter() - t} {time.process_time() - c}")
 """
 
 
@@ -56,11 +56,14 @@ def calibrate(python: str, prog: Path, seconds: float, d: Path) -> int:
     """Iterations that take about `seconds` here."""
     out = d / "cal.txt"
     subprocess.run([python, str(prog), "200", str(out)], check=True)
-    per = float(out.read_text()) / 200
+    per = float(out.read_text().split()[1]) / 200
     return max(200, int(seconds / per))
 
 
-def profiled(python: str, prog: Path, n: int, d: Path, extra: list[str]) -> tuple[float, dict]:
+def profiled(
+    python: str, prog: Path, n: int, d: Path, extra: list[str]
+) -> tuple[tuple[float, float], dict]:
+    """The program's own (wall, CPU) seconds under `para profile --functions` + `extra`."""
     out, para = d / "t.txt", d / "p.para"
     para.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "para", "profile", "-q", "--functions", *extra, "-o",
@@ -69,11 +72,16 @@ def profiled(python: str, prog: Path, n: int, d: Path, extra: list[str]) -> tupl
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with ParaFile(para) as pf:
         info = pf.meta.get("functions") or {}
-    return float(out.read_text()), info
+    wall, cpu = out.read_text().split()
+    return (float(wall), float(cpu)), info
 
 
 def slowdown(python: str, prog: Path, n: int, pairs: int, d: Path, rate: int) -> None:
-    ratios, spy_cpu, prog_s, losses = [], [], [], []
+    """Wall-clock slowdown is what a user sees; on a shared, oversubscribed machine it
+    mostly measures the others, so the program's CPU time (what py-spy's reads of its
+    memory could cost it: caches, memory bandwidth) and py-spy's own CPU time (what it
+    takes from a node whose cores the job fills) are printed beside it."""
+    ratios, cpu_ratios, spy_cpu, prog_s, losses = [], [], [], [], []
     for i in range(pairs):
         order = [("perf", ["--no-python-stacks"]), ("py", ["--py-spy-rate", str(rate)])]
         if i % 2:
@@ -81,8 +89,9 @@ def slowdown(python: str, prog: Path, n: int, pairs: int, d: Path, rate: int) ->
         got = {}
         for name, extra in order:
             got[name] = profiled(python, prog, n, d, extra)
-        a, b = got["perf"][0], got["py"][0]
+        (a, ca), (b, cb) = got["perf"][0], got["py"][0]
         ratios.append(b / a)
+        cpu_ratios.append(cb / ca)
         info = got["py"][1].get("python") or {}
         spy_cpu.append(info.get("pyspy_cpu_s") or 0.0)
         prog_s.append(b)
@@ -91,13 +100,18 @@ def slowdown(python: str, prog: Path, n: int, pairs: int, d: Path, rate: int) ->
         expected = rate * b
         losses.append((info.get("pyspy_samples") or 0, expected, info.get("pyspy_errors") or 0,
                        alone, stitched + alone))  # fmt: skip
-        print(f"  pair {i + 1}: perf alone {a:.3f} s, perf + py-spy {b:.3f} s "
-              f"({100 * (b / a - 1):+.1f} %)", flush=True)  # fmt: skip
+        print(f"  pair {i + 1}: perf alone {a:.3f} s ({ca:.3f} s CPU), perf + py-spy {b:.3f} s "
+              f"({cb:.3f} s CPU): wall {100 * (b / a - 1):+.1f} %, CPU "
+              f"{100 * (cb / ca - 1):+.1f} %", flush=True)  # fmt: skip
     med = statistics.median(ratios)
     cpu = statistics.median(c / s for c, s in zip(spy_cpu, prog_s))
-    print(f"py-spy at {rate} Hz: slowdown {100 * (med - 1):+.2f} % (median of {pairs} pairs; "
-          f"range {100 * (min(ratios) - 1):+.1f} to {100 * (max(ratios) - 1):+.1f} %); py-spy "
-          f"used {100 * cpu:.2f} % of a core")  # fmt: skip
+    cmed = statistics.median(cpu_ratios)
+    print(f"py-spy at {rate} Hz: wall-clock slowdown {100 * (med - 1):+.2f} % (median of {pairs} "
+          f"pairs; range {100 * (min(ratios) - 1):+.1f} to {100 * (max(ratios) - 1):+.1f} %); "
+          f"the program's CPU time {100 * (cmed - 1):+.2f} % (range "
+          f"{100 * (min(cpu_ratios) - 1):+.1f} to {100 * (max(cpu_ratios) - 1):+.1f} %); py-spy "
+          f"used {100 * cpu:.2f} % of a core per Python process; load "
+          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     reads = sum(x[0] for x in losses)
     want = sum(x[1] for x in losses)
     errs = sum(x[2] for x in losses)
@@ -179,7 +193,7 @@ def perf_maps(py312: str, prog: Path, d: Path, n: int) -> None:
     base = []
     for _ in range(3):
         subprocess.run([py312, str(prog), str(n), str(out)], check=True)
-        base.append(float(out.read_text()))
+        base.append(float(out.read_text().split()[0]))
     b = statistics.median(base)
     print(f"{py312} ({subprocess.run([py312, '-V'], capture_output=True, text=True).stdout.strip()}"
           f"): {b:.3f} s without perf")  # fmt: skip
@@ -191,7 +205,7 @@ def perf_maps(py312: str, prog: Path, d: Path, n: int) -> None:
                             str(data), "--", py312, "-X", "perf", str(prog), str(n), str(out)],
                            check=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)  # fmt: skip
-            walls.append(float(out.read_text()))
+            walls.append(float(out.read_text().split()[0]))
         script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,sym"],
                                 capture_output=True, text=True).stdout  # fmt: skip
         total = any_py = caller = 0
@@ -199,8 +213,8 @@ def perf_maps(py312: str, prog: Path, d: Path, n: int) -> None:
             if not sample.strip():
                 continue
             total += 1
-            py = sample.count("py::")
-            any_py += py >= 1
+            named = sample.count("py::")
+            any_py += named >= 1
             caller += "py::outer" in sample and "py::inner" in sample
         size = data.stat().st_size / 2**20
         w = statistics.median(walls)
@@ -208,7 +222,7 @@ def perf_maps(py312: str, prog: Path, d: Path, n: int) -> None:
               f"{100 * any_py / max(total, 1):.1f} % of {total} samples name a Python "
               f"function, {100 * caller / max(total, 1):.1f} % the caller too "
               f"(outer -> inner); perf.data {size:.2f} MiB")  # fmt: skip
-    t, info = profiled(py312, prog, n, d, [])
+    (t, _), info = profiled(py312, prog, n, d, [])
     py = info.get("python") or {}
     st, alone = py.get("stitched_samples") or 0, py.get("perf_only_samples") or 0
     rows = []

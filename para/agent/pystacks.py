@@ -692,8 +692,8 @@ def stitch(
         out.append((b, pid, tid, comm, stack, n, src, "cpu"))
     totals = {"wait": 0, "ready": 0}
     waits = _waits(targets, timelines, on_cpu, freq, poll_s)
-    for (b, pid, tid, sid, state), n in sorted(waits.items()):
-        k = round(n)
+    for (b, pid, tid, sid, state), amount in sorted(waits.items()):
+        k = round(amount)
         if k > 0:
             comm = thread_comm.get((pid, tid)) or comms.get(pid, "")
             py = joined.get(sid)

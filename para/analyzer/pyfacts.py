@@ -82,21 +82,22 @@ def python_facts(job: Job, freq_hz: float | None) -> dict[str, Any] | None:
         "LIMIT 5",
         [PY_LEAF],
     )
+    data, worker, copy = (rules.DATA_LOADING_PATTERN, rules.LOADER_WORKER_PATTERN,
+                          rules.H2D_PATTERN)  # fmt: skip
     threads = [
         {"node": int(node), "pid": int(pid), "tid": int(tid), "cpu": int(c), "wait": int(w),
          "data": int(d), "data_wait": int(dw), "worker": bool(wk), "copy": int(cp)}
         for node, pid, tid, c, w, d, dw, wk, cp in job.query(
             "SELECT node, pid, tid, "
             "coalesce(sum(samples) FILTER (WHERE state = 'cpu'), 0), "
-            "coalesce(sum(samples) FILTER (WHERE state = 'wait'), 0), "
-            "coalesce(sum(samples) FILTER (WHERE regexp_matches(stack, $data)), 0), "
+            "coalesce(sum(samples) FILTER (WHERE state <> 'cpu'), 0), "
+            "coalesce(sum(samples) FILTER (WHERE regexp_matches(stack, ?)), 0), "
             "coalesce(sum(samples) FILTER (WHERE state = 'wait' AND "
-            "  regexp_matches(stack, $data)), 0), "
-            "bool_or(regexp_matches(stack, $worker)), "
-            "coalesce(sum(samples) FILTER (WHERE regexp_matches(stack, $copy)), 0) "
+            "  regexp_matches(stack, ?)), 0), "
+            "bool_or(regexp_matches(stack, ?)), "
+            "coalesce(sum(samples) FILTER (WHERE regexp_matches(stack, ?)), 0) "
             "FROM pystacks GROUP BY node, pid, tid ORDER BY node, pid, tid",
-            {"data": rules.DATA_LOADING_PATTERN, "worker": rules.LOADER_WORKER_PATTERN,
-             "copy": rules.H2D_PATTERN},  # type: ignore[arg-type]
+            [data, data, worker, copy],
         )
     ]  # fmt: skip
     return {
@@ -114,18 +115,19 @@ def _where(
 ) -> list[tuple[str, int]]:
     """The stacks matching `pattern` (in `state`, or any; of one thread, or all), cut after
     the last frame that matches, by samples: the evidence a rule quotes."""
-    cond = "regexp_matches(stack, $p)" + (" AND state = $s" if state else "")
-    params: dict[str, Any] = {"p": pattern}
+    cond = "regexp_matches(stack, ?)"
+    params: list[Any] = [pattern]
     if state:
-        params["s"] = state
+        cond += " AND state = ?"
+        params.append(state)
     if thread is not None:
-        cond += " AND node = $node AND pid = $pid AND tid = $tid"
-        params.update(node=thread["node"], pid=thread["pid"], tid=thread["tid"])
+        cond += " AND node = ? AND pid = ? AND tid = ?"
+        params += [thread["node"], thread["pid"], thread["tid"]]
     out: dict[str, int] = {}
     rx = re.compile(pattern)
     for stack, n in job.query(
         f"SELECT stack, sum(samples) FROM pystacks WHERE {cond} GROUP BY stack", params
-    ):  # type: ignore[arg-type]
+    ):
         frames = str(stack).split(";")
         last = max(i for i, f in enumerate(frames) if rx.search(";" + f))
         py = [f for f in frames[: last + 1] if _is_py(f)]
