@@ -545,8 +545,9 @@ def test_cpython_is_recognised_and_other_programs_are_not():
 
 def test_older_rows_without_source_and_state_read_as_perf_cpu(tmp_path):
     path = tmp_path / "old.para"
-    w = ParaWriter(path, {"host": {"hostname": "h", "clock_ticks": 100}, "interval": 1.0,
-                          "command": ["x"], "allowed_cpus": 1, "catalogue": catalogue()})  # fmt: skip
+    meta = {"host": {"hostname": "h", "clock_ticks": 100}, "interval": 1.0, "command": ["x"],
+            "allowed_cpus": 1, "catalogue": catalogue()}  # fmt: skip
+    w = ParaWriter(path, meta)
     t = 1_800_000_000_000
     w.append(t, {"stacks": [[t, 7, 7, "app", "main;f", 5],
                             [t, 7, 8, "app", "m.g (m.py:1)", 3, "py-spy", "wait"]]},
@@ -646,6 +647,36 @@ def test_python_rules_say_why_without_python_stacks(tmp_path):
     rules = {r["id"]: r for r in a.doc["rules"]}
     for rid in ("python_interpreter", "python_data_loading", "python_host_to_gpu"):
         assert rules[rid]["status"] == "not_evaluated" and "py-spy" in rules[rid]["reason"]
+
+
+@pytest.mark.slow
+def test_py_spy_is_renewed_and_the_stacks_go_on(tmp_path):
+    """py-spy keeps its whole trace in memory: a fresh one is started every rotate_s; the
+    thread's timeline goes on across them, with at most a short gap between two."""
+    try:
+        pystacks.pyspy_binary()
+    except Exception as e:
+        cannot_run(str(e), PYSPY_HINT)
+    prog = tmp_path / "spin.py"
+    prog.write_text("import time\ndef spin(sec):\n    end = time.monotonic() + sec\n"
+                    "    while time.monotonic() < end: pass\nspin(3.5)\n")  # fmt: skip
+    child = subprocess.Popen([sys.executable, str(prog)], cwd=tmp_path)
+    rec = pystacks.PySpyRecorder(lambda: {child.pid}, rotate_s=1.0, cwd=str(tmp_path))
+    try:
+        rec.start()
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+        child.wait()
+        rec.stop()
+        rec.close()
+    assert rec.targets[child.pid].spies >= 3, rec.info
+    tl = rec.timelines[(child.pid, child.pid)]
+    spin = [i for i, sid in enumerate(tl.ids) if "spin.spin (spin.py:2)" in rec.stacks.frames[sid]]
+    assert spin, [rec.stacks.frames[i] for i in tl.ids]
+    first, last = tl.starts[spin[0]], tl.starts[spin[-1] + 1]
+    covered = sum(tl.starts[i + 1] - tl.starts[i] for i in spin)
+    assert last - first >= 2.5 and covered >= 0.9 * (last - first), (covered, first, last)
 
 
 def test_py_spy_is_found_beside_the_interpreter():
