@@ -369,6 +369,23 @@ def test_a_process_that_starts_later_is_followed(tmp_path):
     assert py >= 0.8 * sum(r["samples"] for r in mine)
 
 
+@pytest.mark.slow
+def test_a_shell_that_execs_python_later_is_followed(tmp_path):
+    """The command is a shell (not Python) when the profile begins; it becomes Python by
+    exec, in the same process."""
+    _tools()
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(PURE))
+    out, own = tmp_path / "sh.para", tmp_path / "own.json"
+    script = f'sleep 0.5; exec "{sys.executable}" "{prog}" 12 "{own}"'
+    r = run_para("profile", "-q", "--functions", "-o", str(out), "--", "sh", "-c", script,
+                 env=_env(), cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run = Run(out, json.loads(own.read_text()), r.stderr, prog)
+    _close(run.shares(["alpha", "beta", "gamma"]), _own_shares(run.own))
+    assert run.info["python"]["processes"] == 1
+
+
 # -- where py-spy cannot help ----------------------------------------------------------------
 
 

@@ -379,7 +379,7 @@ class PySpyRecorder:
         self._spies: dict[int, _Spy] = {}
         self._pids: set[int] = set()  # every py-spy started (para's helpers, not the job's)
         self._seen: dict[int, float] = {}  # job pid -> when first seen (not yet classified)
-        self._others: set[int] = set()  # job pids that are not CPython (or were classified)
+        self._others: dict[int, str] = {}  # job pids that are not CPython -> their program
         self._members: set[int] = set()
         self._last_pid = b""
         self._polls = 0
@@ -457,6 +457,11 @@ class PySpyRecorder:
         """Walk the job's tree from its roots (and what re-parented to para), classify each
         process once it is old enough to have exec'd what it runs (a fork about to exec
         still looks like its parent)."""
+        # a process that was not Python may exec it (a shell's `exec python ...`)
+        for pid, exe in list(self._others.items()):
+            if pid in self._members and _exe(pid) not in (exe, None):
+                del self._others[pid]
+                self._last_pid = b""
         if self._no_new_process():
             return
         excluded = self.exclude() | self.helper_pids()
@@ -473,14 +478,14 @@ class PySpyRecorder:
         self._members = seen
         now = time.monotonic()
         roots = self.roots()
-        for pid in seen - self._others - self.targets.keys():
+        for pid in seen - self._others.keys() - self.targets.keys():
             first = self._seen.setdefault(pid, now)
             if pid not in roots and now - first < self.poll_s * 0.9 and _age(pid) < MIN_AGE_S:
                 continue  # the roots have exec'd what they run; a fresh fork may not have
             del self._seen[pid]
             interp = cpython_of(pid)
             if interp is None:
-                self._others.add(pid)
+                self._others[pid] = _exe(pid) or ""
                 continue
             self.targets[pid] = _Target(pid, interp, _comm(pid))
             self.info["processes"] += 1
@@ -861,6 +866,13 @@ def _comm(pid: int) -> str:
             return f.read().strip().replace(" ", "_")
     except OSError:
         return ""
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
 
 
 def _age(pid: int) -> float:
