@@ -7,6 +7,8 @@
    perf's own (499 Hz).  py-spy's own CPU time is printed beside it.
 2. Samples lost: py-spy's reads against its rate times its time, its errors; perf samples of
    the Python threads that got no Python stack (before py-spy attached) against all.
+   The same on one running program, py-spy switched on and off every 2 s (robust to the
+   load of a shared machine, which drifts more slowly).
 3. Stitching (the step at the end of a profile): a generated `perf script` of a 4-thread
    Python process and its py-spy timelines through `pystacks.stitch`, beside the anchor the
    same text folded by the Cython `fold_timed` kernel.
@@ -122,6 +124,72 @@ def slowdown(python: str, prog: Path, n: int, pairs: int, d: Path, rate: int) ->
           f"under load), {errs} errors; {alone:,} of {allp:,} perf samples of the Python "
           f"threads ({100 * alone / max(allp, 1):.2f} %) got no Python stack (before py-spy "
           "attached) and kept perf's frames")  # fmt: skip
+
+
+WINDOWED = """
+import sys, time
+def inner(n):
+    s = 0
+    for i in range(n): s += i * i % 7
+    return s
+marks = []
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    inner(3000)
+    marks.append(time.monotonic())
+open(sys.argv[2], "w").write("\\n".join(map(repr, marks)))
+"""
+
+
+def windowed(python: str, d: Path, rate: int, windows: int, width: float) -> None:
+    """py-spy switched on and off in turns on one running program that perf record follows
+    throughout: the program's progress (chunks of work per second) in each window with
+    py-spy against the mean of the two windows around it without.  A shared machine's load
+    drifts over seconds, not within three windows, so this sees what pairs of whole runs
+    cannot (a py-spy starting in each window adds its start to the figure)."""
+    prog, marks, data = d / "win.py", d / "marks.txt", d / "win.data"
+    prog.write_text(WINDOWED)
+    length = windows * width + 1.0
+    target = subprocess.Popen([python, str(prog), str(length), str(marks)])
+    perf = subprocess.Popen(["perf", "record", "-q", "-F", "499", "-g", "-e", "cpu-clock", "-p",
+                             str(target.pid), "-o", str(data)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    bounds, spy_cpu = [], 0.0
+    for w in range(windows):
+        t0 = time.monotonic()
+        spy = None
+        if w % 2:
+            spy = subprocess.Popen([pystacks.pyspy_binary(), "record", "-p", str(target.pid),
+                                    "-r", str(rate), "--nonblocking", "--idle", "--threads",
+                                    "--function", "--format", "chrometrace", "-o",
+                                    str(d / "w.json")], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(max(0.0, t0 + width - time.monotonic()))
+        if spy is not None:
+            spy.send_signal(2)
+            _, _, ru = os.wait4(spy.pid, 0)
+            spy.returncode = 0
+            spy_cpu += ru.ru_utime + ru.ru_stime
+        bounds.append((t0, time.monotonic(), spy is not None))
+    target.wait()
+    perf.wait()
+    ts = [float(x) for x in marks.read_text().split()]
+
+    def speed(a: float, b: float) -> float:
+        n = sum(1 for t in ts if a <= t < b)
+        return n / (b - a)
+
+    rates = [speed(a + 0.1, b) for a, b, _ in bounds]  # the first 0.1 s: py-spy starting
+    ratios = [rates[i] / ((rates[i - 1] + rates[i + 1]) / 2) for i in range(1, windows - 1)
+              if bounds[i][2]]  # fmt: skip
+    med = statistics.median(ratios)
+    on = sum(b - a for a, b, py in bounds if py)
+    print(f"py-spy at {rate} Hz switched on and off every {width:g} s ({len(ratios)} windows "
+          f"with it): the program ran {100 * (1 - med):+.2f} % slower with it (median; range "
+          f"{100 * (1 - max(ratios)):+.1f} to {100 * (1 - min(ratios)):+.1f} %); py-spy used "
+          f"{100 * spy_cpu / on:.2f} % of a core while on, its start included; load "
+          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
 
 
 def synthetic_script(samples: int, threads: int = 4, seed: int = 1) -> tuple[bytes, dict]:
@@ -243,7 +311,9 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable, help="the interpreter profiled")
     ap.add_argument("--py312", default=None, help="a Python 3.12+ for the -X perf figures")
     ap.add_argument("--stitch-samples", type=int, default=200_000)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["slowdown", "stitch", "perfmaps"])
+    ap.add_argument("--windows", type=int, default=21, help="on/off windows of 2 s")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["slowdown", "windowed", "stitch", "perfmaps"])  # fmt: skip
     args = ap.parse_args()
     print(f"py-spy {pystacks._version(pystacks.pyspy_binary())}, {os.cpu_count()} CPUs, load "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
@@ -257,6 +327,9 @@ def main() -> None:
                   "against perf record alone:")  # fmt: skip
             for rate in (100, 499):
                 slowdown(args.python, prog, n, args.pairs, d, rate)
+        if "windowed" not in args.skip:
+            for rate in (100, 499):
+                windowed(args.python, d, rate, args.windows, 2.0)
         if "stitch" not in args.skip:
             stitching(args.stitch_samples, 3)
         if "perfmaps" not in args.skip:
