@@ -139,8 +139,10 @@ def test_the_bundled_workload_shows_its_python_functions(rec, doc):
         rows = pf.read_table("stacks").to_pylist() if "stacks" in pf.tables else []
         python = (pf.meta.get("functions") or {}).get("python")
     if not python:
-        cannot_run("no Python stacks were recorded (py-spy or perf record missing)",
-                   "pip install py-spy (para's dependency); apt install linux-perf")
+        cannot_run(
+            "no Python stacks were recorded (py-spy or perf record missing)",
+            "pip install py-spy (para's dependency); apt install linux-perf",
+        )
     assert any(r["source"] == "py-spy" for r in rows)
     hot = [h["function"] for h in doc["job"]["functions"]["hotspots"][:5]]
     assert any(re.match(r"phases\.burn \(.*phases\.py:\d+\)$", h) for h in hot), hot
