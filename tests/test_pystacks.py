@@ -669,7 +669,8 @@ def test_python_rules_say_why_without_python_stacks(tmp_path):
 @pytest.mark.slow
 def test_py_spy_is_renewed_and_the_stacks_go_on(tmp_path):
     """py-spy keeps its whole trace in memory: a fresh one is started every rotate_s; the
-    thread's timeline goes on across them, with at most a short gap between two."""
+    thread's timeline goes on across them, with a short gap between two (the next one's
+    start: a second here, a minute in use)."""
     try:
         pystacks.pyspy_binary()
     except Exception as e:
@@ -693,7 +694,7 @@ def test_py_spy_is_renewed_and_the_stacks_go_on(tmp_path):
     assert spin, [rec.stacks.frames[i] for i in tl.ids]
     first, last = tl.starts[spin[0]], tl.starts[spin[-1] + 1]
     covered = sum(tl.starts[i + 1] - tl.starts[i] for i in spin)
-    assert last - first >= 2.5 and covered >= 0.9 * (last - first), (covered, first, last)
+    assert last - first >= 2.5 and covered >= 0.75 * (last - first), (covered, first, last)
 
 
 def test_py_spy_is_found_beside_the_interpreter():
