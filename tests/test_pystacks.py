@@ -229,8 +229,12 @@ def test_multiprocessing_children_are_followed(tmp_path):
     _tools()
     run = profile(tmp_path, "mp", MULTI, "1.2")
     _close(run.shares(["child_a", "child_b"]), _own_shares(run.own))
-    pids = {r["pid"] for r in run.cpu() if r["source"] == "py-spy"}
-    assert len(pids) == 3, pids  # the parent and both children
+    a = {r["pid"] for r in run.cpu() if re.search(r"(^|;)mp\.child_a \(", r["stack"])}
+    b = {r["pid"] for r in run.cpu() if re.search(r"(^|;)mp\.child_b \(", r["stack"])}
+    assert len(a) == 1 and len(b) == 1 and a != b, (a, b)
+    # the parent waited for them, in its own Python stack (it hardly ran)
+    parent = {r["pid"] for r in run.rows if r["source"] == "py-spy"} - a - b
+    assert len(parent) == 1, parent
     assert run.info["python"]["processes"] == 3
 
 
