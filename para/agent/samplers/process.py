@@ -41,6 +41,7 @@ class ProcessSampler(Sampler):
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.seen_total = 0
         self._last_pid = b""
+        self.names: dict[int, str] = {}  # pid -> comm, to see it exec another program
 
     def open(self) -> dict[str, Any]:
         if not self.files.exists("proc/self/stat"):
@@ -109,6 +110,7 @@ class ProcessSampler(Sampler):
             if st is None:
                 continue
             self.members[pid] = st[9]
+            self.names[pid] = st[1]
             self.seen_total += 1
             out.setdefault("events", []).append(
                 event(
@@ -148,6 +150,12 @@ class ProcessSampler(Sampler):
             except (OSError, ValueError):
                 # /proc/PID/io needs ptrace rights: absent for other users' processes
                 rchar = wchar = rbytes = wbytes = None
+            if st[1] != self.names.get(pid):
+                # an exec (a shell's, a pyenv shim's): the name follows the program it runs
+                self.names[pid] = st[1]
+                out.setdefault("events", []).append(
+                    event(t_ms, "process_exec", st[1], pid, cmdline=self._cmdline(pid))
+                )
             _, _, state, ppid, minflt, majflt, utime, stime, threads, _, vsize, rss, cpu = st[:13]
             cu, cs = st[13:15]
             rows.append(
@@ -183,6 +191,7 @@ class ProcessSampler(Sampler):
 
     def _ended(self, t_ms: int, pid: int, out: Rows) -> None:
         del self.members[pid]
+        self.names.pop(pid, None)
         for name in ("stat", "status", "io"):
             self.files.forget(f"proc/{pid}/{name}")
         self.outsiders.add(pid)  # an unreaped zombie must not rejoin as a new process
