@@ -92,7 +92,22 @@ def cli() -> None:
 @click.option(
     "--functions",
     is_flag=True,
-    help="Also sample call stacks with perf record (cycles, else cpu-clock).",
+    help="Also sample call stacks with perf record (cycles, else cpu-clock); Python "
+    "processes get their Python functions from py-spy.",
+)
+@click.option(
+    "--no-python-stacks",
+    is_flag=True,
+    help="With --functions: no py-spy; Python processes keep perf's interpreter frames.",
+)
+@click.option(
+    "--py-spy-rate",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    metavar="HZ",
+    help="With --functions: how often py-spy reads the Python stacks (it places perf's "
+    "samples in time; perf's rate sets the samples).",
 )
 @click.option(
     "-e",
@@ -110,6 +125,8 @@ def profile(
     output: str | None,
     interval: float,
     functions: bool,
+    no_python_stacks: bool,
+    py_spy_rate: int,
     events: tuple[str, ...],
     no_counters: bool,
     no_gpu: bool,
@@ -133,6 +150,8 @@ def profile(
         counters=not no_counters,
         gpu=not no_gpu,
         quiet=quiet,
+        python_stacks=not no_python_stacks,
+        pyspy_rate=py_spy_rate,
     )
     result = run(opts)
     if result.path is not None:

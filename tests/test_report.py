@@ -24,7 +24,7 @@ from para.analyzer.summary import fmt_bytes
 from para.formats import ParaFile, ParaWriter
 from para.formats.schema import TABLES
 
-from .conftest import REPO, need_tool, para_cmd, run_para
+from .conftest import REPO, cannot_run, need_tool, para_cmd, run_para
 
 HOSTILE = "</script><script>alert(1)</script> <img src=x onerror=alert(1)>"
 HOSTILE_SCRIPT = f"sleep 1; exit 3 # {HOSTILE}"
@@ -131,6 +131,23 @@ def test_terminal_report_agrees_with_the_file(rec, text):
         assert "Hottest functions by self time" in text
     else:
         assert "\nFunctions: " in text
+
+
+def test_the_bundled_workload_shows_its_python_functions(rec, doc):
+    """What `make demo` shows (issue 12): the Python functions of phases.py, not the
+    interpreter's, among the hottest (py-spy's frames on perf's samples)."""
+    with ParaFile(rec["phases"]) as pf:
+        rows = pf.read_table("stacks").to_pylist() if "stacks" in pf.tables else []
+        python = (pf.meta.get("functions") or {}).get("python")
+    if not python:
+        cannot_run(
+            "no Python stacks were recorded (py-spy or perf record missing)",
+            "pip install py-spy (para's dependency); apt install linux-perf",
+        )
+    assert any(r["source"] == "py-spy" for r in rows)
+    hot = [h["function"] for h in doc["job"]["functions"]["hotspots"][:5]]
+    assert any(re.match(r"phases\.burn \(.*phases\.py:\d+\)$", h) for h in hot), hot
+    assert not any(h.startswith("_PyEval") for h in hot[:3]), hot
 
 
 def test_terminal_shows_exit_code_and_hostile_command_as_is(rec):

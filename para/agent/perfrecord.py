@@ -50,6 +50,9 @@ class FunctionRecorder:
         self.instructions: list[list[Any]] = []  # rows of instr_samples, after finish()
         self.log = Path(self._dir) / "perf.log"
         self.info: dict[str, Any] = {"frequency_hz": freq, "requested_event": event}
+        # Python stacks of the job's CPython processes (pystacks.PySpyRecorder), stitched
+        # onto perf's samples at the end
+        self.python: Any = None
 
     def start(self) -> None:
         """Attach to the (stopped) command; returns once perf samples it."""
@@ -120,12 +123,19 @@ class FunctionRecorder:
                 )  # fmt: skip
             folded = _fold_file(text)
             self.instructions = instruction_rows(text.read_bytes())
+            if self.python is not None:
+                stitched = self.python.stitch(text, folded, self.freq)
+            else:
+                stitched = [(*r, "perf", "cpu") for r in folded]
             rows = []
             total = 0
-            for bucket, pid, tid, comm, stack, count in folded:
-                rows.append([int((bucket + offset) * 1000), pid, tid, comm, stack, count])
-                total += count
+            for bucket, pid, tid, comm, stack, count, source, state in stitched:
+                rows.append([int((bucket + offset) * 1000), pid, tid, comm, stack, count,
+                             source, state])  # fmt: skip
+                total += count if state == "cpu" else 0
             self.info.update(samples=total, stacks=len(rows), event=self._event_used())
+            if self.python is not None:
+                self.info["python"] = self.python.info
             return rows
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -47,6 +47,10 @@ class ProfileOptions:
     gpu: bool = True
     quiet: bool = False
     perf: str = "perf"
+    # --functions: Python stacks of CPython processes by py-spy (issue 12)
+    python_stacks: bool = True
+    pyspy: str | None = None  # the py-spy to run (default: beside para's interpreter, PATH)
+    pyspy_rate: int = 100
 
 
 @dataclass
@@ -122,6 +126,7 @@ class Profiler:
         self.job = jobenv.detect()
         self.host = socket.gethostname()
         self._ranks: set[int] = set()  # other ranks' commands on this node, seen so far
+        self._python: Any = None  # pystacks.PySpyRecorder under --functions
 
     def say(self, msg: str) -> None:
         if not self.opts.quiet:
@@ -178,7 +183,7 @@ class Profiler:
             NetSampler(files),
             DiskSampler(files),
             FsSampler(files),
-            ProcessSampler(files, roots, adopt_children_of=os.getpid(), exclude=lambda: helpers),
+            ProcessSampler(files, roots, adopt_children_of=os.getpid(), exclude=self._excluded),
         ]
         if self.opts.gpu:
             samplers.append(GpuSampler(on_message=self.say))
@@ -223,7 +228,15 @@ class Profiler:
             # sampled stays recoverable in the journal.
             child.kill()
             writer.abandon()
+            if self._python is not None:
+                self._python.stop()
+                self._python.close()
             raise
+
+    def _excluded(self) -> set[int]:
+        """para's own helpers (perf, py-spy), which are its children but not the job's."""
+        py = self._python.helper_pids() if self._python is not None else set()
+        return self._helpers | py
 
     def _run_child(
         self,
@@ -247,10 +260,14 @@ class Profiler:
             if helper is not None:
                 self._helpers.add(helper)
         recorder = self._start_recorder(child.pid) if self.opts.functions else None
+        if recorder is not None and self.opts.python_stacks:
+            self._python = self._python_recorder(child)
         self._announce(path, child, loop, recorder)
         started = time.monotonic()
         child.release()  # returns once the command has exec'd: it, not the gate, is sampled
         loop.start()  # the first sample is taken at once
+        if self._python is not None:
+            self._python.start()
         exit_status = child.wait()
         if node is not None and node.passengers():
             self.say("the command ended; waiting for the other ranks on this node")
@@ -259,7 +276,14 @@ class Profiler:
         elapsed = time.monotonic() - started
         loop.stop(final_sample=True)
         if recorder is not None:
-            stacks = recorder.finish()
+            if self._python is not None:
+                self._python.stop()
+                recorder.python = self._python
+            try:
+                stacks = recorder.finish()
+            finally:
+                if self._python is not None:
+                    self._python.close()
             if stacks:
                 rows = {"stacks": stacks, "instr_samples": recorder.instructions}
                 writer.append(int(time.time() * 1000), rows, sample=False)
@@ -321,6 +345,22 @@ class Profiler:
             self._helpers.add(rec.proc.pid)
         return rec
 
+    def _python_recorder(self, child: Child) -> Any:
+        """py-spy on the CPython processes of the command's tree (the processes perf
+        follows), or None when py-spy is missing: then perf's frames of the interpreter stay."""
+        from para.agent.pystacks import PySpyRecorder
+        from para.agent.samplers.base import Unavailable
+
+        try:
+            return PySpyRecorder(
+                lambda: {child.pid}, adopter=os.getpid(), exclude=lambda: self._helpers,
+                rate=self.opts.pyspy_rate, pyspy=self.opts.pyspy, on_message=self.warn,
+            )  # fmt: skip
+        except Unavailable as e:
+            self.warn(f"--functions: Python functions are not resolved: {e}; Python processes "
+                      "keep perf's frames of the interpreter")  # fmt: skip
+            return None
+
     def _announce(self, path: Path, child: Child, loop: SamplingLoop, recorder: Any) -> None:
         cmd = " ".join(self.opts.cmd)
         if len(cmd) > 60:
@@ -329,7 +369,11 @@ class Profiler:
         self.say(
             f"profiling `{cmd}` (pid {child.pid}) on {self.host} every {self.opts.interval:g} s: "
             + ", ".join(ok)
-            + (", call stacks (perf record)" if recorder else "")
+            + (
+                ", call stacks (perf record" + (", py-spy for Python)" if self._python else ")")
+                if recorder
+                else ""
+            )
         )
         for f, st in loop.status.items():
             if st.state != "ok":

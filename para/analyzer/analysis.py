@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from para.analyzer import instructions, phases, rules
+from para.analyzer import instructions, phases, pyfacts, rules
 from para.analyzer.job import Job
 from para.analyzer.load import sql_file, views
 
@@ -178,6 +178,7 @@ class Analysis:
             processes={n: {p: d["name"] for p, d in m.items()} for n, m in self.names.items()},
             has_meta_counters=job.has("fsmeta"),
             meta_ops_per_node=totals.get("meta_ops_per_node"),
+            python=pyfacts.python_facts(job, pyfacts.perf_frequency(job)),
         )
         self.facts = facts
         outcomes = rules.evaluate(facts, cfg)
@@ -398,7 +399,27 @@ class Analysis:
             "samples": samples,
             "hotspots": hot,
             "flamegraph": self._flamegraph() if samples else None,
+            # Python threads off-CPU (py-spy saw them, perf did not): issue 12
+            "waiting": pyfacts.waiting(self.job),
+            "sources": self._sources(),
         }
+
+    def _sources(self) -> dict[str, Any]:
+        """Who named the frames (perf, py-spy), from the files' own records."""
+        out: dict[str, Any] = {"python": [], "unreadable": []}
+        for n in self.job.nodes:
+            info = n.meta.get("functions")
+            py = info.get("python") if isinstance(info, dict) else None
+            if isinstance(py, dict):
+                out["python"].append({
+                    "node": n.label, "tool": py.get("tool"), "version": py.get("version"),
+                    "rate_hz": py.get("rate_hz"), "processes": py.get("processes"),
+                    "stitched_samples": py.get("stitched_samples"),
+                    "perf_only_samples": py.get("perf_only_samples"),
+                    "wait_samples": py.get("wait_samples"),
+                })  # fmt: skip
+                out["unreadable"] += [{"node": n.label, **u} for u in py.get("unreadable") or []]
+        return out
 
     def _flamegraph(self) -> dict[str, Any]:
         """The stacks as a tree (root: all samples), small frames folded into '(other)'."""

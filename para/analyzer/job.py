@@ -49,6 +49,10 @@ TABLES: dict[str, dict[str, str]] = {
     "ctr": {"event": "VARCHAR", "total": "DOUBLE", "counted": "DOUBLE", "seconds": "DOUBLE",
             "running_pct": "DOUBLE"},
     "stacks": {"t": "BIGINT", "stack": "VARCHAR", "samples": "BIGINT"},
+    # Python threads off-CPU, in samples of perf's period (issue 12)
+    "waits": {"t": "BIGINT", "stack": "VARCHAR", "state": "VARCHAR", "samples": "BIGINT"},
+    "pystacks": {"pid": "BIGINT", "tid": "BIGINT", "stack": "VARCHAR", "state": "VARCHAR",
+                 "samples": "BIGINT"},
     "events": {"t": "BIGINT", "kind": "VARCHAR", "pid": "BIGINT", "name": "VARCHAR",
                "detail": "VARCHAR"},
     "fsmeta": {"t": "BIGINT", "ops_ps": "DOUBLE"},

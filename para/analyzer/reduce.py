@@ -606,9 +606,26 @@ class _Reducer:
         })  # fmt: skip
 
     def stacks(self) -> None:
-        tab = self.read("stacks", ["stack", "samples"], [], ("stack",))
+        tab = self.read("stacks", ["pid", "tid", "stack", "samples", "source", "state"], [],
+                        ("stack",))  # fmt: skip
         if tab is None:
             return
+        state = tab["state"]
+        if pa.types.is_string(state.type):
+            self.pystacks(tab)
+            # Python threads seen off-CPU (issue 12): where the time went waiting, apart
+            # from the CPU samples that make the hotspots
+            wait = pc.fill_null(pc.is_in(state, pa.array(["wait", "ready"])), False)
+            waits = tab.filter(wait)
+            tab = tab.filter(pc.invert(wait))
+            if len(waits):
+                self.nd.series["waits"] = pa.table({
+                    "t": _t_ms(waits), "stack": _flat(waits["stack"], pa.string()),
+                    "state": _flat(waits["state"], pa.string()),
+                    "samples": _flat(waits["samples"], pa.int64()),
+                })  # fmt: skip
+            if not len(tab):
+                return
         stack = tab["stack"].combine_chunks()
         if not pa.types.is_dictionary(stack.type):
             stack = stack.dictionary_encode()
@@ -632,6 +649,25 @@ class _Reducer:
             n_out = sums.take(keep)
         self.nd.series["stacks"] = pa.table({
             "t": t_out, "stack": st_out, "samples": _flat(n_out, pa.int64()),
+        })  # fmt: skip
+
+    def pystacks(self, tab: pa.Table) -> None:
+        """The Python threads' stacks (py-spy's, CPU and waiting) over the run, per thread:
+        what the Python rules read (pyfacts.py)."""
+        py = tab.filter(pc.fill_null(pc.equal(tab["source"], "py-spy"), False))
+        if not len(py):
+            return
+        py = pa.table({
+            "pid": _flat(py["pid"], pa.int64()), "tid": _flat(py["tid"], pa.int64()),
+            "stack": _flat(py["stack"], pa.string()), "state": _flat(py["state"], pa.string()),
+            "samples": _flat(py["samples"], pa.int64()),
+        })  # fmt: skip
+        g = py.group_by(["pid", "tid", "stack", "state"], use_threads=False).aggregate(
+            [("samples", "sum")]
+        )
+        self.nd.series["pystacks"] = pa.table({
+            "pid": g["pid"], "tid": g["tid"], "stack": g["stack"], "state": g["state"],
+            "samples": g["samples_sum"],
         })  # fmt: skip
 
     def events(self) -> None:

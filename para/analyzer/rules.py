@@ -43,6 +43,15 @@ META_PATTERN = (
 )
 
 
+# Python threads (issue 12): the frames of data loaders, of their worker processes, and of
+# copies between host and GPU memory (the CUDA runtime's and driver's), as perf and py-spy
+# name them (py-spy: "module.function (path/file.py:line)").
+DATA_LOADING_PATTERN = r"(torch/utils/data/|tensorflow/python/data/|[dD]ata_?[lL]oader)"
+LOADER_WORKER_PATTERN = r"(torch/utils/data/_utils/worker\.py|_worker_loop \()"
+H2D_PATTERN = (r"(cudaMemcpy|cuMemcpy|cudaHostAlloc|cuMemHostAlloc|cudaHostRegister|"
+               r"cuMemHostRegister|cudaMallocHost|cuMemAllocHost)")  # fmt: skip
+
+
 # Memory-controller CAS events (one per 64-byte line read or written): by name, or as the
 # raw Intel uncore event 0x04 with the read/write umasks of Skylake-SP (0x03, 0x0c) and
 # Ice Lake-SP (0x0f, 0x30).
@@ -168,6 +177,8 @@ class Facts:
     processes: dict[int, dict[int, str]]
     has_meta_counters: bool
     meta_ops_per_node: float | None
+    # Python threads' stacks (pyfacts.python_facts), None without py-spy stacks (issue 12)
+    python: dict[str, Any] | None = None
 
 
 def _sev(impact: float) -> str:
@@ -712,6 +723,89 @@ class Evaluator:
             f"against {k['before']:.2f} before ({100 * ratio:.1f} %), for the last "
             f"{100 * tail:.0f} % of the run",
             start_s=round(at, 3), end_s=round(self.f.duration_s, 3),
+        )  # fmt: skip
+
+    # -- Python (issue 12) --------------------------------------------------------------------
+    def _python(self, rid: str) -> tuple[dict[str, Any] | None, Outcome | None]:
+        p = self.f.python
+        if p is None:
+            return None, self.missing(rid, "no Python call stacks (para profile --functions "
+                                           "of a Python program, with py-spy)")  # fmt: skip
+        return p, None
+
+    def python_interpreter(self, rid: str, c: dict[str, Any]) -> Outcome:
+        p, no = self._python(rid)
+        if p is None:
+            assert no is not None
+            return no
+        total = self.f.stack_samples
+        if p["cpu"] < c["min_samples"] or not total:
+            return self.missing(rid, f"{p['cpu']} CPU samples of Python threads; fewer than "
+                                     f"{c['min_samples']:g}")  # fmt: skip
+        share = p["interpreter"] / total
+        if share < c["min_share"]:
+            return self.outcome(rid, "passed", value=100 * share, unit="% of CPU samples")
+        top = ", ".join(f"{fn} {100 * n / total:.0f} %" for fn, n in p["interpreter_top"][:3]
+                        if n >= 0.01 * total)  # fmt: skip
+        return self.outcome(
+            rid, "fired", value=100 * share, unit="% of CPU samples", impact_pct=100 * share,
+            evidence=f"{100 * share:.0f} % of the job's CPU samples ({p['interpreter']:,} of "
+            f"{total:,}) ran Python code in the interpreter (the innermost frame is a Python "
+            f"function, not compiled code): {top}",
+        )  # fmt: skip
+
+    def python_data_loading(self, rid: str, c: dict[str, Any]) -> Outcome:
+        p, no = self._python(rid)
+        if p is None:
+            assert no is not None
+            return no
+        cands = [t for t in p["threads"]
+                 if not t["worker"] and t["cpu"] + t["wait"] >= c["min_samples"]]  # fmt: skip
+        if not cands:
+            return self.missing(rid, f"no Python thread with {c['min_samples']:g} samples "
+                                     "outside data-loader workers")  # fmt: skip
+        t = max(cands, key=lambda t: (t["data"] / (t["cpu"] + t["wait"]), -t["pid"], -t["tid"]))
+        own = t["cpu"] + t["wait"]
+        share = t["data"] / own
+        if share < c["min_share"]:
+            return self.outcome(rid, "passed", value=100 * share, unit="% of a thread's time")
+        freq = p.get("freq_hz") or 0.0
+        secs = f" ({t['data'] / freq:.1f} s)" if freq else ""
+        waited = p["where"](DATA_LOADING_PATTERN, "wait", t)
+        where = f" in {waited[0][0]}" if waited else ""
+        workers = [w for w in p["threads"] if w["worker"]]
+        busy = ""
+        if workers and freq and self.f.duration_s:
+            cores = sum(w["cpu"] for w in workers) / freq / self.f.duration_s
+            procs = len({(w["node"], w["pid"]) for w in workers})
+            busy = f"; its {procs} loader worker process{'es' if procs > 1 else ''} kept " \
+                   f"{cores:.2f} cores busy"  # fmt: skip
+        return self.outcome(
+            rid, "fired", value=100 * share, unit="% of a thread's time", impact_pct=100 * share,
+            evidence=f"thread {t['tid']} of pid {t['pid']} spent {100 * share:.0f} % of its "
+            f"time{secs} loading data: {100 * t['data_wait'] / own:.0f} % waiting for "
+            f"batches{where}, {100 * (t['data'] - t['data_wait']) / own:.0f} % preparing them "
+            f"itself" + busy,
+        )  # fmt: skip
+
+    def python_host_to_gpu(self, rid: str, c: dict[str, Any]) -> Outcome:
+        p, no = self._python(rid)
+        if p is None:
+            assert no is not None
+            return no
+        if p["cpu"] < c["min_samples"]:
+            return self.missing(rid, f"{p['cpu']} CPU samples of Python threads; fewer than "
+                                     f"{c['min_samples']:g}")  # fmt: skip
+        copy = sum(t["copy"] for t in p["threads"])
+        share = copy / p["cpu"]
+        if share < c["max_share"]:
+            return self.outcome(rid, "passed", value=100 * share, unit="% of CPU samples")
+        where = "; ".join(f"{k} {100 * n / p['cpu']:.0f} %"
+                          for k, n in p["where"](H2D_PATTERN, None))  # fmt: skip
+        return self.outcome(
+            rid, "fired", value=100 * share, unit="% of CPU samples", impact_pct=100 * share,
+            evidence=f"{100 * share:.0f} % of the Python threads' CPU samples ({copy:,} of "
+            f"{p['cpu']:,}) were in copies between host and GPU memory: {where}",
         )  # fmt: skip
 
 
