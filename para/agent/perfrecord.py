@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from para.agent import binaries
 from para.agent.samplers.base import Unavailable
 from para.cython_ext import load
 
@@ -120,6 +121,7 @@ class FunctionRecorder:
                 )  # fmt: skip
             folded = _fold_file(text)
             self.instructions = instruction_rows(text.read_bytes())
+            self.info.update(leaf_facts(self.instructions))
             rows = []
             total = 0
             for bucket, pid, tid, comm, stack, count in folded:
@@ -141,8 +143,37 @@ class FunctionRecorder:
 
 
 _HEADER = re.compile(rb"^\S.*?\s(\d+)(?:/(\d+))?\s")
-# a leaf line: "\t    55e1c2a0 func+0x1f (/usr/lib/x.so)"
-_FRAME = re.compile(rb"^\s+[0-9a-f]+\s+(.+?)\+0x([0-9a-f]+)\s+\((.*)\)\s*$")
+# a leaf line: "\t    55e1c2a0 func+0x1f (/usr/lib/x.so)", or without the offset where perf
+# knows no symbol ("[unknown]") or prints none
+_FRAME = re.compile(rb"^\s+[0-9a-f]+\s+(.+?)(?:\+0x([0-9a-f]+))?\s+\((.*)\)\s*$")
+# the binaries whose identity is kept: those with the most leaf samples
+MAX_BINARIES = 64
+
+
+def is_kernel_dso(dso: str) -> bool:
+    return dso.startswith("[kernel") or dso.endswith("vmlinux") or "/vmlinux-" in dso
+
+
+def leaf_facts(rows: list[list[Any]]) -> dict[str, Any]:
+    """What the instruction rows say about the recording: how many samples were in the
+    kernel (none: perf sampled user space only), and the identity of the binaries they fell
+    in, taken now, right after the run (build id, size, mtime), so that the report can tell
+    whether a binary it disassembles later is still the one that ran."""
+    per_dso: Counter[str] = Counter()
+    kernel = 0
+    for _, dso, _, _, n in rows:
+        per_dso[dso] += n
+        if is_kernel_dso(dso):
+            kernel += n
+    ids = {}
+    for dso, _ in per_dso.most_common():
+        if len(ids) >= MAX_BINARIES:
+            break
+        if dso.startswith("/"):
+            ident = binaries.identity(dso)
+            if ident is not None:
+                ids[dso] = ident
+    return {"kernel_samples": kernel, "binaries": ids}
 
 
 def instruction_rows(text: bytes) -> list[list[Any]]:
@@ -167,8 +198,12 @@ def instruction_rows(text: bytes) -> list[list[Any]]:
             if f:
                 sym = f.group(1).decode(errors="replace")
                 dso = f.group(3).decode(errors="replace")
-                counts[(pid, dso, sym, int(f.group(2), 16))] += 1
-    return [[p, d, s, o, n] for (p, d, s, o), n in sorted(counts.items())]
+                off = int(f.group(2), 16) if f.group(2) is not None else None
+                counts[(pid, dso, sym, off)] += 1
+    # no offset (None) sorts before the offsets of its function
+    return [[p, d, s, o, n] for (p, d, s, o), n in
+            sorted(counts.items(), key=lambda kv: (*kv[0][:3], -1 if kv[0][3] is None
+                                                   else kv[0][3]))]  # fmt: skip
 
 
 def _fold_file(path: Path) -> list[tuple[float, int, int, str, str, int]]:

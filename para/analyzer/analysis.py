@@ -116,6 +116,20 @@ def _process_names(job: Job) -> dict[int, dict[int, dict[str, Any]]]:
     return out
 
 
+def _kernel_stacks(job: Job) -> bool | None:
+    """Whether the recorded call stacks reach into the kernel: the count the recorder kept
+    (samples whose leaf was a kernel function), else the leaves of the instruction table;
+    None when neither says."""
+    counts = [((n.meta.get("functions") or {}).get("kernel_samples")) for n in job.nodes
+              if (n.meta.get("functions") or {}).get("samples")]  # fmt: skip
+    if counts and all(c is not None for c in counts):
+        return sum(counts) > 0
+    if job.has("instr"):
+        n = job.one("SELECT count(*) FROM instr WHERE dso LIKE '[kernel%' OR dso LIKE '%vmlinux%'")
+        return bool(n)
+    return None
+
+
 def _downsample(xs: list[Any], size: int) -> list[Any]:
     if size <= 1:
         return xs
@@ -167,7 +181,7 @@ class Analysis:
             counters={r["event"]: r for r in _dicts(job, "counters")} if job.has("ctr") else {},
             regression=_first(_dicts(job, "regression")),
             catastrophe=_first(_dicts(job, "catastrophe")),
-            ib=_first(_dicts(job, "ib", cfg["network_bound"]["max_link_share"]))
+            ib=_first(_dicts(job, "ib", *[cfg["network_bound"]["max_link_share"]] * 3))
             if job.has("ib")
             else None,
             stack_samples=stack_total,
@@ -177,6 +191,7 @@ class Analysis:
             processes={n: {p: d["name"] for p, d in m.items()} for n, m in self.names.items()},
             has_meta_counters=job.has("fsmeta"),
             meta_ops_per_node=totals.get("meta_ops_per_node"),
+            kernel_stacks=_kernel_stacks(job) if stack_total else None,
         )
         self.facts = facts
         outcomes = rules.evaluate(facts, cfg)

@@ -168,6 +168,9 @@ class Facts:
     processes: dict[int, dict[int, str]]
     has_meta_counters: bool
     meta_ops_per_node: float | None
+    # whether the call stacks hold kernel frames (False: perf sampled user space only, so
+    # system calls are invisible in them); None: not known (a file without the count)
+    kernel_stacks: bool | None = None
 
 
 def _sev(impact: float) -> str:
@@ -406,13 +409,17 @@ class Evaluator:
         d_share = sum(d_shares) / len(d_shares) if d_shares else 0.0
         busy, wait = t.get("cores") or 0.0, t.get("iowait") or 0.0
         job_io = (t.get("read_bps") or 0.0) + (t.get("write_bps") or 0.0)
-        w_share = wait / (busy + wait) if busy + wait > 0 and job_io >= 1e6 else 0.0
-        if not d_shares and job_io < 1e6:
-            w_share = wait / (busy + wait) if busy + wait > 0 else 0.0
+        io_known = t.get("read_bps") is not None or t.get("write_bps") is not None
+        # The node's iowait is the job's only while the job moves data (or when neither its
+        # data nor its processes' states were recorded: then it is all there is).
+        counted = job_io >= 1e6 or (not io_known and not d_shares)
+        w_share = wait / (busy + wait) if busy + wait > 0 and counted else 0.0
         share = max(d_share, w_share)
         how = (f"the job's processes were blocked on I/O (state D) in {100 * d_share:.0f} % of "
                f"their samples; the CPUs waited for I/O {wait:.2f} cores on average against "
                f"{busy:.2f} busy with the job ({100 * w_share:.0f} %)")  # fmt: skip
+        if not counted:
+            how += " (not counted: the job moved under 1 MB/s of storage data)"
         if share < c["min_share"]:
             return self.outcome(rid, "passed", value=100 * share, unit="%")
         io = (f"; storage traffic {_bytes(t.get('read_bps'))}/s read, "
@@ -432,7 +439,8 @@ class Evaluator:
                 evidence=f"{ops:.0f} metadata operations per second per node on average "
                 "(Lustre/NFS client counters: open, close, stat, create, unlink, lookup ...)",
             )  # fmt: skip
-        share = self.f.share(META_PATTERN) if self.f.stack_samples else None
+        user_only = bool(self.f.stack_samples) and self.f.kernel_stacks is False
+        share = self.f.share(META_PATTERN) if self.f.stack_samples and not user_only else None
         if share is not None and share >= c["max_sample_share"]:
             return self.outcome(
                 rid, "fired", value=100 * share, unit="% of samples", impact_pct=100 * share,
@@ -440,6 +448,12 @@ class Evaluator:
                 "were in file-metadata system calls (open, stat, unlink, path lookup)",
             )  # fmt: skip
         if not self.f.has_meta_counters and share is None:
+            if user_only:
+                return self.missing(
+                    rid, "no Lustre or NFS client counters, and the call stacks hold no kernel "
+                    "frames (perf sampled user space only: not root, kernel.perf_event_paranoid "
+                    "above 1), so file-metadata system calls cannot be seen in them",
+                )  # fmt: skip
             return self.missing(rid, "no Lustre or NFS client counters and no call stacks "
                                 "(record with para profile --functions)")  # fmt: skip
         value = ops if self.f.has_meta_counters and ops is not None else 100 * (share or 0)
@@ -451,13 +465,22 @@ class Evaluator:
         ib = self.f.ib
         if ib and ib.get("link_bps"):
             sat = ib.get("saturated_share") or 0.0
-            if sat >= 0.1:
+            if sat >= c["min_saturated_share"]:
+                # name the direction that fills the link (both when both do)
+                dirs = [(name, ib.get(f"{key}_saturated_share") or 0.0, ib.get(f"{key}_share"))
+                        for key, name in (("tx", "send"), ("rx", "receive"))]  # fmt: skip
+                full = [d for d in dirs if d[1] >= c["min_saturated_share"]] or [
+                    max(dirs, key=lambda d: d[1])
+                ]
+                which = " and ".join(d[0] for d in full)
+                means = ", ".join(f"{d[0]} {100 * (d[2] or 0):.0f} %" for d in dirs)
                 return self.outcome(
                     rid, "fired", value=100 * (ib.get("link_share") or 0), unit="% of link",
                     impact_pct=100 * sat,
-                    evidence=f"InfiniBand traffic at {100 * c['max_link_share']:.0f} % or more "
-                    f"of the {ib['link_bps'] * 8 / 1e9:.0f} Gb/s link during {100 * sat:.0f} % "
-                    f"of the run (mean {100 * (ib.get('link_share') or 0):.0f} %)",
+                    evidence=f"InfiniBand traffic in the {which} direction at "
+                    f"{100 * c['max_link_share']:.0f} % or more of the "
+                    f"{ib['link_bps'] * 8 / 1e9:.0f} Gb/s link during {100 * sat:.0f} % "
+                    f"of the run (mean share of the link: {means})",
                 )  # fmt: skip
         share = self.f.share(COMM_PATTERN) if self.f.stack_samples else None
         if share is not None and share >= c["max_sample_share"]:

@@ -262,6 +262,14 @@ cdef class _LineCache:
         return 0
 
 
+cdef bytes _event_key_bytes(bytes name):
+    cdef Py_ssize_t first = name.find(b"/"), last = name.rfind(b"/")
+    if first <= 0 or last <= first + 1:
+        return name
+    mods = name[last + 1:]
+    return name[first + 1:last] + (b":" + mods if mods else b"")
+
+
 cdef class _Folder:
     """The reference's state machine over lines, with C-level state."""
 
@@ -293,6 +301,8 @@ cdef class _Folder:
     cdef int64_t tmp_cap
     cdef int64_t* grp  # the frames of one line
     cdef int64_t grp_cap
+    cdef uint8_t* evk  # an event name without its PMU (timed)
+    cdef int64_t evk_cap
 
     def __cinit__(self, bint opt_pid, bint opt_tid, bint kernel, bint jit, bint addrs,
                   event_filter, bint timed, double bucket):
@@ -310,6 +320,8 @@ cdef class _Folder:
         self.timed = timed
         self.bucket = bucket
         self.wanted = (event_filter or "").encode("utf-8", "surrogateescape")
+        if timed:
+            self.wanted = _event_key_bytes(self.wanted)
         self.has_header = False
 
     def __dealloc__(self):
@@ -319,6 +331,7 @@ cdef class _Folder:
         free(self.out)
         free(self.tmp)
         free(self.grp)
+        free(self.evk)
 
     cdef int run(self, const uint8_t* buf, Py_ssize_t n) except -1:
         cdef Py_ssize_t pos = 0, end, length
@@ -410,11 +423,18 @@ cdef class _Folder:
                     has_event = k == t
         cdef int64_t period = 1
         cdef object period_big = None
+        cdef const uint8_t* ev
+        cdef Py_ssize_t evn
         if has_event:
+            ev = line + t
+            evn = T - 1 - t
+            if self.timed:  # one event in every PMU of a hybrid CPU (fold_py.event_key)
+                evn = self.event_key(ev, evn)
+                ev = self.evk
             if len(self.wanted) == 0:
-                self.wanted = line[t:T - 1]  # the first event seen is the one kept
-            elif (len(self.wanted) != T - 1 - t
-                    or memcmp(<const char*>self.wanted, line + t, T - 1 - t) != 0):
+                self.wanted = ev[:evn]  # the first event seen is the one kept
+            elif (len(self.wanted) != evn
+                    or memcmp(<const char*>self.wanted, ev, evn) != 0):
                 return 1  # another event: the header in force stays, as in the reference
             # Perl truth: a period of "0" (or none) counts as 1; "00" counts 0.
             if de > ds and not (de - ds == 1 and line[ds] == b"0"):
@@ -470,6 +490,28 @@ cdef class _Folder:
                 d += 1
             self.start = self.bucket_start(line + d, n - d)
         return 1
+
+    cdef Py_ssize_t event_key(self, const uint8_t* s, Py_ssize_t n) except -1:
+        """The event name without its PMU into self.evk ("cpu_core/cycles/u" -> "cycles:u");
+        its length."""
+        cdef Py_ssize_t first = -1, last = -1, k, used
+        for k in range(n):
+            if s[k] == b"/":
+                if first < 0:
+                    first = k
+                last = k
+        if n + 1 > self.evk_cap:
+            self.evk = <uint8_t*>_grow(self.evk, &self.evk_cap, n + 1, 1)
+        if first <= 0 or last <= first + 1:
+            memcpy(self.evk, s, n)
+            return n
+        used = last - first - 1
+        memcpy(self.evk, s + first + 1, used)
+        if last + 1 < n:
+            self.evk[used] = b":"
+            memcpy(self.evk + used + 1, s + last + 1, n - last - 1)
+            used += n - last
+        return used
 
     cdef double bucket_start(self, const uint8_t* s, Py_ssize_t n) except? -1.0:
         """Bucket of the first token "DIGITS[.DIGITS]:" after the ids; 0.0 without one."""

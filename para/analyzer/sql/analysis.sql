@@ -161,7 +161,16 @@ ORDER BY self_n DESC, total_n DESC, tot.fn LIMIT ?;
 SELECT stack, sum(samples) AS samples FROM stack_sec GROUP BY stack ORDER BY samples DESC, stack;
 
 -- name: ib  needs: ib
-SELECT avg((rx_bps + tx_bps) / nullif(2 * link_bps, 0)) AS link_share,
-    count(*) FILTER (WHERE (rx_bps + tx_bps) / nullif(2 * link_bps, 0) >= ?) / count(*)
-      AS saturated_share, avg(link_bps) AS link_bps, avg(wait_ps) AS wait_ps
-FROM ib;
+-- Each direction of the links judged on its own (a link is full when either direction is:
+-- one-way traffic at the link rate is saturation, though it is half of rx + tx over 2 links).
+WITH r AS (
+    SELECT rx_bps / nullif(link_bps, 0) AS rx, tx_bps / nullif(link_bps, 0) AS tx, link_bps,
+        wait_ps
+    FROM ib WHERE rx_bps IS NOT NULL OR tx_bps IS NOT NULL
+)
+SELECT avg(greatest(rx, tx)) AS link_share, avg(rx) AS rx_share, avg(tx) AS tx_share,
+    count(*) FILTER (WHERE greatest(rx, tx) >= ?) / nullif(count(*), 0) AS saturated_share,
+    count(*) FILTER (WHERE rx >= ?) / nullif(count(*), 0) AS rx_saturated_share,
+    count(*) FILTER (WHERE tx >= ?) / nullif(count(*), 0) AS tx_saturated_share,
+    avg(link_bps) AS link_bps, avg(wait_ps) AS wait_ps
+FROM r;
