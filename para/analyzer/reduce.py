@@ -527,7 +527,10 @@ class _Reducer:
                 ("wait_ms_ps", "sum"),
             ]  # fmt: skip
         )
-        g = g.rename_columns(["read_bps", "write_bps", "iops", "util_max", "wait_ms_ps", "t"])
+        # by name: where the group key lands among the columns differs between pyarrow versions
+        names = {"read_bps_sum": "read_bps", "write_bps_sum": "write_bps", "iops_sum": "iops",
+                 "util_max": "util_max", "wait_ms_ps_sum": "wait_ms_ps", "t": "t"}  # fmt: skip
+        g = g.rename_columns([names[c] for c in g.column_names])
         self.nd.series["disk"] = g.sort_by("t")
 
     def net(self) -> None:
