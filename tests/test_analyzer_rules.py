@@ -169,7 +169,9 @@ def _raw_stack_share(path: Path, frame: str) -> tuple[float, int]:
 
 # The kernel entry points of the system calls the `meta` workload makes (open, stat, unlink):
 # every sample spent in its file-metadata work is below one of them.
-META_SYSCALLS = r"__x64_sys_(open|openat|openat2|creat|newstat|newlstat|newfstatat|statx|unlink|unlinkat)"
+META_SYSCALLS = (
+    r"__x64_sys_(open|openat|openat2|creat|newstat|newlstat|newfstatat|statx|unlink|unlinkat)"
+)
 
 
 def test_small_file_loop_is_a_metadata_storm(results, rec):

@@ -185,7 +185,7 @@ def test_swapping_is_memory_pressure(tmp_path, pages):
     def advance(i: int) -> None:
         text = vmstat.read_text()
         for key in ("pswpin", "pswpout"):
-            text = re.sub(rf"^{key} (\d+)$", lambda m: f"{key} {int(m.group(1)) + pages}",
+            text = re.sub(rf"^({key}) (\d+)$", lambda m: f"{m.group(1)} {int(m.group(2)) + pages}",
                           text, flags=re.M)  # fmt: skip
         vmstat.write_text(text)
 

@@ -43,10 +43,10 @@ def build_id(path: str | os.PathLike[str]) -> str | None:
             is64, little = head[4] == 2, head[5] == 1
             e = "<" if little else ">"
             if is64:
-                phoff, = struct.unpack_from(e + "Q", head, 32)
+                (phoff,) = struct.unpack_from(e + "Q", head, 32)
                 phentsize, phnum = struct.unpack_from(e + "HH", head, 54)
             else:
-                phoff, = struct.unpack_from(e + "I", head, 28)
+                (phoff,) = struct.unpack_from(e + "I", head, 28)
                 phentsize, phnum = struct.unpack_from(e + "HH", head, 42)
             if not phoff or not phnum or phnum > 4096:
                 return None
@@ -56,7 +56,7 @@ def build_id(path: str | os.PathLike[str]) -> str | None:
                 ent = table[i * phentsize : (i + 1) * phentsize]
                 if len(ent) < (56 if is64 else 32):
                     break
-                ptype, = struct.unpack_from(e + "I", ent, 0)
+                (ptype,) = struct.unpack_from(e + "I", ent, 0)
                 if ptype != PT_NOTE:
                     continue
                 if is64:
@@ -94,8 +94,10 @@ def differs(recorded: dict[str, Any] | None, now: dict[str, Any] | None) -> str 
         return None
     old_id, new_id = recorded.get("build_id"), now.get("build_id")
     if old_id and new_id:
-        return None if old_id == new_id else (
-            f"its build id is {new_id[:12]}..., not {old_id[:12]}... as when it ran"
+        return (
+            None
+            if old_id == new_id
+            else (f"its build id is {new_id[:12]}..., not {old_id[:12]}... as when it ran")
         )
     size, mtime = recorded.get("size"), recorded.get("mtime_ns")
     if size is not None and size != now.get("size"):

@@ -165,7 +165,7 @@ def leaf_facts(rows: list[list[Any]]) -> dict[str, Any]:
         per_dso[dso] += n
         if is_kernel_dso(dso):
             kernel += n
-    ids = {}
+    ids: dict[str, dict[str, Any]] = {}
     for dso, _ in per_dso.most_common():
         if len(ids) >= MAX_BINARIES:
             break
@@ -180,7 +180,7 @@ def instruction_rows(text: bytes) -> list[list[Any]]:
     """[pid, dso, symbol, offset, samples] for each sampled instruction of `perf script -F
     comm,pid,tid,time,event,ip,sym,symoff,dso` output: the first frame of each sample is
     where the CPU was (rows of the instr_samples table)."""
-    counts: Counter[tuple[int, str, str, int]] = Counter()
+    counts: Counter[tuple[int, str, str, int | None]] = Counter()
     pid = -1
     want_leaf = False
     for line in text.splitlines():

@@ -134,6 +134,11 @@ FROM ctr GROUP BY event ORDER BY event;
 SELECT node, sum(counted) / nullif(max(seconds), 0) AS per_s
 FROM ctr WHERE regexp_matches(event, ?) GROUP BY node ORDER BY node;
 
+-- name: counter_events  needs: ctr
+-- Each event matching a pattern on each node: the unit perf printed it in, and per second.
+SELECT node, event, any_value(unit) AS unit, sum(counted) / nullif(max(seconds), 0) AS per_s
+FROM ctr WHERE regexp_matches(event, ?) GROUP BY node, event ORDER BY node, event;
+
 -- name: stack_total  needs: stacks
 SELECT coalesce(sum(samples), 0) FROM stack_sec;
 
