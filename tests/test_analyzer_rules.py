@@ -186,7 +186,9 @@ def test_small_file_loop_is_a_metadata_storm(results, rec):
     assert share >= 0.2, f"{100 * share:.0f} % of {total} samples in open/stat/unlink"
     b = _fired(a)["metadata_storm"]
     assert "file-metadata system calls" in b["evidence"]
-    assert b["value"] == pytest.approx(100 * share, abs=2.0), b
+    # what passes through those entry points the rule counts (it also counts metadata frames
+    # perf caught without their entry point above them, so it may count more)
+    assert b["value"] >= 100 * share - 0.5, b
 
 
 def test_major_fault_storm_is_memory_pressure(results):
