@@ -188,7 +188,7 @@ def test_small_file_loop_is_a_metadata_storm(results, rec):
     assert "file-metadata system calls" in b["evidence"]
     # what passes through those entry points the rule counts (it also counts metadata frames
     # perf caught without their entry point above them, so it may count more)
-    assert b["value"] >= 100 * share - 0.5, b
+    assert b["value"] >= 100 * share - 2.0, b
 
 
 def test_major_fault_storm_is_memory_pressure(results):
