@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -159,17 +160,40 @@ def test_imbalanced_processes_fire_load_imbalance(results):
     assert 25 <= b["value"] <= 45, b
 
 
-def test_small_file_loop_is_a_metadata_storm(results):
+def _raw_stack_share(path: Path, frame: str) -> tuple[float, int]:
+    """Share of the recorded call-stack samples with a frame matching `frame`, read from the
+    file's own stacks table (not through the analyzer)."""
+    rx = re.compile(rf"(^|;)({frame})(;|$)")
+    with ParaFile(path) as pf:
+        t = pf.read_table("stacks")
+    stacks, samples = t["stack"].to_pylist(), t["samples"].to_pylist()
+    total = sum(samples)
+    hit = sum(n for s, n in zip(stacks, samples, strict=True) if rx.search(s or ""))
+    return (hit / total if total else 0.0), total
+
+
+# The kernel entry points of the system calls the `meta` workload makes (open, stat, unlink):
+# every sample spent in its file-metadata work is below one of them.
+META_SYSCALLS = (
+    r"__x64_sys_(open|openat|openat2|creat|newstat|newlstat|newfstatat|statx|unlink|unlinkat)"
+)
+
+
+def test_small_file_loop_is_a_metadata_storm(results, rec):
     a = results["meta"]
     if not a.doc["functions"]["samples"]:
         cannot_run(f"no call stacks here: {a.doc['unmeasured'].get('functions')}", PERF_HINT)
+    # Ranked on the whole of the samples, not on the hotspot list (the 50 functions with the
+    # most self samples, where the system-call entry points, with no self samples, may not
+    # appear when the interpreter spreads its own samples over many functions).
+    share, total = _raw_stack_share(rec["meta"], META_SYSCALLS)
+    assert total == a.doc["functions"]["samples"]
+    assert share >= 0.2, f"{100 * share:.0f} % of {total} samples in open/stat/unlink"
     b = _fired(a)["metadata_storm"]
-    assert "file-metadata system calls" in b["evidence"] and b["value"] >= 20
-    # the system-call entry points hold the metadata work below them (total share); their own
-    # (self) share is small and shifts with load, so rank on the total
-    hot = {h["function"] for h in a.hotspots if h["total_pct"] >= 10}
-    assert hot & {"do_sys_openat2", "path_openat", "do_unlinkat", "ext4_create", "vfs_statx",
-                  "__x64_sys_openat", "do_filp_open"}  # fmt: skip
+    assert "file-metadata system calls" in b["evidence"]
+    # what passes through those entry points the rule counts (it also counts metadata frames
+    # perf caught without their entry point above them, so it may count more)
+    assert b["value"] >= 100 * share - 2.0, b
 
 
 def test_major_fault_storm_is_memory_pressure(results):

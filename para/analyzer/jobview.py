@@ -175,7 +175,8 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
                   f"({f['samples']:,} samples){how}", ("share", "right"),
                   ("offset", "right"), ("instruction", "left"))  # fmt: skip
         for line in f["instructions"][:8]:
-            t.add_row(fmt_pct(line["pct"]), f"+{line['offset']:#x}",
+            off = "(no offset)" if line["offset"] is None else f"+{line['offset']:#x}"
+            t.add_row(fmt_pct(line["pct"]), off,
                       Text(printable(line["instruction"] or "?")))  # fmt: skip
         console.print(t)
 

@@ -527,7 +527,10 @@ class _Reducer:
                 ("wait_ms_ps", "sum"),
             ]  # fmt: skip
         )
-        g = g.rename_columns(["read_bps", "write_bps", "iops", "util_max", "wait_ms_ps", "t"])
+        # by name: where the group key lands among the columns differs between pyarrow versions
+        names = {"read_bps_sum": "read_bps", "write_bps_sum": "write_bps", "iops_sum": "iops",
+                 "util_max": "util_max", "wait_ms_ps_sum": "wait_ms_ps", "t": "t"}  # fmt: skip
+        g = g.rename_columns([names[c] for c in g.column_names])
         self.nd.series["disk"] = g.sort_by("t")
 
     def net(self) -> None:
@@ -599,10 +602,15 @@ class _Reducer:
         }).group_by("event", use_threads=False).aggregate([
             ("value", "sum"), ("counted", "sum"), ("seconds", "sum"), ("running_pct", "mean"),
         ])  # fmt: skip
-        # per event over the run: the count, and the count and seconds of the timed intervals
+        # per event over the run: the count, and the count and seconds of the timed intervals;
+        # and the unit perf printed it in (MiB for the scaled uncore events), kept by the
+        # sampler in the file's metadata
+        units = ((self.nd.meta.get("family_facts") or {}).get("counters") or {}).get("units")
+        unit = pa.array([(units or {}).get(e) or None for e in g["event"].to_pylist()],
+                        pa.string())  # fmt: skip
         self.nd.series["ctr"] = pa.table({
             "event": g["event"], "total": g["value_sum"], "counted": g["counted_sum"],
-            "seconds": g["seconds_sum"], "running_pct": g["running_pct_mean"],
+            "seconds": g["seconds_sum"], "running_pct": g["running_pct_mean"], "unit": unit,
         })  # fmt: skip
 
     def stacks(self) -> None:
