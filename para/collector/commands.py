@@ -115,6 +115,14 @@ def collector_group() -> None:
     help="Seconds between compactions of small files (0: never).",
 )
 @click.option(
+    "--expire-after",
+    default="24h",
+    show_default=True,
+    metavar="AGE",
+    help="Delete files compaction or retention removed this long ago (readers of older "
+    "snapshots keep them until then).",
+)
+@click.option(
     "--min-free-mb",
     type=int,
     default=256,
@@ -154,6 +162,7 @@ def serve(
     cluster: str,
     retention: tuple[str, ...],
     compact_every: float,
+    expire_after: str,
     min_free_mb: int,
     max_segment_mb: int,
     port_file: str | None,
@@ -182,6 +191,7 @@ def serve(
         max_segment_bytes=max_segment_mb << 20,
         retention_days=_retention(retention),
         compact_every=compact_every,
+        expire_after_hours=_hours(expire_after),
         port_file=Path(port_file) if port_file else None,
         quiet=quiet,
         alert_rules=Path(alert_rules) if alert_rules else None,
@@ -389,6 +399,40 @@ def compact(db: str, min_files: int) -> None:
     click.echo(
         f"compacted {rep.files_in} files ({rep.bytes_in:,} bytes) of {rep.partitions} "
         f"partitions into {rep.files_out} ({rep.bytes_out:,} bytes), {rep.rows:,} rows"
+    )
+
+
+def _hours(text: str) -> float:
+    from para.collector.maintenance import parse_age
+
+    try:
+        return parse_age(text) * 24
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@collector_group.command(context_settings=CONTEXT)
+@_db_option(server=True)
+@click.option(
+    "--older-than",
+    default="24h",
+    show_default=True,
+    metavar="AGE",
+    help="Grace period: keep files removed less than AGE ago (0 deletes them all now).",
+)
+def expire(db: str, older_than: str) -> None:
+    """Delete the data files that compaction, retention or a meta rewrite removed from the
+    tables more than AGE ago (the collector does it every --compact-every)."""
+    from para.collector.db import FeatureDB
+    from para.collector.maintenance import expire as run_expire
+
+    fdb = FeatureDB(db)
+    if not fdb.exists():
+        raise ParaError(f"no feature database at {db}")
+    rep = run_expire(fdb, _hours(older_than))
+    click.echo(
+        f"deleted {rep.files} expired files of {len(rep.tables)} tables"
+        + (f" ({', '.join(sorted(rep.tables))})" if rep.tables else "")
     )
 
 

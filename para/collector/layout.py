@@ -94,7 +94,10 @@ class Layout:
         if not self.data.is_dir():
             return out
         for entry in sorted(os.scandir(self.data), key=lambda e: e.name):
-            if entry.is_dir() and next(self.data_files(entry.name), None) is not None:
+            if entry.is_dir() and (
+                (Path(entry.path) / "_delta_log").is_dir()
+                or next(self.data_files(entry.name), None) is not None
+            ):
                 out.append(entry.name)
         return out
 
@@ -103,7 +106,7 @@ class Layout:
         if not base.is_dir():
             return
         for cluster in sorted(base.iterdir()):
-            if not cluster.is_dir():
+            if not cluster.is_dir() or not cluster.name.startswith("cluster="):
                 continue
             for date in sorted(cluster.iterdir()):
                 if not date.is_dir():
@@ -117,7 +120,7 @@ class Layout:
         if not base.is_dir():
             return
         for cluster in sorted(base.iterdir()):
-            if cluster.is_dir():
+            if cluster.is_dir() and cluster.name.startswith("cluster="):
                 for date in sorted(cluster.iterdir()):
                     if date.is_dir():
                         yield date
