@@ -279,7 +279,7 @@ def source_sql(
     snap = dataset.snapshot(table_dir)
     if snap is None:
         return None
-    partitioned = all(p in snap.schema.names for p in dataset.PARTITIONS)
+    partitioned = snap.partitioned
     files = [os.path.relpath(f, rel_to) if rel_to is not None else f for f in snap.files]
     present: set[str] = set()
     src = ""
@@ -344,6 +344,8 @@ def open_duckdb(
 
 def set_root(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     con.execute(f"SET file_search_path = {_quote_str(str(root.resolve()))}")
+    # `date` is the UTC date of `t`: so is CAST(t AS DATE) here (as in para's Spark session)
+    con.execute("SET TimeZone = 'UTC'")
 
 
 def catalog_views(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -450,6 +452,7 @@ def connect_locked(
         config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
     )
     try:
+        con.execute("SET TimeZone = 'UTC'")
         _create_views(con, Layout(root), empty_tables, temp=True)
         allowed = ", ".join(_quote_str(f"{root}/{d}/") for d in ("data", "meta"))
         con.execute(f"SET allowed_directories = [{allowed}]")

@@ -519,10 +519,23 @@ def collect_command(
     help="Locked down, as for queries a server runs for others: SELECT only, no file "
     "outside the database's data, no extensions.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+    help="spark: the same SQL on Apache Spark in local mode (pyspark; docs/database.md).",
+)
 def query_command(
-    sql: str, db: str, fmt: str | None, parquet_out: str | None, max_rows: int, locked: bool
+    sql: str,
+    db: str,
+    fmt: str | None,
+    parquet_out: str | None,
+    max_rows: int,
+    locked: bool,
+    engine: str,
 ) -> None:
-    """Run DuckDB SQL on the feature database.
+    """Run SQL on the feature database (DuckDB, or Spark with --engine spark).
 
     \b
     Tables: node memory cpu net disk fs proc gpu counters events stacks job ... (each with
@@ -533,6 +546,8 @@ def query_command(
 
     if parquet_out and fmt:
         raise UsageError("--parquet writes a file; leave out --csv/--json")
+    if engine == "spark" and locked:
+        raise UsageError("--locked is for DuckDB only")
     n = run(
         db,
         sql,
@@ -541,6 +556,7 @@ def query_command(
         parquet_out=parquet_out,
         max_rows=max_rows,
         locked=locked,
+        engine=engine,
     )
     if parquet_out:
         click.echo(f"wrote {n:,} rows to {parquet_out}", err=True)

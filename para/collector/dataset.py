@@ -43,8 +43,14 @@ class Snapshot:
     files: list[str] = field(default_factory=list)  # absolute paths
     partitions: list[dict[str, str | None]] = field(default_factory=list)  # per file
 
+    partitioned: bool = True
+
     @property
     def data_schema(self) -> pa.Schema:
+        """The columns stored in the files (a partitioned table's partition columns are in
+        the paths and the log only)."""
+        if not self.partitioned:
+            return self.schema
         return pa.schema([f for f in self.schema if f.name not in PARTITIONS])
 
 
@@ -67,9 +73,10 @@ def _plain_field(f: pa.Field) -> pa.Field:
 
 
 def table_schema(data: pa.Schema, partitioned: bool = True) -> pa.Schema:
+    if not partitioned:
+        return pa.schema([_plain_field(f) for f in data])
     fields = [_plain_field(f) for f in data if f.name not in PARTITIONS]
-    if partitioned:
-        fields += [pa.field(p, PARTITION_TYPES[p]) for p in PARTITIONS]
+    fields += [pa.field(p, PARTITION_TYPES[p]) for p in PARTITIONS]
     return pa.schema(fields)
 
 
@@ -194,6 +201,7 @@ def snapshot(table_dir: Path, version: int | None = None) -> Snapshot | None:
                 parts[i][p] = None if v is None else str(v)
     order = sorted(range(len(paths)), key=lambda i: paths[i])
     return Snapshot(
+        partitioned=bool(dt.metadata().partition_columns),
         version=int(dt.version()),
         schema=_arrow(dt),
         files=[str(table_dir / paths[i]) for i in order],
