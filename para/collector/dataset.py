@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -80,7 +81,7 @@ def table_schema(data: pa.Schema, partitioned: bool = True) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _open(path: Path, schema: pa.Schema, partitioned: bool):  # type: ignore[no-untyped-def]
+def _open(path: Path, schema: pa.Schema, partitioned: bool) -> Any:
     from deltalake import DeltaTable
 
     if is_table(path):
@@ -97,7 +98,7 @@ def _open(path: Path, schema: pa.Schema, partitioned: bool):  # type: ignore[no-
         return DeltaTable(str(path))
 
 
-def _evolve(dt, schema: pa.Schema) -> pa.Schema:  # type: ignore[no-untyped-def]
+def _evolve(dt: Any, schema: pa.Schema) -> pa.Schema:
     """Add the columns of `schema` the table lacks (additive evolution only); a column whose
     type differs is an error (the merge refuses such files before they get here)."""
     from deltalake import Field as DeltaField
@@ -125,7 +126,7 @@ def _evolve(dt, schema: pa.Schema) -> pa.Schema:  # type: ignore[no-untyped-def]
     return have
 
 
-def _arrow(dt) -> pa.Schema:  # type: ignore[no-untyped-def]
+def _arrow(dt: Any) -> pa.Schema:
     return pa.schema(dt.schema().to_arrow())
 
 
@@ -151,7 +152,7 @@ def commit(
     actions: list[AddAction | RemoveAction] = []
     for rel, parts in remove:
         if rel in have:
-            actions.append(RemoveAction(rel, True, now, None, parts or None))
+            actions.append(RemoveAction(rel, True, now, None, dict(parts) or None))
     for rel, parts in add:
         if rel in have:
             continue
@@ -267,7 +268,7 @@ def expire(table_dir: Path, grace_hours: float = DEFAULT_GRACE_HOURS) -> list[st
     return sorted(str(g) for g in gone)
 
 
-def _expire_exact(dt, table_dir: Path, grace_hours: float) -> list[str]:  # type: ignore[no-untyped-def]
+def _expire_exact(dt: Any, table_dir: Path, grace_hours: float) -> list[str]:
     """Expiry for a grace period of a fraction of an hour (delta-rs counts whole hours): files
     that no current action adds and that were removed more than `grace_hours` ago."""
     live = set(dt.get_add_actions(flatten=False).column("path").to_pylist())

@@ -19,12 +19,14 @@ INCOMING = "incoming"
 STAGING = "staging"
 QUARANTINE = "quarantine"
 LOCK = ".lock"
+RECEIVING = ".receiving"
 README = "README.txt"
 
 _README = """This directory is a para feature database (docs/database.md in the para sources).
 
-  data/<table>/cluster=<c>/date=<YYYY-MM-DD>/*.parquet   the series, Hive-partitioned Parquet
-  meta/hosts.parquet, meta/jobs.parquet, meta/catalogue.parquet
+  data/<table>/          one Delta Lake table per table: _delta_log/ says which of its
+                         cluster=<c>/date=<YYYY-MM-DD>/*.parquet files are the table now
+  meta/hosts, meta/jobs, meta/catalogue   Delta Lake tables too
   catalog.duckdb        DuckDB views over the above (open it from this directory:
                         cd <this directory> && duckdb -readonly catalog.duckdb)
   ledger.sqlite3        the collector's record of every segment received (do not edit)
@@ -114,6 +116,17 @@ class Layout:
                 for f in sorted(date.iterdir()):
                     if f.suffix == ".parquet":
                         yield f
+
+    @contextmanager
+    def receiving(self, shared: bool) -> Iterator[None]:
+        """Uploads being stored (shared) against the clean-up of a starting collector
+        (exclusive): collectors serving one database never take each other's files."""
+        fd = os.open(self.root / RECEIVING, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def partitions(self, table: str) -> Iterator[Path]:
         base = self.data / table

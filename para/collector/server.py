@@ -475,9 +475,9 @@ class CollectorService(fl.FlightServerBase):
                     if rep.files_in:
                         self.log(f"compacted {rep.files_in} files into {rep.files_out}")
                         self._catalog_dirty = True
-                    gone = maintenance.expire(self.db, self.opts.expire_after_hours)
-                    if gone.files:
-                        self.log(f"deleted {gone.files} expired files")
+                    expired = maintenance.expire(self.db, self.opts.expire_after_hours)
+                    if expired.files:
+                        self.log(f"deleted {expired.files} expired files")
                 if self.opts.retention_days and now >= next_retention:
                     next_retention = now + self.opts.retention_every
                     gone = maintenance.apply_retention(self.db, self.opts.retention_days)
