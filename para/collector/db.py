@@ -186,10 +186,19 @@ class FeatureDB:
                 " FROM segments GROUP BY state"
             )
         }
-        merged = by_state.get("merged", (0, 0, 0))
-        waiting = self._read_ledger(
+        # a merged segment whose batch is not in its tables' logs yet is still waiting: once
+        # status says merged, every reader sees the rows
+        unseen = self._read_ledger(
+            "SELECT count(*), coalesce(sum(s.\"values\"), 0), coalesce(sum(s.rows), 0),"
+            " coalesce(sum(s.bytes), 0) FROM segments s JOIN batches b ON s.batch = b.id"
+            " WHERE s.state = 'merged'"
+        )[0]
+        m = by_state.get("merged", (0, 0, 0))
+        merged = (m[0] - unseen[0], m[1] - unseen[1], m[2] - unseen[2])
+        w = self._read_ledger(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM segments WHERE state = 'received'"
         )[0]
+        waiting = (w[0] + unseen[0], w[1] + unseen[3])
         return {
             "path": str(self.root),
             "segments": merged[0],
