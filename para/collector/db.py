@@ -189,7 +189,7 @@ class FeatureDB:
         # a merged segment whose batch is not in its tables' logs yet is still waiting: once
         # status says merged, every reader sees the rows
         unseen = self._read_ledger(
-            "SELECT count(*), coalesce(sum(s.\"values\"), 0), coalesce(sum(s.rows), 0),"
+            'SELECT count(*), coalesce(sum(s."values"), 0), coalesce(sum(s.rows), 0),'
             " coalesce(sum(s.bytes), 0) FROM segments s JOIN batches b ON s.batch = b.id"
             " WHERE s.state = 'merged'"
         )[0]
