@@ -1,9 +1,11 @@
-"""The catalogue: `meta/*.parquet` snapshots of hosts, jobs and metrics, and the DuckDB views.
+"""The catalogue: the Delta tables meta/hosts, meta/jobs and meta/catalogue, and the views.
 
-The ledger is the truth about hosts and jobs; these snapshots make them plain Parquet, so that
-Spark or Trino read them like the series.  `catalog.duckdb` holds views over everything with
-paths relative to the database directory (DuckDB resolves them through `file_search_path`,
-which FeatureDB.connect sets), so the directory can be moved or mounted elsewhere.
+The ledger is the truth about hosts and jobs; these tables make them typed Delta tables, so
+that Spark or Trino read them like the series.  Every view (DuckDB's, and spark.py's) reads
+one snapshot of its table: exactly the files of that version (dataset.py).  `catalog.duckdb`
+holds views with paths relative to the database directory (DuckDB resolves them through
+`file_search_path`, which FeatureDB.connect sets), so the directory can be moved or mounted
+elsewhere.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
 
 
 def export_meta(layout: Layout, ledger: Ledger) -> None:
-    """Rewrite meta/hosts.parquet, meta/jobs.parquet and meta/catalogue.parquet from the
+    """Rewrite the Delta tables meta/hosts, meta/jobs and meta/catalogue from the
     ledger (each replaced atomically).  The caller holds the database lock."""
     layout.meta.mkdir(parents=True, exist_ok=True)
     hosts = ledger.query(
