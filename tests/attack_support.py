@@ -223,7 +223,10 @@ class Site:
         con = sqlite3.connect(f"file:{self.db / 'ledger.sqlite3'}?mode=ro", uri=True, timeout=30)
         try:
             return con.execute(
-                "SELECT count(*) FROM segments WHERE host = ? AND state = 'merged'", (host,)
+                # merged and in the tables' logs (a batch still in `batches` is not yet)
+                "SELECT count(*) FROM segments WHERE host = ? AND state = 'merged'"
+                " AND (batch IS NULL OR batch NOT IN (SELECT id FROM batches))",
+                (host,),
             ).fetchone()[0]
         finally:
             con.close()

@@ -115,6 +115,14 @@ def collector_group() -> None:
     help="Seconds between compactions of small files (0: never).",
 )
 @click.option(
+    "--expire-after",
+    default="24h",
+    show_default=True,
+    metavar="AGE",
+    help="Delete files compaction or retention removed this long ago (readers of older "
+    "snapshots keep them until then).",
+)
+@click.option(
     "--min-free-mb",
     type=int,
     default=256,
@@ -167,6 +175,7 @@ def serve(
     cluster: str,
     retention: tuple[str, ...],
     compact_every: float,
+    expire_after: str,
     min_free_mb: int,
     max_segment_mb: int,
     port_file: str | None,
@@ -198,6 +207,7 @@ def serve(
         max_segment_bytes=max_segment_mb << 20,
         retention_days=_retention(retention),
         compact_every=compact_every,
+        expire_after_hours=_hours(expire_after),
         port_file=Path(port_file) if port_file else None,
         quiet=quiet,
         alert_rules=Path(alert_rules) if alert_rules else None,
@@ -445,6 +455,40 @@ def compact(db: str, min_files: int) -> None:
     )
 
 
+def _hours(text: str) -> float:
+    from para.collector.maintenance import parse_age
+
+    try:
+        return parse_age(text) * 24
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@collector_group.command(context_settings=CONTEXT)
+@_db_option(server=True)
+@click.option(
+    "--older-than",
+    default="24h",
+    show_default=True,
+    metavar="AGE",
+    help="Grace period: keep files removed less than AGE ago (0 deletes them all now).",
+)
+def expire(db: str, older_than: str) -> None:
+    """Delete the data files that compaction, retention or a meta rewrite removed from the
+    tables more than AGE ago (the collector does it every --compact-every)."""
+    from para.collector.db import FeatureDB
+    from para.collector.maintenance import expire as run_expire
+
+    fdb = FeatureDB(db)
+    if not fdb.exists():
+        raise ParaError(f"no feature database at {db}")
+    rep = run_expire(fdb, _hours(older_than))
+    click.echo(
+        f"deleted {rep.files} expired files of {len(rep.tables)} tables"
+        + (f" ({', '.join(sorted(rep.tables))})" if rep.tables else "")
+    )
+
+
 @collector_group.command(context_settings=CONTEXT)
 @_db_option(server=True)
 @click.option("--retention", multiple=True, required=True, metavar="TABLE=AGE")
@@ -528,10 +572,23 @@ def collect_command(
     help="Locked down, as for queries a server runs for others: SELECT only, no file "
     "outside the database's data, no extensions.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+    help="spark: the same SQL on Apache Spark in local mode (pyspark; docs/database.md).",
+)
 def query_command(
-    sql: str, db: str, fmt: str | None, parquet_out: str | None, max_rows: int, locked: bool
+    sql: str,
+    db: str,
+    fmt: str | None,
+    parquet_out: str | None,
+    max_rows: int,
+    locked: bool,
+    engine: str,
 ) -> None:
-    """Run DuckDB SQL on the feature database.
+    """Run SQL on the feature database (DuckDB, or Spark with --engine spark).
 
     \b
     Tables: node memory cpu net disk fs proc gpu counters events stacks job ... (each with
@@ -542,6 +599,8 @@ def query_command(
 
     if parquet_out and fmt:
         raise UsageError("--parquet writes a file; leave out --csv/--json")
+    if engine == "spark" and locked:
+        raise UsageError("--locked is for DuckDB only")
     n = run(
         db,
         sql,
@@ -550,6 +609,7 @@ def query_command(
         parquet_out=parquet_out,
         max_rows=max_rows,
         locked=locked,
+        engine=engine,
     )
     if parquet_out:
         click.echo(f"wrote {n:,} rows to {parquet_out}", err=True)

@@ -62,6 +62,7 @@ class ServeOptions:
     max_segment_bytes: int = 1 << 30
     retention_days: dict[str, float] = field(default_factory=dict)
     compact_every: float = 600.0
+    expire_after_hours: float = 24.0  # dataset.expire's grace period
     retention_every: float = 3600.0
     export_every: float = 2.0
     port_file: Path | None = None
@@ -537,8 +538,7 @@ class CollectorService(fl.FlightServerBase):
                     self.counters.merged_values += rep.values
                     self.counters.quarantined += rep.quarantined
                 self._meta_dirty = True
-                if rep.new_tables:
-                    self._catalog_dirty = True
+                self._catalog_dirty = True  # its views list each snapshot's files
                 for host, why in rep.problems:
                     self._offend(host, "quarantined", why)
                     self.log(f"quarantined a segment of {host}: {why}")
@@ -565,12 +565,17 @@ class CollectorService(fl.FlightServerBase):
                     rep = maintenance.compact(self.db)
                     if rep.files_in:
                         self.log(f"compacted {rep.files_in} files into {rep.files_out}")
+                        self._catalog_dirty = True
+                    expired = maintenance.expire(self.db, self.opts.expire_after_hours)
+                    if expired.files:
+                        self.log(f"deleted {expired.files} expired files")
                 if self.opts.retention_days and now >= next_retention:
                     next_retention = now + self.opts.retention_every
                     gone = maintenance.apply_retention(self.db, self.opts.retention_days)
                     if gone.partitions:
                         self.log(f"retention removed {gone.partitions} partitions")
                         self._meta_dirty = True
+                        self._catalog_dirty = True
             except Exception as e:
                 if is_disk_full(e):
                     self._meta_dirty = True
