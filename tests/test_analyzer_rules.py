@@ -133,6 +133,8 @@ def test_fsync_heavy_writer_is_io_wait_bound(results):
 
 def test_growing_memory_fires_memory_growth(results):
     a = results["grow"]
+    outcome = next(o.rule_dict() for o in a.outcomes if o.id == "memory_growth")
+    assert "memory_growth" in _fired(a), (outcome, a.facts.regression)
     b = _fired(a)["memory_growth"]
     assert "grew steadily" in b["evidence"] and b["value"] >= 50, b
     assert a.doc["summary"]["peak_rss_bytes"] > 200 << 20
