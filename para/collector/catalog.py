@@ -441,7 +441,10 @@ def _empty_view_sql(table: str, columns: list[dict[str, str]]) -> str:
 
 
 def connect_locked(
-    layout: Layout, empty_tables: dict[str, list[dict[str, str]]]
+    layout: Layout,
+    empty_tables: dict[str, list[dict[str, str]]],
+    threads: int | None = None,
+    shared_views: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """A connection for queries from people the collector does not trust with its files
     (what a portal serves): the same views, in memory, and DuckDB locked down before the
@@ -449,13 +452,18 @@ def connect_locked(
     or loaded, no setting changed back.  Pair it with query.check_select (files under
     data/ could be written by a COPY: only SELECT statements may run)."""
     root = layout.root.resolve()
-    con = duckdb.connect(
-        ":memory:",
-        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
-    )
+    config: dict[str, Any] = {
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
+    if threads:
+        config["threads"] = threads
+    con = duckdb.connect(":memory:", config=config)
     try:
         con.execute("SET TimeZone = 'UTC'")
-        _create_views(con, Layout(root), empty_tables, temp=True)
+        # shared_views: in the database, for the connection's cursors too (a portal's
+        # threads), rather than temporary views of this connection alone
+        _create_views(con, Layout(root), empty_tables, temp=not shared_views)
         allowed = ", ".join(_quote_str(f"{root}/{d}/") for d in ("data", "meta"))
         con.execute(f"SET allowed_directories = [{allowed}]")
         con.execute("SET enable_external_access = false")

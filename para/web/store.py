@@ -24,7 +24,7 @@ from typing import Any
 
 import duckdb
 
-from para.collector.catalog import JOBS_FILE, META_VIEWS, source_sql, view_sql
+from para.collector.catalog import JOBS_FILE, META_VIEWS, connect_locked, source_sql, view_sql
 from para.collector.layout import Layout
 from para.errors import ParaError
 from para.web.access import Viewer
@@ -81,26 +81,6 @@ def quote_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def locked_down(root: Path, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that may read root/data and root/meta only (paths relative to
-    root, as the catalogue's views have them), with no extension loading and its settings
-    locked.  (The collector part may offer the same for `para query`: one place then.)"""
-    base = str(root.resolve())
-    config: dict[str, Any] = {
-        "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-    }
-    if threads:
-        config["threads"] = threads
-    con = duckdb.connect(":memory:", config=config)
-    dirs = [f"{base}/data/", f"{base}/meta/", "data/", "meta/"]
-    con.execute(f"SET GLOBAL file_search_path = {quote_str(base)}")
-    con.execute(f"SET allowed_directories = [{', '.join(quote_str(d) for d in dirs)}]")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-    return con
-
-
 def _log_stamp(table_dir: Path) -> tuple[int, int] | None:
     """Changes when a commit is added to the table's Delta log; None: no table there."""
     try:
@@ -132,7 +112,7 @@ class Store:
                 hint=f"start `para collector serve --db {self.root}` or import files with "
                 f"`para collect --db {self.root} FILE.para`",
             )
-        self.con = locked_down(self.root, threads)
+        self.con = connect_locked(self.layout, {}, threads, shared_views=True)
         self._lock = threading.Lock()
         self._tables: set[str] = set()
         self._views_at = 0.0
