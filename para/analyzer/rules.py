@@ -29,9 +29,24 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SEVERITY = ("high", "medium", "low")
+# Frames inside communication libraries: by symbol, or by the library itself where perf
+# could not name the function (distributions strip their MPI plugins: "[mca_btl_vader.so]",
+# "[libopen-pal.so.40.30.2]").  OpenSHMEM is matched by its API names, not by "shmem_": the
+# kernel's tmpfs is shmem_* too (shmem_fault, shmem_file_read_iter, shmem_get_folio), and I/O
+# on /dev/shm is not communication.  RE2 (DuckDB) and Python read it alike: no lookarounds.
+COMM_DSOS = (r"\[(libmpi|libmpich|libopen-pal|libopen-rte|libpmix|mca_|libucp|libuct|libucs|"
+             r"libfabric|libpsm2|libpsm_infinipath|libnccl|libibverbs|libmlx5|libhcoll|"
+             r"liboshmem|libsma)")  # fmt: skip
+SHMEM_API = (r"p?shmemx?_(init(_thread)?(;|$)|finalize|my_pe|n_pes|barrier|sync|quiet|fence|"
+             r"(put|get)(8|16|32|64|128|mem|_signal|_nbi)|i(put|get)(8|16|32|64|128)|"
+             r"wait|test|broadcast|collect|fcollect|alltoall|(and|or|xor|max|min|sum|prod)_"
+             r"reduce|set_lock|clear_lock|test_lock|ctx_|team_|atomic_|signal_|"
+             r"(short|int|long|longlong|float|double|longdouble|char|schar|uchar|ushort|uint|"
+             r"ulong|ulonglong|int8|int16|int32|int64|uint8|uint16|uint32|uint64|size|ptrdiff|"
+             r"complexd|complexf)_)")  # fmt: skip
 COMM_FRAMES = re.compile(
-    r"(^|;)(P?MPI_|MPID|MPIR_|mca_|ompi_|opal_progress|ucp_|uct_|ucs_|psm2?_|fi_|"
-    r"ibv_|mlx5_|nccl|gloo|shmem_|gasnet)"
+    r"(^|;)(P?MPIX?_|MPID|MPIR_|mca_|ompi_|opal_|orte_|ucp_|uct_|ucs_|psm2?_|fi_|"
+    r"ibv_|mlx5_|nccl|gloo|gasnet|" + SHMEM_API + "|" + COMM_DSOS + ")"
 )  # fmt: skip
 COMM_PATTERN = COMM_FRAMES.pattern
 META_PATTERN = (
