@@ -94,6 +94,15 @@ def cli() -> None:
     help="Also sample call stacks with perf record (cycles, else cpu-clock).",
 )
 @click.option(
+    "--call-graph",
+    type=click.Choice(["auto", "fp", "dwarf", "lbr"]),
+    default="auto",
+    show_default=True,
+    help="How --functions unwinds call stacks: frame pointers, dwarf (callers through "
+    "libraries built without frame pointers, e.g. MPI; costs more), LBR (CPUs that have it); "
+    "auto chooses per command.",
+)
+@click.option(
     "-e",
     "--event",
     "events",
@@ -109,6 +118,7 @@ def profile(
     output: str | None,
     interval: float,
     functions: bool,
+    call_graph: str,
     events: tuple[str, ...],
     no_counters: bool,
     no_gpu: bool,
@@ -132,6 +142,7 @@ def profile(
         counters=not no_counters,
         gpu=not no_gpu,
         quiet=quiet,
+        call_graph=call_graph,
     )
     result = run(opts)
     if result.path is not None:

@@ -46,19 +46,11 @@ def cpu_topology(cpuinfo: bytes) -> dict[str, Any]:
 
 
 def allowed_cpus() -> int:
-    """CPUs this process may run on: affinity, further capped by a cgroup v2 CPU quota."""
-    n = len(os.sched_getaffinity(0))
-    try:
-        with open("/proc/self/cgroup") as f:
-            rel = next((ln.split("::", 1)[1].strip() for ln in f if ln.startswith("0::")), None)
-        if rel is not None:
-            with open(f"/sys/fs/cgroup{rel}/cpu.max") as f:
-                quota, period = f.read().split()
-            if quota != "max":
-                n = min(n, max(1, round(int(quota) / int(period))))
-    except (OSError, ValueError, StopIteration):
-        pass
-    return n
+    """CPUs this process may run on: its affinity within its cgroup's cpuset and CPU quota
+    (jobcpus.job_cpus, which `para profile` also uses with the affinities of every rank)."""
+    from para.agent.jobcpus import job_cpus
+
+    return int(job_cpus([os.sched_getaffinity(0)])["cpus"])
 
 
 def host_facts(files: ProcFiles | None = None) -> dict[str, Any]:

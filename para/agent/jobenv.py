@@ -9,6 +9,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+# The rank a launcher gave a process.  The MPI launcher's own variables come first: under
+# mpirun (or MPICH's mpiexec) inside a Slurm job, SLURM_PROCID is that of the launcher's
+# daemon on the node (or 0, the batch script's), inherited by every rank it starts.
+RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
+LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PALS_LOCAL_RANKID",
+                   "SLURM_LOCALID")  # fmt: skip
+
+
 @dataclass
 class JobInfo:
     scheduler: str | None = None  # slurm | pbs | lsf | flux | None
@@ -71,10 +79,8 @@ def detect(env: Mapping[str, str] | None = None, ppid: int | None = None) -> Job
     elif env.get("FLUX_JOB_ID"):
         info.scheduler = "flux"
         info.job_id = env["FLUX_JOB_ID"]
-    info.rank = _int(env, "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
-    info.local_rank = _int(
-        env, "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PALS_LOCAL_RANKID"
-    )
+    info.rank = _int(env, *RANK_VARS)
+    info.local_rank = _int(env, *LOCAL_RANK_VARS)
     info.user = info.user or _user()
     info.gpus = info.gpus or env.get("CUDA_VISIBLE_DEVICES")
     if info.rank is not None or info.local_rank is not None:
@@ -91,6 +97,19 @@ def _launch_key(info: JobInfo, env: Mapping[str, str], ppid: int) -> str:
         return f"mpi-{ns}"
     # mpirun without a scheduler: local ranks are children of one launcher daemon
     return f"ppid-{ppid}"
+
+
+def rank_from_environ(raw: bytes) -> int | None:
+    """The rank in a process's /proc/PID/environ (NUL-separated NAME=value), if any."""
+    found: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        name, eq, value = item.partition(b"=")
+        if eq and name in _RANK_NAMES:
+            found[name.decode()] = value.decode(errors="replace")
+    return _int(found, *RANK_VARS) if found else None
+
+
+_RANK_NAMES = {n.encode() for n in RANK_VARS}
 
 
 def _user() -> str | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from para.agent.samplers.base import Unavailable
+from para.agent.unwind import Choice, fallback
 from para.cython_ext import load
 
 fold = load("fold")
@@ -38,11 +39,13 @@ def perf_binary(perf: str = "perf") -> str:
 
 
 class FunctionRecorder:
-    def __init__(self, pid: int, freq: int = 499, event: str = "cycles", perf: str = "perf"):
+    def __init__(self, pid: int, freq: int = 499, event: str = "cycles", perf: str = "perf",
+                 unwind: Choice | None = None):  # fmt: skip
         self.pid = pid
         self.freq = freq
         self.event = event
         self.perf = perf
+        self.unwind = unwind or Choice("fp", "frame pointers (the default)")
         self._dir = tempfile.mkdtemp(prefix="para-perf-")
         self.data = Path(self._dir) / "perf.data"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -52,12 +55,28 @@ class FunctionRecorder:
         self.info: dict[str, Any] = {"frequency_hz": freq, "requested_event": event}
 
     def start(self) -> None:
-        """Attach to the (stopped) command; returns once perf samples it."""
+        """Attach to the (stopped) command; returns once perf samples it.  An unwinding mode
+        perf refuses here (LBR without the hardware event, ...) falls back to the next."""
+        tried = []
+        choice: Choice | None = self.unwind
+        while choice is not None:
+            self.unwind = choice
+            try:
+                self._start()
+                break
+            except Unavailable as e:
+                tried.append(f"{choice.mode}: {e}")
+                choice = fallback(choice)
+        else:
+            raise Unavailable("; ".join(tried))
+        self.info.update(self.unwind.as_dict())
+
+    def _start(self) -> None:
         perf = perf_binary(self.perf)
         ctl_r, ctl_w = os.pipe()
         ack_r, ack_w = os.pipe()
         argv = [
-            perf, "record", "-e", self.event, "-F", str(self.freq), "-g",
+            perf, "record", "-e", self.event, "-F", str(self.freq), *self.unwind.perf_args(),
             "-k", "CLOCK_MONOTONIC", "-D", "-1", "--control", f"fd:{ctl_r},{ack_w}",
             "-p", str(self.pid), "-o", str(self.data),
         ]  # fmt: skip
@@ -77,6 +96,7 @@ class FunctionRecorder:
             os.close(ack_r)
         if not ack.startswith(b"ack"):
             self.stop()
+            self.proc = None
             raise Unavailable(f"perf record did not start: {self._log_tail()}")
 
     def _log_tail(self) -> str:
@@ -108,6 +128,7 @@ class FunctionRecorder:
             if not self.data.exists() or self.data.stat().st_size == 0:
                 self.info["error"] = f"perf record wrote no data: {self._log_tail()}"
                 return []
+            self.info["perf_data_bytes"] = self.data.stat().st_size
             # perf's clock is CLOCK_MONOTONIC: shift its stamps onto the wall clock.
             offset = time.time() - time.monotonic()
             text = Path(self._dir) / "perf.script"

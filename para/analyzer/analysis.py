@@ -177,6 +177,7 @@ class Analysis:
             processes={n: {p: d["name"] for p, d in m.items()} for n, m in self.names.items()},
             has_meta_counters=job.has("fsmeta"),
             meta_ops_per_node=totals.get("meta_ops_per_node"),
+            ranks=_dicts(job, "ranks", rules.COMM_PATTERN) if job.has("procs") else [],
         )
         self.facts = facts
         outcomes = rules.evaluate(facts, cfg)

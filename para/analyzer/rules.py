@@ -183,6 +183,22 @@ class Facts:
     processes: dict[int, dict[int, str]]
     has_meta_counters: bool
     meta_ops_per_node: float | None
+    # MPI ranks (sql/analysis.sql `ranks`): rank, cpu_s, node, nodes, samples, comm
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+
+
+MIN_RANK_SAMPLES = 20  # call-stack samples of a rank for its MPI share to mean something
+
+
+def rank_shares(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ranks whose call stacks were sampled enough, with their share of samples inside
+    communication libraries (`mpi_share`) and their CPU time outside them (`work_s`)."""
+    out = []
+    for r in ranks:
+        if (r.get("samples") or 0) >= MIN_RANK_SAMPLES:
+            share = (r.get("comm") or 0) / r["samples"]
+            out.append({**r, "mpi_share": share, "work_s": (r.get("cpu_s") or 0.0) * (1 - share)})
+    return out
 
 
 def _sev(impact: float) -> str:
@@ -383,9 +399,14 @@ class Evaluator:
                   + (f" {names[g['busiest']]}" if g["busiest"] in names else "")
                   + f"): imbalance {100 * imb:.0f} %")  # fmt: skip
             findings.append((100 * imb * g["share"], imb, ev, [label] if label else []))
+        ranks = self._rank_imbalance(c)
+        if ranks is not None:
+            best_value = max(best_value, ranks[1])
+            if ranks[1] > c["max_imbalance"]:
+                findings.append(ranks)
         if not findings:
-            if len(nodes) < 2 and not self.f.siblings:
-                return self.missing(rid, "one node and no sibling processes to compare")
+            if len(nodes) < 2 and not self.f.siblings and len(self.f.ranks) < 2:
+                return self.missing(rid, "one node, one rank and no sibling processes to compare")
             return self.outcome(rid, "passed", value=100 * best_value, unit="%")
         findings.sort(key=lambda f: -f[0])
         impact, imb, ev, where = findings[0]
@@ -394,6 +415,59 @@ class Evaluator:
             rid, "fired", value=100 * imb, unit="%", impact_pct=impact, evidence=ev + extra,
             nodes=where,
         )  # fmt: skip
+
+    def _rank_imbalance(self, c: dict[str, Any]
+                        ) -> tuple[float, float, str, list[str]] | None:  # fmt: skip
+        """The ranks compared.  A rank that waits in MPI spins there: with call stacks the
+        work of a rank is its CPU time outside communication libraries, and the time the
+        others spent in MPI is the evidence; without them, CPU time (which hides spinning)."""
+        ranks = [r for r in self.f.ranks if (r.get("cpu_s") or 0) > 0]
+        if len(ranks) < 2:
+            return None
+        sampled = rank_shares(ranks)
+        with_stacks = len(sampled) >= 2
+        if with_stacks:
+            work = {r["rank"]: r["work_s"] for r in sampled}
+            ranks = sampled
+        else:
+            work = {r["rank"]: float(r["cpu_s"]) for r in ranks}
+        top = max(work.values())
+        if top <= 0:
+            return None
+        mean = sum(work.values()) / len(work)
+        imb = (top - mean) / top
+        busiest = max(ranks, key=lambda r: work[r["rank"]])
+        least = min(work.values())
+        median = sorted(work.values())[len(work) // 2]
+        strag = [r["rank"] for r in ranks if work[r["rank"]] > 1.1 * median]
+        what = "CPU time outside MPI" if with_stacks else "CPU time"
+        ev = (f"{len(ranks)} ranks worked {least:.2f} to {top:.2f} s ({what}; mean {mean:.2f} s,"
+              f" busiest rank {busiest['rank']}{self._node_of(busiest)}): imbalance "
+              f"{100 * imb:.0f} %")  # fmt: skip
+        if strag and len(strag) < len(ranks):
+            ev += "; straggler ranks (over 1.1x the median): " + ", ".join(map(str, strag[:8]))
+            ev += f" and {len(strag) - 8} more" if len(strag) > 8 else ""
+        if with_stacks:
+            by_share = sorted(ranks, key=lambda r: -r["mpi_share"])
+            shown = ", ".join(f"rank {r['rank']} {100 * r['mpi_share']:.0f} %" for r in by_share[:8])
+            more = f" and {len(by_share) - 8} more" if len(by_share) > 8 else ""
+            ev += (f"; the others waited for it in MPI: share of each rank's call-stack samples "
+                   f"in communication libraries: {shown}{more}")  # fmt: skip
+        else:
+            ev += ("; without call stacks a rank spinning in an MPI wait looks busy: record with "
+                   "para profile --functions to see the MPI wait of each rank")  # fmt: skip
+        where = sorted({self._label(r) for r in ranks if r["rank"] in strag or r is busiest} - {""})
+        return (100 * imb, imb, ev, where)
+
+    def _label(self, r: dict[str, Any]) -> str:
+        node = r.get("node")
+        if len(self.f.nodes) < 2 or not isinstance(node, int) or node >= len(self.f.nodes):
+            return ""
+        return str(self.f.nodes[node]["label"])
+
+    def _node_of(self, r: dict[str, Any]) -> str:
+        label = self._label(r)
+        return f" on {label}" if label else ""
 
     def _late_nodes(self) -> str:
         ends = [(str(n["label"]), float(n["end_work"])) for n in self.f.nodes if n.get("end_work")]
@@ -475,7 +549,22 @@ class Evaluator:
                     f"of the run (mean {100 * (ib.get('link_share') or 0):.0f} %)",
                 )  # fmt: skip
         share = self.f.share(COMM_PATTERN) if self.f.stack_samples else None
-        if share is not None and share >= c["max_sample_share"]:
+        sampled = rank_shares(self.f.ranks)
+        if share is not None and len(sampled) >= 2:
+            # What every rank pays is communication; what some ranks pay more is waiting for
+            # the others (load_imbalance): judge the rank that waited least.
+            least = min(sampled, key=lambda r: r["mpi_share"])
+            most = max(r["mpi_share"] for r in sampled)
+            share = least["mpi_share"]
+            if share >= c["max_sample_share"]:
+                return self.outcome(
+                    rid, "fired", value=100 * share, unit="% of samples", impact_pct=100 * share,
+                    evidence=f"every rank spent at least {100 * share:.0f} % of its call-stack "
+                    f"samples inside communication libraries (MPI, UCX, libfabric, NCCL ...): "
+                    f"{len(sampled)} ranks from {100 * share:.0f} % (rank {least['rank']}) to "
+                    f"{100 * most:.0f} %",
+                )  # fmt: skip
+        elif share is not None and share >= c["max_sample_share"]:
             return self.outcome(
                 rid, "fired", value=100 * share, unit="% of samples", impact_pct=100 * share,
                 evidence=f"{100 * share:.0f} % of {self.f.stack_samples:,} call-stack samples "

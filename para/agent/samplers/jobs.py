@@ -331,7 +331,8 @@ class JobSampler(ProcessSampler):
                 self._ended(t_ms, pid, out)
                 continue
             ref = self.refs.get(pid)
-            rows.append([pid, *r[:18], ref.job_id if ref else None, ref.step if ref else None])
+            # rank (None): `para profile` tells ranks apart; the agent does not yet
+            rows.append([pid, *r[:18], None, ref.job_id if ref else None, ref.step if ref else None])
             if r[1] == "Z":
                 self._ended(t_ms, pid, out)
         return rows

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from para.agent.jobenv import rank_from_environ
 from para.agent.samplers.base import ProcFiles, Rows, Sampler, Unavailable, event
 from para.cython_ext import load
 
@@ -41,6 +42,7 @@ class ProcessSampler(Sampler):
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.seen_total = 0
         self._last_pid = b""
+        self.ranks: dict[int, int | None] = {}  # pid -> MPI rank, read once when it joins
 
     def open(self) -> dict[str, Any]:
         if not self.files.exists("proc/self/stat"):
@@ -171,6 +173,7 @@ class ProcessSampler(Sampler):
                     wbytes,
                     cu,
                     cs,
+                    self.rank_of(pid, ppid),
                     *self.job_of(pid),
                 ]
             )
@@ -181,8 +184,23 @@ class ProcessSampler(Sampler):
         """The (job, step) a member belongs to: none here; the agent's job sampler knows."""
         return _NO_JOB
 
+    def rank_of(self, pid: int, ppid: int) -> int | None:
+        """The MPI rank a launcher gave the process (its environment), else its parent's: a
+        rank's helpers count for that rank.  Read once, when first asked."""
+        if pid in self.ranks:
+            return self.ranks[pid]
+        try:
+            rank = rank_from_environ(self.files.read_once(f"proc/{pid}/environ"))
+        except OSError:  # another user's process, or gone
+            rank = None
+        if rank is None:
+            rank = self.ranks.get(ppid)
+        self.ranks[pid] = rank
+        return rank
+
     def _ended(self, t_ms: int, pid: int, out: Rows) -> None:
         del self.members[pid]
+        self.ranks.pop(pid, None)
         for name in ("stat", "status", "io"):
             self.files.forget(f"proc/{pid}/{name}")
         self.outsiders.add(pid)  # an unreaped zombie must not rejoin as a new process
