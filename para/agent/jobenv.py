@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-
 # The rank a launcher gave a process.  The MPI launcher's own variables come first: under
 # mpirun (or MPICH's mpiexec) inside a Slurm job, SLURM_PROCID is that of the launcher's
 # daemon on the node (or 0, the batch script's), inherited by every rank it starts.

@@ -418,7 +418,6 @@ class Profiler:
     def _start_recorder(self, pid: int) -> Any:
         from para.agent.perfrecord import FunctionRecorder
         from para.agent.samplers.base import Unavailable
-
         from para.agent.unwind import choose
 
         exe = resolve_command(self.opts.cmd)

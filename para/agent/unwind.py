@@ -31,7 +31,9 @@ COMM_LIBS = re.compile(
     rb"^(libmpi|libmpich|libopen-pal|libopen-rte|libucp|libuct|libucs|libfabric|libpsm2|"
     rb"libnccl|liboshmem|libsma)"
 )
-FP_SHARE = 0.3  # built with frame pointers: 50-100 % (leaf functions may omit them); without: under 5 %
+# Share of functions that set up a frame pointer: 50-100 % in code built with them (leaf
+# functions may go without), under 5 % in code built without.
+FP_SHARE = 0.3
 _MOV_RSP_RBP = (b"\x48\x89\xe5", b"\x48\x8b\xec")
 _STT_FUNC = 2
 

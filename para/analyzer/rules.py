@@ -449,7 +449,8 @@ class Evaluator:
             ev += f" and {len(strag) - 8} more" if len(strag) > 8 else ""
         if with_stacks:
             by_share = sorted(ranks, key=lambda r: -r["mpi_share"])
-            shown = ", ".join(f"rank {r['rank']} {100 * r['mpi_share']:.0f} %" for r in by_share[:8])
+            shown = ", ".join(f"rank {r['rank']} {100 * r['mpi_share']:.0f} %"
+                              for r in by_share[:8])  # fmt: skip
             more = f" and {len(by_share) - 8} more" if len(by_share) > 8 else ""
             ev += (f"; the others waited for it in MPI: share of each rank's call-stack samples "
                    f"in communication libraries: {shown}{more}")  # fmt: skip

@@ -332,7 +332,8 @@ class JobSampler(ProcessSampler):
                 continue
             ref = self.refs.get(pid)
             # rank (None): `para profile` tells ranks apart; the agent does not yet
-            rows.append([pid, *r[:18], None, ref.job_id if ref else None, ref.step if ref else None])
+            job, step = (ref.job_id, ref.step) if ref else (None, None)
+            rows.append([pid, *r[:18], None, job, step])
             if r[1] == "Z":
                 self._ended(t_ms, pid, out)
         return rows
