@@ -10,9 +10,10 @@
 - lbr: the CPU's last-branch records (Intel, Haswell on): callers without frame pointers at
   almost no cost, user space only, a bounded depth; only where the CPU has them.
 
-`choose` looks at the command's executable (a script's interpreter) and at the
-communication libraries it links: if their code keeps frame pointers, fp; else lbr where the
-CPU has it, else dwarf.
+`choose` looks at the command's executable (a script's interpreter) and at the libraries it
+links but the C and C++ runtime (an MPI library, libpython behind a thin `python` ...): if
+their code keeps frame pointers, fp; else lbr where the CPU has it, else dwarf.  Code whose
+frame pointers cannot be told (stripped) gets dwarf, which unwinds either way.
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from pathlib import Path
 
 MODES = ("auto", "fp", "dwarf", "lbr")
 DWARF_STACK_BYTES = 8192  # perf's default; issue 10's figures show what less would save
-# Libraries whose frames decide whether callers are known in an MPI job's waits.
-COMM_LIBS = re.compile(
-    rb"^(libmpi|libmpich|libopen-pal|libopen-rte|libucp|libuct|libucs|libfabric|libpsm2|"
-    rb"libnccl|liboshmem|libsma)"
-)
+# Linked libraries not looked at: the C and C++ runtime, whose few hot functions (memcpy ...)
+# do not decide whether the program's callers are known.
+RUNTIME_LIBS = re.compile(r"^(libc|libm|libdl|libpthread|librt|libutil|libgcc_s|libstdc\+\+|"
+                          r"ld-linux[^.]*|libresolv|libcrypt)\.so")  # fmt: skip
 # Share of functions that set up a frame pointer: 50-100 % in code built with them (leaf
 # functions may go without), under 5 % in code built without.
 FP_SHARE = 0.3
@@ -112,7 +112,9 @@ class _Elf:
                 return out
         return out
 
-    def needed(self) -> list[str]:
+    def dynamic(self, wanted: int) -> list[str]:
+        """The strings of one tag of the dynamic section (DT_NEEDED 1, DT_RPATH 15,
+        DT_RUNPATH 29)."""
         dyn, dynstr = self.section(".dynamic"), self.section(".dynstr")
         if dyn is None or dynstr is None:
             return []
@@ -121,7 +123,7 @@ class _Elf:
             tag, val = struct.unpack_from("<qQ", self.data, dyn[3] + i * 16)
             if tag == 0:
                 break
-            if tag == 1:  # DT_NEEDED
+            if tag == wanted:
                 out.append(self._str(dynstr, val))
         return out
 
@@ -149,28 +151,30 @@ def frame_pointer_share(path: str | os.PathLike[str]) -> float | None:
     return sum(_has_fp_prologue(h) for h in heads) / len(heads)
 
 
-def needed_libraries(path: str | os.PathLike[str]) -> list[str]:
+def needed_libraries(path: str | os.PathLike[str]) -> list[Path]:
+    """The libraries a binary links (DT_NEEDED), where the dynamic loader finds them: its
+    RPATH/RUNPATH ($ORIGIN too), LD_LIBRARY_PATH, the common system directories."""
     try:
         with open(path, "rb") as f:
-            return _Elf(f.read()).needed()
+            elf = _Elf(f.read())
+        names, paths = elf.dynamic(1), elf.dynamic(15) + elf.dynamic(29)
     except (OSError, ValueError, struct.error, IndexError):
         return []
+    origin = str(Path(os.path.realpath(path)).parent)
+    dirs = [d.replace("$ORIGIN", origin).replace("${ORIGIN}", origin)
+            for p in paths for d in p.split(":") if d]  # fmt: skip
+    dirs += [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
+    dirs += list(_LIB_DIRS)
+    out = []
+    for n in names:
+        found = next((Path(d) / n for d in dirs if (Path(d) / n).exists()), None)
+        if found is not None:
+            out.append(found)
+    return out
 
 
 _LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
              "/usr/local/lib", "/usr/lib", "/lib")  # fmt: skip
-
-
-def find_library(name: str, exe: str | os.PathLike[str]) -> Path | None:
-    """Where the dynamic loader would find a DT_NEEDED name (LD_LIBRARY_PATH, the common
-    system directories; the executable's own directory for in-tree builds)."""
-    dirs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d]
-    dirs += [str(Path(exe).parent), *_LIB_DIRS]
-    for d in dirs:
-        p = Path(d) / name
-        if p.exists():
-            return p
-    return None
 
 
 def program_of(path: str) -> str:
@@ -214,19 +218,16 @@ def choose(
     if requested == "lbr":
         return Choice("lbr", "asked for (--call-graph lbr)")
     prog = program_of(executable)
-    checked = [prog] + [
-        str(p)
-        for n in needed_libraries(prog)
-        if COMM_LIBS.match(n.encode()) and (p := find_library(n, prog)) is not None
-    ]
-    without = []
-    for path in checked:
-        share = frame_pointer_share(path)
-        if share is not None and share < FP_SHARE:
-            without.append(f"{Path(path).name} ({100 * share:.0f} % of functions)")
-    if not without:
-        return Choice("fp", f"{', '.join(Path(p).name for p in checked)} keep frame pointers")
-    why = "no frame pointers in " + ", ".join(without)
+    checked = [prog] + [str(p) for p in needed_libraries(prog) if not RUNTIME_LIBS.match(p.name)]
+    shares = {Path(p).name: frame_pointer_share(p) for p in checked}
+    known = {n: v for n, v in shares.items() if v is not None}
+    without = [f"{n} ({100 * v:.0f} % of functions)" for n, v in known.items() if v < FP_SHARE]
+    if known and not without:
+        return Choice("fp", f"{', '.join(known)} keep frame pointers")
+    if without:
+        why = "no frame pointers in " + ", ".join(without)
+    else:
+        why = f"cannot tell whether {', '.join(shares)} keep frame pointers (no symbols)"
     if lbr if lbr is not None else cpu_has_lbr():
         return Choice("lbr", why + "; the CPU has LBR call stacks")
     return Choice("dwarf", why, stack_bytes)
