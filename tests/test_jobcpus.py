@@ -13,7 +13,9 @@ import pytest
 
 from para.agent.jobcpus import cgroup_limits, format_cpu_list, job_cpus, parse_cpu_list
 
-from .conftest import need_tool
+from .conftest import FIXTURES, need_tool
+
+CGROUPS = FIXTURES / "cgroup"  # real Slurm cgroup trees (tests/fixtures/cgroup/SOURCES.md)
 
 V1_SELF = """12:cpuset:/slurm/uid_2001/job_77/step_0
 11:cpu,cpuacct:/slurm/uid_2001/job_77/step_0
@@ -78,6 +80,21 @@ def test_v2_unified_cpuset_and_cpu_max(tmp_path):
     assert cpuset == {0, 1} and quota == 1.5
     doc = job_cpus([{0, 1, 2, 3}], proc_cgroup=proc, root=tmp_path)
     assert doc["cpus"] == 2 and doc["cpuset"] == "0-1"
+
+
+@pytest.mark.parametrize(
+    "tree, pid, cpus",
+    [("slurm-v2", 49276, {0}), ("slurm-v1", 177837, set(range(40)))],
+)
+def test_recorded_slurm_cgroups(tree, pid, cpus):
+    """A task of a real Slurm job (cgroup v2: job_4 has CPU 0; v1: job_11 has 0-39), its
+    cpuset read where Slurm set it, above the task's own cgroup."""
+    root = CGROUPS / tree
+    proc = (root / f"proc/{pid}/cgroup").read_text()
+    cpuset, quota, _ = cgroup_limits(proc, root / "sys/fs/cgroup")
+    assert cpuset == cpus and quota is None
+    doc = job_cpus([set(range(64))], proc_cgroup=proc, root=root / "sys/fs/cgroup")
+    assert doc["cpus"] == len(cpus)
 
 
 def test_this_machine_agrees_with_nproc():

@@ -17,46 +17,12 @@ from para.analyzer.analysis import analyse
 from para.analyzer.job import Job
 from para.formats import ParaFile
 
-from .conftest import REPO, need_tool, para_cmd
+from .conftest import FIXTURES, REPO, need_tool, para_cmd
 
 pytestmark = pytest.mark.slow
 
 HINT = "apt install openmpi-bin libopenmpi-dev (make test installs them)"
-PROGRAM = r"""
-#define _GNU_SOURCE
-#include <mpi.h>
-#include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-/* ranks MODE UNIT STEPS.  barrier: rank 0 does 4 units of work between barriers, the others
-   1; straggler: the last rank 3; allreduce: 1 unit, then 2000 allreduces, each step. */
-static double __attribute__((noipa)) work(long n) { double s = 0;
-  for (long i = 0; i < n; i++) s += (double)i * 0.5 / (double)(i + 1); return s; }
-int main(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
-  int rank, size; MPI_Comm_rank(MPI_COMM_WORLD, &rank); MPI_Comm_size(MPI_COMM_WORLD, &size);
-  const char *mode = argv[1]; long unit = atol(argv[2]); int steps = atoi(argv[3]);
-  long units = 1;
-  if (!strcmp(mode, "barrier") && rank == 0) units = 4;
-  if (!strcmp(mode, "straggler") && rank == size - 1) units = 3;
-  double t0 = MPI_Wtime(), mpi = 0, s = 0, x = 1, y;
-  for (int k = 0; k < steps; k++) {
-    s += work(units * unit + k);
-    double w = MPI_Wtime();
-    if (!strcmp(mode, "allreduce"))
-      for (int j = 0; j < 2000; j++) MPI_Allreduce(&x, &y, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-    else MPI_Barrier(MPI_COMM_WORLD);
-    mpi += MPI_Wtime() - w;
-  }
-  double total = MPI_Wtime() - t0;
-  cpu_set_t set; sched_getaffinity(0, sizeof set, &set);
-  char cpus[4096] = "";
-  for (int c = 0; c < CPU_SETSIZE; c++) if (CPU_ISSET(c, &set)) {
-    char b[16]; snprintf(b, sizeof b, "%s%d", cpus[0] ? "," : "", c); strcat(cpus, b); }
-  printf("rank %d total %.4f mpi %.4f cpus %s check %g\n", rank, total, mpi, cpus, s);
-  MPI_Finalize(); return 0; }
-"""
+PROGRAM = FIXTURES / "mpi" / "ranks.c"  # prints each rank's own MPI time and affinity
 MPI4PY_PROGRAM = """
 import sys
 from mpi4py import MPI
@@ -89,9 +55,8 @@ def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
     need_tool("mpicc", HINT)
     need_tool("perf", "apt install linux-perf")
     d = tmp_path_factory.mktemp("mpi")
-    (d / "ranks.c").write_text(PROGRAM)
     # as Debian builds: -O2, no frame pointers
-    subprocess.run(["mpicc", "-O2", "-g", "-o", str(d / "ranks"), str(d / "ranks.c")], check=True)
+    subprocess.run(["mpicc", "-O2", "-g", "-o", str(d / "ranks"), str(PROGRAM)], check=True)
     return d / "ranks"
 
 

@@ -69,8 +69,7 @@ def cgroup_limits(
     quota: float | None = None
     where: str | None = None
     if "cpuset" in v1:
-        d = root / "cpuset" / v1["cpuset"].lstrip("/")
-        text = _read(d / "cpuset.effective_cpus") or _read(d / "cpuset.cpus")
+        text = _nearest(root / "cpuset", v1["cpuset"], ("cpuset.effective_cpus", "cpuset.cpus"))
         if text:
             cpuset, where = parse_cpu_list(text), v1["cpuset"]
     if "cpu" in v1:
@@ -81,8 +80,7 @@ def cgroup_limits(
                 where = where or v1["cpu"]
                 break
     if v2 is not None and (root / "cgroup.controllers").exists():
-        d = root / v2.lstrip("/")
-        text = _read(d / "cpuset.cpus.effective")
+        text = _nearest(root, v2, ("cpuset.cpus.effective",))
         if text and cpuset is None:
             cpuset = parse_cpu_list(text)
         q = _tightest(root, v2, _v2_quota)
@@ -90,6 +88,19 @@ def cgroup_limits(
             quota = q if quota is None else min(quota, q)
         where = where or v2
     return cpuset, quota, where
+
+
+def _nearest(base: Path, rel: str, names: tuple[str, ...]) -> str | None:
+    """The first of `names` in the cgroup or, where it has none, its nearest ancestor."""
+    d = base / rel.lstrip("/")
+    while True:
+        for n in names:
+            text = _read(d / n)
+            if text:
+                return text
+        if d == base or base not in d.parents:
+            return None
+        d = d.parent
 
 
 def _tightest(base: Path, rel: str, read: Any) -> float | None:
