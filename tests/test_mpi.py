@@ -179,3 +179,26 @@ def test_mpi4py_ranks(tmp_path, program):
         assert abs(ranks[r]["mpi_pct"] - own[r]) < 20, (r, ranks[r], own[r])
     assert rules["load_imbalance"]["status"] == "fired"
     assert "busiest rank 0" in str((bottleneck(path, "load_imbalance") or {})["evidence"])
+
+
+def test_one_para_around_mpirun_tells_the_ranks_apart(tmp_path, program):
+    """`para profile -- mpirun ...`: one para, the ranks are descendants of its command;
+    their rank comes from their own environment."""
+    e = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    out = tmp_path / "outer.para"
+    r = subprocess.run(
+        [*para_cmd(), "profile", "-q", "--no-counters", "--functions", "-o", str(out), "--",
+         "mpirun", "--bind-to", "core", "-np", "2", str(program), "barrier", "10000000", "20"],
+        cwd=tmp_path, env=e, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    pids = {}
+    with ParaFile(out) as pf:
+        for row in pf.read_table("proc").to_pylist():
+            pids.setdefault(row["rank"], set()).add(row["pid"])
+    assert {0, 1} <= set(pids) and len(pids[0] & pids[1]) == 0
+    rules, ranks = report(out)
+    assert set(ranks) == {0, 1}
+    assert ranks[1]["mpi_pct"] > 50 > ranks[0]["mpi_pct"] + 30
+    assert "busiest rank 0" in str((bottleneck(out, "load_imbalance") or {})["evidence"])
