@@ -181,7 +181,12 @@ def recover(file: str, output: str | None) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("files", nargs=-1, required=False, type=click.Path(dir_okay=False))
-@click.option("--job", metavar="ID", help="Report on a job of the feature database instead.")
+@click.option(
+    "--job",
+    metavar="ID",
+    help="With FILES (an agent's segments): that job only (without it, every job in turn). "
+    "Without FILES: a job of the feature database.",
+)
 @click.option(
     "--db",
     metavar="DIR",

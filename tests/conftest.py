@@ -12,6 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# pids of services a session-scoped fixture runs for many tests (a real Slurm's daemons):
+# not leaks, and stopped by that fixture
+SERVICES: set[int] = set()
 PROCFS = FIXTURES / "procfs"
 
 
@@ -31,7 +34,7 @@ def no_leaks():
             t.join(timeout=2)
     still = [t.name for t in threading.enumerate() if t.name in leaked and t.is_alive()]
     assert not still, f"threads left running: {still}"
-    children = _children(os.getpid())
+    children = [c for c in _children(os.getpid()) if int(c.split()[0]) not in SERVICES]
     assert not children, f"child processes left running: {children}"
 
 
@@ -97,3 +100,26 @@ def need_tool(tool: str, hint: str) -> str:
     if path is None:
         cannot_run(f"{tool} is not installed", hint)
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm(request):
+    """A real single-node Slurm (tests/slurm_support.py), started once for the session."""
+    from .slurm_support import DAEMONS, HINT, Slurm, SlurmError
+
+    for tool in (*DAEMONS, "sbatch", "srun", "scontrol"):
+        need_tool(tool, HINT)
+    # PARA_SLURM_PROCTRACK=linuxproc runs it without job cgroups even where they could be made
+    s = Slurm(proctrack=os.environ.get("PARA_SLURM_PROCTRACK"))
+    try:
+        s.start()
+    except (SlurmError, OSError) as e:
+        s.stop()
+        pytest.fail(f"a real Slurm did not start: {e}", pytrace=False)
+    SERVICES.update(p.pid for p in s.procs.values())
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"real Slurm for the tests: {s.proctrack}, node {s.node}, in {s.dir}")
+    yield s
+    s.stop()
+    SERVICES.difference_update(p.pid for p in s.procs.values())

@@ -160,3 +160,29 @@ def test_check_config_command(tmp_path):
     assert f"{bad}:5: [jobs] process: unknown key (did you mean `processes`?)" in r.stderr
     r = run_para("agent", "check-config", str(tmp_path / "missing.toml"))
     assert r.returncode == 1 and "cannot read" in r.stderr
+
+
+@pytest.mark.parametrize("host", ["node\\n01", "node01\\n", "../etc", "node 01"])
+def test_check_config_refuses_a_host_name_para_cannot_use(tmp_path, host):
+    """Issue 16 item 11: a name with a newline (also a trailing one, which `$` lets through)
+    is refused by check-config, not found later by a shipper that dies."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[agent]\nhost = "{host}"\n')
+    r = run_para("agent", "check-config", str(bad))
+    assert r.returncode == 1 and "[agent] host" in r.stderr and "invalid host name" in r.stderr
+
+
+def test_names_from_peers_never_end_in_a_newline():
+    from para.formats import wire
+
+    for check, good in (
+        (wire.check_host, "node01"),
+        (wire.check_segment_id, "a" * 32),
+        (wire.check_table_name, "node"),
+        (wire.check_cluster, "site"),
+        (wire.check_segment_file, "node01-x.para"),
+        (wire.check_reader_name, "alice"),
+    ):
+        assert check(good) == good
+        with pytest.raises(wire.WireError):
+            check(good + "\n")

@@ -7,6 +7,7 @@ The fake roots in tests/fixtures/cgroup come from a real Slurm/Torque node's cgr
 from __future__ import annotations
 
 import json
+import pwd
 import shutil
 from pathlib import Path
 
@@ -57,6 +58,13 @@ def sampler(root: Path, **kw) -> JobSampler:
 
 def events(out: dict, kind: str) -> list[tuple[str, dict]]:
     return [(e[3], json.loads(e[4] or "{}")) for e in out.get("events", []) if e[1] == kind]
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def job_rows(out: dict) -> dict[str, dict]:
@@ -145,12 +153,8 @@ def test_environment_names_the_job():
     assert found is not None
     ref, facts = found
     assert (ref.scheduler, ref.job_id, ref.source) == ("slurm", "5561", "environ")
-    assert facts == {
-        "job_name": "md-run",
-        "user": "user20821",
-        "cpus_on_node": 4,
-        "gpus": "0,1",
-    }
+    # not the user: SLURM_JOB_USER is whatever the process set (the uid tells instead)
+    assert facts == {"job_name": "md-run", "cpus_on_node": 4, "gpus": "0,1"}
     pbs = job_from_environ(parse_environ((CG / "slurm-v1/proc/280687/environ").read_bytes()))
     assert pbs is not None and pbs[0].job_id == "1182724.batch" and pbs[0].scheduler == "pbs"
     assert job_facts({"LSB_JOBID": "7", "LSB_JOBNAME": "x", "LSB_QUEUE": "normal"})["queue"] == (
@@ -186,7 +190,13 @@ def test_layout_finds_both_versions():
     v1 = CgroupLayout(CG / "slurm-v1/sys/fs/cgroup")
     assert v1.unified is None and v1.v1_dir("memory") == "memory"
     f1 = v1.files(JobRef("torque", "1182724.batch", None, (("memory", "/torque/1182724.batch"),)))
-    assert f1 is not None and f1.cpu == "cpuacct/torque/1182724.batch/cpuacct.usage"
+    # a job whose processes are in no cpuacct cgroup: no path is guessed, and the reason said
+    assert (
+        f1 is not None
+        and f1.cpu is None
+        and f1.mem == "memory/torque/1182724.batch/" + ("memory.usage_in_bytes")
+    )
+    assert f1.missing["cpu"] == "the job has no cpuacct cgroup (its processes are in memory only)"
     assert v1.files(JobRef("slurm", "1", None, ())) is None
 
 
@@ -204,12 +214,15 @@ def test_slurm_cgroup_v2_node(tmp_path):
         "scheduler": "slurm",
         "found_by": "cgroup",
         "job_name": "interactive",
-        "user": "user20821",
+        "user": user_name(20821),  # the task's real uid (no such user on this machine)
         "cpus_on_node": 1,
         "partition": "debug",
         "cpus": 1,  # cpuset.cpus.effective of job_4 is "0"
         "cgroup": "/system.slice/slurmstepd.scope/job_4",
         "already_running": True,  # there at the sampler's first look
+        "unavailable": {
+            "io": f"{root}/sys/fs/cgroup/system.slice/slurmstepd.scope/job_4/io.stat does not exist"
+        },
     }
     # only the job's task has a proc row; slurmstepd and the login shell are not the job's
     assert [(r[0], r[-2], r[-1]) for r in out["proc"]] == [(49276, "4", "0")]
@@ -236,7 +249,9 @@ def test_slurm_and_torque_on_cgroup_v1(tmp_path):
     assert starts["11"]["scheduler"] == "slurm" and starts["11"]["cpus"] == 40
     assert starts["11"]["job_name"] == "vasp-relax"
     assert starts["1182724.batch"]["scheduler"] == "torque"
-    assert starts["1182724.batch"]["user"] == "user30001"  # PBS_O_LOGNAME
+    # the owner's uid, never PBS_O_LOGNAME (user30001) that any process can set
+    assert starts["1182724.batch"]["user"] == user_name(30001)
+    assert starts["11"]["user"] == user_name(20821)  # uid_20821 in its cgroup path
     rows = job_rows(out)
     assert rows["11"]["cg_cpu_ns"] == 33146523011972
     assert rows["11"]["cg_mem_bytes"] == 6126714880
@@ -291,11 +306,16 @@ def test_job_counters_stay_monotonic_and_the_job_ends(tmp_path):
     exit_process(root, 5001)
     out = {}
     s.sample(3000, out)
-    assert job_rows(out)["5561"]["procs"] == 0 and not events(out, "job_end")
+    # no more rows once nothing of it is left (they would stretch the job to the detection)
+    assert "5561" not in job_rows(out) and not events(out, "job_end")
     out = {}
     s.sample(5000, out)
     (end,) = events(out, "job_end")
-    assert end[0] == "5561" and end[1]["processes"] == 2 and end[1]["duration_s"] == 4.0
+    assert end[0] == "5561" and end[1]["processes"] == 2
+    # it ran until the last sample that saw a process of it (2000), not until the end was
+    # known (5000); from when its first process started (no btime in this tree: when found)
+    assert end[1]["end"] == 2.0 and end[1]["duration_s"] == 1.0
+    assert end[1]["cpu_from"] == "processes"
     assert end[1]["cpu_s"] == pytest.approx((1 + 1 + 700 + 20) / s.clk_tck)
     assert "5561" not in job_rows(out)
 

@@ -150,4 +150,4 @@ def test_fixture_stat_of_the_agent_trees(pr):
     finally:
         close(fds)
     assert row[:4] == (177820, "R", 331356, 957) and row[6] == 40 and row[7] == 3
-    assert row[10:12] == (5000, 123456) and row[16:] == (0, 0, 9000000)
+    assert row[10:12] == (5000, 123456) and row[16:] == (0, 0, 9000000, "vasp_std")

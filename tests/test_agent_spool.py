@@ -209,3 +209,32 @@ def test_a_clock_step_starts_a_new_segment_and_no_series_jumps(tmp_path):
         steps = [e for e in pf.read_table("events").to_pylist() if e["kind"] == "clock_step"]
         assert pf.meta["closed_by"] == "clock step"
     assert json.loads(steps[0]["detail"])["step_ms"] == -3_600_000
+
+
+def test_rejected_segments_are_counted_and_capped_and_age_never_drops_unshipped(tmp_path):
+    """Issue 16 items 9 and 12: rejected/ is part of the spool's usage and kept to a tenth of
+    its cap; a clock stepped forward a year deletes shipped segments only."""
+    sp = Spool(tmp_path)
+    sp.ensure()
+    sp.rejected.mkdir()
+    now = time.time()
+    rejected = []
+    for seq in range(5):
+        p = sp.rejected / segment_name("n1", T0 + seq * 3_600_000, seq)
+        p.write_bytes(b"r" * 100)
+        (sp.rejected / (p.name + ".reason")).write_text("damaged\n")
+        os.utime(p, (now - 10 + seq, now - 10 + seq))
+        rejected.append(p)
+    ready = sp.ready / segment_name("n1", T0, 9)
+    ready.write_bytes(b"x" * 100)
+    sent = sp.sent / segment_name("n1", T0, 8)
+    sent.write_bytes(b"x" * 100)
+    assert sp.usage()["rejected"] == {"segments": 5, "bytes": 500}
+    dropped = sp.enforce_retention(max_bytes=3000, max_age_s=3600, min_free_bytes=0)
+    assert [(d.path, d.rejected) for d in dropped] == [(p, True) for p in rejected[:2]]
+    assert not (sp.rejected / (rejected[0].name + ".reason")).exists()
+    assert sp.usage()["rejected"]["bytes"] == 300
+    later = now + 365 * 86400  # the clock steps forward a year
+    dropped = sp.enforce_retention(max_bytes=3000, max_age_s=3600, min_free_bytes=0, now=later)
+    assert {d.path for d in dropped} == {sent, *rejected[2:]}
+    assert ready.exists()

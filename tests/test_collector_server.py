@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -467,3 +468,30 @@ def test_a_write_that_hits_a_full_disk_keeps_nothing_and_asks_for_a_retry(
         assert c.send_segment(data, _header(name, seg_id, data)).status == wire.STORED
     server.wait_merged(1)
     assert _count(tmp_path / "db") == (ROWS["node"], ROWS["node"])
+
+
+@pytest.mark.parametrize("err", ["EMFILE", "EIO", "ENOMEM"])
+def test_a_passing_error_reading_an_upload_asks_for_a_retry_not_a_rejection(
+    tmp_path: Path, pki: Path, server: Running, monkeypatch: pytest.MonkeyPatch, err: str
+) -> None:
+    """Issue 16 item 9: the collector ran out of file descriptors (or memory, or its disk
+    hiccuped) while reading what arrived: the agent is asked to retry and keeps its segment,
+    which then goes in."""
+    import errno
+
+    from para.collector import store
+
+    real = store.open_segment
+
+    def failing(path: Any, **kw: Any) -> Any:
+        raise OSError(getattr(errno, err), os.strerror(getattr(errno, err)), str(path))
+
+    monkeypatch.setattr(store, "open_segment", failing)
+    name, seg_id, data = segment_bytes(TPL, TPL.parts, "node1", 0, 0)
+    with _client(pki, server.port, "node1") as c:
+        with pytest.raises(Transient, match="could not store the segment"):
+            c.send_segment(data, _header(name, seg_id, data))
+        assert server.svc is not None and server.svc.counters.rejected == 0
+        monkeypatch.setattr(store, "open_segment", real)
+        assert c.send_segment(data, _header(name, seg_id, data)).status == wire.STORED
+    server.wait_merged(1)

@@ -92,6 +92,18 @@ def _servers(v: Any) -> str | None:
     return None
 
 
+def _host(v: Any) -> str | None:
+    if v == "":
+        return None
+    from para.formats import wire
+
+    try:
+        wire.check_host(v)
+    except wire.WireError as e:
+        return e.message
+    return None
+
+
 GiB = 1 << 30
 MiB = 1 << 20
 
@@ -99,7 +111,14 @@ KEYS: tuple[Key, ...] = (
     # [agent]
     Key("agent", "interval", 1.0, "float", "seconds between samples", _range(0.05, 3600)),
     Key("agent", "spool_dir", "/var/lib/para/spool", "str", "where segments are written"),
-    Key("agent", "host", "", "str", "host name in segment names and metadata (default: hostname)"),
+    Key(
+        "agent",
+        "host",
+        "",
+        "str",
+        "host name in segment names and metadata (default: hostname)",
+        lambda v: _host(v),
+    ),
     Key(
         "agent",
         "host_root",

@@ -279,6 +279,7 @@ class Agent:
         self.finalize_cpu_s = 0.0
         self.finalize_max_rss = 0
         self.dropped_unshipped = 0
+        self.dropped_rejected = 0
         self.dropped_unshipped_bytes = 0
         self.dropped_total = 0
         self.shipper: Any = None
@@ -643,7 +644,10 @@ class Agent:
         )
         for d in dropped:
             self.dropped_total += 1
-            if not d.shipped:
+            if d.rejected:
+                self.dropped_rejected += 1
+                self.log.info(f"retention ({d.reason}): deleted rejected {d.path.name}")
+            elif not d.shipped:
                 self.dropped_unshipped += 1
                 self.dropped_unshipped_bytes += d.bytes
                 self.log.warning(
@@ -695,6 +699,7 @@ class Agent:
                 "dropped_segments": self.dropped_total,
                 "dropped_unshipped_segments": self.dropped_unshipped,
                 "dropped_unshipped_bytes": self.dropped_unshipped_bytes,
+                "dropped_rejected_segments": self.dropped_rejected,
             },
             "losses": {
                 "buffered_samples": len(self.backlog),

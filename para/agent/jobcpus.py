@@ -1,7 +1,8 @@
 """The CPUs a job has on a node: the union of its ranks' CPU affinities (under mpirun or srun
 with core binding each rank is bound to its own cores; one rank's affinity is not the job's),
 within the cgroup's cpuset, capped by the cgroup's CPU quota and by the scheduler's allocation
-on the node (SLURM_CPUS_ON_NODE)."""
+on the node (SLURM_CPUS_ON_NODE).  `para profile` reads its own cgroup here; the agent's job
+sampler reads each job's (samplers/jobs.py) with the same parsers (jobs.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from para.agent.jobs import cpulist_set, parse_quota
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def parse_cpu_list(text: str) -> set[int]:
-    """'0-3,8,10-11' -> {0, 1, 2, 3, 8, 10, 11} (the kernel's cpulist format)."""
-    out: set[int] = set()
-    for part in text.strip().split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
-    return out
+def parse_cpu_list(text: str) -> set[int] | None:
+    """'0-3,8,10-11' -> {0, 1, 2, 3, 8, 10, 11} (the kernel's cpulist format); None if not one."""
+    try:
+        return cpulist_set(text.strip())
+    except ValueError:
+        return None
 
 
 def format_cpu_list(cpus: Iterable[int]) -> str:
@@ -70,8 +69,8 @@ def cgroup_limits(
     where: str | None = None
     if "cpuset" in v1:
         text = _nearest(root / "cpuset", v1["cpuset"], ("cpuset.effective_cpus", "cpuset.cpus"))
-        if text:
-            cpuset, where = parse_cpu_list(text), v1["cpuset"]
+        if text and (found := parse_cpu_list(text)) is not None:
+            cpuset, where = found, v1["cpuset"]
     if "cpu" in v1:
         for mount in ("cpu,cpuacct", "cpu"):
             base = root / mount
@@ -118,20 +117,15 @@ def _tightest(base: Path, rel: str, read: Any) -> float | None:
 def _v1_quota(d: Path) -> float | None:
     q, p = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
     try:
-        if q is None or p is None or int(q) <= 0 or int(p) <= 0:
-            return None
-        return int(q) / int(p)
+        return None if q is None or p is None else parse_quota(q.encode(), p.encode())
     except ValueError:
         return None
 
 
 def _v2_quota(d: Path) -> float | None:
     text = _read(d / "cpu.max")
-    if not text:
-        return None
-    quota, _, period = text.partition(" ")
     try:
-        return None if quota == "max" else int(quota) / int(period or 100000)
+        return parse_quota(text.encode()) if text else None
     except ValueError:
         return None
 
@@ -158,7 +152,7 @@ def job_cpus(
     n = len(cpus) or len(union) or (os.cpu_count() or 1)
     limit = "affinity" if n_ranks <= 1 else f"affinity of {n_ranks} ranks"
     if quota is not None:
-        q = max(1, math.floor(quota + 0.5))  # 1.5 CPUs of quota keep 2 CPUs busy part-time
+        q = max(1, math.ceil(quota - 1e-9))  # 1.5 CPUs of quota keep 2 CPUs busy part-time
         if q < n:
             n, limit = q, "cgroup CPU quota"
     if scheduler_cpus is not None and 0 < scheduler_cpus < n:

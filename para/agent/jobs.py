@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -170,13 +170,14 @@ def job_from_environ(env: dict[str, str]) -> tuple[JobRef, dict[str, Any]] | Non
 
 
 def job_facts(env: dict[str, str]) -> dict[str, Any]:
-    """What a job process's environment says about its job, for the job_start event."""
+    """What a job process's environment says about its job, for the job_start event.
+
+    Not the user: a process can set SLURM_JOB_USER to anything, so the user comes from the
+    job's cgroup path or its processes' real uid (samplers/jobs.py)."""
     info = jobenv.detect(env, ppid=0)
     facts: dict[str, Any] = {}
     if info.name:
         facts["job_name"] = info.name
-    if env.get("SLURM_JOB_USER") or env.get("PBS_O_LOGNAME") or env.get("LSB_USER"):
-        facts["user"] = env.get("SLURM_JOB_USER") or env.get("PBS_O_LOGNAME") or env["LSB_USER"]
     if info.cpus_on_node is not None:
         facts["cpus_on_node"] = info.cpus_on_node
     gpus = next(
@@ -194,6 +195,7 @@ def job_facts(env: dict[str, str]) -> dict[str, Any]:
         ("SLURM_JOB_ACCOUNT", "account"),
         ("SLURM_JOB_NODELIST", "node_list"),
         ("SLURM_JOB_NUM_NODES", "nodes"),
+        ("SLURM_NNODES", "nodes"),
         ("PBS_QUEUE", "queue"),
         ("LSB_QUEUE", "queue"),
         ("LSB_DJOB_NUMPROC", "cpus_on_node"),
@@ -201,20 +203,45 @@ def job_facts(env: dict[str, str]) -> dict[str, Any]:
     ):
         if env.get(key) and name not in facts:
             facts[name] = env[key]
+    for name in ("nodes", "cpus_on_node"):  # numbers, not the environment's strings
+        if isinstance(facts.get(name), str):
+            v = facts[name].strip()
+            if v.isdigit():
+                facts[name] = int(v)
+            else:
+                del facts[name]
     return facts
 
 
-def cpulist_count(text: str) -> int:
-    """Number of CPUs in a list such as '0-3,8,10-11' (cpuset, Cpus_allowed_list)."""
-    n = 0
+_UID = re.compile(r"/uid_(\d+)(?:/|$)")
+
+
+def uid_from_cgroup(ref: JobRef) -> int | None:
+    """The job owner's uid where the scheduler puts it in the cgroup path (Slurm on v1:
+    /slurm/uid_2001/job_7): set by the scheduler, unlike the job's environment."""
+    for _, path in ref.cgroups:
+        m = _UID.search(path)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def cpulist_set(text: str) -> set[int]:
+    """The CPUs of a list such as '0-3,8,10-11' (cpuset, Cpus_allowed_list)."""
+    cpus: set[int] = set()
     for part in text.strip().split(","):
         if not part:
             continue
         lo, sep, hi = part.partition("-")
         if not lo.isdigit() or (sep and not hi.isdigit()):
             raise ValueError(f"not a CPU list: {text[:60]!r}")
-        n += int(hi) - int(lo) + 1 if sep else 1
-    return n
+        cpus.update(range(int(lo), int(hi) + 1) if sep else (int(lo),))
+    return cpus
+
+
+def cpulist_count(text: str) -> int:
+    """Number of CPUs in a list such as '0-3,8,10-11' (cpuset, Cpus_allowed_list)."""
+    return len(cpulist_set(text))
 
 
 # -- the job's own cgroup --------------------------------------------------------------------
@@ -232,6 +259,26 @@ def parse_limit(data: bytes) -> int | None:
     except ValueError:
         raise ValueError(f"not a memory limit: {s[:40]!r}") from None
     return None if v >= UNLIMITED else v
+
+
+def parse_quota(data: bytes, period: bytes | None = None) -> float | None:
+    """CPUs a CFS quota allows: v2 cpu.max ('200000 100000', 'max 100000'), or v1
+    cpu.cfs_quota_us (-1 for none) with cpu.cfs_period_us; None for no quota."""
+    fields = data.split()
+    try:
+        if period is None:  # v2
+            if len(fields) != 2:
+                raise ValueError
+            if fields[0] == b"max":
+                return None
+            quota, per = int(fields[0]), int(fields[1])
+        else:
+            quota, per = int(data), int(period)
+            if quota < 0:
+                return None
+    except ValueError:
+        raise ValueError(f"not a CPU quota: {data[:40]!r}") from None
+    return quota / per if per > 0 else None
 
 
 def parse_io_stat(data: bytes) -> tuple[int, int]:
@@ -287,6 +334,9 @@ class CgroupFiles:
     io: str | None = None
     oom: str | None = None
     cpuset: str | None = None
+    quota: str | None = None  # v2 cpu.max; v1 cpu.cfs_quota_us (cpu.cfs_period_us beside it)
+    # why a kind of accounting has no file: kind (cpu, memory, io, throttling) -> reason
+    missing: dict[str, str] = field(default_factory=dict)
 
     def all(self) -> list[str]:
         return [
@@ -300,6 +350,7 @@ class CgroupFiles:
                 self.io,
                 self.oom,
                 self.cpuset,
+                self.quota,
             )
             if p
         ]
@@ -342,7 +393,10 @@ class CgroupLayout:
         return "; ".join(parts) or f"no cgroup hierarchy under {self.root}"
 
     def files(self, ref: JobRef) -> CgroupFiles | None:
-        """The accounting files of the job's cgroup, or None when it has none to read."""
+        """The accounting files of the job's cgroup, or None when it has none to read.
+        Only the hierarchies that the job's processes are in are read: a v1 controller that
+        holds no cgroup of the job (Slurm 22.05's cgroup/v1 plugin makes freezer, memory and
+        cpuset ones, and cpuacct only with jobacct_gather/cgroup) is said `missing`."""
         if not ref.cgroups:
             return None
         by_ctrl: dict[str, str] = {}
@@ -360,26 +414,36 @@ class CgroupLayout:
                 io=f"{base}/io.stat",
                 oom=f"{base}/memory.events",
                 cpuset=f"{base}/cpuset.cpus.effective",
+                quota=f"{base}/cpu.max",
             )
-        # v1: each controller in its own hierarchy; Slurm, PBS and LSF use the same path in all
-        any_path = next(iter(by_ctrl.values()))
+        missing: dict[str, str] = {}
 
-        def where(ctrl: str, name: str) -> str | None:
+        def where(ctrl: str, name: str, kind: str) -> str | None:
             d = self.v1_dir(ctrl)
             if d is None:
+                missing.setdefault(kind, f"no {ctrl} cgroup hierarchy under {self.root}")
                 return None
-            return f"{_join(d, by_ctrl.get(ctrl, any_path))}/{name}"
+            if ctrl not in by_ctrl:
+                missing.setdefault(
+                    kind,
+                    f"the job has no {ctrl} cgroup (its processes are in "
+                    f"{', '.join(sorted(c for c in by_ctrl if c))} only)",
+                )
+                return None
+            return f"{_join(d, by_ctrl[ctrl])}/{name}"
 
         out = CgroupFiles(
             1,
-            cpu=where("cpuacct", "cpuacct.usage"),
-            cpu_stat=where("cpu", "cpu.stat"),
-            mem=where("memory", "memory.usage_in_bytes"),
-            mem_peak=where("memory", "memory.max_usage_in_bytes"),
-            mem_limit=where("memory", "memory.limit_in_bytes"),
-            io=where("blkio", "blkio.throttle.io_service_bytes"),
-            oom=where("memory", "memory.oom_control"),
-            cpuset=where("cpuset", "cpuset.cpus"),
+            cpu=where("cpuacct", "cpuacct.usage", "cpu"),
+            cpu_stat=where("cpu", "cpu.stat", "throttling"),
+            mem=where("memory", "memory.usage_in_bytes", "memory"),
+            mem_peak=where("memory", "memory.max_usage_in_bytes", "memory"),
+            mem_limit=where("memory", "memory.limit_in_bytes", "memory"),
+            io=where("blkio", "blkio.throttle.io_service_bytes", "io"),
+            oom=where("memory", "memory.oom_control", "memory"),
+            cpuset=where("cpuset", "cpuset.cpus", "cpuset"),
+            quota=where("cpu", "cpu.cfs_quota_us", "throttling"),
+            missing=missing,
         )
         if not out.all():
             return None

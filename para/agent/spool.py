@@ -3,11 +3,14 @@
     <spool>/current/<segment>.para   being written (a journaled .para)
     <spool>/ready/<segment>.para     closed and complete, waiting to be shipped
     <spool>/sent/<segment>.para      acknowledged by the collector, kept for local retention
+    <spool>/rejected/<segment>.para  refused by the collector for good (with a .reason file)
     <spool>/status.json              the agent's state, for `para agent status`
 
 Segment names are `<host>-<YYYYmmddTHHMMSSZ of the first sample>-<seq:06d>.para`.  Retention
-deletes from sent/ first, then the oldest of ready/ (counted: those were never shipped), and
-never touches current/.
+keeps rejected/ to a tenth of the spool's size cap, deletes from sent/ first, then the oldest
+of ready/ (counted: those were never shipped), and never touches current/.  Age alone never
+deletes an unshipped segment: ages come from the clock, and a clock that steps forward (a node
+booted with a wrong time, then set right) would make every waiting segment look old.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Dropped:
     reason: str  # "age" | "size" | "free space"
     shipped: bool  # from sent/ (already at the collector) or ready/ (lost)
     bytes: int
+    rejected: bool = False  # from rejected/ (the collector refused it for good)
 
 
 class Spool:
@@ -58,6 +62,7 @@ class Spool:
         self.current = self.root / "current"
         self.ready = self.root / "ready"
         self.sent = self.root / "sent"
+        self.rejected = self.root / "rejected"
         self.status_path = self.root / "status.json"
 
     def ensure(self) -> None:
@@ -114,7 +119,7 @@ class Spool:
     def usage(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dir": str(self.root)}
         total = 0
-        for d in (self.current, self.ready, self.sent):
+        for d in (self.current, self.ready, self.sent, self.rejected):
             files = self.segments(d)
             size = 0
             for p in files:
@@ -139,6 +144,7 @@ class Spool:
         """Delete what is too old, then oldest-first until the spool fits its caps."""
         now = time.time() if now is None else now
         dropped: list[Dropped] = []
+        dropped += self._trim_rejected(max_bytes // 10, max_age_s, now)
         queue: list[tuple[Path, bool, int, float]] = []  # path, shipped, size, mtime
         for d, shipped in ((self.sent, True), (self.ready, False)):
             for p in self.segments(d):
@@ -149,13 +155,13 @@ class Spool:
                 queue.append((p, shipped, st.st_size, st.st_mtime))
         keep = []
         for p, shipped, size, mtime in queue:
-            if now - mtime > max_age_s:
+            if shipped and now - mtime > max_age_s:
                 if _remove(p):
                     dropped.append(Dropped(p, "age", shipped, size))
             else:
                 keep.append((p, shipped, size, mtime))
         total = sum(size for _, _, size, _ in keep)
-        for d in (self.current,):
+        for d in (self.current, self.rejected):
             for p in self.segments(d):
                 try:
                     total += p.stat().st_size
@@ -177,6 +183,27 @@ class Spool:
                 if free is not None:
                     free += size
         return dropped
+
+    def _trim_rejected(self, cap: int, max_age_s: float, now: float) -> list[Dropped]:
+        """rejected/ to its cap (oldest first) and age; each with its .reason file."""
+        files = []
+        for p in self.segments(self.rejected):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            files.append((p, st.st_size, st.st_mtime))
+        total = sum(size for _, size, _ in files)
+        out = []
+        for p, size, mtime in files:
+            reason = "age" if now - mtime > max_age_s else "size" if total > cap else None
+            if reason is None:
+                continue
+            if _remove(p):
+                (p.parent / (p.name + ".reason")).unlink(missing_ok=True)
+                out.append(Dropped(p, reason, False, size, rejected=True))
+                total -= size
+        return out
 
     def _free(self) -> int | None:
         try:

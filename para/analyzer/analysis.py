@@ -96,13 +96,14 @@ def _family_reasons(job: Job) -> dict[str, str]:
 
 
 def _process_names(job: Job) -> dict[int, dict[int, dict[str, Any]]]:
-    """node -> pid -> {name, cmdline} from the process_start events."""
+    """node -> pid -> {name, cmdline} from the process_start events, and the process_exec
+    ones that follow (a shell or a pyenv shim that execs the program takes its name)."""
     out: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for node, pid, name, detail in job.query(
-        "SELECT node, pid, name, detail FROM events WHERE kind = 'process_start' "
-        "AND pid IS NOT NULL ORDER BY node, t"
+    for node, pid, name, detail, kind in job.query(
+        "SELECT node, pid, name, detail, kind FROM events WHERE kind IN "
+        "('process_start', 'process_exec') AND pid IS NOT NULL ORDER BY node, t, kind DESC"
     ):
-        if pid in out[node]:
+        if pid in out[node] and kind == "process_start":
             continue
         try:
             d = json.loads(detail) if detail else {}

@@ -316,7 +316,7 @@ def _processes(run: Run, t0_ms: int) -> tuple[list[dict[str, Any]], int]:
     if run.has("events"):
         for t, kind, pid, name, detail in run.query(
             "SELECT epoch_ms(t), kind, pid, name, detail FROM events "
-            "WHERE kind IN ('process_start', 'process_end') AND pid IS NOT NULL "
+            "WHERE kind IN ('process_start', 'process_end', 'process_exec') AND pid IS NOT NULL "
             "ORDER BY t, kind, pid"
         ):
             if kind == "process_end":
@@ -329,6 +329,12 @@ def _processes(run: Run, t0_ms: int) -> tuple[list[dict[str, Any]], int]:
             d = d if isinstance(d, dict) else {}
             raw = d.get("cmdline")
             cmd = [str(a) for a in raw] if isinstance(raw, list) else []
+            if kind == "process_exec":
+                # it ran another program: the name and command line follow, the start stays
+                if int(pid) in starts:
+                    st0 = starts[int(pid)]
+                    starts[int(pid)] = (st0[0], str(name or ""), cmd or st0[2], st0[3])
+                continue
             ppid = d.get("ppid")
             starts.setdefault(
                 int(pid), (int(t), str(name or ""), cmd, ppid if isinstance(ppid, int) else None)
@@ -500,7 +506,27 @@ def report(
     from para.analyzer.rules import load_config
 
     config = load_config(rules)
-    if job_id is not None:
+    if job_id is not None and files:
+        # one job of the agent's segments (segjobs.py): its rows only, no per-file runs
+        from para.analyzer.job import group_files
+        from para.analyzer.segjobs import JobSource, segment_jobs
+
+        seen = segment_jobs(files)
+        if job_id not in seen:
+            raise ParaError(
+                f"no job {job_id!r} in {len(files)} file{'s' if len(files) != 1 else ''}",
+                hint="the jobs there: " + (", ".join(seen) or "none (not an agent recording?)"),
+            )
+        sj = seen[job_id]
+
+        def opener(paths: list[Path]) -> Any:
+            return lambda: [JobSource(p, sj) for p in paths]
+
+        groups = group_files([Path(f) for f in files])
+        with Job(sources=[(label, opener(paths)) for label, paths in groups]) as job:
+            a = analyse(job, config)
+        files = []
+    elif job_id is not None:
         from para.analyzer.jobs import open_job, write_features
 
         with open_job(job_id, db) as job:
@@ -772,10 +798,28 @@ def main(
 ) -> int:
     from para.analyzer.progress import Progress
 
-    if job is not None and files:
-        raise ParaError("give files or --job ID, not both", hint="para report --job ID")
     if not files and job is None:
         raise ParaError("nothing to report on", hint="para report FILE.para... or --job ID")
+    if files and job is None:
+        from para.analyzer.segjobs import is_agent_recording, segment_jobs
+
+        seen = segment_jobs(files) if is_agent_recording(files) else {}
+        if len(seen) > 1 and (as_json or html_out is not None):
+            raise ParaError(
+                f"these agent segments hold {len(seen)} jobs: report one at a time",
+                hint=f"para report {' '.join(shlex.quote(f) for f in files[:3])}"
+                f"{' ...' if len(files) > 3 else ''} --job ID, ID one of {', '.join(seen)}",
+            )
+        if len(seen) == 1:
+            job = next(iter(seen))
+        elif seen:
+            # an agent's node: each job on its own, in the order they started
+            for i, jid in enumerate(seen):
+                if i:
+                    print()
+                print(f"=== job {jid} ({i + 1} of {len(seen)}) ===")
+                main(files, job=jid, rules=rules)
+            return 0
     per_run = (
         as_json
         or (html_out is not None and len(files) <= HTML_RUNS)

@@ -36,6 +36,8 @@ from para.live.sinks import Dispatcher
 from para.live.view import LiveView
 
 QUEUE_MAX = 20000  # live messages waiting for evaluation (past it: dropped, counted)
+QUEUE_BYTES = 256 << 20  # ... and their bytes of JSON, in all and per host (docs/collector.md)
+QUEUE_BYTES_PER_HOST = 16 << 20
 BASELINES_EVERY_S = 60.0
 
 
@@ -107,11 +109,16 @@ class AlertService:
             "windows": 0,
             "window_errors": 0,
             "window_skipped": 0,
+            "notes_refused": 0,
         }
         self.eval_cpu_s = 0.0
         self.window_cpu_s = 0.0
         self._lock = threading.RLock()
-        self._q: queue.Queue[tuple[str, list[Any], float]] = queue.Queue(QUEUE_MAX)
+        self._q: queue.Queue[tuple[str, list[Any], float, int]] = queue.Queue(QUEUE_MAX)
+        self._qlock = threading.Lock()
+        self._queued = 0
+        self._queued_by_host: dict[str, int] = {}
+        self.offend: Callable[[str, str, str], None] | None = None  # the server's offenders
         self._stop = threading.Event()
         self._baselines_path = db.root / "alerting" / "baselines.json" if db else None
         self._load_baselines()
@@ -151,13 +158,32 @@ class AlertService:
             )
 
     # -- input -----------------------------------------------------------------------------
-    def ingest(self, host: str, samples: list[tuple[int, Any]]) -> None:
-        """A live message of `host` (called by the Flight handler): queued, never blocks."""
-        try:
-            self._q.put_nowait((host, samples, self.clock()))
-        except queue.Full:
-            with self._lock:
+    def ingest(self, host: str, samples: list[tuple[int, Any]], nbytes: int = 0) -> bool:
+        """A live message of `host` (called by the Flight handler): queued, never blocks.
+        The queue is bounded by bytes (the messages' JSON), in all and per host, so a node
+        that floods loses its own samples, not the others'; False when dropped."""
+        with self._qlock:
+            mine = self._queued_by_host.get(host, 0)
+            if (
+                self._queued + nbytes > QUEUE_BYTES
+                or mine + nbytes > QUEUE_BYTES_PER_HOST
+                or self._q.full()
+            ):
                 self.counts["dropped"] += len(samples)
+                return False
+            self._queued += nbytes
+            self._queued_by_host[host] = mine + nbytes
+            self._q.put_nowait((host, samples, self.clock(), nbytes))
+        return True
+
+    def _dequeued(self, host: str, nbytes: int) -> None:
+        with self._qlock:
+            self._queued -= nbytes
+            left = self._queued_by_host.get(host, 0) - nbytes
+            if left > 0:
+                self._queued_by_host[host] = left
+            else:
+                self._queued_by_host.pop(host, None)
 
     def _loop(self) -> None:
         next_tick = 0.0
@@ -176,7 +202,8 @@ class AlertService:
                     except queue.Empty:
                         break
                 with self._lock:
-                    for host, samples, rx in batch:
+                    for host, samples, rx, nbytes in batch:
+                        self._dequeued(host, nbytes)
                         self._process(host, samples, rx)
                     self._take_results()
                     now = self.clock()
@@ -215,8 +242,17 @@ class AlertService:
                     note = json.loads(e[4])
                 except (TypeError, ValueError):
                     continue
-                if isinstance(note, dict) and "id" in note and "rule" in note:
-                    self.engine.adopt(note)
+                if not (isinstance(note, dict) and "id" in note and "rule" in note):
+                    continue
+                if not self.engine.adopt(note, sender=snap.host):
+                    self.counts["notes_refused"] += 1
+                    why = (
+                        f"sent an alert note for host {note.get('host')!r} (rule "
+                        f"{str(note.get('rule'))[:80]!r}): a node may speak for itself only"
+                    )
+                    if self.offend is not None:
+                        self.offend(snap.host, "notes_refused", why)
+                    self.log(f"refused an alert note from {snap.host}: {why}")
 
     def _jobs_tick(self, now: float) -> None:
         for js in self.view.tick(now):
@@ -371,6 +407,7 @@ class AlertService:
                 ),
                 **self.counts,
                 "queued": self._q.qsize(),
+                "queued_bytes": self._queued,
                 "evaluation_cpu_s": round(self.eval_cpu_s, 3),
                 "window_cpu_s": round(self.window_cpu_s, 3),
                 "sinks": self.dispatcher.status(),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import threading
 import time
@@ -142,10 +141,73 @@ class TokenStore:
                     "expires": now + days * 86400 if days else None,
                 }
             )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=1)
-            os.replace(tmp, self.path)
+            from para.collector.tls import write_private
+
+            write_private(self.path, json.dumps(doc, indent=1).encode())
         return token
+
+
+REVOKED_FILE = "revoked.json"
+
+
+class Revoked:
+    """The collector's deny list, `<db>/revoked.json` (`para collector revoke HOST`): names
+    (a node's host, `reader:NAME` for an analyst) refused whatever credential they present,
+    certificate or token.  Re-read when it changes, so a revocation takes effect at the next
+    call, without a restart."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._names: dict[str, dict[str, Any]] = {}
+
+    @staticmethod
+    def key(ident: Identity) -> str:
+        return ident.name if ident.role == wire.ROLE_AGENT else f"reader:{ident.name}"
+
+    def check(self, ident: Identity) -> None:
+        with self._lock:
+            self._load()
+            entry = self._names.get(self.key(ident))
+        if entry is not None:
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry.get("at") or 0))
+            why = f": {entry['reason']}" if entry.get("reason") else ""
+            raise AuthError(f"{ident.describe()} was revoked on {when}{why}")
+
+    def _load(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._names, self._stamp = {}, None
+            return
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            doc = json.loads(self.path.read_text())
+            self._names = {str(e["name"]): e for e in doc["revoked"] if isinstance(e, dict)}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ParaError(f"revocation list {self.path} is not readable: {e}") from e
+        self._stamp = stamp
+
+    def change(self, name: str, *, reader: bool, revoke: bool, reason: str = "") -> bool:
+        """Add (or remove) a name; False if it was already so."""
+        (wire.check_reader_name if reader else wire.check_host)(name)
+        key = f"reader:{name}" if reader else name
+        from para.collector.tls import write_private
+
+        with self._lock:
+            try:
+                doc = json.loads(self.path.read_text())
+            except FileNotFoundError:
+                doc = {"revoked": []}
+            except ValueError as e:
+                raise ParaError(f"revocation list {self.path} is not valid JSON: {e}") from e
+            entries = [e for e in doc["revoked"] if e.get("name") != key]
+            changed = (len(entries) != len(doc["revoked"])) != revoke
+            if revoke:
+                entries.append({"name": key, "at": time.time(), "reason": reason})
+            write_private(self.path, json.dumps({"revoked": entries}, indent=1).encode(), 0o644)
+            self._stamp = None
+        return changed

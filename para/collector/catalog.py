@@ -69,13 +69,30 @@ def _column(values: list[Any]) -> pa.Array:
     """An Arrow column for free-form values (facts, features): inferred, else JSON text."""
     try:
         arr = pa.array(values)
-        if not pa.types.is_null(arr.type) and not pa.types.is_struct(arr.type):
+        # plain values only: nested ones (a list of empty objects, say: a struct with no
+        # field, which Parquet cannot store) go in as JSON text, so no host's odd fact can
+        # stop the export of every host's
+        if _plain_type(arr.type):
             return arr
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         pass
     return pa.array(
         [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
         pa.string(),
+    )
+
+
+def _plain_type(t: pa.DataType, nested: bool = True) -> bool:
+    if nested and (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return _plain_type(t.value_type, nested=False)
+    return (
+        pa.types.is_boolean(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
     )
 
 
@@ -166,11 +183,12 @@ def _quote_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_sql(table: str, temp: bool = False) -> str:
+def view_sql(table: str, temp: bool = False, root: Path | None = None) -> str:
     kind = "TEMP VIEW" if temp else "VIEW"
+    where = data_glob(table) if root is None else f"{root}/{data_glob(table)}"
     return (
         f"CREATE OR REPLACE {kind} {_quote_ident(table)} AS SELECT * FROM read_parquet("
-        f"{_quote_str(data_glob(table))}, hive_partitioning = true, union_by_name = true)"
+        f"{_quote_str(where)}, hive_partitioning = true, union_by_name = true)"
     )
 
 
@@ -181,11 +199,12 @@ META_VIEWS = {
 }
 
 
-def _meta_view_sql(name: str, temp: bool = False) -> str:
+def _meta_view_sql(name: str, temp: bool = False, root: Path | None = None) -> str:
     kind = "TEMP VIEW" if temp else "VIEW"
+    where = META_VIEWS[name] if root is None else f"{root}/{META_VIEWS[name]}"
     return (
         f"CREATE OR REPLACE {kind} {_quote_ident(name)} AS "
-        f"SELECT * FROM read_parquet({_quote_str(META_VIEWS[name])})"
+        f"SELECT * FROM read_parquet({_quote_str(where)})"
     )
 
 
@@ -290,3 +309,35 @@ def _empty_view_sql(table: str, columns: list[dict[str, str]]) -> str:
     return (
         f"CREATE OR REPLACE TEMP VIEW {_quote_ident(table)} AS SELECT {', '.join(cols)} WHERE false"
     )
+
+
+def connect_locked(
+    layout: Layout, empty_tables: dict[str, list[dict[str, str]]]
+) -> duckdb.DuckDBPyConnection:
+    """A connection for queries from people the collector does not trust with its files
+    (what a portal serves): the same views, in memory, and DuckDB locked down before the
+    first query: no file outside data/ and meta/ of this database, no extension installed
+    or loaded, no setting changed back.  Pair it with query.check_select (files under
+    data/ could be written by a COPY: only SELECT statements may run)."""
+    root = layout.root.resolve()
+    con = duckdb.connect(
+        ":memory:",
+        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+    )
+    try:
+        tables = set(layout.tables())
+        for table in sorted(tables):
+            con.execute(view_sql(table, root=root))
+        for name in sorted(META_VIEWS):
+            if (root / META_VIEWS[name]).exists():
+                con.execute(_meta_view_sql(name, root=root))
+        for table in sorted(set(empty_tables) - tables):
+            con.execute(_empty_view_sql(table, empty_tables[table]))
+        allowed = ", ".join(_quote_str(f"{root}/{d}/") for d in ("data", "meta"))
+        con.execute(f"SET allowed_directories = [{allowed}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con

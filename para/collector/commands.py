@@ -249,7 +249,13 @@ def init_ca(
 @click.argument("name")
 @click.option("--dir", "directory", default=DEFAULT_TLS_DIR, show_default=True, metavar="DIR")
 @click.option("--out", metavar="DIR", help="Where to write NAME.crt/.key (default DIR/issued).")
-@click.option("--days", type=int, default=825, show_default=True)
+@click.option(
+    "--days",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Validity (short: renew with `para collector renew`).",
+)
 @click.option("--reader", is_flag=True, help="An analyst's read-only certificate.")
 def issue_cert(name: str, directory: str, out: str | None, days: int, reader: bool) -> None:
     """Sign a client certificate for node NAME (its host name), or a reader."""
@@ -268,6 +274,38 @@ def issue_cert(name: str, directory: str, out: str | None, days: int, reader: bo
             f'  cert_file = "/etc/para/{got.cert.name}"\n'
             f'  key_file = "/etc/para/{got.key.name}"'
         )
+
+
+@collector_group.command("renew", context_settings=CONTEXT)
+@click.option("--dir", "directory", default=DEFAULT_TLS_DIR, show_default=True, metavar="DIR")
+@click.option("--out", metavar="DIR", help="Where the certificates are (default DIR/issued).")
+@click.option("--within-days", type=float, default=10, show_default=True)
+@click.option("--days", type=int, default=30, show_default=True, help="Validity of the new ones.")
+def renew_command(directory: str, out: str | None, within_days: float, days: int) -> None:
+    """Re-issue the client certificates that expire soon (run it daily, then copy them out)."""
+    from para.collector import tls
+
+    got = tls.renew(directory, within_days=within_days, days=days, out=out)
+    for g in got:
+        click.echo(f"renewed     {g.cert}  ({g.subject}, valid to {g.not_after:%Y-%m-%d})")
+    click.echo(f"{len(got)} certificate(s) renewed; copy each with its key to its node", err=True)
+
+
+@collector_group.command("revoke", context_settings=CONTEXT)
+@click.argument("name")
+@_db_option(server=True)
+@click.option("--reader", is_flag=True, help="NAME is an analyst (reader), not a node.")
+@click.option("--reason", default="", help="Said to the refused caller and in the log.")
+@click.option("--undo", is_flag=True, help="Lift the revocation (after issuing a new key).")
+def revoke_command(name: str, db: str, reader: bool, reason: str, undo: bool) -> None:
+    """Refuse node NAME (or a reader) from the next call on, whatever its credential."""
+    from para.collector.auth import REVOKED_FILE, Revoked
+
+    path = Path(db) / REVOKED_FILE
+    changed = Revoked(path).change(name, reader=reader, revoke=not undo, reason=reason)
+    what = "reader " + name if reader else "host " + name
+    state = "no longer revoked" if undo else "revoked"
+    click.echo(f"{what} {state}{'' if changed else ' (already)'}: {path}")
 
 
 @collector_group.command("add-token", context_settings=CONTEXT)
@@ -431,8 +469,14 @@ def collect_command(
 @click.option("--json", "fmt", flag_value="json", help="A JSON array of objects on stdout.")
 @click.option("--parquet", "parquet_out", metavar="OUT", help="Write the result to OUT.")
 @click.option("--max-rows", type=int, default=1000, show_default=True, help="Table output.")
+@click.option(
+    "--locked",
+    is_flag=True,
+    help="Locked down, as for queries a server runs for others: SELECT only, no file "
+    "outside the database's data, no extensions.",
+)
 def query_command(
-    sql: str, db: str, fmt: str | None, parquet_out: str | None, max_rows: int
+    sql: str, db: str, fmt: str | None, parquet_out: str | None, max_rows: int, locked: bool
 ) -> None:
     """Run DuckDB SQL on the feature database.
 
@@ -452,6 +496,7 @@ def query_command(
         out=sys.stdout,
         parquet_out=parquet_out,
         max_rows=max_rows,
+        locked=locked,
     )
     if parquet_out:
         click.echo(f"wrote {n:,} rows to {parquet_out}", err=True)

@@ -9,22 +9,25 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from para.collector import catalog
 from para.collector.layout import Layout, fsync_dir, locked
 from para.collector.ledger import Ledger, SegmentRow, merge_columns
 from para.collector.merge import (
     SegmentRows,
+    check_contents,
     concat,
     segment_rows,
     sort_keys,
@@ -59,6 +62,7 @@ class MergeReport:
     values: int = 0
     rows: int = 0
     new_tables: bool = False
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (host, why) quarantined
 
 
 class FeatureDB:
@@ -132,6 +136,11 @@ class FeatureDB:
             self.ledger  # noqa: B018 - creates the database if needed
             catalog.refresh(self.layout, timeout=5)
         return catalog.connect(self.layout, read_only, self._table_columns_readonly())
+
+    def connect_locked(self) -> duckdb.DuckDBPyConnection:
+        """The views of connect(), for untrusted SQL (see catalog.connect_locked)."""
+        self._require()
+        return catalog.connect_locked(self.layout, self._table_columns_readonly())
 
     def _read_ledger(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """A query of the ledger that writes nothing: analysts may have read access only."""
@@ -320,15 +329,50 @@ class FeatureDB:
             if not batch:
                 return report
             before = set(self.layout.tables())
-            for r in self._merge_locked(batch, incoming=True):
+            try:
+                results = self._merge_locked(batch, incoming=True)
+            except StoreFull:
+                raise
+            except Exception as e:
+                if is_disk_full(e):
+                    raise
+                # Something no check foresaw: never retry the same batch forever.  Merged one
+                # by one, the files that fail alone are quarantined and the others go in.
+                results = self._merge_one_by_one(batch, e)
+            for r in results:
                 if r["status"] == "imported":
                     report.merged += 1
                     report.values += r["values"]
                     report.rows += r["rows"]
                 else:
                     report.quarantined += 1
+                    report.problems.append((str(r.get("host") or "?"), str(r.get("reason"))))
             report.new_tables = bool(set(self.layout.tables()) - before)
         return report
+
+    def _merge_one_by_one(
+        self, batch: list[tuple[Segment, str]], first: BaseException
+    ) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        for seg, cluster in batch:
+            row = self.ledger.segment(seg.id)
+            if row is None or row.state != "received":
+                continue  # quarantined before the failure
+            again = self._open_received(row, MergeReport())
+            if again is None:
+                results.append(_result(seg, "rejected"))
+                continue
+            try:
+                results.extend(self._merge_locked([(again, cluster)], incoming=True))
+            except StoreFull:
+                raise
+            except Exception as e:
+                if is_disk_full(e):
+                    raise
+                reason = f"{seg.path}: merge failed: {type(e).__name__}: {e}"
+                self._quarantine(seg.id, seg.host, seg.path, reason)
+                results.append({**_result(seg, "rejected"), "reason": reason})
+        return results
 
     def _open_received(self, row: SegmentRow, report: MergeReport) -> Segment | None:
         path = self.root / (row.path or "")
@@ -340,6 +384,7 @@ class FeatureDB:
         except Rejected as e:
             self._quarantine(row.id, row.host, path, str(e))
             report.quarantined += 1
+            report.problems.append((row.host, str(e)))
             return None
 
     def _quarantine(self, seg_id: str, host: str, path: Path, reason: str) -> None:
@@ -359,26 +404,39 @@ class FeatureDB:
         batch_id = uuid.uuid4().hex
         results: list[dict[str, Any]] = []
         prepared: list[tuple[SegmentRows, str]] = []
+        known = self.ledger.table_columns()
+        groups: dict[tuple[str, str, str], list[Any]] = {}
         try:
             for seg, cluster in items:
                 try:
-                    prepared.append((segment_rows(seg), cluster))
-                except Rejected as e:
+                    # what the ack checked, again: files imported by `para collect`, and two
+                    # files of one batch that bring the same new table with other types
+                    check_contents(seg, known)
+                    sr = segment_rows(seg)
+                    parts = [
+                        ((table, cluster, date), part)
+                        for table, data in sr.tables.items()
+                        for date, part in split_by_date(data).items()
+                    ]
+                except (Rejected, pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+                    reason = str(e) if isinstance(e, Rejected) else f"{seg.path}: cannot merge: {e}"
                     if incoming:
-                        self._quarantine(seg.id, seg.host, seg.path, str(e))
+                        self._quarantine(seg.id, seg.host, seg.path, reason)
                     results.append(
                         {
                             "path": str(seg.path),
                             "id": seg.id,
+                            "host": seg.host,
                             "status": "rejected",
-                            "reason": str(e),
+                            "reason": reason,
                         }
                     )
-            groups: dict[tuple[str, str, str], list[Any]] = {}
-            for sr, cluster in prepared:
-                for table, data in sr.tables.items():
-                    for date, part in split_by_date(data).items():
-                        groups.setdefault((table, cluster, date), []).append(part)
+                    continue
+                for table, cols in sr.columns.items():
+                    known[table] = merge_columns(known.get(table, []), cols)[0]
+                prepared.append((sr, cluster))
+                for key, part in parts:
+                    groups.setdefault(key, []).append(part)
             staging = self.layout.staging / batch_id
             moves: list[list[str]] = []
             try:
@@ -389,6 +447,13 @@ class FeatureDB:
                     data = concat(parts)
                     write_parquet(data, tmp, sort_keys(table, data.schema.names))
                     moves.append([str(tmp.relative_to(self.root)), str(rel)])
+                # the files' names too are on disk before the commit that points at them
+                synced: set[Path] = set()
+                for d in sorted({(self.root / src).parent for src, _ in moves}):
+                    while d != self.layout.staging.parent and d not in synced:
+                        fsync_dir(d)
+                        synced.add(d)
+                        d = d.parent
             except BaseException as e:
                 shutil.rmtree(staging, ignore_errors=True)
                 if is_disk_full(e):
@@ -464,7 +529,7 @@ class FeatureDB:
                         batch_id,
                     ),
                 )
-                facts = seg.meta.get("host") if isinstance(seg.meta.get("host"), dict) else {}
+                facts = host_facts(seg.meta.get("host"))
                 cur.execute(
                     "INSERT INTO hosts (host, cluster, first_seen, last_seen, last_received,"
                     ' segments, "values", facts) VALUES (?, ?, ?, ?, ?, 1, ?, ?)'
@@ -484,9 +549,6 @@ class FeatureDB:
                         'INSERT INTO jobs (job_id, cluster, scheduler, user, name, start, "end",'
                         " info) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                         " ON CONFLICT(job_id) DO UPDATE SET"
-                        " scheduler = coalesce(scheduler, excluded.scheduler),"
-                        " user = coalesce(user, excluded.user),"
-                        " name = coalesce(name, excluded.name),"
                         " start = min(coalesce(start, excluded.start),"
                         "             coalesce(excluded.start, start)),"
                         ' "end" = max(coalesce("end", excluded."end"),'
@@ -503,15 +565,19 @@ class FeatureDB:
                             json.dumps(job.info, default=str),
                         ),
                     )
+                    claim = {k: v for k in CLAIMED if (v := getattr(job, k)) is not None}
                     cur.execute(
-                        'INSERT INTO job_hosts (job_id, host, start, "end") VALUES (?, ?, ?, ?)'
+                        'INSERT INTO job_hosts (job_id, host, start, "end", claims)'
+                        " VALUES (?, ?, ?, ?, ?)"
                         " ON CONFLICT(job_id, host) DO UPDATE SET"
                         " start = min(coalesce(start, excluded.start),"
                         "             coalesce(excluded.start, start)),"
                         ' "end" = max(coalesce("end", excluded."end"),'
-                        '             coalesce(excluded."end", "end"))',
-                        (job.job_id, seg.host, job.start, job.end),
+                        '             coalesce(excluded."end", "end")),'
+                        " claims = json_patch(coalesce(claims, '{}'), excluded.claims)",
+                        (job.job_id, seg.host, job.start, job.end, json.dumps(claim)),
                     )
+                    _settle_job(cur, job.job_id)
                 for table, cols in sr.columns.items():
                     merged, grew = merge_columns(known.get(table, []), cols)
                     if grew or table not in known:
@@ -523,34 +589,98 @@ class FeatureDB:
                             (table, json.dumps(merged), now),
                         )
 
-    def finish_batch(self, batch_id: str, moves: list[list[str]], deletes: list[str]) -> None:
-        """Move a committed batch's files into place (again, after a crash: idempotent)."""
+    def finish_batch(self, batch_id: str, moves: list[list[str]], deletes: list[str]) -> list[str]:
+        """Move a committed batch's files into place (again, after a crash: idempotent).
+        Returns the files that are neither in staging/ nor in place (lost: said loudly)."""
         dirs: set[Path] = set()
+        lost: list[str] = []
         for src, dst in moves:
             s, d = self.root / src, self.root / dst
             if s.exists():
                 d.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(s, d)
                 dirs.add(d.parent)
+            elif not d.exists():
+                lost.append(dst)
         for d in dirs:
             fsync_dir(d)
         for rel in deletes:
             (self.root / rel).unlink(missing_ok=True)
         shutil.rmtree(self.layout.staging / batch_id, ignore_errors=True)
         self.ledger.batch_done(batch_id)
+        return lost
 
-    def recover(self) -> None:
-        """Finish the batches a killed writer committed, drop what it left uncommitted."""
+    def recover(self) -> list[str]:
+        """Finish the batches a killed writer committed, drop what it left uncommitted.
+        Returns the data files of committed batches that were lost (see finish_batch)."""
         self.ledger  # noqa: B018 - creates the database if needed
         with locked(self.layout):
-            self.recover_locked()
+            return self.recover_locked()
 
-    def recover_locked(self) -> None:
+    def recover_locked(self) -> list[str]:
+        lost: list[str] = []
         for batch_id, moves, deletes in self.ledger.pending_batches():
-            self.finish_batch(batch_id, moves, deletes)
+            lost += self.finish_batch(batch_id, moves, deletes)
         if self.layout.staging.is_dir():
             for leftover in self.layout.staging.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)
+        return lost
+
+
+# What a node says of a job that decides who may see it: no single node's word sets it.
+CLAIMED = ("user", "name", "scheduler")
+
+
+def _settle_job(cur: sqlite3.Cursor, job_id: str) -> None:
+    """A job's user, name and scheduler from what its hosts said: a value every host that
+    said one agrees on; where they disagree, none (NULL) and the claims under info.disputed.
+    One node claiming a job id, first or not, can never make the job its user's (or take
+    it from its user): the job's real nodes contradict it."""
+    said: dict[str, dict[str, str]] = {k: {} for k in CLAIMED}
+    for host, claims in cur.execute(
+        "SELECT host, claims FROM job_hosts WHERE job_id = ? ORDER BY host", (job_id,)
+    ).fetchall():
+        doc = json.loads(claims) if claims else {}
+        for k in CLAIMED:
+            if doc.get(k) is not None:
+                said[k][host] = str(doc[k])
+    settled = {k: (next(iter(set(v.values()))) if len(set(v.values())) == 1 else None)
+               for k, v in said.items()}  # fmt: skip
+    disputed = {k: v for k, v in said.items() if len(set(v.values())) > 1}
+    cur.execute(
+        "UPDATE jobs SET user = ?, name = ?, scheduler = ?,"
+        " info = CASE WHEN ? IS NULL THEN json_remove(coalesce(info, '{}'), '$.disputed')"
+        " ELSE json_set(coalesce(info, '{}'), '$.disputed', json(?)) END WHERE job_id = ?",
+        (
+            settled["user"],
+            settled["name"],
+            settled["scheduler"],
+            json.dumps(disputed) if disputed else None,
+            json.dumps(disputed) if disputed else None,
+            job_id,
+        ),
+    )
+
+
+# A host's facts become columns of `hosts` (docs/collector.md, "Bounds"): names as columns
+# can be, so many of them, so long each (what is past these is left out).
+_FACT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+MAX_FACTS = 200
+MAX_FACT_BYTES = 4096
+
+
+def host_facts(doc: object) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        if len(out) >= MAX_FACTS:
+            break
+        if not isinstance(k, str) or not _FACT_NAME.fullmatch(k):
+            continue
+        if len(json.dumps(v, default=str)) <= MAX_FACT_BYTES:
+            out[k] = v
+    return out
 
 
 def _plain(v: Any) -> Any:

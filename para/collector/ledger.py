@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS job_hosts (
     host TEXT NOT NULL,
     start REAL,
     "end" REAL,
+    claims TEXT,                   -- JSON: what this host said of the job (user, name...)
     PRIMARY KEY (job_id, host)
 );
 
@@ -121,6 +122,9 @@ class Ledger:
         # An acknowledgement promises the data survives a power cut: fsync each commit.
         self._con.execute("PRAGMA synchronous=FULL")
         self._con.executescript(SCHEMA)
+        cols = {r[1] for r in self._con.execute("PRAGMA table_info(job_hosts)")}
+        if "claims" not in cols:  # a database of an earlier para: each host's word on a job
+            self._con.execute("ALTER TABLE job_hosts ADD COLUMN claims TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -170,9 +174,10 @@ class Ledger:
             return cur.rowcount == 1
 
     def received(self, limit: int) -> list[SegmentRow]:
+        # first come, first merged: no host waits behind another's flood
         rows = self.query(
             "SELECT id, host, cluster, state, path, name FROM segments WHERE state = 'received'"
-            " ORDER BY host, received LIMIT ?",
+            " ORDER BY received, host LIMIT ?",
             (limit,),
         )
         return [SegmentRow(*r) for r in rows]

@@ -18,12 +18,76 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from para.collector.segment import RENAMED_PREFIX, RESERVED, Segment
+from para.collector.segment import RENAMED_PREFIX, RESERVED, Rejected, Segment
 from para.formats.schema import TABLES
 
 # `para agent` writes job_start/job_end when it sees a job come and go, and job_running (with
 # `since`, epoch seconds) at the start of every segment for the jobs already there.
 JOB_EVENT_KINDS = ("job_start", "job_end", "job_running")
+
+
+# The instants a row may carry (docs/collector.md, "Bounds"): UTC dates partition the database,
+# and a time outside them (or none) cannot be placed.
+EARLIEST_MS = 0  # 1970-01-01
+LATEST_MS = 7_258_118_400_000  # 2200-01-01
+
+
+def stored_name(name: str) -> str:
+    """A file column's name in the database (reserved names are renamed)."""
+    return RENAMED_PREFIX + name if name in RESERVED else name
+
+
+def declared_types(known: dict[str, list[dict[str, str]]], table: str) -> dict[str, str]:
+    """Column -> type that a file must agree with: para's schema for its own tables, and what
+    the database already holds (the first file to bring a new column sets its type)."""
+    out = {c["name"]: c["type"] for c in known.get(table, [])}
+    if table in TABLES:
+        out.update({c.name: c.type for c in TABLES[table].columns})
+    return out
+
+
+def type_conflict(
+    seg: Segment, known: dict[str, list[dict[str, str]]]
+) -> tuple[str, str, str, str] | None:
+    """(table, column, type in the file, type in the database) of the first column whose
+    declared type disagrees, or None."""
+    for table, cols in seg.layout.items():
+        want = declared_types(known, table)
+        for c in cols:
+            name = stored_name(c["name"])
+            have = want.get(name)
+            if have is not None and have != c["type"] and name not in ("t", "job_id", "job"):
+                return table, name, c["type"], have
+    return None
+
+
+def check_contents(seg: Segment, known: dict[str, list[dict[str, str]]]) -> None:
+    """Raise Rejected for a file the merge could not place: a column whose type differs from
+    the database's, a row without a time, a time outside EARLIEST_MS..LATEST_MS.  Run before
+    the ack, so a bad file is refused while its sender can still be told (and never blocks
+    the merge of other hosts' files)."""
+    clash = type_conflict(seg, known)
+    if clash is not None:
+        table, col, got, have = clash
+        raise Rejected(
+            f"{seg.path}: column {col} of table {table} is declared {got}; the database holds "
+            f"it as {have}"
+        )
+    seg.measure()
+    for table in seg.layout:
+        if not seg.parts.get(table):
+            continue
+        t = seg.read_column(table, "t")
+        if t.null_count:
+            raise Rejected(f"{seg.path}: table {table} has {t.null_count} rows without a time t")
+        if len(t) == 0:
+            continue
+        lo, hi = (v.as_py() for v in pc.min_max(t.cast(pa.int64())).values())
+        if lo < EARLIEST_MS or hi >= LATEST_MS:
+            raise Rejected(
+                f"{seg.path}: table {table} has times from {lo} to {hi} ms since 1970, outside "
+                f"1970-01-01..2200-01-01 (is the node's clock right?)"
+            )
 
 
 @dataclass
@@ -204,7 +268,12 @@ def _jobs_seen(seg: Segment, raw: dict[str, pa.Table]) -> dict[str, JobSeen]:
                 continue
             j = get(jid)
             t = ev["t"].timestamp() if ev.get("t") is not None else None
-            j.widen(t, t)
+            if ev["kind"] == "job_end" and isinstance(detail.get("end"), (int, float)):
+                # the agent knows a job has ended end_after_s after its last process: the job
+                # ran from its first process's start to the last sample that saw one
+                j.widen(_num(detail.get("start")), float(detail["end"]))
+            else:
+                j.widen(t, t)
             if isinstance(detail.get("since"), (int, float)):
                 j.widen(float(detail["since"]), None)
             if j.scheduler is None:

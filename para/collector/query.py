@@ -25,6 +25,31 @@ from para.errors import ParaError
 BATCH_ROWS = 10_000
 
 
+def locked_connection(db_path: str | Path) -> duckdb.DuckDBPyConnection:
+    """What anything that serves queries (the web portal) calls: a DuckDB connection over the
+    database's views that cannot read or write other files, install or load extensions, or
+    unlock itself.  Run only what check_select() lets through on it."""
+    db = FeatureDB(db_path)
+    try:
+        return db.connect_locked()
+    finally:
+        db.close()
+
+
+def check_select(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but SELECT statements (a COPY could write under data/)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise ParaError(f"query failed: {str(e).strip()}") from None
+    for st in statements:
+        if st.type != duckdb.StatementType.SELECT:
+            raise ParaError(
+                f"only SELECT queries may run here, not {st.type.name}",
+                hint="this connection is locked down (para query --locked)",
+            )
+
+
 def run(
     db_path: str | Path,
     sql: str,
@@ -33,11 +58,15 @@ def run(
     out: TextIO,
     parquet_out: str | None = None,
     max_rows: int = 1000,
+    locked: bool = False,
 ) -> int:
-    """Run `sql`; returns the number of rows written."""
+    """Run `sql`; returns the number of rows written.  `locked`: as a portal would, on
+    locked_connection(), SELECT only."""
     db = FeatureDB(db_path)
-    con = db.connect(read_only=True)
+    con = db.connect_locked() if locked else db.connect(read_only=True)
     try:
+        if locked:
+            check_select(con, sql)
         if fmt == "parquet":
             assert parquet_out is not None
             rel = con.sql(sql)

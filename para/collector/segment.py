@@ -9,6 +9,7 @@ decoding and no Python-level copying.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -19,10 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from para.formats import wire
-from para.formats.container import END_NAME, FORMAT_VERSION, JOURNAL_PREFIX, META_NAME
+from para.formats.container import (
+    END_NAME,
+    FORMAT_VERSION,
+    JOURNAL_PREFIX,
+    MAX_JSON_BYTES,
+    MAX_PART_BYTES,
+    META_NAME,
+    TooLarge,
+    read_zip_member,
+)
 from para.formats.journal import arrow_schema, table_layout
 
 _TYPES = {"int", "float", "str"}
@@ -32,10 +43,26 @@ _KINDS = {"counter", "gauge", "info"}
 # kept under this prefix.
 RESERVED = ("host", "cluster", "date")
 RENAMED_PREFIX = "col_"
+# What one file may cost decoded, all its parts together (docs/collector.md, "Bounds").
+MAX_DECODED_BYTES = 512 << 20
+MAX_ROWS = 20_000_000
 
 
 class Rejected(Exception):
     """The file can never be accepted as it stands; the message says why and where."""
+
+
+# Errors of the machine reading the file, not of the file: the reader may try again later
+# (the collector answers UNAVAILABLE and the agent keeps the segment).
+PASSING_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.EIO, errno.ENOMEM, errno.EAGAIN, errno.EINTR,
+     errno.ENOSPC, errno.EDQUOT, errno.EBUSY, errno.ENOBUFS}
+)  # fmt: skip
+
+
+def _raise_if_passing(e: OSError) -> None:
+    if e.errno in PASSING_ERRNOS:
+        raise e
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,8 @@ class Segment:
     layout: dict[str, list[dict[str, str]]]
     parts: dict[str, list[_Part]] = field(default_factory=dict)
     _mm: pa.MemoryMappedFile | None = None
+    _decoded: int = 0
+    _rows: int = 0
 
     @property
     def job(self) -> dict[str, Any]:
@@ -74,18 +103,106 @@ class Segment:
         schema = self.schema(table)
         pieces = []
         for part in self.parts.get(table, []):
-            buf = self._buffer(part)
-            try:
-                got = pq.read_table(pa.BufferReader(buf))
-            except (pa.ArrowException, OSError) as e:
-                raise Rejected(
-                    f"{self.path}: member {part.name} at offset {part.offset} is not readable "
-                    f"Parquet ({e})"
-                ) from None
+            got = self._read_part(part, None)
             pieces.append(_conform(got, schema, f"{self.path}: {part.name}"))
         if not pieces:
             return schema.empty_table()
         return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+
+    def read_column(self, table: str, name: str) -> pa.ChunkedArray:
+        """One column of `table` (nulls where a part lacks it), for checks before the ack."""
+        field_ = self.schema(table).field(name)
+        chunks: list[pa.Array] = []
+        for part in self.parts.get(table, []):
+            got = self._read_part(part, name, charge=False)
+            if name in got.schema.names:
+                col = got.column(name)
+                try:
+                    col = col if col.type == field_.type else col.cast(field_.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise Rejected(f"{self.path}: {part.name}: column {name} is not "
+                                   f"{field_.type} ({e})") from None  # fmt: skip
+                chunks.extend(col.chunks)
+            else:
+                chunks.append(pa.nulls(len(got), field_.type))
+        return pa.chunked_array(chunks, field_.type)
+
+    def measure(self) -> int:
+        """Check every part against the bounds without keeping its rows (before the ack);
+        returns the bytes the file decodes to."""
+        self._decoded = self._rows = 0
+        for parts in self.parts.values():
+            for part in parts:
+                self._read_part(part, None, expand=False)
+        decoded, self._decoded, self._rows = self._decoded, 0, 0
+        return decoded
+
+    def _read_part(
+        self, part: _Part, column: str | None, *, charge: bool = True, expand: bool = True
+    ) -> pa.Table:
+        """A part's rows (or one column), refused before decoding when its metadata passes
+        the bounds, and after decoding the strings when they do: Parquet pages are
+        compressed and dictionary-encoded, so a small part can decode to gigabytes."""
+        buf = self._buffer(part)
+        try:
+            strings = _string_columns(pq.read_schema(pa.BufferReader(buf)))
+            pf = pq.ParquetFile(pa.BufferReader(buf), read_dictionary=strings)
+            if charge:
+                self._charge(part, pf.metadata)
+            got = pf.read(columns=None if column is None else [column])
+            return self._expand(part, got, charge, expand)
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, pa.ArrowMemoryError):
+                raise MemoryError(f"{self.path}: {e}") from None  # the collector's, not the file's
+            if isinstance(e, OSError) and not isinstance(e, pa.ArrowException):
+                _raise_if_passing(e)
+            raise Rejected(
+                f"{self.path}: member {part.name} at offset {part.offset} is not readable "
+                f"Parquet ({e})"
+            ) from None
+
+    def _charge(self, part: _Part, md: pq.FileMetaData) -> None:
+        # fixed-width values cost 8 bytes a row whatever the encoding (RLE expands them)
+        size = max(
+            sum(
+                md.row_group(i).column(j).total_uncompressed_size
+                for i in range(md.num_row_groups)
+                for j in range(md.num_columns)
+            ),
+            md.num_rows * md.num_columns * 8,
+        )
+        self._charge_bytes(part, size, md.num_rows)
+
+    def _charge_bytes(self, part: _Part, size: int, rows: int = 0) -> None:
+        if size > MAX_PART_BYTES:
+            raise Rejected(
+                f"{self.path}: member {part.name} decodes to {size} bytes or more, past the "
+                f"limit of {MAX_PART_BYTES} for one part"
+            )
+        self._decoded += size
+        self._rows += rows
+        if self._decoded > MAX_DECODED_BYTES or self._rows > MAX_ROWS:
+            raise Rejected(
+                f"{self.path}: its parts decode to more than {MAX_DECODED_BYTES} bytes or "
+                f"{MAX_ROWS} rows (the limits for one file); send smaller segments"
+            )
+
+    def _expand(self, part: _Part, table: pa.Table, charge: bool, expand: bool) -> pa.Table:
+        """Dictionary-encoded strings back to plain strings, once their decoded size is
+        known to fit the bounds."""
+        cols = []
+        for f, col in zip(table.schema, table.columns):
+            if not pa.types.is_dictionary(f.type):
+                cols.append(col)
+                continue
+            if charge:
+                need = 0
+                for chunk in col.chunks:
+                    lengths = pc.binary_length(chunk.dictionary)
+                    need += pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0
+                self._charge_bytes(part, need)
+            cols.append(col.cast(f.type.value_type) if expand else col)
+        return pa.table(cols, names=table.schema.names)
 
     def verify(self) -> None:
         """Every member's CRC-32 (a flipped bit anywhere is caught before the ack)."""
@@ -133,12 +250,16 @@ def open_segment(
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
+        _raise_if_passing(e)
         raise Rejected(f"{path}: cannot read ({e.strerror})") from None
     if head != b"PK\x03\x04":
         raise Rejected(f"{path}: not a .para file (offset 0 holds {head!r})")
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except OSError as e:
+        _raise_if_passing(e)
+        raise Rejected(f"{path}: cannot read ({e.strerror})") from None
+    except zipfile.BadZipFile as e:
         raise Rejected(
             f"{path}: not a complete .para file ({e}); a file whose writer was stopped is a "
             f"journal: run `para recover {path}` first"
@@ -209,8 +330,13 @@ def _file_sha256(f: Any) -> str:
 
 def _json(zf: zipfile.ZipFile, name: str, path: Path) -> dict[str, Any]:
     try:
-        doc = json.loads(zf.read(name))
-    except (ValueError, zipfile.BadZipFile, zlib.error, OSError) as e:
+        doc = json.loads(read_zip_member(zf, name, MAX_JSON_BYTES))
+    except TooLarge as e:
+        raise Rejected(f"{path}: {e.message}") from None
+    except OSError as e:
+        _raise_if_passing(e)
+        raise Rejected(f"{path}: {name} is not readable ({e})") from None
+    except (ValueError, zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise Rejected(f"{path}: {name} is not readable JSON ({e})") from None
     if not isinstance(doc, dict):
         raise Rejected(f"{path}: {name} is not a JSON object")
@@ -252,6 +378,12 @@ def _data_offset(path: Path, header_offset: int) -> int:
         raise Rejected(f"{path}: no member header at offset {header_offset}")
     nlen, xlen = _LOCAL_HEADER.unpack(head)[-2:]
     return header_offset + _LOCAL_HEADER.size + nlen + xlen
+
+
+def _string_columns(schema: pa.Schema) -> list[str]:
+    return [
+        f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    ]
 
 
 def _conform(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:

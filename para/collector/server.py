@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,22 @@ import pyarrow as pa
 import pyarrow.flight as fl
 
 from para.collector import maintenance
-from para.collector.auth import AuthError, Identity, TokenStore, identity_from_certificate
+from para.collector.auth import (
+    REVOKED_FILE,
+    AuthError,
+    Identity,
+    Revoked,
+    TokenStore,
+    identity_from_certificate,
+)
 from para.collector.db import FeatureDB, StoreFull, is_disk_full
+from para.collector.livebuf import LiveBuffer
 from para.collector.store import IncomingStore
 from para.errors import ParaError
 from para.formats import wire
 
-LIVE_SAMPLES_PER_HOST = 300
+# Hosts remembered in `para collector status` for what they sent wrong (the latest kept).
+MAX_OFFENDERS = 1000
 
 
 @dataclass
@@ -90,6 +98,8 @@ class Counters:
     merged_values: int = 0
     quarantined: int = 0
     live_samples: int = 0
+    live_refused: int = 0
+    live_dropped: int = 0
     last_rejection: str = ""
     last_error: str = ""
 
@@ -103,8 +113,11 @@ class CollectorService(fl.FlightServerBase):
             self.db, min_free_bytes=opts.min_free_bytes, max_segment_bytes=opts.max_segment_bytes
         )
         self.counters = Counters()
+        self.revoked = Revoked(opts.db / REVOKED_FILE)
         self._lock = threading.Lock()
-        self._live: dict[str, deque[tuple[int, Any]]] = {}
+        self._live = LiveBuffer()
+        self._live_logged: dict[str, float] = {}
+        self._offenders: dict[str, dict[str, Any]] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._meta_dirty = True
@@ -141,7 +154,12 @@ class CollectorService(fl.FlightServerBase):
         elif opts.auth != "mtls":
             raise ParaError(f"unknown --auth {opts.auth!r}: mtls or token")
         # Before serving: finish what a killed collector left half done.
-        self.db.recover()
+        lost = self.db.recover()
+        if lost:
+            log(
+                f"error: {len(lost)} data file(s) of merged batches were neither in staging/ nor "
+                f"in place (lost by a crash of the disk?): {', '.join(lost[:10])}"
+            )
         removed = self.store.clean()
         if removed:
             log(f"removed {removed} unacknowledged partial uploads left by the last run")
@@ -150,6 +168,7 @@ class CollectorService(fl.FlightServerBase):
         from para.collector.alerts import AlertService
 
         self.alerts = AlertService(opts.alert_rules, self.db, opts.cluster, log, judge=opts.judge)
+        self.alerts.offend = self._offend
         self.metrics: Any = None
         try:
             if opts.metrics_listen:
@@ -189,11 +208,23 @@ class CollectorService(fl.FlightServerBase):
             mw = context.get_middleware("auth")
             if mw is None:
                 raise fl.FlightUnauthenticatedError("no credential")
-            return mw.identity
+            ident = mw.identity
+        else:
+            try:
+                ident = identity_from_certificate(context.peer_identity())
+            except AuthError as e:
+                raise fl.FlightUnauthenticatedError(str(e)) from None
         try:
-            return identity_from_certificate(context.peer_identity())
+            self.revoked.check(ident)
         except AuthError as e:
+            with self._lock:
+                self.counters.denied += 1
+            self._offend(ident.name, "denied", str(e))
+            self.log(f"denied: {e}")
             raise fl.FlightUnauthenticatedError(str(e)) from None
+        except ParaError as e:
+            raise fl.FlightUnavailableError(f"collector cannot read its deny list: {e}") from None
+        return ident
 
     def _agent(self, context: fl.ServerCallContext, host: str) -> Identity:
         ident = self._identity(context)
@@ -205,6 +236,7 @@ class CollectorService(fl.FlightServerBase):
                 if ident.role != wire.ROLE_AGENT
                 else (f"it may write host {ident.name!r} only")
             )
+            self._offend(ident.name, "denied", f"tried to write host {host!r}")
             self.log(f"denied: {ident.describe()} tried to write host {host!r}")
             raise fl.FlightUnauthorizedError(
                 f"{ident.describe()} may not write data of host {host!r}: {what}"
@@ -281,7 +313,30 @@ class CollectorService(fl.FlightServerBase):
         with self._lock:
             self.counters.rejected += 1
             self.counters.last_rejection = reason
+        self._offend(host, "rejected", reason)
         self.log(f"rejected a segment from {host}: {reason}")
+
+    def _live_refused(self, host: str, why: str) -> None:
+        with self._lock:
+            self.counters.live_refused += 1
+            now = time.monotonic()
+            quiet = now - self._live_logged.get(host, -1e9) < 60
+            if not quiet:
+                self._live_logged[host] = now
+        self._offend(host, "live_refused", why)
+        if not quiet:  # once a minute per host: a flood must not flood the log too
+            self.log(f"refused live samples from {host}: {why}")
+
+    def _offend(self, host: str, what: str, reason: str) -> None:
+        """Remember what `host` sent wrong, for `para collector status` (bounded)."""
+        with self._lock:
+            o = self._offenders.pop(host, None) or {}
+            o[what] = o.get(what, 0) + 1
+            o["last"] = reason[:500]
+            o["at"] = round(time.time(), 3)
+            self._offenders[host] = o
+            while len(self._offenders) > MAX_OFFENDERS:
+                del self._offenders[next(iter(self._offenders))]
 
     # -- actions ---------------------------------------------------------------------------
     def list_actions(self, context: fl.ServerCallContext) -> list[tuple[str, str]]:
@@ -297,26 +352,39 @@ class CollectorService(fl.FlightServerBase):
         kind = action.type
         body = action.body.to_pybytes() if action.body is not None else b""
         if kind == wire.ACTION_LIVE:
+            ident = self._identity(context)
             try:
-                host, samples = wire.decode_live(body)
+                host, samples, nbytes = wire.decode_live_sized(body)
             except wire.WireError as e:
-                self._identity(context)
+                self._live_refused(ident.name, e.message)
                 raise fl.FlightServerError(f"para-reject: {e.message}") from None
             self._agent(context, host)
+            if not self._live.add(host, samples, nbytes):
+                why = (
+                    f"live message of {nbytes} bytes: more than the {self._live.bytes_per_host} "
+                    "kept per host"
+                )
+                self._live_refused(host, why)
+                raise fl.FlightServerError(f"para-reject: {why}")
             with self._lock:
-                buf = self._live.setdefault(host, deque(maxlen=LIVE_SAMPLES_PER_HOST))
-                buf.extend(samples)
                 self.counters.live_samples += len(samples)
-            self.alerts.ingest(host, samples)
+            if not self.alerts.ingest(host, samples, nbytes):
+                with self._lock:
+                    self.counters.live_dropped += len(samples)
             return iter([fl.Result(pa.py_buffer(b'{"ok":true}'))])
         if kind == wire.ACTION_STATUS:
             self._reader(context)
             return iter([fl.Result(pa.py_buffer(json.dumps(self.status()).encode()))])
         if kind == wire.ACTION_LIVE_SNAPSHOT:
             self._reader(context)
-            want = json.loads(body or b"{}").get("host") if body else None
-            with self._lock:
-                snap = {h: list(d) for h, d in self._live.items() if want in (None, h)}
+            try:
+                req = json.loads(body) if body else {}
+            except ValueError:
+                raise fl.FlightServerError(
+                    "para-reject: live-snapshot request is not JSON"
+                ) from None
+            want = req.get("host") if isinstance(req, dict) else None
+            snap = self._live.snapshot(want if isinstance(want, str) else None)
             return iter([fl.Result(pa.py_buffer(json.dumps(snap).encode()))])
         if kind == wire.ACTION_TOP:
             self._reader(context)
@@ -337,6 +405,7 @@ class CollectorService(fl.FlightServerBase):
     def status(self) -> dict[str, Any]:
         with self._lock:
             c = dict(self.counters.__dict__)
+            offenders = {h: dict(o) for h, o in self._offenders.items()}
         return {
             "location": self.location,
             "cluster": self.opts.cluster,
@@ -345,6 +414,8 @@ class CollectorService(fl.FlightServerBase):
             "received": c,
             "database": self.db.status(),
             "live_hosts": len(self._live),
+            "live": self._live.status(),
+            "offenders": offenders,
             "alerts": self.alerts.status(),
         }
 
@@ -377,8 +448,9 @@ class CollectorService(fl.FlightServerBase):
                 self._meta_dirty = True
                 if rep.new_tables:
                     self._catalog_dirty = True
-                if rep.quarantined:
-                    self.log(f"{rep.quarantined} segment(s) unreadable: moved to quarantine/")
+                for host, why in rep.problems:
+                    self._offend(host, "quarantined", why)
+                    self.log(f"quarantined a segment of {host}: {why}")
 
     def _upkeep_loop(self) -> None:
         next_compact = time.monotonic() + self.opts.compact_every
@@ -388,7 +460,11 @@ class CollectorService(fl.FlightServerBase):
             try:
                 if self._meta_dirty:
                     self._meta_dirty = False
-                    self.db.export_meta()
+                    try:
+                        self.db.export_meta()
+                    except BaseException:
+                        self._meta_dirty = True  # not done: again next round
+                        raise
                     upkeep_full = False
                 if self._catalog_dirty:
                     self._catalog_dirty = not self.db.refresh_catalog(timeout=1.0)

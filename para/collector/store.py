@@ -24,6 +24,7 @@ from pathlib import Path
 
 from para.collector.db import FeatureDB, StoreFull, is_disk_full
 from para.collector.layout import fsync_dir
+from para.collector.merge import check_contents
 from para.collector.segment import Rejected, open_segment
 from para.formats import wire
 from para.formats.wire import Ack, PutHeader
@@ -142,6 +143,11 @@ class IncomingStore:
             why = str(e).replace(f"{tmp}: ", "").replace(str(tmp), "the upload")
             return f"segment {header.name} ({header.id}): {why}"
         with seg:
+            try:
+                check_contents(seg, self.db.ledger.table_columns())
+            except Rejected as e:
+                why = str(e).replace(f"{tmp}: ", "")
+                return f"segment {header.name} ({header.id}): {why}"
             if seg.id != header.id:
                 return f"segment {header.name}: its meta.json id {seg.id} is not {header.id}"
             if seg.host != header.host:

@@ -29,6 +29,10 @@ CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"
+# Short by default (docs/collector.md, "Identity"): a stolen node key stops working within a
+# month even if nobody revokes it; `para collector renew` re-issues what is about to expire.
+CLIENT_DAYS = 30
+SERVER_DAYS = 397
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,30 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, private: bool) -> None:
+    write_private(path, data, 0o600 if private else 0o644)
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write `path` atomically through a temporary file that nobody else can have planted:
+    a fresh random name, created exclusively (O_EXCL, never following a link), its mode set
+    before any byte is written.  Keys and tokens go through here."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def init_ca(
@@ -67,7 +89,7 @@ def init_ca(
     name: str = "para collector CA",
     days: int = 3650,
     server_names: list[str] | None = None,
-    server_days: int = 825,
+    server_days: int = SERVER_DAYS,
     force: bool = False,
 ) -> tuple[Issued, Issued]:
     """Create the CA and the collector's server certificate in `directory`."""
@@ -147,7 +169,7 @@ def issue(
     name: str,
     *,
     out: str | Path | None = None,
-    days: int = 825,
+    days: int = CLIENT_DAYS,
     reader: bool = False,
     server: bool = False,
     extra_names: list[str] | None = None,
@@ -208,3 +230,33 @@ def _san(name: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         return x509.DNSName(name)
+
+
+def renew(
+    ca_dir: str | Path, *, within_days: float = 10, days: int = CLIENT_DAYS,
+    out: str | Path | None = None, now: dt.datetime | None = None,
+) -> list[Issued]:  # fmt: skip
+    """Re-issue (new key, same name) every client certificate in `out` (default CA_DIR/issued)
+    that this CA signed and that expires within `within_days`; returns what was renewed."""
+    ca_dir = Path(ca_dir)
+    ca_cert, _ = _load_ca(ca_dir)
+    out_dir = Path(out) if out is not None else ca_dir / "issued"
+    now = now or _now()
+    renewed = []
+    for crt in sorted(out_dir.glob("*.crt")):
+        try:
+            cert = x509.load_pem_x509_certificate(crt.read_bytes())
+        except ValueError:
+            continue
+        if cert.issuer != ca_cert.subject:
+            continue
+        if cert.not_valid_after_utc - now > dt.timedelta(days=within_days):
+            continue
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        cn = cn.decode() if isinstance(cn, bytes) else cn
+        if cn.startswith(wire.READER_CN_PREFIX):
+            name, reader = cn[len(wire.READER_CN_PREFIX) :], True
+        else:
+            name, reader = cn, False
+        renewed.append(issue(ca_dir, name, out=out_dir, days=days, reader=reader))
+    return renewed

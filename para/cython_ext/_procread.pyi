@@ -19,6 +19,7 @@ ProcRow = tuple[
     int,
     int,
     int,
+    str,
 ]
 
 def read_pids(fds: list[tuple[int, int, int]], page_size: int) -> list[ProcRow | None]: ...

@@ -34,8 +34,9 @@ cdef inline bint _used(int k) nogil:
             or k == 17 or k == 19 or k == 20 or k == 21 or k == 36)
 
 
-cdef int _parse_stat(Py_ssize_t n, long long* f, Py_ssize_t* state) nogil:
-    """Fields after `PID (comm)`: f[k] is field k+3 of proc(5), f[0] the state."""
+cdef int _parse_stat(Py_ssize_t n, long long* f, Py_ssize_t* state, Py_ssize_t* comm) nogil:
+    """Fields after `PID (comm)`: f[k] is field k+3 of proc(5), f[0] the state; comm[0:2] the
+    bounds of the comm."""
     cdef Py_ssize_t i = n - 1, close = -1, j, open_
     cdef int k = 0
     cdef long long v
@@ -51,6 +52,8 @@ cdef int _parse_stat(Py_ssize_t n, long long* f, Py_ssize_t* state) nogil:
         i -= 1
     if close < 0:
         return -1
+    comm[0] = open_ + 1
+    comm[1] = close
     # the pid: digits, perhaps with spaces around
     i = 0
     while i < open_ and _space(_buf[i]):
@@ -131,7 +134,9 @@ def read_pids(list fds, long page_size):
     cdef list out = []
     cdef long long f[40]
     cdef Py_ssize_t state[2]
+    cdef Py_ssize_t comm[2]
     state[0] = state[1] = 0
+    comm[0] = comm[1] = 0
     cdef long long vol, invol, rchar, wchar, rb, wb
     cdef Py_ssize_t n
     cdef int stat_fd, status_fd, io_fd
@@ -139,11 +144,12 @@ def read_pids(list fds, long page_size):
     for item in fds:
         stat_fd, status_fd, io_fd = item
         n = _fill(stat_fd)
-        if n <= 0 or _parse_stat(n, f, state) < 0:
+        if n <= 0 or _parse_stat(n, f, state, comm) < 0:
             out.append(None)
             continue
         try:
             st = _buf[state[0]:state[1]].decode()
+            name = _buf[comm[0]:comm[1]].decode(errors="replace")
         except UnicodeDecodeError:
             out.append(None)
             continue
@@ -161,6 +167,6 @@ def read_pids(list fds, long page_size):
         out.append(
             (f[1], st, f[11], f[12], f[21] * page_size, f[20], f[17], f[36],
              f[7], f[9], v_vol, v_invol, v_io[0], v_io[1], v_io[2], v_io[3], f[13], f[14],
-             f[19])
+             f[19], name)
         )
     return out

@@ -4,7 +4,8 @@ The agent keeps /proc/PID/{stat,status,io} open for every process it follows and
 sample, reads them all with one call: (ppid, state, utime, stime, rss_bytes, vsize_bytes,
 threads, processor, minflt, majflt, vol_ctxt, invol_ctxt, rchar, wchar, read_bytes,
 write_bytes, cutime, cstime) per process, in the order of the `proc` table after its pid, plus
-the start time (ticks since boot) that tells a reused pid from the process it followed.
+the start time (ticks since boot) that tells a reused pid from the process it followed, and
+the comm (which an exec changes).
 A process whose stat cannot be read (it has exited) or parsed gives None; a status or io
 descriptor of -1 (io needs ptrace rights) or a file that cannot be read gives nulls there.
 """
@@ -17,7 +18,7 @@ from para.cython_ext.procparse_py import parse_pid_io, parse_pid_stat, parse_pid
 
 ProcRow = tuple[
     int, str, int, int, int, int, int, int, int, int, int | None, int | None,
-    int | None, int | None, int | None, int | None, int, int, int,
+    int | None, int | None, int | None, int | None, int, int, int, str,
 ]  # fmt: skip
 
 
@@ -50,7 +51,7 @@ def read_pids(fds: list[tuple[int, int, int]], page_size: int) -> list[ProcRow |
                 rchar, wchar, rbytes, wbytes = parse_pid_io(_pread(io_fd))
             except (OSError, ValueError):
                 pass
-        _, _, state, ppid, minflt, majflt, utime, stime, threads, start, vsize, rss, cpu = st[:13]
+        comm, state, ppid, minflt, majflt, utime, stime, threads, start, vsize, rss, cpu = st[1:13]
         cu, cs = st[13:15]
         out.append(
             (
@@ -73,6 +74,7 @@ def read_pids(fds: list[tuple[int, int, int]], page_size: int) -> list[ProcRow |
                 cu,
                 cs,
                 start,
+                comm,
             )
         )
     return out

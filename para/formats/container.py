@@ -15,6 +15,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from para.errors import FormatError
+
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
 END_NAME = "end.json"
@@ -27,6 +29,46 @@ _END_SIG = 0x06054B50
 # 1980-01-01 00:00 in DOS format: journal members carry no meaningful mtime.
 _DOS_TIME, _DOS_DATE = 0, (0 << 9) | (1 << 5) | 1
 _MAX32 = 0xFFFFFFFF
+
+# What one member may cost once decompressed (docs/collector.md, "Bounds"): a file of a few
+# hundred KiB can hold a deflated member of gigabytes, and every reader of a .para file (the
+# collector before its ack, `para show`, `para collect`) reads peers' files.
+MAX_JSON_BYTES = 8 << 20  # meta.json, end.json (a real catalogue is ~100 KiB)
+MAX_RECORD_BYTES = 64 << 20  # one journal record (one sample of every table)
+MAX_PART_BYTES = 256 << 20  # one Parquet part, uncompressed (its row groups add up)
+
+
+class TooLarge(FormatError):
+    """A member decompresses to more than the bound for its kind; the message says which."""
+
+    def __init__(self, message: str):
+        super().__init__(message, hint="the file is damaged or hostile: para will not read it")
+
+
+def inflate(data: bytes, limit: int, name: str) -> bytes:
+    """Raw deflate `data`, refusing to produce more than `limit` bytes."""
+    d = zlib.decompressobj(-15)
+    out = d.decompress(data, limit + 1)
+    if len(out) > limit or d.unconsumed_tail:
+        raise TooLarge(f"member {name} decompresses to more than {limit} bytes (the limit)")
+    return out
+
+
+def read_zip_member(zf: object, name: str, limit: int) -> bytes:
+    """One member of an open zipfile.ZipFile, decompressing at most `limit` bytes."""
+    import zipfile
+
+    assert isinstance(zf, zipfile.ZipFile)
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise TooLarge(
+            f"member {name} declares {info.file_size} bytes, more than the limit of {limit}"
+        )
+    with zf.open(info) as f:  # the declared size may lie: never read past the limit
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(f"member {name} decompresses to more than {limit} bytes (the limit)")
+    return data
 
 
 def local_member(name: str, data: bytes) -> bytes:
@@ -121,13 +163,16 @@ def scan(path: str | os.PathLike[str]) -> Scan:
         return Scan(members, end, size, problem, central)
 
 
-def read_member(path: str | os.PathLike[str], member: Member) -> bytes:
+def read_member(
+    path: str | os.PathLike[str], member: Member, limit: int = MAX_RECORD_BYTES
+) -> bytes:
+    """A member's bytes, inflated (at most `limit` bytes) if it is deflated."""
     with open(path, "rb") as f:
         f.seek(member.offset)
         data = f.read(member.size)
     if len(data) != member.size:
         raise OSError(f"{path}: member {member.name} cut short")
-    return zlib.decompress(data, -15) if member.deflated else data
+    return inflate(data, limit, member.name) if member.deflated else data
 
 
 def iter_members(path: str | os.PathLike[str], members: list[Member]) -> Iterator[bytes]:
@@ -135,4 +180,5 @@ def iter_members(path: str | os.PathLike[str], members: list[Member]) -> Iterato
     with open(path, "rb") as f:
         for m in members:
             f.seek(m.offset)
-            yield f.read(m.size)
+            data = f.read(m.size)
+            yield inflate(data, MAX_RECORD_BYTES, m.name) if m.deflated else data

@@ -6,6 +6,7 @@ import json
 import os
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,13 @@ from para.formats.container import (
     END_NAME,
     FORMAT_VERSION,
     JOURNAL_PREFIX,
+    MAX_JSON_BYTES,
     META_NAME,
     Member,
+    TooLarge,
     iter_members,
     read_member,
+    read_zip_member,
     scan,
 )
 from para.formats.writer import PART_SAMPLES, Finalized, finalize, timed_tables
@@ -75,9 +79,9 @@ class ParaFile:
             zf = None
         if zf is not None and META_NAME in zf.namelist():
             self._zip = zf
-            meta = self._json(zf.read(META_NAME), META_NAME)
+            meta = self._json(self._member(zf, META_NAME), META_NAME)
             if END_NAME in zf.namelist():
-                end = self._json(zf.read(END_NAME), END_NAME)
+                end = self._json(self._member(zf, END_NAME), END_NAME)
             for name in zf.namelist():
                 table, _, rest = name.partition("/")
                 if rest.endswith(".parquet"):
@@ -102,6 +106,14 @@ class ParaFile:
             self._describe_recovery()
 
     # -- opening ---------------------------------------------------------------------------
+    def _member(self, zf: zipfile.ZipFile, name: str) -> bytes:
+        try:
+            return read_zip_member(zf, name, MAX_JSON_BYTES)
+        except TooLarge as e:
+            raise TooLarge(f"{self.path}: {e.message}") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise FormatError(f"{self.path}: {name} is not readable ({e})") from None
+
     def _json(self, data: bytes, name: str) -> dict[str, Any]:
         try:
             doc = json.loads(data)
@@ -128,7 +140,7 @@ class ParaFile:
                 f"{self.path}: not a .para file (its first member is not {META_NAME})"
                 + (f"; {sc.problem}" if sc.problem else "")
             )
-        meta = self._json(read_member(self.path, sc.members[0]), META_NAME)
+        meta = self._json(read_member(self.path, sc.members[0], MAX_JSON_BYTES), META_NAME)
         end = None
         for m in sc.members[1:]:
             table, _, rest = m.name.partition("/")
@@ -137,7 +149,7 @@ class ParaFile:
             elif rest.endswith(".parquet"):
                 self._src.parts.setdefault(table, []).append(m)
             elif m.name == END_NAME:
-                end = self._json(read_member(self.path, m), END_NAME)
+                end = self._json(read_member(self.path, m, MAX_JSON_BYTES), END_NAME)
         if sc.problem is not None or end is None or self._src.journal:
             self.recovery = Recovery(
                 journal_samples=len(self._src.journal),

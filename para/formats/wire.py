@@ -56,6 +56,7 @@ CHUNK_COLUMN = "chunk"
 DEFAULT_PORT = 8815
 
 # A DNS label, or a short-name with underscores as some clusters use; dots only between labels.
+# Checked with fullmatch: `$` alone lets a trailing newline through.
 _HOST_RE = re.compile(
     r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}))*$"
 )
@@ -72,7 +73,7 @@ class WireError(ParaError):
 
 def check_host(host: object, what: str = "host name") -> str:
     """A host name safe to use as a path component (no `/`, no `..`, no leading dot)."""
-    if not isinstance(host, str) or len(host) > 253 or not _HOST_RE.match(host):
+    if not isinstance(host, str) or len(host) > 253 or not _HOST_RE.fullmatch(host):
         raise WireError(
             f"invalid {what} {host!r}: letters, digits, '-', '_' and dot-separated labels only",
             hint="para uses the host name in file names; rename the node or set agent.host",
@@ -81,14 +82,14 @@ def check_host(host: object, what: str = "host name") -> str:
 
 
 def check_segment_id(seg_id: object) -> str:
-    if not isinstance(seg_id, str) or not _ID_RE.match(seg_id):
+    if not isinstance(seg_id, str) or not _ID_RE.fullmatch(seg_id):
         raise WireError(f"invalid segment id {seg_id!r}: expected 32 lowercase hex digits")
     return seg_id
 
 
 def check_table_name(name: object) -> str:
     """Table names come from a file's catalogue and become directory and view names."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise WireError(
             f"invalid table name {name!r}: lowercase letters, digits and '_', "
             "starting with a letter"
@@ -97,19 +98,19 @@ def check_table_name(name: object) -> str:
 
 
 def check_cluster(name: object) -> str:
-    if not isinstance(name, str) or not _CLUSTER_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _CLUSTER_RE.fullmatch(name) or ".." in name:
         raise WireError(f"invalid cluster name {name!r}: letters, digits, '-', '_', '.' only")
     return name
 
 
 def check_segment_file(name: object) -> str:
-    if not isinstance(name, str) or not _SEGMENT_FILE_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _SEGMENT_FILE_RE.fullmatch(name) or ".." in name:
         raise WireError(f"invalid segment file name {name!r}")
     return name
 
 
 def check_reader_name(name: object) -> str:
-    if not isinstance(name, str) or not _READER_RE.match(name):
+    if not isinstance(name, str) or not _READER_RE.fullmatch(name):
         raise WireError(f"invalid reader name {name!r}: letters, digits, '-', '_', '.', '@' only")
     return name
 
@@ -212,9 +213,29 @@ def encode_live(host: str, samples: list[tuple[int, dict[str, Any]]]) -> bytes:
     return zlib.compress(json.dumps(doc, separators=(",", ":"), default=str).encode(), 1)
 
 
-def decode_live(data: bytes, max_bytes: int = 16 << 20) -> tuple[str, list[tuple[int, Any]]]:
+# A live message's bound, decompressed (docs/collector.md, "Bounds"): a second's sample of a
+# busy node is tens of KiB; an agent that could not send for a while sends its backlog at once.
+LIVE_MESSAGE_MAX = 8 << 20
+
+
+def decode_live(
+    data: bytes, max_bytes: int = LIVE_MESSAGE_MAX
+) -> tuple[str, list[tuple[int, Any]]]:
+    host, samples, _ = decode_live_sized(data, max_bytes)
+    return host, samples
+
+
+def decode_live_sized(
+    data: bytes, max_bytes: int = LIVE_MESSAGE_MAX
+) -> tuple[str, list[tuple[int, Any]], int]:
+    """(host, samples, bytes of JSON they decoded from); refuses more than `max_bytes`."""
+    if len(data) > max_bytes:
+        raise WireError(f"live message of {len(data)} bytes: more than the {max_bytes} allowed")
     try:
-        raw = zlib.decompressobj().decompress(data, max_bytes)
+        d = zlib.decompressobj()
+        raw = d.decompress(data, max_bytes + 1)
+        if len(raw) > max_bytes or d.unconsumed_tail:
+            raise WireError(f"live message decompresses to more than the {max_bytes} bytes allowed")
         doc = json.loads(raw)
         host = check_host(doc["host"])
         samples = [(int(t), rows) for t, rows in doc["samples"]]
@@ -224,4 +245,4 @@ def decode_live(data: bytes, max_bytes: int = 16 << 20) -> tuple[str, list[tuple
         raise WireError(f"live message is not readable ({type(e).__name__}: {e})") from None
     if doc.get("v") != PROTOCOL_VERSION:
         raise WireError(f"live message in protocol version {doc.get('v')!r}")
-    return host, samples
+    return host, samples, len(raw)

@@ -486,25 +486,31 @@ class Engine:
                     self._drop((rule.name, None, job))
 
     # -- alerts notified elsewhere ---------------------------------------------------------
-    def adopt(self, note: dict[str, Any]) -> None:
+    def adopt(self, note: dict[str, Any], sender: str | None = None) -> bool:
         """An alert another evaluator (the node's agent, while it could not reach us) notified:
         the same series here takes its id and is not notified a second time, neither when it
-        fires nor when it resolves (whoever opened an alert closes it)."""
+        fires nor when it resolves (whoever opened an alert closes it).
+
+        `sender` is the host whose stream carried the note: a node speaks for itself only, so
+        a note about another host (or about none) is refused (False), or any node could
+        silence another's alerts."""
+        if sender is not None and note.get("host") != sender:
+            return False
         try:
             rule = self.rules.by_name(str(note["rule"]))
         except KeyError:
-            return
+            return False
         key = _key_from(rule, note)
         tk = (rule.name, note.get("host"), key)
         tr = self.tracks.get(tk)
         if note.get("state") == "resolved":
             if tr is not None and tr.alert_id == note.get("id") and tr.state != FIRING:
                 self._drop(tk)
-            return
+            return True
         if tr is None:
             tr = self._add(tk, Track(rule, note.get("host"), key, dict(note.get("labels") or {})))
         if tr.state in (FIRING, CLEARING) and tr.told:
-            return  # we notified it ourselves
+            return True  # we notified it ourselves
         tr.alert_id = str(note["id"])
         started = note.get("started")
         tr.started_ms = int(started * 1000) if isinstance(started, (int, float)) else None
@@ -513,6 +519,7 @@ class Engine:
         if tr.state == OK:
             tr.state = PENDING
             tr.true_ms = tr.started_ms
+        return True
 
     def restore(self, notes: list[dict[str, Any]]) -> int:
         """Alerts that were firing when the evaluator stopped (from the database): they stay

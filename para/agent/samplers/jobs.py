@@ -8,14 +8,25 @@ no job, its environment.  A pid that belongs to no job is not looked at again, e
 it is young: a scheduler moves a new task into the job's cgroup just after fork(), so a pid
 less than YOUNG_S old is classified again at the next sample.
 
-Job counters stay monotonic when processes end: a process's last values move into the job's
-account of ended processes (the CPU it used between its last sample and its exit is the
-only part missing, which the cgroup's own cg_cpu_ns does include).
+A job's CPU counts each process once.  A process's row holds its own time and the time of
+the children it waited for (cutime, cstime): the commands too short to be sampled show only
+there.  When a process ends, its last values move into the job's account of ended
+processes; if its parent is followed, that parent's children time gains the process's final
+values when it reaps it (at once, or at a later sample), and what the ended rows counted is
+then taken back from the account ("owed").  Processes are read parents first (by start
+time), so a parent's gain is never seen before the end of the child it reaped; the debts of
+a sample are made before its gains repay them.  slurmstepd, which is in the job's cgroup
+under proctrack/cgroup and is the parent of the job's first processes, is not a job
+process (no row, no memory, no CPU of its own), but its children time is followed: it
+reaps the batch script or the tasks and keeps their exact final CPU for a second or two
+after they end.  Where the job's cgroup accounts CPU (cpuacct.usage, cpu.stat) its
+cg_cpu_ns is the kernel's own figure, and job_end says which source its cpu_s is from.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pwd
 from collections.abc import Callable
@@ -27,6 +38,7 @@ from para.agent.jobs import (
     CgroupLayout,
     JobRef,
     cpulist_count,
+    cpulist_set,
     job_facts,
     job_from_cgroup,
     job_from_environ,
@@ -35,6 +47,8 @@ from para.agent.jobs import (
     parse_io_stat,
     parse_limit,
     parse_proc_cgroup,
+    parse_quota,
+    uid_from_cgroup,
 )
 from para.agent.samplers.base import ProcFiles, Rows, Unavailable, event
 from para.agent.samplers.process import ProcessSampler
@@ -44,6 +58,9 @@ procparse = load("procparse")
 procread = load("procread")
 
 YOUNG_S = 2.0
+# the scheduler's per-job process that is in the job's cgroup but is no job process
+REAPERS = frozenset({"slurmstepd"})
+_END_FACTS = ("user", "job_name", "partition", "nodes")
 _RDONLY = os.O_RDONLY | os.O_CLOEXEC
 # proc row columns (schema PROC without t): the ones summed per job
 _PPID, _UTIME, _STIME, _RSS, _THREADS = 1, 3, 4, 5, 7
@@ -72,6 +89,14 @@ class Job:
     cpus: int | None = None
     max_rss: int = 0
     steps: set[str] = field(default_factory=set)
+    first_ticks: int | None = None  # the earliest start (ticks since boot) of its processes
+    last_seen_ms: int | None = None  # the last sample that saw a process of it running
+    reapers: set[int] = field(default_factory=set)
+    affinity: set[int] = field(default_factory=set)  # union of its processes' CPUs
+    cap: int | None = None  # CPUs its cgroup allows (cpuset, quota)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    cg_cpu_ns: int | None = None  # the last value its cgroup gave
+    cpu_ticks: int | None = None  # utime + stime of its last row
 
 
 class JobSampler(ProcessSampler):
@@ -112,8 +137,12 @@ class JobSampler(ProcessSampler):
         # children time (cutime, cstime) last seen, and what an ended member's parent still
         # owes: its rows counted (utime, stime) that come again in the parent's children time
         self._kids: dict[int, tuple[int, int]] = {}
-        self._owed: dict[int, list[Any]] = {}  # parent pid -> [job id, utime, stime]
+        # parent pid -> [[job id, child pid, utime, stime, zombie], ...]
+        self._owed: dict[int, list[list[Any]]] = {}
         self._ending: list[int] = []
+        # slurmstepd of each job: pid -> (job id, start ticks); followed for its children time
+        self.reapers: dict[int, tuple[str, int]] = {}
+        self._starts: dict[int, int] = {}  # start ticks of members and reapers
         self.rows_by_job: dict[str, list[Any]] = {}
         self.clk_tck = os.sysconf("SC_CLK_TCK")
         self._known = set(known_jobs or ())
@@ -198,6 +227,12 @@ class JobSampler(ProcessSampler):
                 self.outsiders.add(pid)  # kernel threads, para's own helpers
                 continue
             ref = self.classify(pid, ppid)
+            if st[1] in REAPERS:
+                # the scheduler's own process in the job's cgroup: not a job process
+                self.outsiders.add(pid)
+                if ref is not None and ref.source == "cgroup":
+                    self._follow_reaper(pid, ref.job_id, start)
+                continue
             if ref is None and self.mode != "all":
                 self.outsiders.add(pid)
                 if start > young_limit:
@@ -206,9 +241,16 @@ class JobSampler(ProcessSampler):
             self.outsiders.discard(pid)
             self.members[pid] = start
             self.refs[pid] = ref
+            self.names[pid] = st[1]
+            self._starts[pid] = start
             self.seen_total += 1
             if ref is not None:
                 self._joined(t_ms, ref, pid, start, out)
+                if ppid not in self.members and ppid not in self.reapers:
+                    parent = self._stat(ppid)
+                    if parent is not None and parent[1] in REAPERS:
+                        # found by its environment: slurmstepd, its parent, is the job's too
+                        self._follow_reaper(ppid, ref.job_id, parent[9])
             out.setdefault("events", []).append(
                 event(
                     t_ms,
@@ -222,28 +264,57 @@ class JobSampler(ProcessSampler):
                 )
             )
 
+    def _follow_reaper(self, pid: int, job_id: str, start: int) -> None:
+        if pid in self.reapers:
+            return
+        try:
+            fd = os.open(f"{self._proc}{pid}/stat", _RDONLY)
+        except OSError:
+            return
+        self.reapers[pid] = (job_id, start)
+        self._starts[pid] = start
+        self._fds[pid] = (fd, -1, -1)
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.reapers.add(pid)
+
     def _joined(self, t_ms: int, ref: JobRef, pid: int, start_ticks: int, out: Rows) -> None:
         job = self.jobs.get(ref.job_id)
+        env_facts: dict[str, Any] = {}
+        if job is None or not {"job_name", "partition"} <= job.facts.keys():
+            try:
+                env_facts = job_facts(parse_environ(self.files.read_once(f"proc/{pid}/environ")))
+            except OSError:
+                pass
+        status = self._status(pid)
         if job is not None:
             job.pids.add(pid)
             job.empty_since_ms = None
             if ref.step:
                 job.steps.add(ref.step)
+            for k, v in env_facts.items():
+                job.facts.setdefault(k, v)  # what its first process did not say
+            if job.first_ticks is None or start_ticks < job.first_ticks:
+                job.first_ticks = start_ticks
+            job.affinity |= _affinity(status)
+            job.cpus = self._job_cpus(job)
             return
-        facts: dict[str, Any] = {}
-        try:
-            facts = job_facts(parse_environ(self.files.read_once(f"proc/{pid}/environ")))
-        except OSError:
-            pass
-        if "user" not in facts:
-            user = _owner(self.files, pid)
-            if user:
-                facts["user"] = user
+        facts = env_facts
+        uid = uid_from_cgroup(ref)
+        if uid is None:
+            uid = _real_uid(status)  # the process's real uid: what the kernel says
+        if uid is not None:
+            facts["user"] = _user_name(uid)
         job = Job(ref, t_ms, facts, {pid})
+        job.first_ticks = start_ticks
+        job.reapers = {p for p, (j, _) in self.reapers.items() if j == ref.job_id}
         if ref.step:
             job.steps.add(ref.step)
         job.files = self.layout.files(ref)
-        job.cpus = self._cpus(job, pid)
+        job.affinity = _affinity(status)
+        job.cap = self._cgroup_cap(job.files)
+        job.cpus = self._job_cpus(job)
+        job.unavailable = self._unavailable(ref, job.files)
         self.jobs[ref.job_id] = job
         if ref.job_id in self._known:
             self._known.discard(ref.job_id)  # announced before a reload: followed again
@@ -258,36 +329,78 @@ class JobSampler(ProcessSampler):
             detail["cpus"] = job.cpus
         if ref.cgroups:
             detail["cgroup"] = ref.cgroups[0][1]
+        if job.unavailable:
+            detail["unavailable"] = job.unavailable
         out.setdefault("events", []).append(event(t_ms, "job_start", ref.job_id, **detail))
 
-    def _cpus(self, job: Job, pid: int) -> int | None:
-        if job.files is not None and job.files.cpuset:
+    def _status(self, pid: int) -> bytes:
+        try:
+            return self.files.read_once(f"proc/{pid}/status")
+        except OSError:
+            return b""
+
+    def _unavailable(self, ref: JobRef, files: CgroupFiles | None) -> dict[str, str]:
+        """Which of the job's cgroup accounting cannot be read, and why (job_start says it)."""
+        kinds = ("cpu", "memory", "io", "throttling")
+        if not ref.cgroups:
+            how = "environment" if ref.source == "environ" else "parent"
+            why = f"no job cgroup (the job was found by its {how})"
+            return {k: why for k in kinds}
+        if files is None:
+            return {k: f"no cgroup hierarchy of the job under {self.layout.root}" for k in kinds}
+        out = dict(files.missing)
+        throttle = files.cpu_stat if files.version == 1 else files.cpu
+        for kind, rel in (("cpu", files.cpu), ("memory", files.mem), ("io", files.io),
+                          ("throttling", throttle)):  # fmt: skip
+            if kind not in out and rel and not self.cg.exists(rel):
+                out[kind] = f"{self.layout.root / rel} does not exist"
+        return out
+
+    def _cgroup_cap(self, files: CgroupFiles | None) -> int | None:
+        """CPUs the job's cgroup lets it use: its cpuset, and its CFS quota rounded up."""
+        if files is None:
+            return None
+        caps = []
+        if files.cpuset:
             try:
-                return cpulist_count(self.cg.read_once(job.files.cpuset).decode())
+                caps.append(cpulist_count(self.cg.read_once(files.cpuset).decode()))
             except (OSError, ValueError, UnicodeDecodeError):
                 pass
-        try:
-            status = self.files.read_once(f"proc/{pid}/status")
-        except OSError:
-            return None
-        for line in status.split(b"\n"):
-            if line.startswith(b"Cpus_allowed_list:"):
-                try:
-                    return cpulist_count(line.split(b":", 1)[1].decode())
-                except ValueError:
-                    return None
-        return None
+        if files.quota:
+            try:
+                period = None
+                if files.version == 1:
+                    period = self.cg.read_once(files.quota.replace("quota_us", "period_us"))
+                q = parse_quota(self.cg.read_once(files.quota), period)
+                if q is not None:
+                    caps.append(max(1, math.ceil(q)))
+            except (OSError, ValueError):
+                pass
+        caps = [c for c in caps if c > 0]
+        return min(caps) if caps else None
+
+    def _job_cpus(self, job: Job) -> int | None:
+        """The CPUs of the job on this node: the union of its processes' affinities, capped by
+        the scheduler's allocation (SLURM_CPUS_ON_NODE, ...) and the cgroup's cpuset/quota."""
+        bounds = [len(job.affinity)] if job.affinity else []
+        alloc = job.facts.get("cpus_on_node")
+        if isinstance(alloc, int) and alloc > 0:
+            bounds.append(alloc)
+        if job.cap is not None:
+            bounds.append(job.cap)
+        return min(bounds) if bounds else None
 
     # -- each sample -----------------------------------------------------------------------
     def sample(self, t_ms: int, out: Rows) -> None:
         self._discover(t_ms, out)
         self._first_sample = False
         proc_rows: list[list[Any]] = []
+        kids = self._read_reapers(t_ms)
         if self.mode == "none":
             self._check_members(t_ms, out)
         else:
             proc_rows = self._read_members(t_ms, out)
-        self._account(t_ms, proc_rows, out)
+        self._account(t_ms, proc_rows, kids, out)
 
     def _open_fds(self, pid: int, keep: bool = True) -> tuple[int, int, int]:
         """The member's stat, status and io, kept open: a read on a descriptor of a process
@@ -309,8 +422,30 @@ class JobSampler(ProcessSampler):
             self._fds[pid] = fds
         return fds
 
+    def _in_start_order(self) -> list[int]:
+        """Members, parents before their children: a parent read after its child could show
+        the child's CPU in its children time while the child's own row still counts it."""
+        return sorted(self.members, key=lambda p: (self.members[p], p))
+
+    def _read_reapers(self, t_ms: int) -> list[list[Any]]:
+        """[pid, job, cutime, cstime] of each job's slurmstepd (read before the members)."""
+        if not self.reapers:
+            return []
+        pids = sorted(self.reapers, key=lambda p: (self.reapers[p][1], p))
+        results = procread.read_pids([self._fds[p] for p in pids], 1)
+        rows = []
+        for pid, r in zip(pids, results):
+            job_id, start = self.reapers[pid]
+            if r is None or r[18] != start or r[1] in ("X", "Z"):
+                if r is not None and r[1] == "Z" and r[18] == start:
+                    rows.append([pid, job_id, r[16], r[17]])  # its final children time
+                self._ending.append(pid)
+                continue
+            rows.append([pid, job_id, r[16], r[17]])
+        return rows
+
     def _read_members(self, t_ms: int, out: Rows) -> list[list[Any]]:
-        pids = list(self.members)
+        pids = self._in_start_order()
         fds = [self._open_fds(pid) for pid in pids]
         self._samples += 1
         if self._samples % self.ctxt_every != 1 % self.ctxt_every:
@@ -331,20 +466,46 @@ class JobSampler(ProcessSampler):
                 self._ended(t_ms, pid, out)
                 continue
             ref = self.refs.get(pid)
+            if r[19] != self.names.get(pid):
+                self._exec(t_ms, pid, r[19], ref, out)
             # rank (None): `para profile` tells ranks apart; the agent does not yet
             job, step = (ref.job_id, ref.step) if ref else (None, None)
             rows.append([pid, *r[:18], None, job, step])
             if r[1] == "Z":
                 self._ended(t_ms, pid, out)
+            elif ref is not None:
+                job = self.jobs.get(ref.job_id)
+                if job is not None:
+                    job.last_seen_ms = t_ms
         return rows
+
+    def _exec(self, t_ms: int, pid: int, comm: str, ref: JobRef | None, out: Rows) -> None:
+        """The process ran another program (a shell's exec, a pyenv shim's python): its name
+        follows (process_exec carries the new name and command line)."""
+        self.names[pid] = comm
+        out.setdefault("events", []).append(
+            event(
+                t_ms,
+                "process_exec",
+                comm,
+                pid,
+                job=ref.job_id if ref else None,
+                cmdline=self._cmdline(pid),
+            )
+        )
 
     def _check_members(self, t_ms: int, out: Rows) -> None:
         """processes = "none": only whether each member still lives (one stat read)."""
-        pids = list(self.members)
+        pids = self._in_start_order()
         results = procread.read_pids([(self._open_fds(p)[0], -1, -1) for p in pids], 1)
         for pid, r in zip(pids, results):
             if r is None or r[18] != self.members[pid] or r[1] in ("X", "Z"):
                 self._ended(t_ms, pid, out)
+                continue
+            ref = self.refs.get(pid)
+            job = self.jobs.get(ref.job_id) if ref is not None else None
+            if job is not None:
+                job.last_seen_ms = t_ms
 
     def _close_fds(self, pid: int) -> None:
         for fd in self._fds.pop(pid, ()):
@@ -356,10 +517,33 @@ class JobSampler(ProcessSampler):
         self._close_fds(pid)
         self._ending.append(pid)
 
-    def _account(self, t_ms: int, proc_rows: list[list[Any]], out: Rows) -> None:
+    def _account(
+        self, t_ms: int, proc_rows: list[list[Any]], reaper_rows: list[list[Any]], out: Rows
+    ) -> None:
         """Per job: its live processes summed, CPU with the children each waited for (the
-        commands too short to be sampled), plus what ended members counted when last seen."""
+        commands too short to be sampled), plus what ended members counted when last seen,
+        less what their parents' children time has taken over since (module doc)."""
         live: dict[str, list[Any]] = {}
+        gains: dict[int, tuple[int, int]] = {}  # pid -> children time gained this sample
+
+        def gained(pid: int, cu: int, cs: int) -> None:
+            prev = self._kids.get(pid)
+            self._kids[pid] = (cu, cs)
+            gains[pid] = (cu - prev[0], cs - prev[1]) if prev is not None else (0, 0)
+
+        def acc_of(job_id: str) -> list[Any]:
+            acc = live.get(job_id)
+            if acc is None:
+                acc = live[job_id] = [0, 0, 0, [0] * len(_COUNTERS)]
+            return acc
+
+        for pid, job_id, cu, cs in reaper_rows:
+            # slurmstepd: no process of the job, but the children it reaped are
+            gained(pid, cu, cs)
+            self._last[pid] = (cu, cs, 0, 0, 0, 0)
+            sums = acc_of(job_id)[3]
+            sums[0] += cu
+            sums[1] += cs
         for prow in proc_rows:
             pid = prow[0]
             cu, cs = prow[_CUTIME] or 0, prow[_CSTIME] or 0
@@ -368,13 +552,11 @@ class JobSampler(ProcessSampler):
             counts[1] += cs
             self._last[pid] = tuple(counts)
             self._ppid[pid] = prow[_PPID]
-            self._repay(pid, cu, cs)
+            gained(pid, cu, cs)
             job_id = prow[-2]
             if job_id is None:
                 continue
-            acc = live.get(job_id)
-            if acc is None:
-                acc = live[job_id] = [0, 0, 0, [0] * len(_COUNTERS)]
+            acc = acc_of(job_id)
             if prow[2] != "Z":  # a zombie holds no memory or threads, only its final counts
                 acc[0] += 1
                 acc[1] += prow[_THREADS] or 0
@@ -382,91 +564,176 @@ class JobSampler(ProcessSampler):
             sums = acc[3]
             for k in range(len(_COUNTERS)):
                 sums[k] += counts[k]
-        sampled = {r[0] for r in proc_rows} if self._ending else set()
-        for pid in self._ending:
-            ref = self.refs.pop(pid, None)
+        # the processes that ended: their last values move to their job's account, and their
+        # parent, read this sample, owes them back when its children time shows them
+        ending = set(self._ending)
+
+        def holder(pid: int) -> int | None:
+            """Whose children time will hold the final values of `pid`: its parent if read
+            this sample, else (the parent ended too, having reaped it, or it was re-parented
+            to the subreaper) the nearest ancestor read this sample."""
+            p = self._ppid.get(pid)
+            for _ in range(64):
+                if p is None or p in gains or p not in ending:
+                    break
+                p = self._ppid.get(p)
+            return p if p is not None and p in gains else None
+
+        holders = {pid: holder(pid) for pid in ending}
+        # children first, so that what an ended parent still owes moves up once, complete
+        order = sorted(ending, key=lambda p: -self._starts.get(p, 0))
+        for pid in order:
             last = self._last.pop(pid, None)
-            parent = self._ppid.pop(pid, None)
-            self._kids.pop(pid, None)
-            self._owed.pop(pid, None)
-            if ref is None:
-                continue
-            job = self.jobs.get(ref.job_id)
+            reaper = self.reapers.pop(pid, None)
+            ref = self.refs.pop(pid, None)
+            job_id = reaper[0] if reaper is not None else (ref.job_id if ref else None)
+            job = self.jobs.get(job_id) if job_id is not None else None
             if job is None:
                 continue
-            job.pids.discard(pid)
-            job.ended_procs += 1
-            if last is not None:
-                # the zombie's final row was summed as live above: count it once, as ended
-                acc = live.get(ref.job_id)
-                if acc is not None and pid in sampled:
-                    for k in range(len(_COUNTERS)):
-                        acc[3][k] -= last[k]
+            if reaper is not None:
+                job.reapers.discard(pid)
+            else:
+                job.pids.discard(pid)
+                job.ended_procs += 1
+            if last is None:
+                continue
+            ended_acc = live.get(job_id)  # type: ignore[arg-type]
+            if ended_acc is not None and pid in gains:
+                # its final row was summed as live above: count it once, as ended
                 for k in range(len(_COUNTERS)):
-                    job.ended[k] += last[k]
-                if parent in job.pids and parent not in self._ending:
-                    # its parent will wait for it: then the parent's children time holds it
-                    owed = self._owed.setdefault(parent, [ref.job_id, 0, 0])
-                    owed[1] += last[0]
-                    owed[2] += last[1]
+                    ended_acc[3][k] -= last[k]
+            for k in range(len(_COUNTERS)):
+                job.ended[k] += last[k]
+            to = holders[pid]
+            if to is not None:
+                # that process's children time gains this one's final values when it reaps
+                # it; a zombie is not reaped yet
+                zombie = pid in gains and self._zombie(pid)
+                self._owed.setdefault(to, []).append([job_id, pid, last[0], last[1], zombie])
+        # an ended zombie repays from its own final children time first; what an ended
+        # process still owes then moves to whoever holds its final values (they include
+        # the children it reaped after its last sample)
+        for pid in order:
+            if pid in gains and pid in self._owed:
+                self._repay(pid, *gains[pid])
+            entries = self._owed.pop(pid, None)
+            to = holders[pid]
+            if entries and to is not None:
+                zombie = pid in gains and self._zombie(pid)
+                for e in entries:
+                    e[1], e[4] = pid, zombie
+                self._owed.setdefault(to, []).extend(entries)
+        for pid, (gu, gs) in gains.items():
+            if pid in self._owed and pid not in ending:
+                self._repay(pid, gu, gs)
+        for pid in ending:
+            self._kids.pop(pid, None)
+            self._ppid.pop(pid, None)
+            self._starts.pop(pid, None)
         self._ending = []
         rows = out.setdefault("job", [])
         self.rows_by_job = {}
         for job_id, job in list(self.jobs.items()):
-            acc = live.get(job_id)
+            job_acc = live.get(job_id)
             if not job.pids:
                 if job.empty_since_ms is None:
                     job.empty_since_ms = t_ms
                 if t_ms - job.empty_since_ms >= self.end_after_ms:
                     self._job_ended(t_ms, job, out)
                     continue
+                if job_acc is None and not job.reapers:
+                    continue  # nothing of it left to read: no more rows
             row: list[Any] = [job_id] + [None] * (JOB_WIDTH - 1)
             row[J_SCHEDULER] = job.ref.scheduler
             row[J_CPUS] = job.cpus
             if self.mode == "none":
                 row[J_PROCS] = len(job.pids)
             else:
-                procs, threads, rss, sums = acc if acc is not None else (0, 0, 0, None)
+                procs, threads, rss, sums = job_acc if job_acc is not None else (0, 0, 0, None)
                 row[J_PROCS] = procs
                 row[J_THREADS] = threads
                 row[J_RSS] = rss
                 job.max_rss = max(job.max_rss, rss)
                 for k, col in enumerate((J_UTIME, J_STIME, J_RCHAR, J_WCHAR, J_RBYTES, J_WBYTES)):
                     row[col] = job.ended[k] + (sums[k] if sums is not None else 0)
+                job.cpu_ticks = row[J_UTIME] + row[J_STIME]
             if job.files is not None:
                 row[J_CG : J_CG + 8] = self._cgroup_values(job.files)
+                if row[J_CG] is not None:
+                    job.cg_cpu_ns = row[J_CG]
             rows.append(row)
             self.rows_by_job[job_id] = row
 
-    def _repay(self, pid: int, cu: int, cs: int) -> None:
-        """The children time `pid` gained since the last sample holds, first, what its ended
-        children counted in their own rows: take that back from the job's ended sums."""
-        prev = self._kids.get(pid)
-        self._kids[pid] = (cu, cs)
-        owed = self._owed.get(pid)
-        if owed is None or prev is None:
-            return
-        job = self.jobs.get(owed[0])
-        for k, gained in ((0, cu - prev[0]), (1, cs - prev[1])):
-            took = max(0, min(owed[1 + k], gained))
-            owed[1 + k] -= took
-            if job is not None:
-                job.ended[k] -= took
-        if owed[1] <= 0 and owed[2] <= 0:
+    def _zombie(self, pid: int) -> bool:
+        return self.files.exists(f"proc/{pid}")
+
+    def _repay(self, pid: int, gu: int, gs: int) -> None:
+        """The children time `pid` gained holds the final values of the children it reaped:
+        take what their own rows counted back from the job's ended sums, child by child, for
+        the children gone from /proc (a zombie is repaid once its parent has reaped it)."""
+        entries = self._owed[pid]
+        left = [gu, gs]
+        for e in entries:
+            if e[4] and self._zombie(e[1]):
+                continue  # not reaped yet
+            e[4] = False
+            job = self.jobs.get(e[0])
+            for k in (0, 1):
+                took = max(0, min(e[2 + k], left[k]))
+                e[2 + k] -= took
+                left[k] -= took
+                if job is not None:
+                    job.ended[k] -= took
+        entries[:] = [e for e in entries if e[2] > 0 or e[3] > 0]
+        if not entries:
             del self._owed[pid]
 
     def _job_ended(self, t_ms: int, job: Job, out: Rows) -> None:
         del self.jobs[job.ref.job_id]
+        for pid in job.reapers:
+            self.reapers.pop(pid, None)
+            self._kids.pop(pid, None)
+            self._last.pop(pid, None)
+            self._owed.pop(pid, None)
+            self._close_fds(pid)
         if job.files is not None:
             for rel in job.files.all():
                 self.cg.forget(rel)
+        # the job ran from its first process's start to the last sample that saw one running
+        # (not to now: ending is known only end_after_s later)
+        start = (
+            self._btime + job.first_ticks / self.clk_tck
+            if self._btime is not None and job.first_ticks is not None
+            else job.started_ms / 1000
+        )
+        end = (job.last_seen_ms or job.started_ms) / 1000
+        proc_cpu = round(job.cpu_ticks / self.clk_tck, 2) if job.cpu_ticks is not None else None
         detail: dict[str, Any] = {
             "scheduler": job.ref.scheduler,
-            "duration_s": round((t_ms - job.started_ms) / 1000, 3),
+            "start": round(start, 3),
+            "end": round(end, 3),
+            "duration_s": round(max(0.0, end - start), 3),
             "processes": job.ended_procs,
-            "cpu_s": round((job.ended[0] + job.ended[1]) / self.clk_tck, 2),
             "max_rss_bytes": job.max_rss,
         }
+        # Both are lower bounds: slurmstepd removes the job's cgroup a moment after its last
+        # task ends, so the cgroup's last reading can miss the end, while the processes'
+        # figure has the tasks' final CPU through their parent's children time.
+        cg_cpu = round(job.cg_cpu_ns / 1e9, 2) if job.cg_cpu_ns is not None else None
+        if cg_cpu is not None:
+            detail["cg_cpu_s"] = cg_cpu
+        if proc_cpu is not None:
+            detail["processes_cpu_s"] = proc_cpu
+        best = max(
+            ((v, k) for v, k in ((cg_cpu, "cgroup"), (proc_cpu, "processes")) if v is not None),
+            default=None,
+        )
+        if best is not None:
+            detail["cpu_s"], detail["cpu_from"] = best
+        # who and what, again: a job's first process may not have said its name
+        detail.update({k: v for k, v in job.facts.items() if k in _END_FACTS})
+        if job.cpus is not None:
+            detail["cpus"] = job.cpus
         if job.steps:
             detail["steps"] = sorted(job.steps)
         out.setdefault("events", []).append(event(t_ms, "job_end", job.ref.job_id, **detail))
@@ -572,19 +839,30 @@ def _boot_time(files: ProcFiles) -> float | None:
     return None
 
 
-def _owner(files: ProcFiles, pid: int) -> str | None:
-    try:
-        status = files.read_once(f"proc/{pid}/status")
-    except OSError:
-        return None
+def _real_uid(status: bytes) -> int | None:
+    """The real uid (the first of the four on the Uid: line of /proc/PID/status)."""
     for line in status.split(b"\n"):
         if line.startswith(b"Uid:"):
             try:
-                uid = int(line.split()[1])
+                return int(line.split()[1])
             except (IndexError, ValueError):
                 return None
-            try:
-                return pwd.getpwuid(uid).pw_name
-            except KeyError:
-                return str(uid)
     return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _affinity(status: bytes) -> set[int]:
+    """The CPUs a process may run on (Cpus_allowed_list of /proc/PID/status)."""
+    for line in status.split(b"\n"):
+        if line.startswith(b"Cpus_allowed_list:"):
+            try:
+                return cpulist_set(line.split(b":", 1)[1].decode())
+            except (ValueError, UnicodeDecodeError):
+                return set()
+    return set()

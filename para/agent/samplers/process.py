@@ -43,6 +43,7 @@ class ProcessSampler(Sampler):
         self.seen_total = 0
         self._last_pid = b""
         self.ranks: dict[int, int | None] = {}  # pid -> MPI rank, read once when it joins
+        self.names: dict[int, str] = {}  # pid -> comm, to see it exec another program
 
     def open(self) -> dict[str, Any]:
         if not self.files.exists("proc/self/stat"):
@@ -111,6 +112,7 @@ class ProcessSampler(Sampler):
             if st is None:
                 continue
             self.members[pid] = st[9]
+            self.names[pid] = st[1]
             self.seen_total += 1
             out.setdefault("events", []).append(
                 event(
@@ -150,6 +152,12 @@ class ProcessSampler(Sampler):
             except (OSError, ValueError):
                 # /proc/PID/io needs ptrace rights: absent for other users' processes
                 rchar = wchar = rbytes = wbytes = None
+            if st[1] != self.names.get(pid):
+                # an exec (a shell's, a pyenv shim's): the name follows the program it runs
+                self.names[pid] = st[1]
+                out.setdefault("events", []).append(
+                    event(t_ms, "process_exec", st[1], pid, cmdline=self._cmdline(pid))
+                )
             _, _, state, ppid, minflt, majflt, utime, stime, threads, _, vsize, rss, cpu = st[:13]
             cu, cs = st[13:15]
             rows.append(
@@ -201,6 +209,7 @@ class ProcessSampler(Sampler):
     def _ended(self, t_ms: int, pid: int, out: Rows) -> None:
         del self.members[pid]
         self.ranks.pop(pid, None)
+        self.names.pop(pid, None)
         for name in ("stat", "status", "io"):
             self.files.forget(f"proc/{pid}/{name}")
         self.outsiders.add(pid)  # an unreaped zombie must not rejoin as a new process
