@@ -469,8 +469,8 @@ class JobSampler(ProcessSampler):
             if r[19] != self.names.get(pid):
                 self._exec(t_ms, pid, r[19], ref, out)
             # rank (None): `para profile` tells ranks apart; the agent does not yet
-            job, step = (ref.job_id, ref.step) if ref else (None, None)
-            rows.append([pid, *r[:18], None, job, step])
+            job_id, step = (ref.job_id, ref.step) if ref else (None, None)
+            rows.append([pid, *r[:18], None, job_id, step])
             if r[1] == "Z":
                 self._ended(t_ms, pid, out)
             elif ref is not None:
