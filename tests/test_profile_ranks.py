@@ -20,7 +20,7 @@ from para.agent import jobenv
 from para.agent.nodelocal import NodeLocal
 from para.formats import ParaFile
 
-from .conftest import para_cmd
+from .conftest import REPO, para_cmd
 from .test_profile import env
 
 # A rank: says its pid and rank, waits until every rank has started (as MPI_Init would),
@@ -200,3 +200,50 @@ def test_a_killed_sampler_orphans_no_rank(tmp_path):
     # rank 0's command (its child) was left to run; it ends once the marker exists
     assert not list((tmp_path / "tmp").iterdir())
     assert list(tmp_path.glob("k.*.para"))  # the journal of what was sampled
+
+
+SRUN_RANK = """
+import os, pathlib, sys, time
+rank = os.environ["SLURM_PROCID"]
+cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+print("task", os.getpid(), rank, cpus, flush=True)
+pathlib.Path(f"started.{rank}").touch()
+while len(list(pathlib.Path().glob("started.*"))) < 2:
+    time.sleep(0.02)
+t = time.monotonic()
+while time.monotonic() - t < 1.0:
+    pass
+"""
+
+
+@pytest.mark.slow
+def test_under_real_srun(slurm, tmp_path):
+    """`srun -n 2 para profile` on the real single-node Slurm (tests/slurm_support.py): the
+    tasks told apart by SLURM_PROCID, the file named by the lowest rank, and the job's CPUs
+    those scontrol says the job has (task/affinity binds each task to its own)."""
+    work = tmp_path / "srun"
+    work.mkdir()
+    work.chmod(0o755)
+    e = dict(slurm.env, PYTHONPATH=str(REPO), TMPDIR=str(work))
+    r = subprocess.run(
+        ["srun", "-n", "2", "-J", "para-srun", *para_cmd(), "profile", "-q", "--no-counters",
+         "-o", "srun-{rank}.para", "--", sys.executable, "-c", SRUN_RANK],
+        cwd=work, env=e, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr + slurm.logs()
+    tasks = {}
+    for line in r.stdout.splitlines():
+        w = line.split()
+        if w and w[0] == "task":
+            tasks[int(w[1])] = (int(w[2]), {int(c) for c in w[3].split(",")})
+    assert sorted(rank for rank, _ in tasks.values()) == [0, 1]
+    (path,) = work.glob("srun-*.para")
+    assert path.name.startswith("srun-0.")
+    with ParaFile(path) as pf:
+        meta = pf.meta
+        ranks = {row["pid"]: row["rank"] for row in pf.read_table("proc").to_pylist()}
+    job = slurm.job(meta["job"]["job_id"])
+    assert {pid: ranks.get(pid) for pid in tasks} == {p: t[0] for p, t in tasks.items()}
+    union = set().union(*(cpus for _, cpus in tasks.values()))
+    assert meta["allowed_cpus"] == min(len(union), int(job["NumCPUs"]))
+    assert not [p for p in work.iterdir() if p.name.startswith("para-")]
