@@ -45,14 +45,6 @@ def cpu_topology(cpuinfo: bytes) -> dict[str, Any]:
     }
 
 
-def allowed_cpus() -> int:
-    """CPUs this process may run on: its affinity within its cgroup's cpuset and CPU quota
-    (jobcpus.job_cpus, which `para profile` also uses with the affinities of every rank)."""
-    from para.agent.jobcpus import job_cpus
-
-    return int(job_cpus([os.sched_getaffinity(0)])["cpus"])
-
-
 def host_facts(files: ProcFiles | None = None) -> dict[str, Any]:
     files = files or ProcFiles()
     try:
