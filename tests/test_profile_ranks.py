@@ -82,10 +82,12 @@ def test_a_rank_whose_sampler_is_gone_removes_what_it_wrote(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def launch(tmp_path: Path, rank: int, args: list[str], **extra: str) -> subprocess.Popen[str]:
+def launch(tmp_path: Path, rank: int, args: list[str], tasks: int) -> subprocess.Popen[str]:
+    """One task of a `srun -n TASKS` step on this node, as srun's environment says."""
     e = dict(env(), SLURM_JOB_ID="4343", SLURM_STEP_ID="0", SLURM_PROCID=str(rank),
-             SLURM_LOCALID=str(rank), SLURM_NNODES="1", SLURM_JOB_NAME="ranks",
-             TMPDIR=str(tmp_path / "tmp"), **extra)  # fmt: skip
+             SLURM_LOCALID=str(rank), SLURM_NNODES="1", SLURM_NODEID="0",
+             SLURM_STEP_TASKS_PER_NODE=str(tasks), SLURM_JOB_NAME="ranks",
+             TMPDIR=str(tmp_path / "tmp"))  # fmt: skip
     (tmp_path / "tmp").mkdir(exist_ok=True)
     return subprocess.Popen([*para_cmd(), "profile", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=e, cwd=tmp_path)  # fmt: skip
@@ -116,9 +118,9 @@ def test_file_named_by_the_lowest_rank_and_ranks_told_apart(tmp_path):
     every rank's processes carry their rank (issue 10 items 6 and 8)."""
     cmd = [sys.executable, "-c", RANK, "3", "1.0"]
     args = ["-q", "--no-counters", "-o", "job-{rank}.para", "--", *cmd]
-    first = launch(tmp_path, 2, args)
+    first = launch(tmp_path, 2, args, 3)
     wait_for(lambda: lock_of(tmp_path).exists(), "rank 2 to take the node")
-    procs = [first] + [launch(tmp_path, r, args) for r in (1, 0)]
+    procs = [first] + [launch(tmp_path, r, args, 3) for r in (1, 0)]
     said = {}
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -143,9 +145,9 @@ def test_every_rank_records_its_own_call_stacks(tmp_path):
     holds them all, each under its own pid."""
     cmd = [sys.executable, "-c", RANK, "2", "1.0"]
     args = ["-q", "--no-counters", "--functions", "--call-graph", "fp", "-o", "f.para", "--"]
-    first = launch(tmp_path, 0, [*args, *cmd])
+    first = launch(tmp_path, 0, [*args, *cmd], 2)
     wait_for(lambda: lock_of(tmp_path).exists(), "rank 0 to take the node")
-    second = launch(tmp_path, 1, [*args, *cmd])
+    second = launch(tmp_path, 1, [*args, *cmd], 2)
     results = finish([first, second])
     assert [c for c, _ in results] == [0, 0], results
     (path,) = tmp_path.glob("*.para")
@@ -168,7 +170,7 @@ def test_unwritable_output_never_stops_a_rank(tmp_path):
     said "the node's sampler is pid N", a pids directory stayed in /tmp."""
     args = ["-q", "-o", str(tmp_path / "no-such-dir" / "run.para"), "--", "sh", "-c",
             'echo ran > "done.$SLURM_PROCID"']  # fmt: skip
-    procs = [launch(tmp_path, r, args) for r in range(3)]
+    procs = [launch(tmp_path, r, args, 3) for r in range(3)]
     results = finish(procs)
     assert [c for c, _ in results] == [0, 0, 0], results
     assert sorted(p.name for p in tmp_path.glob("done.*")) == ["done.0", "done.1", "done.2"]
@@ -185,9 +187,9 @@ def test_a_killed_sampler_orphans_no_rank(tmp_path):
     what they registered is gone afterwards; the sampler's journal stays recoverable."""
     marker = tmp_path / "go"
     wait_cmd = ["sh", "-c", f'while [ ! -e {marker} ]; do sleep 0.05; done; echo "$SLURM_PROCID"']
-    first = launch(tmp_path, 0, ["-q", "--no-counters", "-o", "k.para", "--", *wait_cmd])
+    first = launch(tmp_path, 0, ["-q", "--no-counters", "-o", "k.para", "--", *wait_cmd], 2)
     wait_for(lambda: lock_of(tmp_path).exists(), "rank 0 to take the node")
-    rank1 = launch(tmp_path, 1, ["-q", "--no-counters", "-o", "k.para", "--", *wait_cmd])
+    rank1 = launch(tmp_path, 1, ["-q", "--no-counters", "-o", "k.para", "--", *wait_cmd], 2)
     pid_dir = tmp_path / "tmp" / f"para-{os.getuid()}-slurm-4343-0.pids"
     wait_for(lambda: any(p.suffix == ".reg" for p in pid_dir.glob("*")), "rank 1 to register")
     first.send_signal(signal.SIGKILL)
@@ -247,3 +249,29 @@ def test_under_real_srun(slurm, tmp_path):
     union = set().union(*(cpus for _, cpus in tasks.values()))
     assert meta["allowed_cpus"] == min(len(union), int(job["NumCPUs"]))
     assert not [p for p in work.iterdir() if p.name.startswith("para-")]
+
+
+@pytest.mark.slow
+def test_a_rank_held_for_the_others_runs_if_its_sampler_dies(tmp_path):
+    """The sampler holds its own rank's command until the node's other ranks are there (2
+    tasks here, one never comes); killed meanwhile, the command still runs (it is not left
+    stopped), and what it wrote shows it."""
+    out = tmp_path / "ran"
+    first = launch(tmp_path, 0, ["-q", "--no-counters", "-o", "h.para", "--", "sh", "-c",
+                                 f"echo yes > {out}"], 2)  # fmt: skip
+    wait_for(lambda: lock_of(tmp_path).exists(), "rank 0 to take the node")
+    para = first.pid
+
+    def held() -> bool:
+        try:
+            kids = Path(f"/proc/{para}/task/{para}/children").read_text().split()
+            return any(Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+                       for k in kids)  # fmt: skip
+        except OSError:
+            return False
+
+    wait_for(held, "rank 0's command to be held")
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)  # its stdout closes once the command has run and ended
+    wait_for(out.exists, "the command to run")
+    assert out.read_text() == "yes\n"

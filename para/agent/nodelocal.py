@@ -5,9 +5,13 @@ rank and run it.
 Coordination is a lock file and a directory in the node-local temporary directory, both named
 after the launch (job id and step, or the MPI namespace).  In the directory each rank's para
 leaves, by its command's pid:
-- `PID.reg`  (JSON: para's pid, the rank, its CPU affinity), written before the command runs;
+- `PID.reg`  (JSON: para's pid, the rank, its CPU affinity), while the command is held;
+- `PID.run`  once the command runs (it is sampled from then on);
 - `PID.out`  (JSON: what the rank recorded itself, its call stacks), written after it ended;
 - `PID.done` once it has nothing more to hand over.
+The sampler waits until the node's ranks (as many as the launcher says there are) have
+registered, leaves `ready`, waits until they run, and only then starts its own command and
+samples: every rank's command is sampled from its start, short as it may be.
 The sampler reads them while it runs and removes the directory when it ends; a rank that
 finds no sampler left when it ends removes what it wrote (nothing stays in /tmp).
 """
@@ -19,6 +23,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +71,49 @@ class NodeLocal:
         self.pid_dir.mkdir(mode=0o700, exist_ok=True)
         return True
 
+    def wait_registered(self, n: int, timeout: float) -> int:
+        """Until `n` ranks have registered (or `timeout`); how many did."""
+        deadline = time.monotonic() + timeout
+        while len(self._scan()) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self._scan())
+
+    def mark_ready(self) -> None:
+        """The sampler is ready: the ranks may start their commands."""
+        (self.pid_dir / "ready").touch()
+
+    def wait_running(self, timeout: float) -> None:
+        """Until every registered rank's command runs (or ended, or its para is gone)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            held = [
+                pid
+                for pid, reg in self._scan().items()
+                if not (self.pid_dir / f"{pid}.run").exists()
+                and not (self.pid_dir / f"{pid}.done").exists()
+                and _alive(reg.get("para"))
+            ]
+            if not held:
+                return
+            time.sleep(0.01)
+
+    # -- a rank that runs its command (a passenger), continued ------------------------------
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Until the node's sampler is ready (True), or is gone, or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while not (self.pid_dir / "ready").exists():
+            if time.monotonic() > deadline or not _alive(self.sampler_pid()):
+                return False
+            time.sleep(0.01)
+        return True
+
+    def running(self, pid: int) -> None:
+        """The rank's command was released: sample it."""
+        try:
+            (self.pid_dir / f"{pid}.run").touch()
+        except OSError:
+            pass
+
     def sampler_pid(self) -> int | None:
         try:
             return int(self.lock_path.read_text().split()[0])
@@ -93,8 +141,10 @@ class NodeLocal:
         if fd is None:
             return  # the sampler runs: it reads and removes everything
         try:
-            for suffix in (".reg", ".out", ".done"):
+            for suffix in (".reg", ".run", ".out", ".done"):
                 (self.pid_dir / f"{pid}{suffix}").unlink(missing_ok=True)
+            if not any(n.endswith(".reg") for n in _names(self.pid_dir)):
+                (self.pid_dir / "ready").unlink(missing_ok=True)  # the dead sampler's
             self._remove_if_empty()
         finally:
             os.close(fd)
@@ -102,7 +152,11 @@ class NodeLocal:
     # -- the sampler ------------------------------------------------------------------------
     def passengers(self) -> set[int]:
         """Registered rank commands still alive (the roots of their process trees)."""
-        return {pid for pid in self._scan() if os.path.exists(f"/proc/{pid}")}
+        return {
+            pid
+            for pid in self._scan()
+            if (self.pid_dir / f"{pid}.run").exists() and os.path.exists(f"/proc/{pid}")
+        }
 
     def pending(self) -> set[int]:
         """Ranks whose para has more to hand over: not done, and their para still alive."""
@@ -161,8 +215,9 @@ class NodeLocal:
             for pid in self._scan():
                 if pid in busy:
                     continue  # still at work: it cleans up after itself
-                for suffix in (".reg", ".out", ".done"):
+                for suffix in (".reg", ".run", ".out", ".done"):
                     (self.pid_dir / f"{pid}{suffix}").unlink(missing_ok=True)
+            (self.pid_dir / "ready").unlink(missing_ok=True)
             self._remove_if_empty()
         finally:
             os.close(self._fd)
@@ -183,6 +238,13 @@ class NodeLocal:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)
+
+
+def _names(d: Path) -> list[str]:
+    try:
+        return os.listdir(d)
+    except OSError:
+        return []
 
 
 def _alive(pid: Any) -> bool:

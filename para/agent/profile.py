@@ -181,15 +181,18 @@ class Profiler:
         self.say(
             f"rank {self.job.rank}: the node's sampler is para pid {sampler}; running the command"
         )
-        functions = self.opts.functions
-        child = Child(self.opts.cmd, gated=functions, on_signal=self.say)
+        child = Child(self.opts.cmd, gated=True, on_signal=self.say)
         recorder = None
         try:
             child.forward_signals()
-            if functions:
+            if self.opts.functions:
                 recorder = self._start_recorder(child.pid)
-                child.release()  # returns once exec'd: the sampler sees the command, not the gate
             node.register(child.pid, self.job.rank, self._affinity)
+            if not node.wait_ready():
+                self.warn(f"rank {self.job.rank}: the node's sampler (para pid {sampler}) is "
+                          "not ready; running the command all the same")  # fmt: skip
+            child.release()  # returns once exec'd: the sampler sees the command, not the gate
+            node.running(child.pid)
         except BaseException:
             child.kill()
             child.wait()
@@ -303,6 +306,8 @@ class Profiler:
                 self._helpers.add(helper)
         recorder = self._start_recorder(child.pid) if self.opts.functions else None
         self._announce(path, child, loop, recorder)
+        if node is not None:
+            self._gather(node)
         started = time.monotonic()
         child.release()  # returns once the command has exec'd: it, not the gate, is sampled
         loop.start()  # the first sample is taken at once
@@ -357,6 +362,18 @@ class Profiler:
             ) from e
         path = self._named_by_lowest_rank(path, node)
         return ProfileResult(exit_status.code, path, finalized, bool(child.signals_seen))
+
+    def _gather(self, node: NodeLocal, timeout: float = 30.0) -> None:
+        """Start together with the node's other ranks (as many as the launcher says), so that
+        the first sample sees every rank's command: they wait for `ready`, held."""
+        others = (self.job.local_size or 1) - 1
+        if others > 0:
+            came = node.wait_registered(others, timeout)
+            if came < others:
+                self.warn(f"{came} of the {others} other ranks on this node came in "
+                          f"{timeout:g} s; sampling without waiting for the others")  # fmt: skip
+        node.mark_ready()
+        node.wait_running(timeout=10.0)
 
     def _node_cpus(self, node: NodeLocal | None) -> dict[str, Any]:
         """The job's CPUs on the node: every rank's affinity, within the cgroup and the
