@@ -6,7 +6,8 @@ Each program times its own compute (so perf's start-up and its writing of perf.d
 counted as slowdown); runs of the modes alternate, round after round, against the program
 alone in the same round (the anchor), and the figures are medians over the rounds:
 - slowdown: the program's time under perf over its time alone;
-- data: perf.data bytes per second of the program's run (what a long run costs on disk);
+- data: perf.data bytes per sample, and per second of one busy CPU at 499 Hz (what a long
+  run costs on disk; per sample, it does not depend on how much CPU a loaded machine gave);
 - script: seconds of `perf script` per second of run (para folds the stacks when the run
   ends: dwarf unwinds there);
 - callers: share of the samples whose stack reaches the program's entry (libc's call of
@@ -126,13 +127,14 @@ def bench(name: str, cmd: list[str], rounds: int, seconds: float, tmp: Path,
             ratios[m].append(res["t"] / base)
     print(f"\n{name} ({rounds} rounds, {seconds:g} s each; alone: median "
           f"{statistics.median(alone):.2f} s)")  # fmt: skip
-    print(f"{'mode':<14}{'slowdown':>10}{'data':>14}{'script s/s':>12}{'callers':>10}"
-          f"{'samples':>9}")  # fmt: skip
+    print(f"{'mode':<14}{'slowdown':>10}{'B/sample':>10}{'MB/CPU-s':>10}{'script s/s':>12}"
+          f"{'callers':>10}{'samples':>9}")  # fmt: skip
     for m in modes:
         rs = results[m]
         t = statistics.median(x["t"] for x in rs)
-        print(f"{m:<14}{statistics.median(ratios[m]):>9.3f}x"
-              f"{statistics.median(x['bytes'] / x['t'] for x in rs) / 1e6:>10.3f} MB/s"
+        per_sample = statistics.median(x["bytes"] / x["samples"] for x in rs)
+        print(f"{m:<14}{statistics.median(ratios[m]):>9.3f}x{per_sample:>10.0f}"
+              f"{per_sample * 499 / 1e6:>10.2f}"
               f"{statistics.median(x['script'] / x['t'] for x in rs):>12.3f}"
               f"{100 * statistics.median(x['callers'] for x in rs):>9.0f}%"
               f"{statistics.median(x['samples'] for x in rs) / t:>7.0f}/s")  # fmt: skip
