@@ -28,6 +28,7 @@ LAZY_COMMANDS = {
     "compare": "para.analyzer.commands:compare_command",
     "jobs": "para.analyzer.commands:jobs_command",
     "top": "para.analyzer.top:top_command",
+    "web": "para.web.commands:web_command",
 }
 
 
@@ -235,8 +236,20 @@ def bottleneck_judge() -> Any:
     return Judge()
 
 
+def web_beside_collector(listen: str, config_file: str | None) -> Any:
+    """`para collector serve --web`: the portal, started by the collector with its own
+    service (live data, certificate, database), which the collector does not import."""
+
+    def start(service: Any) -> Any:
+        from para.web.commands import start_beside_collector
+
+        return start_beside_collector(listen, config_file, service.opts, service.alerts.summary)
+
+    return start
+
+
 # what one part lends another against the flow of data (read by the commands that use it)
-PARTS = {"bottleneck_judge": bottleneck_judge}
+PARTS = {"bottleneck_judge": bottleneck_judge, "web_beside_collector": web_beside_collector}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ ALLOWED = {
     "agent": {"live", "formats", "cython_ext"},
     "collector": {"agent", "live", "formats", "cython_ext"},
     "analyzer": {"collector", "agent", "live", "formats", "cython_ext"},
+    "web": {"collector", "analyzer", "live", "agent", "formats", "cython_ext"},
 }
 
 

@@ -213,12 +213,15 @@ def test_prometheus_scrapes_the_collector_and_the_agent_with_job_labels(cluster)
     status = json.loads((cluster["spool"] / "status.json").read_text())
     agent_port = int(status["live"]["metrics"].rsplit(":", 1)[1])
     col = wait_for(
-        lambda: (m := _scrape(col_port)) and any(k[0] == "para_job_cpu_cores" for k in m) and m,
+        lambda: (
+            (m := _scrape(col_port))
+            and any(k[0] == "para_job_cpu_seconds_total" and ("job_id", "777") in k[1] for k in m)
+            and m
+        ),
         timeout=30,
     )
-    job_keys = [k for k in col if k[0] == "para_job_cpu_cores"]
-    assert [dict(k[1])["job_id"] for k in job_keys] == ["777"]
-    assert dict(job_keys[0][1])["job_name"] == "train" and dict(job_keys[0][1])["host"] == "e2enode"
+    info = [dict(k[1]) for k in col if k[0] == "para_node_job_info" and ("job_id", "777") in k[1]]
+    assert len(info) == 1 and info[0]["job_name"] == "train" and info[0]["host"] == "e2enode"
     assert col[("para_node_cpus", (("cluster", "default"), ("host", "e2enode")))] >= 1
     assert col[("para_collector_live_samples_total", ())] > 10
     assert any(k[0] == "para_alerts_active" and ("rule", "job-underused") in k[1] for k in col)

@@ -29,8 +29,8 @@ def _job_rows(job: str, utime: int) -> list:
 
 @pytest.fixture(scope="module")
 def snapshot():
-    """The real recording's last samples, with a job `4711` of user alice on the node."""
-    samples = samples_from_para()[-3:]
+    """Three samples of the real recording, with a job `4711` of user alice on the node."""
+    samples = samples_from_para()[300:303]
     hs = HostState("cn01")
     snap = None
     start = [samples[0][0], "job_start", None, "4711",
@@ -51,20 +51,19 @@ def _samples(families) -> dict:
 
 def test_text_format_parses_with_job_labels(snapshot):
     fams = openmetrics.node_families([snapshot], cluster="hpc")
-    fams.append(openmetrics.Family("para_agent_samples_total", "counter", "samples taken",
-                                   samples=[({"host": "cn01"}, 42.0)]))  # fmt: skip
+    fams += openmetrics.agent_families("cn01", {"samples": 42})
     text = openmetrics.render(fams)
     got = _samples(parse_text(text))
     node = (("cluster", "hpc"), ("host", "cn01"))
-    assert got[("para_node_cpu_busy_percent", node)] == pytest.approx(
-        snapshot.host_values["cpu_busy_pct"])  # fmt: skip
     assert got[("para_node_mem_used_bytes", node)] == snapshot.host_values["mem_used_bytes"]
-    job = (*node[:1], ("host", "cn01"), ("job_id", "4711"), ("job_name", 'train "big"'),
-           ("user", "alice"))  # fmt: skip
-    assert got[("para_job_cpu_cores", job)] == pytest.approx(
-        snapshot.tables["job"]["4711"]["cpu_cores"])  # fmt: skip
+    assert got[("para_node_cpus", node)] == snapshot.host_values["cpus"]
+    job = (*node, ("job_id", "4711"))
     assert got[("para_job_resident_memory_bytes", job)] == 123456789
-    assert got[("para_node_job_info", job)] == 1
+    assert got[("para_job_cpus", job)] == 2
+    # the job's user and name on its info series only (a counter's labels must stay put)
+    info = (*job, ("job_name", 'train "big"'), ("user", "alice"))
+    assert got[("para_node_job_info", info)] == 1
+    assert ("para_job_cpu_seconds_total", job) in got
     assert got[("para_agent_samples_total", (("host", "cn01"),))] == 42
 
 
@@ -79,6 +78,8 @@ def test_openmetrics_format_parses(snapshot):
     parsed = {f.name: f for f in parse_openmetrics(text)}
     assert parsed["para_collector_live_samples"].type == "counter"
     assert parsed["para_node_mem_used_bytes"].unit == "bytes"
+    assert parsed["para_node_cpu_seconds"].type == "counter"
+    assert parsed["para_node_cpu_seconds"].unit == "seconds"
     alert = parsed["para_alerts_active"].samples[0]
     assert alert.labels == {"rule": "busy", "severity": "warning", "host": "cn01",
                             "job_id": "4711", "gpu": "0"}  # fmt: skip

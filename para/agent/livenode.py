@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from para.agent.samplers.base import event
+from para.agent.samplers.system import clock_ticks
 from para.errors import ParaError
 from para.live import openmetrics, rules
 from para.live.engine import Engine
@@ -100,7 +101,7 @@ class NodeLive:
         self.ruleset = rules.load(a["rules"]) if a else rules.empty()
         self.fallback_after = float(a["fallback_after"]) if a else 30.0
         self.always = bool(a["always"]) if a else False
-        self.state = HostState(host, self.ruleset.wanted())
+        self.state = HostState(host, self.ruleset.wanted(), user_hz=clock_ticks())
         self.dispatcher = Dispatcher(self.ruleset.sinks, log)
         self.engine = Engine(self.ruleset, self._on_note, source=f"agent:{host}", clock=clock)
         self.baselines = state_dir / "alert-baselines.json"
@@ -122,6 +123,14 @@ class NodeLive:
         if m and m["enabled"]:
             self.metrics = openmetrics.MetricsServer(m["listen"], self.families)
             log(f"serving /metrics on http://{self.metrics.address}/metrics")
+            sh = shipper()
+            if sh is not None and getattr(sh.cfg, "live", False):
+                # the same series, twice in Prometheus if both are scraped
+                log(
+                    "this node's live samples also reach the collector, whose /metrics serves "
+                    "the same series: have Prometheus scrape the collector or the agents, not "
+                    "both (docs/prometheus.md)"
+                )
         self._thread = threading.Thread(target=self._run, name="para-agent-live", daemon=True)
         self._thread.start()
         if self.ruleset.rules:
@@ -230,15 +239,7 @@ class NodeLive:
             alerts = self.engine.active()
         fams = openmetrics.node_families([snap] if snap is not None else [])
         fams.append(openmetrics.alert_family(alerts))
-        for name, value in (self.counters() if self.counters else {}).items():
-            fams.append(
-                openmetrics.Family(
-                    f"para_agent_{name}_total",
-                    "counter",
-                    f"the agent's {name.replace('_', ' ')}",
-                    samples=[({"host": self.host}, float(value))],
-                )
-            )
+        fams += openmetrics.agent_families(self.host, self.counters() if self.counters else {})
         return fams
 
     def status(self) -> dict[str, Any]:

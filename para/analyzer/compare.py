@@ -227,18 +227,32 @@ def _verdict(doc: dict[str, Any]) -> str:
 
 def compare(spec_a: str, spec_b: str, *, db: str | None = None, rules: str | None = None
             ) -> dict[str, Any]:  # fmt: skip
-    config = load_config(rules)
     with _open(spec_a, db) as ja, _open(spec_b, db) as jb:
-        a, b = analyse(ja, config), analyse(jb, config)
-        doc: dict[str, Any] = {
-            "para_compare_version": COMPARE_VERSION,
-            "a": _side(a, spec_a),
-            "b": _side(b, spec_b),
-            "resources": _resources(a, b),
-            "phases": _phases(a, b),
-            "functions": _functions(a, b),
-            "bottlenecks": _bottlenecks(a, b),
-        }
+        return _compare(ja, jb, spec_a, spec_b, rules)
+
+
+def compare_jobs(job_a: str, job_b: str, *, db: str, rules: str | None = None,
+                 con_a: Any = None, con_b: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Two jobs of the feature database, by id only (never a path), each read through its
+    own connection when given (the web portal's)."""
+    from para.analyzer.jobs import open_job
+
+    with open_job(job_a, db, con_a) as ja, open_job(job_b, db, con_b) as jb:
+        return _compare(ja, jb, job_a, job_b, rules)
+
+
+def _compare(ja: Job, jb: Job, spec_a: str, spec_b: str, rules: str | None) -> dict[str, Any]:
+    config = load_config(rules)
+    a, b = analyse(ja, config), analyse(jb, config)
+    doc: dict[str, Any] = {
+        "para_compare_version": COMPARE_VERSION,
+        "a": _side(a, spec_a),
+        "b": _side(b, spec_b),
+        "resources": _resources(a, b),
+        "phases": _phases(a, b),
+        "functions": _functions(a, b),
+        "bottlenecks": _bottlenecks(a, b),
+    }
     cmd_a, cmd_b = doc["a"]["command"], doc["b"]["command"]
     prog = lambda c: Path(c[0]).name if c else None  # noqa: E731
     doc["same_program"] = prog(cmd_a) == prog(cmd_b)

@@ -165,10 +165,13 @@ class DBSource:
         pass
 
 
-def open_job(job_id: str, db: str | os.PathLike[str] | None = None) -> Job:
-    """The job's hosts as the nodes of a Job, read from the feature database."""
+def open_job(job_id: str, db: str | os.PathLike[str] | None = None, con: Any = None) -> Job:
+    """The job's hosts as the nodes of a Job, read from the feature database (through `con`
+    when given: a connection with the database's views, such as the portal's locked-down
+    one)."""
     fdb = _feature_db(db)
-    con = fdb.connect(read_only=True)
+    if con is None:
+        con = fdb.connect(read_only=True)
     row = _job_row(con, job_id, fdb.root)
     hosts = row.hosts or fdb.job_hosts(job_id)
     if not hosts:

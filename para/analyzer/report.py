@@ -496,11 +496,14 @@ def report(
     progress: Progress | None = None,
     job_id: str | None = None,
     db: str | None = None,
+    con: Any = None,
+    store_features: bool = True,
 ) -> dict[str, Any]:
     """The report document: one `run` per file, and the analysis of them together as one
     job (nodes, phases, functions, bottlenecks; docs/report-json.md).  With `job_id`, the
-    job comes from the feature database `db` instead (no runs), and its features are
-    written back to the database's `jobs` table."""
+    job comes from the feature database `db` instead (no runs, read through `con` when
+    given), and its features are written back to the database's `jobs` table unless
+    `store_features` is False."""
     from para.analyzer.analysis import analyse
     from para.analyzer.job import Job
     from para.analyzer.rules import load_config
@@ -529,9 +532,10 @@ def report(
     elif job_id is not None:
         from para.analyzer.jobs import open_job, write_features
 
-        with open_job(job_id, db) as job:
+        with open_job(job_id, db, con) as job:
             a = analyse(job, config)
-        write_features(job_id, a, db)
+        if store_features:
+            write_features(job_id, a, db)
         files = []
     else:
         with Job(files, progress=progress.advancer("nodes") if progress else None) as job:
@@ -742,7 +746,9 @@ def _utc(epoch: float | None) -> str:
     return datetime.fromtimestamp(float(epoch), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def render_html(rep: dict[str, Any]) -> str:
+def render_html(rep: dict[str, Any], portal: dict[str, Any] | None = None) -> str:
+    """The report as one self-contained page; with `portal` (the web portal's links: `nav`,
+    `node_href`, `compare`, `plotly_src`), a page of the portal that loads plotly.js from it."""
     import jinja2
     from plotly.offline import get_plotlyjs
 
@@ -774,7 +780,11 @@ def render_html(rep: dict[str, Any]) -> str:
             {"doc": doc, "panels": panels, "resources": _resource_rows(doc), "summary": render(doc)}
         )
     return env.from_string(text).render(
-        report=rep, views=views, plotly_js=get_plotlyjs(), version=REPORT_VERSION
+        report=rep,
+        views=views,
+        plotly_js="" if portal else get_plotlyjs(),
+        version=REPORT_VERSION,
+        portal=portal,
     )
 
 

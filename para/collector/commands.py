@@ -140,6 +140,13 @@ def collector_group() -> None:
     metavar="HOST:PORT",
     help="Serve /metrics on this address instead (implies --metrics).",
 )
+@click.option(
+    "--web",
+    "web_listen",
+    metavar="HOST:PORT",
+    help="Also serve the web portal there (HTTPS with the collector's certificate; docs/web.md).",
+)
+@click.option("--web-config", metavar="FILE", help="The portal's [web] settings (TOML).")
 @click.option("-q", "--quiet", is_flag=True, help="Log only problems.")
 def serve(
     db: str,
@@ -160,6 +167,8 @@ def serve(
     alert_rules: str | None,
     metrics_on: bool,
     metrics_listen: str | None,
+    web_listen: str | None,
+    web_config: str | None,
     quiet: bool,
 ) -> None:
     """Receive segments from agents and merge them into the feature database."""
@@ -187,8 +196,20 @@ def serve(
         alert_rules=Path(alert_rules) if alert_rules else None,
         metrics_listen=metrics_listen or (DEFAULT_METRICS if metrics_on else None),
         judge=_judge() if alert_rules else None,
+        web=_part("web_beside_collector", web_listen, web_config) if web_listen else None,
     )
     raise SystemExit(run_serve(opts))
+
+
+def _part(name: str, *args: Any) -> Any:
+    """What para/cli.py lends the collector from a part downstream of it (the portal)."""
+    ctx = click.get_current_context(silent=True)
+    parts = ctx.find_root().obj if ctx is not None else None
+    factory = parts.get(name) if isinstance(parts, dict) else None
+    if factory is None:
+        raise ParaError(f"this para has no {name.replace('_', ' ')}",
+                        hint="run the collector through the `para` command")  # fmt: skip
+    return factory(*args)
 
 
 def _judge() -> Any:

@@ -64,6 +64,9 @@ class ServeOptions:
     alert_rules: Path | None = None  # issue 6: alert rules (docs/alerts.md)
     metrics_listen: str | None = None  # issue 6: serve /metrics there (off when None)
     judge: Any = None  # the analyzer's bottleneck rules (alerts.BottleneckJudge), from para/cli.py
+    # issue 15: starts the web portal beside the service (handed in by para/cli.py):
+    # web(service) -> a server with `port` and `stop()`
+    web: Any = None
 
 
 class _TokenMiddleware(fl.ServerMiddleware):
@@ -551,11 +554,20 @@ def serve(opts: ServeOptions, out: Any = None) -> int:
         f"listening on {service.location} ({mode}, {who}); database {opts.db}, "
         f"cluster {opts.cluster}"
     )
+    web = None
+    if opts.web is not None:
+        try:
+            web = opts.web(service)
+        except BaseException:
+            service.stop()
+            raise
     if opts.port_file:
         tmp = Path(str(opts.port_file) + ".tmp")
         doc = {"port": service.port, "pid": os.getpid()}
         if service.metrics is not None:
             doc["metrics_port"] = service.metrics.port
+        if web is not None:
+            doc["web_port"] = web.port
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, opts.port_file)
     done = threading.Event()
@@ -571,6 +583,8 @@ def serve(opts: ServeOptions, out: Any = None) -> int:
         for s, h in old.items():
             signal.signal(s, h)
         log("stopping: finishing the merge in progress")
+        if web is not None:
+            web.stop()
         service.stop()
         log("stopped")
     return 0

@@ -12,7 +12,10 @@ para.formats.schema after `t`; timed tables such as `events` carry their own `t`
   network traffic, GPU busy ... see HOST_METRICS), one number each;
 - the jobs on the host with what the events said about them (user, name, application).
 
-Rates need two samples: a host's first sample has no rates and no CPU figures.
+Rates need two samples: a host's first sample has no rates and no CPU figures.  The snapshot
+also keeps the sample's own rows of the tables whose cumulative counters /metrics serves
+(RAW_TABLES, by reference: nothing is copied), and the node's USER_HZ, the unit of its
+`ticks` columns (told by the agent, else read from the node's own counters).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ NOT_WHOLE_DISK = re.compile(
     r"^nvme\d+n\d+p\d+$|^mmcblk\d+p\d+$"
 )
 NOT_NETWORK = ("lo",)
+# Clock ticks per second (USER_HZ) that Linux has used: 100 nearly everywhere.
+USER_HZ = (100, 250, 300, 1000)
+# Tables whose rows the snapshot keeps as sampled, for the counters of /metrics.
+RAW_TABLES = ("node", "memory", "net", "disk", "ib", "gpu", "job")
 
 # name: (unit, description).  The `host` values of every snapshot; rules name them as
 # `host.NAME` or just `NAME`.
@@ -204,9 +211,17 @@ class Snapshot:
     jobs: dict[str, JobInfo]
     events: list[list[Any]] = field(default_factory=list)
     gpu_jobs: dict[str, list[str]] = field(default_factory=dict)  # GPU -> jobs using it
+    raw: dict[str, list[list[Any]]] = field(default_factory=dict)  # RAW_TABLES as sampled
+    user_hz: float | None = None  # clock ticks per second of the node (None: not known yet)
 
     def job_ids(self) -> list[str]:
         return sorted(self.tables.get("job", {}))
+
+
+def snap_user_hz(ticks_per_cpu_s: float) -> int:
+    """USER_HZ from a node's measured ticks per second of one CPU (the nearest known value:
+    a second's jitter is a few ticks, the values are far apart)."""
+    return min(USER_HZ, key=lambda hz: abs(hz - ticks_per_cpu_s))
 
 
 def _f(v: Any) -> float | None:
@@ -274,9 +289,16 @@ VIRTUAL_NEEDS: dict[str, frozenset[str]] = {
 class HostState:
     """A host's live samples, one after the other (keeps the previous rows for rates)."""
 
-    def __init__(self, host: str, wanted: dict[str, frozenset[str]] | None = None):
+    def __init__(
+        self,
+        host: str,
+        wanted: dict[str, frozenset[str]] | None = None,
+        user_hz: float | None = None,
+    ):
         self.host = host
         self.wanted = wanted or {}
+        # told by the agent (sysconf); at the collector, read once from the node's counters
+        self.user_hz = user_hz
         self._fields: dict[str, list[tuple[str, int, bool]]] = {}
         self._prev: dict[str, dict[Any, list[Any]]] = {}
         self._prev_t: int | None = None
@@ -302,6 +324,8 @@ class HostState:
         if "cpu" in rows and "cpu" not in tables:
             tables["cpu"] = {}
         hz_ncpu = self._virtual(tables, rows)
+        if self.user_hz is None and hz_ncpu and dt is not None and dt >= 0.5:
+            self.user_hz = snap_user_hz(hz_ncpu)
         values = self._host_values(tables, hz_ncpu, rows)
         ended = [j for j in self.jobs if self.jobs[j].ended_ms is not None]
         for j in ended:
@@ -318,6 +342,8 @@ class HostState:
             self.jobs,
             list(rows.get("events") or ()),
             _gpu_jobs(rows),
+            {n: r for n in RAW_TABLES if isinstance(r := rows.get(n), list)},
+            self.user_hz,
         )
         self._prev_t = t_ms
         self.last = snap
