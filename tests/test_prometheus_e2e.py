@@ -34,7 +34,7 @@ import pytest
 from para.live import openmetrics
 from para.live.metrics import LAYOUTS, HostState
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
-from tests.conftest import _children, need_tool
+from tests.conftest import SERVICES, _children, need_tool
 from tests.live_support import samples_from_para
 from tests.prometheus_support import HINT, PrometheusServer
 
@@ -67,7 +67,8 @@ def no_leaks() -> Iterator[None]:
     """conftest's guard against child processes outliving a test, but for the servers the
     `run` fixture keeps for the module (and checks are gone at its end)."""
     yield
-    left = [c for c in _children(os.getpid()) if int(c.split()[0]) not in _MODULE]
+    # the session's services (a real Slurm another module started) are not leaks either
+    left = [c for c in _children(os.getpid()) if int(c.split()[0]) not in _MODULE | SERVICES]
     assert not left, f"child processes left running: {left}"
 
 
@@ -244,7 +245,7 @@ listen = "127.0.0.1:0"
         for prom in proms.values():
             prom.stop()
         _MODULE.clear()
-    assert not _children(os.getpid())
+    assert not [c for c in _children(os.getpid()) if int(c.split()[0]) not in SERVICES]
 
 
 def test_promtool_checks_what_both_endpoints_serve(run):
