@@ -50,6 +50,7 @@ class FunctionRecorder:
         self.data = Path(self._dir) / "perf.data"
         self.proc: subprocess.Popen[bytes] | None = None
         self._ctl_w: int | None = None
+        self._ack_r: int | None = None
         self.instructions: list[list[Any]] = []  # rows of instr_samples, after finish()
         self.log = Path(self._dir) / "perf.log"
         self.info: dict[str, Any] = {"frequency_hz": freq, "requested_event": event}
@@ -86,14 +87,11 @@ class FunctionRecorder:
             )
         os.close(ctl_r)
         os.close(ack_w)
-        # The control pipe stays open while perf runs: perf stops polling its events once
-        # the pipe hangs up.
-        self._ctl_w = ctl_w
-        try:
-            os.write(ctl_w, b"enable\n")
-            ack = _read_with_timeout(ack_r, ATTACH_TIMEOUT)
-        finally:
-            os.close(ack_r)
+        # Both pipes stay open while perf runs: perf quits when the control pipe hangs up
+        # under it (see stop()), and dies of SIGPIPE acknowledging a command on a closed one.
+        self._ctl_w, self._ack_r = ctl_w, ack_r
+        os.write(ctl_w, b"enable\n")
+        ack = _read_with_timeout(ack_r, ATTACH_TIMEOUT)
         if not ack.startswith(b"ack"):
             self.stop()
             self.proc = None
@@ -107,19 +105,33 @@ class FunctionRecorder:
         return " / ".join(text[-3:]) or "no output"
 
     def stop(self) -> None:
-        """perf record ends by itself when the command's last thread exits; make sure."""
+        """perf record ends by itself once the command and every process it left have
+        exited; else it is told to stop through its control pipe.  The pipe is closed only
+        once perf has ended: perf 6.1 quits with "Thread and evlist pollfd index mismatch",
+        its file's data size never written (no samples), when the pipe hangs up under it.
+        Not a signal: perf inherits para's blocked SIGINT/SIGTERM (Child.forward_signals)."""
         if self.proc is None:
             return
-        if self._ctl_w is not None:
-            os.close(self._ctl_w)
-            self._ctl_w = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            if self.proc.poll() is None and self._ctl_w is not None:
+                try:
+                    os.write(self._ctl_w, b"stop\n")
+                except OSError:
+                    pass  # perf has just ended (EPIPE)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a perf without the "stop" command
+                self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            for fd in (self._ctl_w, self._ack_r):
+                if fd is not None:
+                    os.close(fd)
+            self._ctl_w = self._ack_r = None
 
     def finish(self) -> list[list[Any]]:
         """Stop, fold, clean up: rows for the stacks table (time of each 1-second bucket)."""
@@ -147,6 +159,9 @@ class FunctionRecorder:
                 rows.append([int((bucket + offset) * 1000), pid, tid, comm, stack, count])
                 total += count
             self.info.update(samples=total, stacks=len(rows), event=self._event_used())
+            rc = self.proc.returncode if self.proc is not None else 0
+            if not total and rc:
+                self.info["error"] = f"perf record failed (status {rc}): {self._log_tail()}"
             return rows
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
