@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PARA   := $(VENV)/bin/para
 
-.PHONY: demo test venv system-deps lint bench clean
+.PHONY: demo test venv kernels system-deps lint bench clean
 
 $(VENV)/.stamp: pyproject.toml setup.py $(wildcard para/cython_ext/*.pyx)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(VENV)/.stamp: pyproject.toml setup.py $(wildcard para/cython_ext/*.pyx)
 
 venv: $(VENV)/.stamp
 
+# A kernel that did not build would leave para (and the twin tests) on its pure-Python twin.
+kernels: venv
+	@$(PY) -c 'import sys; from para.cython_ext import unbuilt; u = unbuilt(); \
+	  sys.exit("error: Cython kernels not built: " + ", ".join(u) + "; see make venv") if u else 0'
+
 demo: venv
 	$(PARA) profile --functions -o demo.para -- $(PY) benchmarks/workloads/phases.py
 	$(PARA) report demo.para --html demo.html
@@ -21,9 +26,10 @@ demo: venv
 
 # Debian packages of the real components the tests drive: perf, headless Chromium and its
 # driver, sysstat (sadc, pidstat), Open MPI (with mpicc for mpi4py), a single-node Slurm with
-# munge, Java for Spark, Prometheus (prometheus, promtool), tmux.
+# munge, Java for Spark, Prometheus (prometheus, promtool), tmux; gcc and binutils (objdump) for
+# the C programs the profiling tests build, procps (free), perl for FlameGraph's reference script.
 DEB_PKGS := linux-perf chromium chromium-driver sysstat openmpi-bin libopenmpi-dev python3-mpi4py \
-	slurm-wlm munge openjdk-17-jre-headless prometheus tmux perl
+	slurm-wlm munge openjdk-17-jre-headless prometheus tmux perl gcc binutils procps
 
 system-deps:
 	@missing=""; \
@@ -45,7 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check para tests benchmarks
 	$(VENV)/bin/mypy
 
-test: venv system-deps
+test: venv kernels system-deps
 	PARA_STRICT=1 $(PY) -m pytest -q
 	PARA_STRICT=1 PARA_PURE_PYTHON=1 $(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint

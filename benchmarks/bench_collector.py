@@ -8,8 +8,10 @@ values in the database / seconds from the first send.  Then the database is chec
 row against what was sent: losses and duplicates.
 
 Anchor, same run: `para collect` importing the same files locally (no network, no TLS), i.e.
-the merge alone.  Reference: Netdata documents about 1 million samples/s per 2 cores for its
-parent (streaming ingest); the goal here is 2 million values/s on this 2-core machine.
+the merge alone; and the same ingest without the collector's gate (`serve --no-gate`: Flight
+terminating TLS itself, as before issue 16's items 3 and 8), each repeat running both.
+Reference: Netdata documents about 1 million samples/s per 2 cores for its parent (streaming
+ingest); the goal here is 2 million values/s on this 2-core machine.
 
     .venv/bin/python benchmarks/bench_collector.py [--agents 32] [--segments 8] [--repeats 3]
 """
@@ -104,11 +106,14 @@ def check(db: Path, expected_segments: int, template: Path) -> dict[str, int]:
     return {"lost_rows": lost, "duplicate_rows": dup}
 
 
-def run_network(work: Path, pki: Path, hosts: list[str], total: int) -> dict[str, float]:
+def run_network(
+    work: Path, pki: Path, hosts: list[str], total: int, gate: bool = True
+) -> dict[str, float]:
     db = work / "db"
     shutil.rmtree(db, ignore_errors=True)
     copy_spools(work / "spools", work / "run")
-    col = CollectorProcess(db, pki, "--compact-every", "0", "-q", state=work).start()
+    args = ["--compact-every", "0", "-q"] + ([] if gate else ["--no-gate"])
+    col = CollectorProcess(db, pki, *args, state=work).start()
     proc = psutil.Process(col.proc.pid)  # type: ignore[union-attr]
     cpu0 = proc.cpu_times()
     me0 = psutil.Process().cpu_times()
@@ -152,6 +157,43 @@ def run_network(work: Path, pki: Path, hosts: list[str], total: int) -> dict[str
     }
     result.update(check(db, total, FIXTURE))
     return result
+
+
+def run_transfer(work: Path, pki: Path, mib: int, gate: bool) -> dict[str, float]:
+    """One node sends one upload of `mib` MiB of random bytes (not a .para file: the collector
+    receives it all, checks its size and SHA-256, then rejects it): the transport alone."""
+    from para.agent.collector_client import CollectorClient, Endpoint
+    from para.formats import wire
+
+    db = work / "db-transfer"
+    shutil.rmtree(db, ignore_errors=True)
+    args = ["--compact-every", "0", "-q"] + ([] if gate else ["--no-gate"])
+    col = CollectorProcess(db, pki, *args, state=work).start()
+    proc = psutil.Process(col.proc.pid)  # type: ignore[union-attr]
+    data = os.urandom(mib << 20)
+    header = wire.PutHeader(
+        "node0000", "0" * 32, "node0000-x.para", len(data), wire.sha256_hex(data)
+    )
+    ep = Endpoint(
+        f"grpc+tls://127.0.0.1:{col.port}", ca_file=pki / "ca.crt", timeout=600,
+        cert_file=pki / "issued" / "node0000.crt", key_file=pki / "issued" / "node0000.key",
+    )  # fmt: skip
+    try:
+        with CollectorClient(ep) as c:
+            c.push_live("node0000", [])  # connected before the clock starts
+            cpu0 = proc.cpu_times()
+            t0 = time.monotonic()
+            ack = c.send_segment(data, header)
+            elapsed = time.monotonic() - t0
+            cpu1 = proc.cpu_times()
+    finally:
+        col.stop()
+    assert ack.status == wire.REJECTED, ack
+    return {
+        "seconds": elapsed,
+        "mb_per_s": len(data) / 1e6 / elapsed,
+        "collector_cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+    }
 
 
 def run_local(work: Path) -> dict[str, float]:
@@ -213,19 +255,29 @@ def report(
     net: list[dict[str, float]],
     loc: list[dict[str, float]],
     drain: dict[str, float],
+    direct: list[dict[str, float]],
 ) -> None:
     med = {k: statistics.median(r[k] for r in net) for k in net[0]}
+    dmed = {k: statistics.median(r[k] for r in direct) for k in direct[0]}
+    dvps = [r["values_per_s"] / 1e6 for r in direct]
     lmed = {k: statistics.median(r[k] for r in loc) for k in loc[0]}
     vps = [r["values_per_s"] / 1e6 for r in net]
     lvps = [r["values_per_s"] / 1e6 for r in loc]
-    lost = sum(r["lost_rows"] for r in net) + drain["lost_rows"]
-    dup = sum(r["duplicate_rows"] for r in net) + drain["duplicate_rows"]
+    lost = sum(r["lost_rows"] for r in net + direct) + drain["lost_rows"]
+    dup = sum(r["duplicate_rows"] for r in net + direct) + drain["duplicate_rows"]
     rows = [
-        ("ingest over mutual TLS, M values/s", f"**{med['values_per_s'] / 1e6:.2f}**",
+        ("ingest over mutual TLS through the gate, M values/s",
+         f"**{med['values_per_s'] / 1e6:.2f}**",
          f"{min(vps):.2f} .. {max(vps):.2f}"),
         ("anchor: local `para collect`, M values/s", f"{lmed['values_per_s'] / 1e6:.2f}",
          f"{min(lvps):.2f} .. {max(lvps):.2f}"),
         ("TLS / local", f"{med['values_per_s'] / lmed['values_per_s']:.2f}", ""),
+        ("anchor: without the gate (`--no-gate`), M values/s",
+         f"{dmed['values_per_s'] / 1e6:.2f}", f"{min(dvps):.2f} .. {max(dvps):.2f}"),
+        ("gate / no gate", f"{med['values_per_s'] / dmed['values_per_s']:.2f}", ""),
+        ("collector CPU, s, without the gate", f"{dmed['collector_cpu_s']:.1f}", ""),
+        ("collector peak RSS, MiB, without the gate",
+         f"{dmed['collector_peak_rss'] / 2**20:.0f}", ""),
         (f"collector CPU, s (of {med['seconds']:.1f} s wall)", f"{med['collector_cpu_s']:.1f}",
          ""),
         ("collector M values per CPU-second",
@@ -245,12 +297,33 @@ def report(
     print(f"\nGoal >= 2 M values/s with zero loss: {goal}.")
 
 
+def transfer(work: Path, pki: Path, args: argparse.Namespace) -> None:
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for i in range(args.repeats):
+        for gate in (True, False) if i % 2 == 0 else (False, True):
+            r = run_transfer(work, pki, args.transfer_mb, gate)
+            runs[gate].append(r)
+            print(
+                f"  one {args.transfer_mb} MiB upload, {'gate   ' if gate else 'no gate'}: "
+                f"{r['mb_per_s']:.0f} MB/s ({r['seconds']:.2f} s, collector CPU "
+                f"{r['collector_cpu_s']:.2f} s)"
+            )
+    print(f"\n| one upload of {args.transfer_mb} MiB (the transport alone) | gate | no gate |")
+    print("|---|---:|---:|")
+    for key, name in (("mb_per_s", "MB/s"), ("collector_cpu_s", "collector CPU, s")):
+        g, d = (statistics.median(r[key] for r in runs[k]) for k in (True, False))
+        print(f"| {name}, median of {args.repeats} | {g:.2f} | {d:.2f} |")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--agents", type=int, default=32)
     ap.add_argument("--segments", type=int, default=8, help="per agent")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--template", type=Path, default=FIXTURE)
+    ap.add_argument("--transfer-mb", type=int, default=256, help="one upload's size (0: none)")
+    ap.add_argument("--transfer-only", action="store_true", help="only the one-upload runs")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="para-bench-collector-"))
     try:
@@ -269,18 +342,25 @@ def main() -> None:
             f"{size // total:,} bytes each); {total * tpl.end['values']:,} values, "
             f"{size / 1e6:.1f} MB in all (made in {time.monotonic() - t:.1f} s)"
         )
-        net, loc = [], []
+        if args.transfer_mb:
+            transfer(work, pki, args)
+            if args.transfer_only:
+                return
+        net, loc, direct = [], [], []
         for i in range(args.repeats):
-            n = run_network(work, pki, hosts, total)
-            net.append(n)
-            rss = n["collector_peak_rss"] / 2**20
-            print(
-                f"  run {i + 1}: TLS {n['values_per_s'] / 1e6:6.2f} M values/s "
-                f"({n['seconds']:.1f} s, acked in {n['acked_s']:.1f} s; collector CPU "
-                f"{n['collector_cpu_s']:.1f} s, peak RSS {rss:.0f} MiB; "
-                f"agents CPU {n['agents_cpu_s']:.1f} s; retries {n['retries']}; "
-                f"lost rows {n['lost_rows']}, duplicated {n['duplicate_rows']})"
-            )
+            # both ways each repeat, in turn first, so that a busy spell hits both alike
+            for gate in (True, False) if i % 2 == 0 else (False, True):
+                n = run_network(work, pki, hosts, total, gate=gate)
+                (net if gate else direct).append(n)
+                rss = n["collector_peak_rss"] / 2**20
+                print(
+                    f"  run {i + 1}: TLS {'gate   ' if gate else 'no gate'} "
+                    f"{n['values_per_s'] / 1e6:6.2f} M values/s "
+                    f"({n['seconds']:.1f} s, acked in {n['acked_s']:.1f} s; collector CPU "
+                    f"{n['collector_cpu_s']:.1f} s, peak RSS {rss:.0f} MiB; "
+                    f"agents CPU {n['agents_cpu_s']:.1f} s; retries {n['retries']}; "
+                    f"lost rows {n['lost_rows']}, duplicated {n['duplicate_rows']})"
+                )
             lo = run_local(work)
             loc.append(lo)
             print(
@@ -294,7 +374,7 @@ def main() -> None:
             f"the collector came back; lost rows {drain['lost_rows']}, "
             f"duplicated {drain['duplicate_rows']}"
         )
-        report(args, net, loc, drain)
+        report(args, net, loc, drain, direct)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

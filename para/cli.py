@@ -92,7 +92,22 @@ def cli() -> None:
 @click.option(
     "--functions",
     is_flag=True,
-    help="Also sample call stacks with perf record (cycles, else cpu-clock).",
+    help="Also sample call stacks with perf record (cycles, else cpu-clock); Python "
+    "processes get their Python functions from py-spy.",
+)
+@click.option(
+    "--no-python-stacks",
+    is_flag=True,
+    help="With --functions: no py-spy; Python processes keep perf's interpreter frames.",
+)
+@click.option(
+    "--py-spy-rate",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    metavar="HZ",
+    help="With --functions: how often py-spy reads the Python stacks (it places perf's "
+    "samples in time; perf's rate sets the samples).",
 )
 @click.option(
     "--call-graph",
@@ -120,6 +135,8 @@ def profile(
     interval: float,
     functions: bool,
     call_graph: str,
+    no_python_stacks: bool,
+    py_spy_rate: int,
     events: tuple[str, ...],
     no_counters: bool,
     no_gpu: bool,
@@ -144,6 +161,8 @@ def profile(
         gpu=not no_gpu,
         quiet=quiet,
         call_graph=call_graph,
+        python_stacks=not no_python_stacks,
+        pyspy_rate=py_spy_rate,
     )
     result = run(opts)
     if result.path is not None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import sqlite3
+import ssl
 import time
 import uuid
 import zipfile
@@ -138,13 +140,29 @@ def parquet_bomb(tpl: Template = TPL, rows: int = 200_000, width: int = 4096) ->
 
 
 class Site:
-    """A collector process, its agents (one client each) and a reader."""
+    """A collector process, its agents (one client each) and a reader.  With `tokens`
+    (name -> bearer token; the reader is "alice"), the collector runs `--auth token` and the
+    clients send those tokens instead of their certificates."""
 
-    def __init__(self, tmp_path: Path, pki: Path, *args: str) -> None:
+    def __init__(
+        self, tmp_path: Path, pki: Path, *args: str, tokens: dict[str, str] | None = None
+    ) -> None:
         self.tmp, self.pki = tmp_path, pki
         self.db = tmp_path / "db"
+        self.tokens = tokens
+        if tokens is not None:
+            from para.collector.auth import TokenStore
+
+            store = TokenStore(tmp_path / "tokens.json")
+            for who in list(tokens):
+                tokens[who] = store.add(who, reader=who == "alice")
+            args = (*args, "--auth", "token", "--tokens", str(tmp_path / "tokens.json"))
         self.col = CollectorProcess(self.db, pki, *args).start()
         self.seq: dict[str, int] = {}
+
+    def reset_peak(self) -> None:
+        """Start the kernel's peak resident size (VmHWM) afresh, from the size now."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
 
     @property
     def pid(self) -> int:
@@ -156,6 +174,13 @@ class Site:
 
     def endpoint(self, who: str, timeout: float = 60.0) -> Endpoint:
         stem = f"reader-{who}" if who == "alice" else who
+        if self.tokens is not None:
+            return Endpoint(
+                f"grpc+tls://127.0.0.1:{self.col.port}",
+                ca_file=self.pki / "ca.crt",
+                token=self.tokens[who],
+                timeout=timeout,
+            )
         return Endpoint(
             f"grpc+tls://127.0.0.1:{self.col.port}",
             ca_file=self.pki / "ca.crt",
@@ -198,7 +223,10 @@ class Site:
         con = sqlite3.connect(f"file:{self.db / 'ledger.sqlite3'}?mode=ro", uri=True, timeout=30)
         try:
             return con.execute(
-                "SELECT count(*) FROM segments WHERE host = ? AND state = 'merged'", (host,)
+                # merged and in the tables' logs (a batch still in `batches` is not yet)
+                "SELECT count(*) FROM segments WHERE host = ? AND state = 'merged'"
+                " AND (batch IS NULL OR batch NOT IN (SELECT id FROM batches))",
+                (host,),
             ).fetchone()[0]
         finally:
             con.close()
@@ -218,6 +246,204 @@ class Site:
 
     def stop(self) -> None:
         self.col.stop()
+
+
+# -- a hand-made HTTP/2 client: what a gRPC library would never send --------------------------
+
+
+class RawH2:
+    """gRPC over TLS with the frames written by hand (preface, SETTINGS, HEADERS, DATA),
+    with node/reader `who`'s certificate, or a bearer `token`, or neither."""
+
+    FLIGHT = "/arrow.flight.protocol.FlightService/"
+
+    def __init__(
+        self, port: int, pki: Path, who: str | None = None, token: str | None = None,
+        cert: tuple[Path, Path] | None = None, timeout: float = 60.0,
+    ) -> None:  # fmt: skip
+        import hpack
+
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.set_alpn_protocols(["h2"])
+        if who is not None:
+            stem = f"reader-{who}" if who == "alice" else who
+            cert = (pki / "issued" / f"{stem}.crt", pki / "issued" / f"{stem}.key")
+        if cert is not None:
+            ctx.load_cert_chain(*cert)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.token = token
+        self.enc = hpack.Encoder()
+        self.dec = hpack.Decoder()
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self.frame(4, 0, 0))
+        self._buf = b""
+
+    @staticmethod
+    def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+        head = len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big")
+        return head + payload
+
+    def request_block(self, method: str, extra: list[tuple[str, str]] = ()) -> bytes:  # type: ignore[assignment]
+        headers = [
+            (":method", "POST"), (":scheme", "https"), (":path", self.FLIGHT + method),
+            (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers"),
+        ]  # fmt: skip
+        if self.token is not None:
+            headers.append(("authorization", f"Bearer {self.token}"))
+        return self.enc.encode(headers + list(extra))
+
+    def open(self, stream: int, method: str, end_stream: bool = False) -> None:
+        """HEADERS opening `stream` for `method` (END_HEADERS; END_STREAM if asked)."""
+        flags = 0x4 | (0x1 if end_stream else 0)
+        self.sock.sendall(self.frame(1, flags, stream, self.request_block(method)))
+
+    def send(self, stream: int, data: bytes, end_stream: bool = False) -> None:
+        """DATA frames of at most 16 KiB, ignoring flow control."""
+        step = 16384
+        for i in range(0, max(len(data), 1), step):
+            last = i + step >= len(data)
+            flags = 0x1 if end_stream and last else 0
+            self.sock.sendall(self.frame(0, flags, stream, data[i : i + step]))
+
+    def stream_message(self, stream: int, size: int, chunk: int = 1 << 20) -> int:
+        """A gRPC message declaring `size` bytes, then that many bytes (until the collector
+        closes the connection): returns the bytes sent."""
+        sent = 0
+        try:
+            self.send(stream, b"\x00" + size.to_bytes(4, "big"))
+            block = b"\x00" * chunk
+            while sent < size:
+                self.send(stream, block[: min(chunk, size - sent)])
+                sent += min(chunk, size - sent)
+        except OSError:
+            pass
+        return sent
+
+    def frames(self, timeout: float = 30.0) -> list[tuple[int, int, int, Any]]:
+        """Every frame the collector sends until it closes the connection (HEADERS decoded)."""
+        self.sock.settimeout(timeout)
+        out = []
+        try:
+            while True:
+                data = self.sock.recv(1 << 16)
+                if not data:
+                    break
+                self._buf += data
+                while len(self._buf) >= 9:
+                    n = int.from_bytes(self._buf[:3], "big")
+                    if len(self._buf) < 9 + n:
+                        break
+                    kind, flags = self._buf[3], self._buf[4]
+                    sid = int.from_bytes(self._buf[5:9], "big")
+                    payload: Any = self._buf[9 : 9 + n]
+                    if kind == 1:
+                        payload = dict(self.dec.decode(payload))
+                    out.append((kind, flags, sid, payload))
+                    self._buf = self._buf[9 + n :]
+        except (OSError, ssl.SSLError):
+            pass
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def streams_flood(raw: RawH2) -> int:
+    """40 requests opened at once on one connection (their bodies never sent).  Each flood
+    returns the stream the collector should answer (0: whichever went too far)."""
+    for i in range(40):  # 32 at once are allowed
+        raw.open(1 + 2 * i, "DoAction")
+    return 1 + 2 * 32
+
+
+def continuation_flood(raw: RawH2) -> int:
+    """A header block that never ends: CONTINUATION frames of 16 KiB, on and on."""
+    block = raw.request_block("DoAction")
+    raw.sock.sendall(raw.frame(1, 0, 1, block))
+    for _ in range(64):
+        raw.sock.sendall(raw.frame(9, 0, 1, b"\x00" * 16384))
+    return 1
+
+
+def hpack_bomb(raw: RawH2) -> int:
+    """4 KB of header stored in the decoder's table, then named a thousand times, a byte
+    each: a 5 KB block that decodes to 4 MB."""
+    big = ("x-big", "a" * 4000)
+    block = raw.request_block("DoAction", [big] * 1000)
+    assert len(block) < 16384
+    raw.sock.sendall(raw.frame(1, 0x4, 1, block))
+    return 1
+
+
+def rapid_reset(raw: RawH2) -> int:
+    """Open a request and cancel it at once (RST_STREAM), a thousand times."""
+    for i in range(1000):
+        sid = 1 + 2 * i
+        raw.open(sid, "DoAction")
+        raw.sock.sendall(raw.frame(3, 0, sid, (8).to_bytes(4, "big")))
+    return 0
+
+
+def grpc_status(frames: list[tuple[int, int, int, Any]], stream: int) -> tuple[str, str]:
+    """(grpc-status, grpc-message) the collector ended `stream` with."""
+    for kind, _, sid, payload in frames:
+        if kind == 1 and sid == stream and "grpc-status" in payload:
+            return payload["grpc-status"], payload.get("grpc-message", "")
+    raise AssertionError(f"stream {stream} was not ended with a gRPC status: {frames}")
+
+
+def goaway(frames: list[tuple[int, int, int, Any]]) -> str:
+    """The debug text of the collector's GOAWAY."""
+    for kind, _, _, payload in frames:
+        if kind == 7:
+            return bytes(payload[8:]).decode()
+    raise AssertionError(f"no GOAWAY: {frames}")
+
+
+def foreign_certificate(
+    directory: Path, cn: str, sans: list[str], ca_name: str = "a site CA"
+) -> tuple[Path, Path, Path]:
+    """A CA that is not para's, and a client certificate it signs with common name `cn` and
+    DNS names `sans`: (ca.crt, client.crt, client.key)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from para.collector import tls
+
+    tls.init_ca(directory, name=ca_name, server_names=["localhost"])
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    crt, pem_key = directory / "client.crt", directory / "client.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem_key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return directory / "ca.crt", crt, pem_key
 
 
 def new_id() -> str:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -123,3 +125,26 @@ def slurm(request):
     yield s
     s.stop()
     SERVICES.difference_update(p.pid for p in s.procs.values())
+
+
+@functools.cache
+def compiled_kernel(name: str) -> ModuleType:
+    """The compiled Cython kernel `name`: a twin test that compared the pure-Python twin with
+    itself (what `load(name, pure=False)` falls back to when the kernel is not built) would pass
+    whatever the kernel does, so a missing kernel fails, in every mode."""
+    from para.cython_ext import compiled, unbuilt
+
+    mod = compiled(name)
+    why = (
+        "not built"
+        if mod is None
+        else next((u.split(" ", 1)[1] for u in unbuilt() if u.split(" ", 1)[0] == name), None)
+    )
+    if why is not None:
+        pytest.fail(
+            f"the Cython kernel _{name} is {why.strip('()')}: run `make venv` (it builds every "
+            "para/cython_ext/_*.pyx in place)",
+            pytrace=False,
+        )
+    assert mod is not None
+    return mod

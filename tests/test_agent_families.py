@@ -304,15 +304,29 @@ def test_missing_tool_is_unavailable():
         IpmiSampler("no-such-ipmitool-here", ["dcmi"], 10, 5).open()
 
 
-def test_periodic_command_never_waits():
-    cmd = PeriodicCommand([sys.executable, "-c", "import time; time.sleep(0.5); print(42)"], 60, 5)
-    t0 = time.monotonic()
-    assert cmd.poll() is None
-    assert time.monotonic() - t0 < 0.4  # started, not waited for
-    while (run := cmd.poll()) is None:
-        time.sleep(0.02)
-    assert run.returncode == 0 and run.stdout.strip() == "42" and not run.timed_out
-    cmd.close()
+def test_periodic_command_never_waits(tmp_path):
+    """poll() starts the command and returns: the command here cannot end before the test
+    opens its gate, so a poll() that waited for it would get its exit status 3, not None."""
+    gate = tmp_path / "gate"
+    code = (
+        "import os, sys, time\nend = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(gate)!r}):\n"
+        "    if time.monotonic() > end: sys.exit(3)\n"
+        "    time.sleep(0.01)\n"
+        "print(42)"
+    )
+    cmd = PeriodicCommand([sys.executable, "-c", code], 60, 120)
+    try:
+        assert cmd.poll() is None  # started, not waited for
+        assert cmd.pid is not None and Path(f"/proc/{cmd.pid}").exists()
+        gate.touch()
+        deadline = time.monotonic() + 60
+        while (run := cmd.poll()) is None:
+            assert time.monotonic() < deadline, "the command did not end within 60 s"
+            time.sleep(0.02)
+        assert run.returncode == 0 and run.stdout.strip() == "42" and not run.timed_out
+    finally:
+        cmd.close()
 
 
 # -- FlexLM licenses -----------------------------------------------------------------------

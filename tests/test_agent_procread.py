@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from para.cython_ext import load
 
-from .conftest import FIXTURES, PROCFS
+from .conftest import FIXTURES, PROCFS, compiled_kernel
 
 IMPLS = [pytest.param(False, id="cython"), pytest.param(True, id="python")]
 PAGE = 4096
@@ -22,14 +22,11 @@ PAGE = 4096
 
 @pytest.fixture(params=IMPLS)
 def pr(request):
-    mod = load("procread", pure=request.param)
-    if not request.param and mod.__name__.endswith("_py"):
-        pytest.fail("the Cython kernel is not built (setup.py build_ext --inplace)")
-    return mod
+    return load("procread", pure=True) if request.param else compiled_kernel("procread")
 
 
 def test_same_signature():
-    cy, py = load("procread", pure=False), load("procread", pure=True)
+    cy, py = compiled_kernel("procread"), load("procread", pure=True)
     assert list(inspect.signature(cy.read_pids).parameters) == list(
         inspect.signature(py.read_pids).parameters
     )
@@ -65,12 +62,14 @@ def test_captured_processes(pr):
 
 
 def test_live_children_agree_and_missing_files_are_null():
-    cy, py = load("procread", pure=False), load("procread", pure=True)
+    cy, py = compiled_kernel("procread"), load("procread", pure=True)
     kids = [subprocess.Popen(["sleep", "30"]) for _ in range(4)]
-    for k in kids:  # wait until each has exec'd and sleeps: its numbers stop changing
-        while Path(f"/proc/{k.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "S":
-            time.sleep(0.01)
+    deadline = time.monotonic() + 60
     try:
+        for k in kids:  # wait until each has exec'd and sleeps: its numbers stop changing
+            while Path(f"/proc/{k.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "S":
+                assert time.monotonic() < deadline, "sleep(1) did not start within 60 s"
+                time.sleep(0.01)
         fds = [
             opened([Path(f"/proc/{k.pid}/stat"), Path(f"/proc/{k.pid}/status"), None]) for k in kids
         ]
@@ -119,7 +118,7 @@ def test_twins_agree_on_generated_files(tmp_path_factory, pid, comm, state, nums
         (d / "io").write_text("")
     fds = [opened([d / "stat", d / "status", d / "io"])]
     try:
-        a = load("procread", pure=False).read_pids(fds, PAGE)
+        a = compiled_kernel("procread").read_pids(fds, PAGE)
         b = load("procread", pure=True).read_pids(fds, PAGE)
     finally:
         close(fds)
@@ -134,8 +133,8 @@ def test_garbage_gives_none_or_a_row(tmp_path_factory, stat, status):
     (d / "status").write_bytes(status)
     fds = [opened([d / "stat", d / "status", None])]
     try:
-        for pure in (False, True):
-            (r,) = load("procread", pure=pure).read_pids(fds, PAGE)
+        for mod in (compiled_kernel("procread"), load("procread", pure=True)):
+            (r,) = mod.read_pids(fds, PAGE)
             assert r is None or (len(r) == 19 and isinstance(r[1], str))
     finally:
         close(fds)

@@ -10,26 +10,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from para.collector.db import FeatureDB
 
 from .conftest import REPO, para_cmd, run_para
 
 WORKLOADS = Path(__file__).parent / "analyzer_workloads.py"
 pytestmark = pytest.mark.slow
 
-FeatureDB: Any
-try:
-    from para.collector.db import FeatureDB
-except ImportError:  # the collector part is not there yet
-    FeatureDB = None
-
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if FeatureDB is None:
-        pytest.skip("para.collector.db is not available")
     d = tmp_path_factory.mktemp("db")
     # one after the other: the database tells jobs on one host apart by time where rows carry
     # no job of their own

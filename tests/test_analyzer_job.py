@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,8 @@ from para.cython_ext import load
 from para.formats import ParaFile, ParaWriter
 from para.formats.schema import catalogue
 
-from .conftest import REPO, para_cmd, run_para
-from .test_report import CHROMIUM, HOSTILE, Tree, _chromium
+from .conftest import REPO, cannot_run, need_tool, para_cmd, run_para
+from .test_report import CHROMIUM, CHROMIUM_HINT, HOSTILE, Tree, _chromium
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gen_job  # noqa: E402
@@ -119,14 +120,6 @@ def test_the_agents_segments_of_one_node_are_one_node(tmp_path, synthetic):
     assert [label for label, _ in group_files([src, src])] == ["cn0001", "cn0001#2"]
 
 
-def _perf_ok() -> str | None:
-    if shutil.which("perf") is None or shutil.which("cc") is None:
-        return "perf and a C compiler are needed"
-    if shutil.which("objdump") is None:
-        return "objdump is needed"
-    return None
-
-
 HOT_C = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,9 +136,9 @@ int main(int argc, char **argv) { printf("%f\n", work(atol(argv[1]))); return 0;
 def annotated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A C program sampled by perf record as `para profile --functions` does, its leaf
     instructions kept with instructions.rows_from_script, written to a .para file."""
-    why = _perf_ok()
-    if why:
-        pytest.skip(why)
+    need_tool("perf", "apt install linux-perf (make test installs it)")
+    need_tool("cc", "apt install gcc")
+    need_tool("objdump", "apt install binutils")
     d = tmp_path_factory.mktemp("instr")
     (d / "hot.c").write_text(HOT_C)
     exe = d / "hot"
@@ -155,7 +148,10 @@ def annotated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                           str(d / "perf.data"), str(exe), "150000000"],
                          capture_output=True, text=True)  # fmt: skip
     if rec.returncode != 0:
-        pytest.skip(f"perf record cannot run here: {rec.stderr.strip()[-200:]}")
+        cannot_run(
+            f"perf record cannot run here: {rec.stderr.strip()[-200:]}",
+            "allow perf events: run as root or sysctl kernel.perf_event_paranoid=1",
+        )
     script = subprocess.run(["perf", "script", "-i", str(d / "perf.data"), "-F",
                              "comm,pid,tid,time,event,ip,sym,symoff,dso"],
                             capture_output=True, check=True).stdout  # fmt: skip
@@ -188,11 +184,29 @@ def test_hottest_function_annotated_from_the_binary(annotated):
     assert f["function"] == "work" and f["disassembled"] and f["reason"] is None
     assert sum(x["pct"] for x in f["instructions"]) <= 100.01
     assert all(x["instruction"] for x in f["instructions"])
-    # the loop is where the time goes: its floating-point division or the instructions
-    # right after it (sampling skid) hold the top share
-    text = " ".join(x["instruction"] for x in f["instructions"][:4])
-    assert "div" in text or "mul" in text or "add" in text, f["instructions"]
+    # the loop is where the time goes: found in the binary by the test itself (the span of
+    # work's one backward branch), it holds nearly every sample, each at its own instruction
+    first, last, text = _loop_of(annotated["exe"], "work")
+    in_loop = [x for x in f["instructions"] if first <= x["offset"] <= last]
+    assert sum(x["samples"] for x in in_loop) >= 0.95 * f["samples"], (first, last, f)
+    assert all(x["instruction"] == text[x["offset"]] for x in f["instructions"])
     assert a.hotspots[0]["function"] == "work"
+
+
+def _loop_of(exe: Path, fn: str) -> tuple[int, int, dict[int, str]]:
+    """(first, last) offsets in `fn` of the loop that its backward branch closes, and the text
+    of each instruction, from objdump's own disassembly."""
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(exe)], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    body = out.split(f"<{fn}>:\n", 1)[1].split("\n\n", 1)[0]
+    code = [
+        (int(m[1], 16), m[2].strip()) for m in re.finditer(r"^\s*([0-9a-f]+):\s+(.*)$", body, re.M)
+    ]
+    start = code[0][0]
+    loops = [(int(m[1], 16) - start, at - start) for at, ins in code
+             if (m := re.match(r"j\w+\s+([0-9a-f]+) <", ins)) and int(m[1], 16) < at]  # fmt: skip
+    assert len(loops) == 1, loops
+    return loops[0][0], loops[0][1], {at - start: ins for at, ins in code}
 
 
 def test_annotation_says_why_when_the_binary_is_gone(annotated, tmp_path):
@@ -213,8 +227,14 @@ def test_no_instruction_table_says_how_to_get_one(synth):
     assert ins["functions"] == [] and "instr_samples" in ins["reason"]
 
 
+# Runs a workload and then prints the CPU time it used, as the program itself measures it.
+CPU_TIMED = ("import runpy, sys, time; sys.argv = sys.argv[1:]; "
+             "runpy.run_path(sys.argv[0], run_name='__main__'); "
+             "print(f'cpu_s {time.process_time()}', file=sys.stderr)")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("cmp")
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = {}
@@ -231,6 +251,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 str(d / f"{name}.para"),
                 "--",
                 sys.executable,
+                "-c",
+                CPU_TIMED,
                 str(WORKLOADS),
                 "burn",
                 secs,
@@ -240,10 +262,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             stderr=subprocess.PIPE,
             text=True,
         )
-    for p in procs.values():
+    cpu = {}
+    for name, p in procs.items():
         _, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-    return {"a": d / "a.para", "b": d / "b.para"}
+        cpu[name] = float(re.findall(r"^cpu_s (\S+)$", err, re.M)[-1])
+    return {"a": d / "a.para", "b": d / "b.para", "cpu_a": cpu["a"], "cpu_b": cpu["b"]}
 
 
 def test_compare_two_runs(runs):
@@ -257,10 +281,22 @@ def test_compare_two_runs(runs):
     # the phases of B last longer in all (what they are called depends on what else ran)
     assert sum(k["change_s"] for k in doc["phases"]["by_kind"]) > 1.0
     fn = doc["functions"]
-    if fn["reason"] is None:
-        assert fn["unit"] == "s" and fn["rows"]
-        top = fn["rows"][0]
-        assert top["b"] > top["a"]  # twice the work in the same function
+    assert fn["reason"] is None, fn["reason"]  # both were recorded with --functions
+    assert fn["unit"] == "s" and fn["rows"]
+    top = fn["rows"][0]
+    cpu_a, cpu_b = runs["cpu_a"], runs["cpu_b"]
+    assert cpu_b > cpu_a, (cpu_a, cpu_b)  # the program's own measure: B worked longer
+    assert top["b"] > top["a"] > 0, top  # and the extra work shows in its hottest function
+    for run, cpu in (("a", cpu_a), ("b", cpu_b)):
+        with ParaFile(runs[run]) as pf:
+            hz = pf.meta["functions"]["frequency_hz"]
+            stacks = pf.read_table("stacks").to_pylist()
+        # the seconds are perf's samples over its rate: together, the CPU time the program
+        # measured itself; the function's, its leaf samples in the recorded stacks
+        sampled = sum(r["samples"] for r in stacks) / hz
+        assert abs(sampled - cpu) <= 0.15 * cpu + 0.05, (run, sampled, cpu)
+        leaf = sum(r["samples"] for r in stacks if r["stack"].rsplit(";", 1)[-1] == top["function"])
+        assert abs(top[run] - leaf / hz) < 0.002, (run, top, leaf / hz)
     text = run_para("compare", str(runs["a"]), str(runs["b"]))
     assert text.returncode == 0 and "Time per phase" in text.stdout and "Resources" in text.stdout
 
@@ -272,7 +308,7 @@ def test_compare_says_what_is_missing(runs, tmp_path):
 
 def test_job_page_in_chromium(synthetic, tmp_path):
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed")
+        need_tool("chromium", CHROMIUM_HINT)
     hostile = tmp_path / "hostile.para"
     w = ParaWriter(hostile, {"host": {"hostname": "h", "clock_ticks": 100}, "interval": 1.0,
                              "command": ["app"], "allowed_cpus": 1})  # fmt: skip

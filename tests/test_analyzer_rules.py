@@ -5,10 +5,13 @@ recorded captures in test_analyzer_fixtures.py."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,12 @@ import pytest
 from para.analyzer.analysis import analyse
 from para.analyzer.job import Job
 from para.analyzer.rules import default_config, load_config
+from para.formats import ParaFile
 
-from .conftest import REPO, para_cmd, run_para
+from .conftest import REPO, cannot_run, need_tool, para_cmd, run_para
 
 WORKLOADS = Path(__file__).parent / "analyzer_workloads.py"
+PERF_HINT = "apt install linux-perf, and run as root or sysctl kernel.perf_event_paranoid=1"
 pytestmark = pytest.mark.slow
 
 # Recorded in three batches so that the one whose shares depend on having a core to itself
@@ -32,6 +37,12 @@ BATCHES = [
     [("imbalanced", "imbalanced", 5.0, False), ("stall", "stall", 6.0, False),
      ("meta", "meta", 4.0, True)],
 ]  # fmt: skip
+
+
+# The one busy thread must keep its core while other programs load the machine (CI runs the
+# suite beside CPU hogs), as an exclusive allocation would give it: a real-time priority (root
+# only; nice(1) would not do, as the scheduler's autogroups share the CPUs between sessions).
+AHEAD = ["chrt", "-f", "1"] if os.geteuid() == 0 else []
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +58,8 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             cmd = [*para_cmd(), "profile", "-q", "-i", "0.5", "-o", str(path)]
             if stacks:
                 cmd.append("--functions")
-            cmd += ["--", sys.executable, str(WORKLOADS), kind, str(secs)]
+            cmd += ["--", *(AHEAD if name == "burn" else []), sys.executable, str(WORKLOADS),
+                    kind, str(secs)]  # fmt: skip
             procs.append(
                 (
                     name,
@@ -82,12 +94,6 @@ def _fired(a: Any) -> dict[str, dict[str, Any]]:
     return {b["id"]: b for b in a.bottlenecks}
 
 
-def _saturated(a: Any) -> bool:
-    """Another program on this shared machine took the cores the workload wanted."""
-    busy = [n["node_busy_pct"] for n in a.doc["system"] if n["node_busy_pct"] is not None]
-    return bool(busy) and min(busy) >= 90.0
-
-
 def test_idle_job_fires_idle_nodes_first(results):
     a = results["idle"]
     assert a.bottlenecks[0]["id"] == "idle_nodes", a.bottlenecks
@@ -99,11 +105,12 @@ def test_idle_job_fires_idle_nodes_first(results):
 
 def test_one_busy_thread_of_two_cores_is_a_serial_bottleneck(results):
     a = results["burn"]
-    if a.doc["allowed_cpus"] < 2:
-        pytest.skip("this machine gives the job one CPU: nothing to be serial against")
+    assert a.doc["allowed_cpus"] == len(os.sched_getaffinity(0))  # the job ran with our CPUs
+    if a.doc["allowed_cpus"] < 2:  # nothing to be serial against, and the rule says so
+        rule = _rule(a, "serial_bottleneck")
+        assert rule["status"] == "not_evaluated" and "only one CPU" in rule["reason"], rule
+        return
     fired = _fired(a)
-    if _saturated(a):
-        pytest.skip("the machine was saturated by another program during the recording")
     b = fired["serial_bottleneck"]
     assert "one core busy" in b["evidence"] and b["value"] >= 50, b
     # the generic finding names the specific one and comes after it
@@ -153,17 +160,40 @@ def test_imbalanced_processes_fire_load_imbalance(results):
     assert 25 <= b["value"] <= 45, b
 
 
-def test_small_file_loop_is_a_metadata_storm(results):
+def _raw_stack_share(path: Path, frame: str) -> tuple[float, int]:
+    """Share of the recorded call-stack samples with a frame matching `frame`, read from the
+    file's own stacks table (not through the analyzer)."""
+    rx = re.compile(rf"(^|;)({frame})(;|$)")
+    with ParaFile(path) as pf:
+        t = pf.read_table("stacks")
+    stacks, samples = t["stack"].to_pylist(), t["samples"].to_pylist()
+    total = sum(samples)
+    hit = sum(n for s, n in zip(stacks, samples, strict=True) if rx.search(s or ""))
+    return (hit / total if total else 0.0), total
+
+
+# The kernel entry points of the system calls the `meta` workload makes (open, stat, unlink):
+# every sample spent in its file-metadata work is below one of them.
+META_SYSCALLS = (
+    r"__x64_sys_(open|openat|openat2|creat|newstat|newlstat|newfstatat|statx|unlink|unlinkat)"
+)
+
+
+def test_small_file_loop_is_a_metadata_storm(results, rec):
     a = results["meta"]
     if not a.doc["functions"]["samples"]:
-        pytest.skip(f"no call stacks here: {a.doc['unmeasured'].get('functions')}")
+        cannot_run(f"no call stacks here: {a.doc['unmeasured'].get('functions')}", PERF_HINT)
+    # Ranked on the whole of the samples, not on the hotspot list (the 50 functions with the
+    # most self samples, where the system-call entry points, with no self samples, may not
+    # appear when the interpreter spreads its own samples over many functions).
+    share, total = _raw_stack_share(rec["meta"], META_SYSCALLS)
+    assert total == a.doc["functions"]["samples"]
+    assert share >= 0.2, f"{100 * share:.0f} % of {total} samples in open/stat/unlink"
     b = _fired(a)["metadata_storm"]
-    assert "file-metadata system calls" in b["evidence"] and b["value"] >= 20
-    # the system-call entry points hold the metadata work below them (total share); their own
-    # (self) share is small and shifts with load, so rank on the total
-    hot = {h["function"] for h in a.hotspots if h["total_pct"] >= 10}
-    assert hot & {"do_sys_openat2", "path_openat", "do_unlinkat", "ext4_create", "vfs_statx",
-                  "__x64_sys_openat", "do_filp_open"}  # fmt: skip
+    assert "file-metadata system calls" in b["evidence"]
+    # what passes through those entry points the rule counts (it also counts metadata frames
+    # perf caught without their entry point above them, so it may count more)
+    assert b["value"] >= 100 * share - 2.0, b
 
 
 def test_major_fault_storm_is_memory_pressure(results):
@@ -172,21 +202,56 @@ def test_major_fault_storm_is_memory_pressure(results):
     assert "major page faults" in b["evidence"] and b["value"] >= 100
 
 
+def _counts_cycles_and_instructions() -> bool:
+    """What perf itself says: does this machine count cycles and instructions (a PMU)?"""
+    perf = need_tool("perf", PERF_HINT)
+    r = subprocess.run([perf, "stat", "-x,", "-e", "cycles,instructions", "true"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    counted = [ln.split(",")[2] for ln in r.stderr.splitlines()
+               if ln.count(",") >= 3 and ln.split(",")[0].isdigit()]  # fmt: skip
+    return r.returncode == 0 and {"cycles", "instructions"} <= set(counted)
+
+
+def _nvidia_gpus() -> list[str] | None:
+    """The GPUs nvidia-smi lists, or None without an NVIDIA driver (no libnvidia-ml)."""
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    smi = need_tool("nvidia-smi", "install the NVIDIA driver's utilities (nvidia-utils)")
+    r = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60)
+    listed = [ln for ln in r.stdout.splitlines() if ln.startswith("GPU ")]
+    return listed if r.returncode == 0 else []
+
+
 def test_rules_without_inputs_say_why(results):
+    """Each rule is judged exactly when its inputs exist on this machine, as the tools that
+    read them (nvidia-smi, perf stat) say; otherwise it is not evaluated and says why."""
     a = results["burn"]
     rules = {r["id"]: r for r in a.doc["rules"]}
     assert set(rules) == set(default_config())
-    for rid in ("gpu_idle", "gpu_low_utilization", "gpu_memory_underused"):
-        if rules[rid]["status"] == "not_evaluated":
-            assert rules[rid]["reason"]
-    counters = rules["low_ipc"]
-    if counters["status"] == "not_evaluated":
-        assert "not supported" in counters["reason"] or "counters" in counters["reason"]
-        assert rules["poor_vectorization"]["status"] == "not_evaluated"
     for r in rules.values():
         assert r["status"] in ("fired", "passed", "not_evaluated")
         assert r["source"]
-        assert (r["reason"] is not None) or r["status"] != "not_evaluated"
+        assert (r["reason"] is not None) == (r["status"] == "not_evaluated"), r
+    gpus = _nvidia_gpus()
+    for rid in ("gpu_idle", "gpu_low_utilization", "gpu_memory_underused"):
+        if gpus is None:
+            assert rules[rid]["status"] == "not_evaluated", rules[rid]
+            assert "NVML library not found" in rules[rid]["reason"]
+        elif not gpus:  # a driver that cannot show a GPU
+            assert rules[rid]["status"] == "not_evaluated", rules[rid]
+        else:
+            assert rules[rid]["status"] in ("fired", "passed"), rules[rid]
+    if _counts_cycles_and_instructions():
+        assert rules["low_ipc"]["status"] in ("fired", "passed"), rules["low_ipc"]
+    else:  # no PMU (a VM): none of the counter rules can be judged
+        for rid in ("low_ipc", "poor_vectorization", "memory_bandwidth_bound"):
+            assert rules[rid]["status"] == "not_evaluated", rules[rid]
+            assert "not supported" in rules[rid]["reason"], rules[rid]
+    # the inputs of these exist in every recording
+    for rid in ("idle_nodes", "low_cpu_utilization", "io_wait_bound", "memory_growth"):
+        assert rules[rid]["status"] in ("fired", "passed"), rules[rid]
 
 
 def test_thresholds_come_from_a_rules_file(results, rec, tmp_path):
@@ -216,11 +281,31 @@ def test_json_top_level_bottlenecks_and_hotspots(rec):
     r = run_para("report", str(rec["meta"]), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
+    assert doc["bottlenecks"]
     for b in doc["bottlenecks"]:
         assert {"id", "severity", "evidence", "advice"} <= set(b)
     sev = ["high", "medium", "low"]
     keys = [sev.index(b["severity"]) for b in doc["bottlenecks"]]
     assert keys == sorted(keys)
-    selfs = [h["self_pct"] for h in doc["hotspots"]]
-    assert selfs == sorted(selfs, reverse=True)
-    assert doc["hotspots"] == doc["job"]["functions"]["hotspots"]
+    # the hotspots, against the call stacks in the file counted here: self = samples whose
+    # leaf is the function, total = samples with the function anywhere in the stack
+    with ParaFile(rec["meta"]) as pf:
+        stacks = pf.read_table("stacks").to_pylist() if "stacks" in pf.tables else []
+    if not stacks:
+        cannot_run(f"no call stacks here: {doc['job']['unmeasured'].get('functions')}", PERF_HINT)
+    n = sum(s["samples"] for s in stacks)
+    frames = [(s["stack"].split(";"), s["samples"]) for s in stacks]
+    hot = doc["hotspots"]
+    assert hot and [h["self_pct"] for h in hot] == sorted((h["self_pct"] for h in hot),
+                                                          reverse=True)  # fmt: skip
+    for h in hot:
+        fn = h["function"]
+        self_n = sum(k for f, k in frames if f[-1] == fn)
+        total_n = sum(k for f, k in frames if fn in f)
+        assert (h["self_samples"], h["total_samples"]) == (self_n, total_n), h
+        assert h["self_pct"] == pytest.approx(100 * self_n / n, abs=0.006), h
+        assert h["total_pct"] == pytest.approx(100 * total_n / n, abs=0.006), h
+    leaves = Counter()
+    for f, k in frames:
+        leaves[f[-1]] += k
+    assert hot[0]["self_samples"] == max(leaves.values())

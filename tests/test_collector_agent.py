@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,12 +17,7 @@ from para.agent.collector_client import CollectorClient, Endpoint
 from para.collector.db import FeatureDB
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("para.agent.daemon") is None, reason="para agent not built yet"
-    ),
-]
+pytestmark = [pytest.mark.slow]
 
 
 def test_agent_segments_and_live_samples_reach_the_database(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import duckdb
 import pyarrow.dataset as ds
 import pytest
+from deltalake import DeltaTable
 
-from para.collector import maintenance
+from para.collector import dataset, maintenance
 from para.collector.db import FeatureDB
 from para.errors import FormatError, ParaError
 from tests.collector_support import (
@@ -263,7 +264,14 @@ def test_compaction_keeps_every_row_in_fewer_sorted_files(tmp_path: Path) -> Non
     files_before = len(list(db.layout.data_files("node")))
     rep = maintenance.compact(db, min_files=4)
     assert rep.files_in >= files_before and rep.files_out < rep.files_in
-    assert len(list(db.layout.data_files("node"))) < files_before
+    live = dataset.snapshot(db.layout.data / "node").files
+    assert len(live) < files_before
+    assert db.connect().execute(q).fetchone() == before
+    # the removed files stay for readers until they expire, then go
+    assert len(list(db.layout.data_files("node"))) == files_before + len(live)
+    assert maintenance.expire(db, grace_hours=1).files == 0
+    assert maintenance.expire(db, grace_hours=0).files >= files_before
+    assert sorted(str(f) for f in db.layout.data_files("node")) == live
     assert db.connect().execute(q).fetchone() == before
     # sorted by host then time inside the compacted file
     f = next(db.layout.data_files("node"))
@@ -340,8 +348,8 @@ def test_readable_without_para(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     table = data.to_table()
     assert table.num_rows == 2 * ROWS["disk"]
     assert {"host", "job_id", "device", "cluster", "date"} <= set(table.schema.names)
-    jobs = ds.dataset(tmp_path / "db" / "meta" / "hosts.parquet").to_table()
-    assert jobs.column("host").to_pylist() == ["n1"]
+    hosts = DeltaTable(str(tmp_path / "db" / "meta" / "hosts")).to_pyarrow_table()
+    assert hosts.column("host").to_pylist() == ["n1"]
     monkeypatch.chdir(tmp_path / "db")
     con = duckdb.connect("catalog.duckdb", read_only=True)
     assert con.execute("SELECT count(*) FROM disk").fetchone() == (2 * ROWS["disk"],)

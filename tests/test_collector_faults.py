@@ -26,6 +26,7 @@ from tests.collector_support import (
     wait_for,
     write_segments,
 )
+from tests.conftest import cannot_run
 
 pytestmark = pytest.mark.slow
 TPL = load_template()
@@ -118,6 +119,9 @@ def test_kill_9_under_load_then_restart(tmp_path: Path, pki: Path) -> None:
     assert acked == len(HOSTS) * per_host
 
 
+AS_ROOT = "run the tests as root (CI and `make test` do): the test mounts a small tmpfs to fill"
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "small"
@@ -138,9 +142,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot mount a small tmpfs to fill: {e}")
+        cannot_run(f"cannot mount a small tmpfs to fill: {e}", AS_ROOT)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({r.stderr.strip()}); needs root")
+        cannot_run(f"cannot mount a small tmpfs to fill ({r.stderr.strip()})", AS_ROOT)
     try:
         yield mnt
     finally:

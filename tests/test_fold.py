@@ -7,7 +7,6 @@ import inspect
 import math
 import os
 import re
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -21,7 +20,7 @@ from para.analyzer.fold import fold_command, main, render
 from para.cython_ext import load
 from para.errors import ParaError
 
-from .conftest import FIXTURES, have
+from .conftest import FIXTURES, compiled_kernel, need_tool
 
 SUITE = FIXTURES / "flamegraph"
 PERF_SCRIPT = FIXTURES / "perf-script"
@@ -50,18 +49,12 @@ IMPLS = [pytest.param(False, id="cython"), pytest.param(True, id="python")]
 
 @pytest.fixture(params=IMPLS)
 def fk(request):
-    mod = load("fold", pure=request.param)
-    if not request.param and mod.__name__.endswith("_py"):
-        pytest.fail("the Cython kernel is not built (run `make venv`)")
-    return mod
+    return load("fold", pure=True) if request.param else compiled_kernel("fold")
 
 
 @pytest.fixture
 def both():
-    cy, py = load("fold", pure=False), load("fold", pure=True)
-    if cy.__name__.endswith("_py"):
-        pytest.fail("the Cython kernel is not built (run `make venv`)")
-    return cy, py
+    return compiled_kernel("fold"), load("fold", pure=True)
 
 
 def suite_input(name: str) -> bytes:
@@ -392,9 +385,8 @@ int main(int argc, char **argv) {
 
 @pytest.fixture(scope="module")
 def live_capture(tmp_path_factory) -> bytes:
-    missing = [tool for tool in ("perf", "gcc") if not have(tool)]
-    if missing:
-        pytest.skip(f"the live capture needs {' and '.join(missing)}, not installed")
+    need_tool("perf", "apt install linux-perf (make test installs it)")
+    need_tool("gcc", "apt install gcc")
     tmp = tmp_path_factory.mktemp("live")
     (tmp / "prog.c").write_text(PROGRAM)
     subprocess.run(
@@ -515,8 +507,7 @@ option_sets = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=perf_texts, options=option_sets, filtered=st.booleans())
 def test_implementations_agree_on_generated_text(data, options, filtered):
-    cy, py = load("fold", pure=False), load("fold", pure=True)
-    assert cy is not py, "the Cython kernel is not built (run `make venv`)"
+    cy, py = compiled_kernel("fold"), load("fold", pure=True)
     event = "cycles" if filtered else None
     assert cy.fold(data, event_filter=event, **options) == py.fold(
         data, event_filter=event, **options
@@ -525,24 +516,42 @@ def test_implementations_agree_on_generated_text(data, options, filtered):
     assert cy.fold_timed(data, bucket=0.25, **timed) == py.fold_timed(data, bucket=0.25, **timed)
 
 
-REFERENCE = os.environ.get("PARA_STACKCOLLAPSE")
+# FlameGraph's own script, vendored with its licence (tests/fixtures/flamegraph/SOURCES.md)
+REFERENCE = SUITE / "reference" / "stackcollapse-perf.pl"
 
 
-@pytest.mark.skipif(
-    not (REFERENCE and shutil.which("perl")),
-    reason="set PARA_STACKCOLLAPSE to a stackcollapse-perf.pl (and have perl) to compare",
-)
+def reference(path: Path, flags: list[str]) -> bytes:
+    perl = need_tool("perl", "apt install perl (make test installs it)")
+    ref = subprocess.run([perl, str(REFERENCE), *flags, str(path)], capture_output=True,
+                         timeout=60)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    return ref.stdout
+
+
+def test_the_vendored_reference_is_the_suites_tool():
+    """The script answers its own regression suite as SOURCES.md says: 70 results exactly, the
+    8 stale ones but for the leading L of Java classes."""
+    exact = 0
+    for name in SUITE_NAMES:
+        for option in OPTIONS:
+            got = reference(SUITE / f"{name}.txt", [f"--{option}"])
+            expected = (SUITE / "results" / f"{name}-collapsed-{option}.txt").read_bytes()
+            if (name, option) in STALE_JAVA_L:
+                assert got != expected and got == strip_java_class_l(expected), (name, option)
+            else:
+                assert got == expected, (name, option)
+                exact += 1
+    assert exact == 70
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=perf_texts, options=option_sets)
 def test_against_the_reference(tmp_path_factory, data, options):
     path = tmp_path_factory.mktemp("ref") / "in.txt"
     path.write_bytes(data)
-    flags = [f"--{k}" for k, on in options.items() if on]
-    ref = subprocess.run(
-        ["perl", str(REFERENCE), *flags, str(path)], capture_output=True, timeout=60
-    )
-    for pure in (False, True):
-        assert render(load("fold", pure=pure).fold(data, **options)) == ref.stdout
+    expected = reference(path, [f"--{k}" for k, on in options.items() if on])
+    for mod in (compiled_kernel("fold"), load("fold", pure=True)):
+        assert render(mod.fold(data, **options)) == expected
 
 
 # -- para fold ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ real pynvml of this machine (which has no NVIDIA driver)."""
 from __future__ import annotations
 
 import ctypes
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,10 @@ import pytest
 
 from para.agent.loop import SamplingLoop
 from para.agent.samplers.base import Rows, Unavailable
-from para.agent.samplers.gpu import GpuSampler
+from para.agent.samplers.gpu import INIT_REASONS, GpuSampler
 from para.formats.schema import GPU, GPU_PROC
 
+from .conftest import need_tool
 from .nvml_replay import MiB, NvmlReplay, from_capture, from_xml
 
 FIX = Path(__file__).parent / "fixtures" / "nvidia-smi"
@@ -304,13 +306,24 @@ def nvml_library_present() -> bool:
 def test_real_pynvml_on_this_machine():
     s = GpuSampler()
     if nvml_library_present():
-        # A machine with a driver: open() works or says why not, in words.
+        # A machine with a driver: para sees the GPUs nvidia-smi lists, or, where nvidia-smi
+        # cannot reach one either, says why in one of its own sentences.
+        smi = need_tool("nvidia-smi", "install the NVIDIA driver's utilities (nvidia-utils)")
+        r = subprocess.run([smi, "--query-gpu=index,uuid,name", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        listed = [[f.strip() for f in ln.split(",")] for ln in r.stdout.splitlines() if ln.strip()]
         try:
-            facts = s.open()
-        except Unavailable as why:
-            assert str(why)
-        else:
-            assert facts["gpus"]
+            if r.returncode == 0 and listed:
+                facts = s.open()
+                seen = [[g["gpu"], g.get("uuid"), g.get("name")] for g in facts["gpus"]]
+                assert seen == listed, (seen, r.stdout)
+            else:
+                with pytest.raises(Unavailable) as e:
+                    s.open()
+                why = str(e.value)
+                assert why in INIT_REASONS.values() or why.startswith(
+                    ("NVML cannot", "no GPU found", "none of the")
+                ), (why, r.stdout, r.stderr)
         finally:
             s.close()
         return

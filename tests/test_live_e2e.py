@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from para.collector.db import FeatureDB
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
-from tests.conftest import _children, have, run_para
+from tests.conftest import _children, need_tool, run_para
 from tests.live_support import Receiver
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ backoff = 0.1
 [[rule]]
 name = "job-busy"
 metric = "job.cpu_cores"
-above = 0.5
+above = 0.1
 for = "1s"
 clear_for = "1s"
 severity = "critical"
@@ -54,7 +54,8 @@ bottleneck = "low_cpu_utilization"
 window = "10s"
 every = "2s"
 """
-# a job: one core busy for 8 s, then waiting
+# a job: one core busy for 8 s, then waiting (job-busy fires above 0.1 core: what a loaded
+# machine still gives a busy loop; waiting, it uses none)
 JOB = "import time\nt = time.time()\nwhile time.time() - t < 8: pass\ntime.sleep(300)"
 _CLUSTER: set[int] = set()  # the module's agent, collector and job: they live across tests
 
@@ -157,7 +158,7 @@ def test_a_threshold_alert_fires_and_resolves_at_the_webhook_and_in_the_database
     fired, resolved = (b for _, b in rx.events("job-busy"))
     assert fired["source"] == "collector" and fired["severity"] == "critical"
     assert fired["host"] == "e2enode" and fired["jobs"] == ["777"]
-    assert fired["labels"] == {"job": "777"} and fired["value"] > 0.5
+    assert fired["labels"] == {"job": "777"} and fired["value"] > 0.1
     assert "e2enode job 777: job.cpu_cores is" in fired["summary"]
     assert len(fired["evidence"]["points"]) >= 2  # the samples that made it fire
     assert resolved["id"] == fired["id"] and resolved["ended"] >= fired["started"]
@@ -233,8 +234,8 @@ def test_prometheus_scrapes_the_collector_and_the_agent_with_job_labels(cluster)
     assert agent[("para_agent_samples_total", (("host", "e2enode"),))] > 5
 
 
-@pytest.mark.skipif(not have("tmux"), reason="tmux is not installed (make system-deps)")
 def test_para_top_in_tmux(cluster, tmp_path: Path):
+    need_tool("tmux", "apt install tmux (make test installs it)")
     pki, port = cluster["pki"], cluster["col"].port
     sock = str(tmp_path / "tmux.sock")
 

@@ -7,6 +7,7 @@ own time in MPI and its CPU affinity: the independent source."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,10 @@ from .conftest import FIXTURES, REPO, need_tool, para_cmd
 pytestmark = pytest.mark.slow
 
 HINT = "apt install openmpi-bin libopenmpi-dev (make test installs them)"
+SAID = re.compile(
+    r"rank (?P<rank>\d+) total (?P<total>[\d.]+) mpi (?P<mpi>[\d.]+) "
+    r"cpus (?P<cpus>[\d,]+|-) check"
+)
 PROGRAM = FIXTURES / "mpi" / "ranks.c"  # prints each rank's own MPI time and affinity
 MPI4PY_PROGRAM = """
 import sys
@@ -77,11 +82,11 @@ def mpirun(tmp_path: Path, np: int, opts: list[str], cmd: list[str]
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     said = {}
-    for line in r.stdout.splitlines():
-        w = line.split()
-        if len(w) >= 8 and w[0] == "rank":
-            cpus = {int(c) for c in w[7].split(",")} if w[7] != "-" else set()
-            said[int(w[1])] = {"total": float(w[3]), "mpi": float(w[5]), "cpus": cpus}
+    # mpirun forwards each rank's output as it reads it: one rank's line may run into the
+    # other's
+    for m in SAID.finditer(r.stdout):
+        cpus = {int(c) for c in m["cpus"].split(",")} if m["cpus"] != "-" else set()
+        said[int(m["rank"])] = {"total": float(m["total"]), "mpi": float(m["mpi"]), "cpus": cpus}
     assert sorted(said) == list(range(np)), r.stdout
     files = list(tmp_path.glob("run-*.para"))
     assert [f.name.split(".")[0] for f in files] == ["run-0"], files  # the lowest rank

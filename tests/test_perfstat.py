@@ -31,6 +31,8 @@ from para.agent.samplers.perfstat import (
 from para.errors import UsageError
 from para.formats.schema import COUNTERS, EVENTS
 
+from .conftest import need_tool
+
 FIX = Path(__file__).parent / "fixtures" / "perf-stat"
 PERF = shutil.which("perf")
 
@@ -360,7 +362,12 @@ def test_perf_ending_by_itself_is_recorded_once(tmp_path):
     assert any("exit status 1" in n and "the target went away" in n for n in s.notes)
 
 
-needs_perf = pytest.mark.skipif(PERF is None, reason="perf is not installed on this machine")
+@pytest.fixture
+def real_perf() -> str:
+    return need_tool("perf", "apt install linux-perf (make test installs it)")
+
+
+needs_perf = pytest.mark.usefixtures("real_perf")
 
 
 @needs_perf

@@ -24,11 +24,12 @@ from para.analyzer.summary import fmt_bytes
 from para.formats import ParaFile, ParaWriter
 from para.formats.schema import TABLES
 
-from .conftest import REPO, para_cmd, run_para
+from .conftest import REPO, cannot_run, need_tool, para_cmd, run_para
 
 HOSTILE = "</script><script>alert(1)</script> <img src=x onerror=alert(1)>"
 HOSTILE_SCRIPT = f"sleep 1; exit 3 # {HOSTILE}"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_HINT = "apt install chromium (make test installs it)"
 PLOTS = ["cpu", "job", "memory", "disk", "net", "gpu", "counters"]
 FAMILY = {"cpu": "cpu", "job": "process", "memory": "memory", "disk": "disk", "net": "net",
           "gpu": "gpu", "counters": "counters"}  # fmt: skip
@@ -132,6 +133,23 @@ def test_terminal_report_agrees_with_the_file(rec, text):
         assert "\nFunctions: " in text
 
 
+def test_the_bundled_workload_shows_its_python_functions(rec, doc):
+    """What `make demo` shows (issue 12): the Python functions of phases.py, not the
+    interpreter's, among the hottest (py-spy's frames on perf's samples)."""
+    with ParaFile(rec["phases"]) as pf:
+        rows = pf.read_table("stacks").to_pylist() if "stacks" in pf.tables else []
+        python = (pf.meta.get("functions") or {}).get("python")
+    if not python:
+        cannot_run(
+            "no Python stacks were recorded (py-spy or perf record missing)",
+            "pip install py-spy (para's dependency); apt install linux-perf",
+        )
+    assert any(r["source"] == "py-spy" for r in rows)
+    hot = [h["function"] for h in doc["job"]["functions"]["hotspots"][:5]]
+    assert any(re.match(r"phases\.burn \(.*phases\.py:\d+\)$", h) for h in hot), hot
+    assert not any(h.startswith("_PyEval") for h in hot[:3]), hot
+
+
 def test_terminal_shows_exit_code_and_hostile_command_as_is(rec):
     r = run_para("report", str(rec["hostile"]))
     assert r.returncode == 0, r.stderr
@@ -204,9 +222,9 @@ def test_compute_phase_keeps_more_than_one_core_busy(rec, doc):
     if run["allowed_cpus"] >= 2:
         assert node_cores > 1.0, busy
         if job_cores <= 1.0:
-            # Only another program on this shared machine may hold the job under one core,
-            # and then the node is saturated.
-            assert min(busy) >= 90 and job_cores > 0.5, (inside, busy)
+            # Only other programs on this shared machine may hold the job under one core, and
+            # then the node is saturated (how far under depends on how many: no bound here)
+            assert sum(busy) / len(busy) >= 90, (inside, busy)
     assert max(c for c in job["cores"] if c is not None) <= run["allowed_cpus"] + 0.15
 
 
@@ -315,9 +333,19 @@ def test_json_numbers_agree_with_the_file(rec, doc):
     assert {p["pid"] for p in run["processes"]} >= pids
     cpu = [p["cpu_s"] for p in run["processes"]]
     assert cpu == sorted(cpu, reverse=True)
-    # the job's processes account for the CPU time the kernel charged to the command
+    # the job's processes account for the CPU time the kernel charged to the command, all but
+    # what each used after its last sample: at most its threads (or the CPUs) busy from that
+    # sample to its end (however long a loaded machine made it)
     rusage = meta["exit"]["cpu_user_s"] + meta["exit"]["cpu_system_s"]
-    assert sum(cpu) == pytest.approx(rusage, rel=0.25)
+    assert sum(cpu) <= rusage + 0.01 * len(cpu)
+    with ParaFile(rec["phases"]) as pf:
+        rows = pf.read_table("proc").to_pylist()
+    last = {r["pid"]: r["t"].timestamp() for r in rows}
+    cores = {pid: min(max(r["threads"] for r in rows if r["pid"] == pid), run["allowed_cpus"])
+             for pid in last}  # fmt: skip
+    after = sum(cores[p["pid"]] * (run["t0"] + p["end_s"] - last[p["pid"]])
+                for p in run["processes"] if p["pid"] in last)  # fmt: skip
+    assert rusage - sum(cpu) <= after + 0.01 * len(cpu), (rusage, cpu, after)
     for key, family in FAMILY.items():
         group = run["timeline"]["node_cpu" if key == "cpu" else key]
         assert (group is None) == (family in run["unmeasured"]), (key, run["unmeasured"])
@@ -457,7 +485,7 @@ def page(rec: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def browser(rec: dict[str, Any], page: dict[str, Any]) -> dict[str, Any]:
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed (Debian: apt install chromium; `make test` does)")
+        need_tool("chromium", CHROMIUM_HINT)
     d = rec["dir"]
     dump = _chromium(page["path"].as_uri(), d / "profile", "--dump-dom")
     png = d / "report.png"

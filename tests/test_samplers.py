@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -21,7 +20,7 @@ from para.agent.samplers.system import (
 )
 from para.formats.schema import TABLES
 
-from .conftest import PROCFS
+from .conftest import PROCFS, need_tool
 
 
 def sample(sampler, tree=None):
@@ -149,8 +148,7 @@ def test_fs_live_root_matches_df():
 
 def test_memory_live_matches_free():
     """Used memory as para derives it equals free(1)'s "used" (procps 4: total - available)."""
-    if not shutil.which("free"):
-        pytest.skip("free(1) is not installed")
+    need_tool("free", "apt install procps")
     out = sample(MemorySampler(ProcFiles("/")))
     mem = dict(zip([c.name for c in TABLES["memory"].metrics], out["memory"][0]))
     free = subprocess.run(["free", "-b"], capture_output=True, text=True).stdout

@@ -34,7 +34,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     fdb = FeatureDB(root)
     assert fdb.import_para(FIXTURE)["status"] == "imported"
     fdb.close()
-    rows = write_jobs(root / "meta" / "jobs.parquet", N_JOBS, seed=7)
+    rows = write_jobs(root / "meta" / "jobs", N_JOBS, seed=7)
     store = Store(root)
     yield {"root": root, "rows": rows, "store": store}
     store.close()

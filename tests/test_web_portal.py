@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
 from tests.conftest import SERVICES, _children
@@ -92,8 +93,8 @@ def _stop(p: subprocess.Popen[Any]) -> int:
 
 def _jobs_in_db(db: Path) -> dict[str, dict[str, Any]]:
     try:
-        rows = pq.read_table(db / "meta" / "jobs.parquet").to_pylist()
-    except (OSError, ValueError):
+        rows = DeltaTable(str(db / "meta" / "jobs")).to_pyarrow_table().to_pylist()
+    except (OSError, ValueError, TableNotFoundError):
         return {}
     return {r["job_id"]: r for r in rows}
 

@@ -182,14 +182,15 @@ BOTTLENECKS = [
 
 
 def write_jobs(path: Path, n: int, seed: int = 1, start: float = 1.7e9) -> list[dict[str, Any]]:
-    """`n` jobs of a year of a site, as the collector writes meta/jobs.parquet (the schema of
+    """`n` jobs of a year of a site, as the collector writes the table meta/jobs (the schema of
     para/collector/catalog.py: base columns, then the analyzer's features for 70 % of them):
     600 users in 60 accounts, 5 partitions, sizes and durations spread as on real clusters
     (most jobs small and short, a few wide and long).  Returns the rows."""
     import random
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from para.collector import dataset
 
     rnd = random.Random(seed)
     users = [f"u{i:03d}" for i in range(600)]
@@ -255,8 +256,5 @@ def write_jobs(path: Path, n: int, seed: int = 1, start: float = 1.7e9) -> list[
         "top_function": pa.string(),
     }
     table = pa.table({k: pa.array([r[k] for r in rows], typ) for k, typ in cols.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    dataset.overwrite(path, table)
     return rows

@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 
 import para
+from para.agent import memspeed
 from para.agent.samplers.base import ProcFiles
 
 
@@ -64,6 +65,8 @@ def host_facts(files: ProcFiles | None = None) -> dict[str, Any]:
         "page_size": os.sysconf("SC_PAGE_SIZE"),
         "para_version": para.__version__,
         "python": platform.python_version(),
+        # the peak the memory_bandwidth_bound rule compares with (None: not readable here)
+        "memory_peak": memspeed.memory_peak(),
     }
 
 

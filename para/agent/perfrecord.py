@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from para.agent import binaries
 from para.agent.samplers.base import Unavailable
 from para.agent.unwind import Choice, fallback
 from para.cython_ext import load
@@ -54,6 +55,9 @@ class FunctionRecorder:
         self.instructions: list[list[Any]] = []  # rows of instr_samples, after finish()
         self.log = Path(self._dir) / "perf.log"
         self.info: dict[str, Any] = {"frequency_hz": freq, "requested_event": event}
+        # Python stacks of the job's CPython processes (pystacks.PySpyRecorder), stitched
+        # onto perf's samples at the end
+        self.python: Any = None
 
     def start(self) -> None:
         """Attach to the (stopped) command; returns once perf samples it.  An unwinding mode
@@ -153,15 +157,23 @@ class FunctionRecorder:
                 )  # fmt: skip
             folded = _fold_file(text)
             self.instructions = instruction_rows(text.read_bytes())
+            if self.python is not None:
+                stitched = self.python.stitch(text, folded, self.freq)
+            else:
+                stitched = [(*r, "perf", "cpu") for r in folded]
+            self.info.update(leaf_facts(self.instructions))
             rows = []
             total = 0
-            for bucket, pid, tid, comm, stack, count in folded:
-                rows.append([int((bucket + offset) * 1000), pid, tid, comm, stack, count])
-                total += count
+            for bucket, pid, tid, comm, stack, count, source, state in stitched:
+                rows.append([int((bucket + offset) * 1000), pid, tid, comm, stack, count,
+                             source, state])  # fmt: skip
+                total += count if state == "cpu" else 0
             self.info.update(samples=total, stacks=len(rows), event=self._event_used())
             rc = self.proc.returncode if self.proc is not None else 0
             if not total and rc:
                 self.info["error"] = f"perf record failed (status {rc}): {self._log_tail()}"
+            if self.python is not None:
+                self.info["python"] = self.python.info
             return rows
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -177,15 +189,44 @@ class FunctionRecorder:
 
 
 _HEADER = re.compile(rb"^\S.*?\s(\d+)(?:/(\d+))?\s")
-# a leaf line: "\t    55e1c2a0 func+0x1f (/usr/lib/x.so)"
-_FRAME = re.compile(rb"^\s+[0-9a-f]+\s+(.+?)\+0x([0-9a-f]+)\s+\((.*)\)\s*$")
+# a leaf line: "\t    55e1c2a0 func+0x1f (/usr/lib/x.so)", or without the offset where perf
+# knows no symbol ("[unknown]") or prints none
+_FRAME = re.compile(rb"^\s+[0-9a-f]+\s+(.+?)(?:\+0x([0-9a-f]+))?\s+\((.*)\)\s*$")
+# the binaries whose identity is kept: those with the most leaf samples
+MAX_BINARIES = 64
+
+
+def is_kernel_dso(dso: str) -> bool:
+    return dso.startswith("[kernel") or dso.endswith("vmlinux") or "/vmlinux-" in dso
+
+
+def leaf_facts(rows: list[list[Any]]) -> dict[str, Any]:
+    """What the instruction rows say about the recording: how many samples were in the
+    kernel (none: perf sampled user space only), and the identity of the binaries they fell
+    in, taken now, right after the run (build id, size, mtime), so that the report can tell
+    whether a binary it disassembles later is still the one that ran."""
+    per_dso: Counter[str] = Counter()
+    kernel = 0
+    for _, dso, _, _, n in rows:
+        per_dso[dso] += n
+        if is_kernel_dso(dso):
+            kernel += n
+    ids: dict[str, dict[str, Any]] = {}
+    for dso, _ in per_dso.most_common():
+        if len(ids) >= MAX_BINARIES:
+            break
+        if dso.startswith("/"):
+            ident = binaries.identity(dso)
+            if ident is not None:
+                ids[dso] = ident
+    return {"kernel_samples": kernel, "binaries": ids}
 
 
 def instruction_rows(text: bytes) -> list[list[Any]]:
     """[pid, dso, symbol, offset, samples] for each sampled instruction of `perf script -F
     comm,pid,tid,time,event,ip,sym,symoff,dso` output: the first frame of each sample is
     where the CPU was (rows of the instr_samples table)."""
-    counts: Counter[tuple[int, str, str, int]] = Counter()
+    counts: Counter[tuple[int, str, str, int | None]] = Counter()
     pid = -1
     want_leaf = False
     for line in text.splitlines():
@@ -203,8 +244,12 @@ def instruction_rows(text: bytes) -> list[list[Any]]:
             if f:
                 sym = f.group(1).decode(errors="replace")
                 dso = f.group(3).decode(errors="replace")
-                counts[(pid, dso, sym, int(f.group(2), 16))] += 1
-    return [[p, d, s, o, n] for (p, d, s, o), n in sorted(counts.items())]
+                off = int(f.group(2), 16) if f.group(2) is not None else None
+                counts[(pid, dso, sym, off)] += 1
+    # no offset (None) sorts before the offsets of its function
+    return [[p, d, s, o, n] for (p, d, s, o), n in
+            sorted(counts.items(), key=lambda kv: (*kv[0][:3], -1 if kv[0][3] is None
+                                                   else kv[0][3]))]  # fmt: skip
 
 
 def _fold_file(path: Path) -> list[tuple[float, int, int, str, str, int]]:
@@ -212,7 +257,15 @@ def _fold_file(path: Path) -> list[tuple[float, int, int, str, str, int]]:
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return []
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        # pages read in at once (MAP_POPULATE): faulted in one by one they cost as much as
+        # the folding
+        populate = getattr(mmap, "MAP_POPULATE", 0)
+        flags = (
+            {"flags": mmap.MAP_SHARED | populate, "prot": mmap.PROT_READ}
+            if populate
+            else {"access": mmap.ACCESS_READ}
+        )
+        with mmap.mmap(f.fileno(), 0, **flags) as m:
             return fold.fold_timed(m)
 
 

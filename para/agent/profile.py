@@ -49,6 +49,10 @@ class ProfileOptions:
     quiet: bool = False
     perf: str = "perf"
     call_graph: str = "auto"  # how --functions unwinds: auto | fp | dwarf | lbr (unwind.py)
+    # --functions: Python stacks of CPython processes by py-spy (issue 12)
+    python_stacks: bool = True
+    pyspy: str | None = None  # the py-spy to run (default: beside para's interpreter, PATH)
+    pyspy_rate: int = 100
 
 
 @dataclass
@@ -128,6 +132,7 @@ class Profiler:
         self.host = socket.gethostname()
         self._stamp = time.strftime("%Y%m%d-%H%M%S")
         self._affinity = set(os.sched_getaffinity(0))
+        self._python: Any = None  # pystacks.PySpyRecorder under --functions
 
     def say(self, msg: str) -> None:
         if not self.opts.quiet:
@@ -183,19 +188,27 @@ class Profiler:
         )
         child = Child(self.opts.cmd, gated=True, on_signal=self.say)
         recorder = None
+        self._helpers: set[int] = set()
         try:
             child.forward_signals()
             if self.opts.functions:
                 recorder = self._start_recorder(child.pid)
+            if recorder is not None and self.opts.python_stacks:
+                self._python = self._python_recorder(child)
             node.register(child.pid, self.job.rank, self._affinity)
             if not node.wait_ready():
                 self.warn(f"rank {self.job.rank}: the node's sampler (para pid {sampler}) is "
                           "not ready; running the command all the same")  # fmt: skip
             child.release()  # returns once exec'd: the sampler sees the command, not the gate
             node.running(child.pid)
+            if self._python is not None:
+                self._python.start()
         except BaseException:
             child.kill()
             child.wait()
+            if self._python is not None:
+                self._python.stop()
+                self._python.close()
             node.finished(child.pid)
             raise
         try:
@@ -203,13 +216,22 @@ class Profiler:
         finally:
             try:
                 if recorder is not None:
-                    node.hand_over(child.pid, self._recorded(recorder))
+                    node.hand_over(child.pid, self._recorded(recorder, self._python))
             finally:
                 node.finished(child.pid)
         return ProfileResult(status.code, None)
 
-    def _recorded(self, recorder: Any) -> dict[str, Any]:
-        stacks = recorder.finish()
+    def _recorded(self, recorder: Any, python: Any = None) -> dict[str, Any]:
+        """Finish this para's recording (perf's stacks, py-spy's Python stacks stitched on
+        them): what goes into the node's file."""
+        if python is not None:
+            python.stop()
+            recorder.python = python
+        try:
+            stacks = recorder.finish()
+        finally:
+            if python is not None:
+                python.close()
         return {
             "rank": self.job.rank,
             "stacks": stacks,
@@ -231,7 +253,7 @@ class Profiler:
             NetSampler(files),
             DiskSampler(files),
             FsSampler(files),
-            ProcessSampler(files, roots, adopt_children_of=os.getpid(), exclude=lambda: helpers),
+            ProcessSampler(files, roots, adopt_children_of=os.getpid(), exclude=self._excluded),
         ]
         if self.opts.gpu:
             samplers.append(GpuSampler(on_message=self.say))
@@ -281,7 +303,15 @@ class Profiler:
             # sampled stays recoverable in the journal.
             child.kill()
             writer.abandon()
+            if self._python is not None:
+                self._python.stop()
+                self._python.close()
             raise
+
+    def _excluded(self) -> set[int]:
+        """para's own helpers (perf, py-spy), which are its children but not the job's."""
+        py = self._python.helper_pids() if self._python is not None else set()
+        return self._helpers | py
 
     def _run_child(
         self,
@@ -305,12 +335,16 @@ class Profiler:
             if helper is not None:
                 self._helpers.add(helper)
         recorder = self._start_recorder(child.pid) if self.opts.functions else None
+        if recorder is not None and self.opts.python_stacks:
+            self._python = self._python_recorder(child)
         self._announce(path, child, loop, recorder)
         if node is not None:
             self._gather(node)
         started = time.monotonic()
         child.release()  # returns once the command has exec'd: it, not the gate, is sampled
         loop.start()  # the first sample is taken at once
+        if self._python is not None:
+            self._python.start()
         exit_status = child.wait()
         if node is not None and node.pending():
             self.say("the command ended; waiting for the other ranks on this node")
@@ -318,7 +352,7 @@ class Profiler:
                 time.sleep(min(self.opts.interval, 0.5))
         elapsed = time.monotonic() - started
         loop.stop(final_sample=True)
-        functions = self._write_stacks(writer, recorder, node)
+        functions = self._write_stacks(writer, recorder, node, self._python)
         loop.close()
         facts = {f: dict(st.facts) for f, st in status.items() if st.facts}
         for s in loop.samplers:  # what a family learnt while running (counter states, ...)
@@ -402,13 +436,13 @@ class Profiler:
             return path
         return final
 
-    def _write_stacks(self, writer: ParaWriter, recorder: Any, node: NodeLocal | None
-                      ) -> dict[str, Any] | None:  # fmt: skip
+    def _write_stacks(self, writer: ParaWriter, recorder: Any, node: NodeLocal | None,
+                      python: Any = None) -> dict[str, Any] | None:  # fmt: skip
         """Call stacks of this para's command and of the node's other ranks (each rank's para
         records its own) into the file; what each recording was, for `functions`."""
         parts: list[dict[str, Any]] = []
         if recorder is not None:
-            parts.append(self._recorded(recorder))
+            parts.append(self._recorded(recorder, python))
         if node is not None:
             parts += list(node.collect().values())
         if not parts:
@@ -426,8 +460,9 @@ class Profiler:
         if len(parts) > 1:
             infos = [dict(p.get("functions") or {}, rank=p.get("rank")) for p in parts]
             info["ranks"] = sorted(infos, key=lambda i: (i["rank"] is None, i["rank"] or 0))
-            for key in ("samples", "stacks", "perf_data_bytes"):
+            for key in ("samples", "stacks", "perf_data_bytes", "kernel_samples"):
                 info[key] = sum(int(i.get(key) or 0) for i in infos)
+            info["binaries"] = {k: v for i in infos for k, v in (i.get("binaries") or {}).items()}
             if any(i.get("samples") for i in infos):
                 info.pop("error", None)
         return info
@@ -448,6 +483,22 @@ class Profiler:
             self._helpers.add(rec.proc.pid)
         return rec
 
+    def _python_recorder(self, child: Child) -> Any:
+        """py-spy on the CPython processes of the command's tree (the processes perf
+        follows), or None when py-spy is missing: then perf's frames of the interpreter stay."""
+        from para.agent.pystacks import PySpyRecorder
+        from para.agent.samplers.base import Unavailable
+
+        try:
+            return PySpyRecorder(
+                lambda: {child.pid}, adopter=os.getpid(), exclude=lambda: self._helpers,
+                rate=self.opts.pyspy_rate, pyspy=self.opts.pyspy, on_message=self.warn,
+            )  # fmt: skip
+        except Unavailable as e:
+            self.warn(f"--functions: Python functions are not resolved: {e}; Python processes "
+                      "keep perf's frames of the interpreter")  # fmt: skip
+            return None
+
     def _announce(self, path: Path, child: Child, loop: SamplingLoop, recorder: Any) -> None:
         cmd = " ".join(self.opts.cmd)
         if len(cmd) > 60:
@@ -456,7 +507,12 @@ class Profiler:
         self.say(
             f"profiling `{cmd}` (pid {child.pid}) on {self.host} every {self.opts.interval:g} s: "
             + ", ".join(ok)
-            + (f", call stacks (perf record, {recorder.unwind.mode} unwinding)" if recorder else "")
+            + (
+                f", call stacks (perf record, {recorder.unwind.mode} unwinding"
+                + (", py-spy for Python)" if self._python else ")")
+                if recorder
+                else ""
+            )
         )
         for f, st in loop.status.items():
             if st.state != "ok":

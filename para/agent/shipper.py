@@ -37,6 +37,8 @@ from para.formats import wire
 # key: (type(s), default, what)
 KEYS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "url": ((str,), None, "collector address, grpc+tls://HOST:PORT"),
+    "fallback": ((list,), [], "more collectors, tried in turn while the current one fails"),
+    "primary_retry": ((int, float), 300.0, "seconds on a fallback before trying url again"),
     "ca_file": ((str,), None, "CA certificate that signed the collector's certificate"),
     "cert_file": ((str,), None, "this node's client certificate (mutual TLS)"),
     "key_file": ((str,), None, "its private key"),
@@ -70,18 +72,18 @@ def validate_config(table: dict[str, Any]) -> list[str]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             problems.append(f"collector.{key}: must not be negative")
     url = table.get("url")
+    insecure = table.get("insecure") is True
     if url is None:
         problems.append('collector.url: missing (e.g. url = "grpc+tls://collector:8815")')
     elif isinstance(url, str):
-        insecure = table.get("insecure") is True
-        if url.startswith(("grpc+tcp://", "grpc://")) and not insecure:
-            problems.append(
-                f"collector.url: {url} is plaintext; use grpc+tls:// or set insecure = true"
-            )
-        elif not url.startswith(("grpc+tls://", "grpc+tcp://", "grpc://")):
-            problems.append(f"collector.url: {url!r} must start with grpc+tls://")
-        elif url.rpartition(":")[2].isdigit() is False:
-            problems.append(f"collector.url: {url!r} has no port (HOST:PORT)")
+        problems += _url_problems("collector.url", url, insecure)
+    fallback = table.get("fallback")
+    if isinstance(fallback, list):
+        for i, other in enumerate(fallback):
+            if not isinstance(other, str):
+                problems.append(f"collector.fallback[{i}]: expected an address, got {other!r}")
+            else:
+                problems += _url_problems(f"collector.fallback[{i}]", other, insecure)
     for key in ("ca_file", "cert_file", "key_file", "token_file"):
         path = table.get(key)
         if isinstance(path, str) and not os.access(path, os.R_OK):
@@ -96,9 +98,21 @@ def validate_config(table: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _url_problems(key: str, url: str, insecure: bool) -> list[str]:
+    if url.startswith(("grpc+tcp://", "grpc://")) and not insecure:
+        return [f"{key}: {url} is plaintext; use grpc+tls:// or set insecure = true"]
+    if not url.startswith(("grpc+tls://", "grpc+tcp://", "grpc://")):
+        return [f"{key}: {url!r} must start with grpc+tls://"]
+    if url.rpartition(":")[2].isdigit() is False:
+        return [f"{key}: {url!r} has no port (HOST:PORT)"]
+    return []
+
+
 @dataclass
 class _Cfg:
     url: str
+    fallback: list[str]
+    primary_retry: float
     ca_file: str | None
     cert_file: str | None
     key_file: str | None
@@ -146,6 +160,10 @@ class Shipper:
         self._threads: list[threading.Thread] = []
         self._client: Any = None
         self._live_client: Any = None
+        # sharded collectors: the configured one first, then the fallbacks in turn
+        self._urls = [self.cfg.url, *self.cfg.fallback]
+        self._current = 0
+        self._on_fallback_since = 0.0
         self._live: deque[tuple[int, dict[str, Any]]] = deque(maxlen=max(1, self.cfg.live_buffer))
         self._session_due: float | None = None
         self._backoff_until = 0.0
@@ -305,8 +323,10 @@ class Shipper:
                 token = Path(self.cfg.token_file).read_text().strip()
             except OSError as e:
                 raise Denied(f"cannot read token file {self.cfg.token_file}: {e.strerror}") from e
+        if self._current and time.monotonic() - self._on_fallback_since >= self.cfg.primary_retry:
+            self._current = 0  # back to this node's own collector
         ep = Endpoint(
-            url=self.cfg.url,
+            url=self._urls[self._current],
             ca_file=Path(self.cfg.ca_file) if self.cfg.ca_file else None,
             cert_file=Path(self.cfg.cert_file) if self.cfg.cert_file else None,
             key_file=Path(self.cfg.key_file) if self.cfg.key_file else None,
@@ -323,7 +343,14 @@ class Shipper:
     def _failed(self, e: Exception, transient: bool) -> None:
         self.counts["failed_attempts"] += 1
         self._failures += 1
-        delay = backoff_delay(self._failures, self.cfg.backoff_min, self.cfg.backoff_max, self._rng)
+        # the next collector of the list, each tried after the shortest delay; the backoff
+        # grows once every one of them failed
+        if transient and len(self._urls) > 1:
+            self._current = (self._current + 1) % len(self._urls)
+            if self._current:
+                self._on_fallback_since = time.monotonic()
+        rounds = 1 + (self._failures - 1) // len(self._urls) if transient else self._failures
+        delay = backoff_delay(rounds, self.cfg.backoff_min, self.cfg.backoff_max, self._rng)
         self._backoff_until = time.monotonic() + delay
         self.state = "backing off"
         msg = str(e)
@@ -396,7 +423,7 @@ class Shipper:
         elif self._session_due is not None and self._session_due > now:
             next_in = round(self._session_due - now, 1)
         return {
-            "collector": self.cfg.url,
+            "collector": self._urls[self._current],
             "state": self.state,
             "waiting_segments": n,
             "waiting_bytes": size,

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from para.analyzer import instructions, phases, rules
+from para.analyzer import instructions, phases, pyfacts, rules
 from para.analyzer.job import Job
 from para.analyzer.load import sql_file, views
 
@@ -117,6 +117,30 @@ def _process_names(job: Job) -> dict[int, dict[int, dict[str, Any]]]:
     return out
 
 
+def _memory_peaks(job: Job) -> dict[int, tuple[float, str]]:
+    """Each node's peak memory bandwidth as its recording found it (host facts)."""
+    out = {}
+    for i, n in enumerate(job.nodes):
+        peak = (n.meta.get("host") or {}).get("memory_peak") or {}
+        if peak.get("bytes_per_s"):
+            out[i] = (float(peak["bytes_per_s"]), str(peak.get("how") or "DMI"))
+    return out
+
+
+def _kernel_stacks(job: Job) -> bool | None:
+    """Whether the recorded call stacks reach into the kernel: the count the recorder kept
+    (samples whose leaf was a kernel function), else the leaves of the instruction table;
+    None when neither says."""
+    counts = [((n.meta.get("functions") or {}).get("kernel_samples")) for n in job.nodes
+              if (n.meta.get("functions") or {}).get("samples")]  # fmt: skip
+    if counts and all(c is not None for c in counts):
+        return sum(int(c or 0) for c in counts) > 0
+    if job.has("instr"):
+        n = job.one("SELECT count(*) FROM instr WHERE dso LIKE '[kernel%' OR dso LIKE '%vmlinux%'")
+        return bool(n)
+    return None
+
+
 def _downsample(xs: list[Any], size: int) -> list[Any]:
     if size <= 1:
         return xs
@@ -168,7 +192,7 @@ class Analysis:
             counters={r["event"]: r for r in _dicts(job, "counters")} if job.has("ctr") else {},
             regression=_first(_dicts(job, "regression")),
             catastrophe=_first(_dicts(job, "catastrophe")),
-            ib=_first(_dicts(job, "ib", cfg["network_bound"]["max_link_share"]))
+            ib=_first(_dicts(job, "ib", *[cfg["network_bound"]["max_link_share"]] * 3))
             if job.has("ib")
             else None,
             stack_samples=stack_total,
@@ -179,6 +203,12 @@ class Analysis:
             has_meta_counters=job.has("fsmeta"),
             meta_ops_per_node=totals.get("meta_ops_per_node"),
             ranks=_dicts(job, "ranks", rules.COMM_PATTERN) if job.has("procs") else [],
+            python=pyfacts.python_facts(job, pyfacts.perf_frequency(job)),
+            kernel_stacks=_kernel_stacks(job) if stack_total else None,
+            counter_events=lambda pattern: (
+                [tuple(r) for r in q(job, "counter_events", pattern)] if job.has("ctr") else []
+            ),
+            memory_peak=_memory_peaks(job),
         )
         self.facts = facts
         outcomes = rules.evaluate(facts, cfg)
@@ -419,7 +449,27 @@ class Analysis:
             "samples": samples,
             "hotspots": hot,
             "flamegraph": self._flamegraph() if samples else None,
+            # Python threads off-CPU (py-spy saw them, perf did not): issue 12
+            "waiting": pyfacts.waiting(self.job),
+            "sources": self._sources(),
         }
+
+    def _sources(self) -> dict[str, Any]:
+        """Who named the frames (perf, py-spy), from the files' own records."""
+        out: dict[str, Any] = {"python": [], "unreadable": []}
+        for n in self.job.nodes:
+            info = n.meta.get("functions")
+            py = info.get("python") if isinstance(info, dict) else None
+            if isinstance(py, dict):
+                out["python"].append({
+                    "node": n.label, "tool": py.get("tool"), "version": py.get("version"),
+                    "rate_hz": py.get("rate_hz"), "processes": py.get("processes"),
+                    "stitched_samples": py.get("stitched_samples"),
+                    "perf_only_samples": py.get("perf_only_samples"),
+                    "wait_samples": py.get("wait_samples"),
+                })  # fmt: skip
+                out["unreadable"] += [{"node": n.label, **u} for u in py.get("unreadable") or []]
+        return out
 
     def _flamegraph(self) -> dict[str, Any]:
         """The stacks as a tree (root: all samples), small frames folded into '(other)'."""
@@ -493,10 +543,12 @@ class Analysis:
         if not f.counters or "counters" in f.unmeasured:
             return {"points": [], "reason": f.unmeasured.get("counters",
                                                             "no hardware counters")}  # fmt: skip
+        # FLOPs per count: Intel counts instructions by width; AMD's fp_ret_sse_avx_ops.all
+        # counts the FLOPs themselves
         weights = {r"fp_arith_inst_retired\.scalar": 1, r"128b_packed_double": 2,
                    r"256b_packed_double": 4, r"512b_packed_double": 8,
                    r"128b_packed_single": 4, r"256b_packed_single": 8,
-                   r"512b_packed_single": 16}  # fmt: skip
+                   r"512b_packed_single": 16, r"fp_ret_sse_avx_ops\.all": 1}  # fmt: skip
         flops: dict[int, float] = defaultdict(float)
         seen = False
         for pattern, w in weights.items():
@@ -504,14 +556,17 @@ class Analysis:
                 if per_s:
                     flops[node] += w * per_s
                     seen = True
-        mem = dict(q(self.job, "counter_nodes", rules.MEM_CAS_PATTERN))
+        traffic = rules.memory_traffic(
+            [tuple(r) for r in q(self.job, "counter_events", rules.MEM_CAS_PATTERN)]
+        )
+        mem = {node: bw for node, (bw, _) in traffic.items()}
         if not seen or not any(mem.values()):
             return {"points": [], "reason": "needs floating-point (fp_arith_inst_retired.*) "
                     "and memory-controller (uncore_imc cas_count_*) events"}  # fmt: skip
         labels = [n.label for n in self.job.nodes]
         pts = []
         for node, fl in sorted(flops.items()):
-            bw = 64.0 * (mem.get(node) or 0.0)
+            bw = mem.get(node) or 0.0
             if bw > 0:
                 pts.append({"node": labels[node], "flops_per_s": _num(fl, 0),
                             "bytes_per_s": _num(bw, 0),
@@ -519,7 +574,8 @@ class Analysis:
         c = self.cfg.get("memory_bandwidth_bound", {})
         return {
             "points": pts,
-            "peak_bytes_per_s": c.get("peak_bytes_per_s") or None,
+            "peak_bytes_per_s": c.get("peak_bytes_per_s")
+            or max((p for p, _ in f.memory_peak.values()), default=None),
             "peak_flops_per_s": None,
             "reason": None if pts else "no node had both kinds of events",
         }

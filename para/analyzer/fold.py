@@ -12,14 +12,21 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
-
-import click
+from typing import Any, BinaryIO
 
 from para.cython_ext import load
 from para.errors import ParaError
 
 READ_HINT = "give the file `perf script` wrote, or - (the default) to read standard input"
+
+
+def map_whole(fd: int) -> mmap.mmap:
+    """The file mapped read-only, its pages read in by the kernel at once (MAP_POPULATE):
+    faulting them in one by one while scanning costs as much as the folding itself."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if populate:
+        return mmap.mmap(fd, 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
+    return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
 
 
 @contextmanager
@@ -39,7 +46,7 @@ def opened_input(path: str) -> Iterator[bytes | mmap.mmap]:
         ) from None
     with f:
         try:
-            mapped: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mapped: mmap.mmap | None = map_whole(f.fileno())
         except (ValueError, OSError):  # empty, or not a regular file (a pipe, /dev/null)
             mapped = None
         if mapped is None:
@@ -91,57 +98,116 @@ def _write(out: BinaryIO, text: bytes) -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-@click.command("fold")
-@click.option("--pid", is_flag=True, help="Append the PID to process names (name-PID).")
-@click.option("--tid", is_flag=True, help="Append PID and TID to process names (name-PID/TID).")
-@click.option("--kernel", is_flag=True, help="Mark kernel frames with _[k].")
-@click.option("--jit", is_flag=True, help="Mark JIT frames (/tmp/perf-PID.map) with _[j].")
-@click.option("--all", "all_", is_flag=True, help="Both --kernel and --jit.")
-@click.option("--addrs", is_flag=True, help="Keep raw addresses of unknown symbols.")
-@click.option(
-    "--event-filter",
-    metavar="EVENT",
-    default=None,
-    help="Keep samples of this event only (default: the first event seen).",
-)
-@click.argument("file", default="-", metavar="[FILE]")
-def fold_command(
-    pid: bool,
-    tid: bool,
-    kernel: bool,
-    jit: bool,
-    all_: bool,
-    addrs: bool,
-    event_filter: str | None,
-    file: str,
-) -> None:
-    """Fold `perf script` output (FILE, or - for standard input) into "stack count" lines,
-    exactly as FlameGraph's stackcollapse-perf.pl does.
+FLAGS = ("pid", "tid", "kernel", "jit", "all", "addrs")
 
-    \b
-    Example:
-      perf record -g -F 999 ./app && perf script | para fold > app.folded
-    """
+
+def _click_command() -> Any:
+    """The click command (help, usage errors); built when first asked for, so that a plain
+    `para fold FILE` starts without loading click."""
+    import click
+
+    @click.command("fold")
+    @click.option("--pid", is_flag=True, help="Append the PID to process names (name-PID).")
+    @click.option("--tid", is_flag=True, help="Append PID and TID to process names (name-PID/TID).")
+    @click.option("--kernel", is_flag=True, help="Mark kernel frames with _[k].")
+    @click.option("--jit", is_flag=True, help="Mark JIT frames (/tmp/perf-PID.map) with _[j].")
+    @click.option("--all", "all_", is_flag=True, help="Both --kernel and --jit.")
+    @click.option("--addrs", is_flag=True, help="Keep raw addresses of unknown symbols.")
+    @click.option(
+        "--event-filter",
+        metavar="EVENT",
+        default=None,
+        help="Keep samples of this event only (default: the first event seen).",
+    )
+    @click.argument("file", default="-", metavar="[FILE]")
+    def fold_command(
+        pid: bool,
+        tid: bool,
+        kernel: bool,
+        jit: bool,
+        all_: bool,
+        addrs: bool,
+        event_filter: str | None,
+        file: str,
+    ) -> None:
+        """Fold `perf script` output (FILE, or - for standard input) into "stack count" lines,
+        exactly as FlameGraph's stackcollapse-perf.pl does.
+
+        \b
+        Example:
+          perf record -g -F 999 ./app && perf script | para fold > app.folded
+        """
+        run(file, pid=pid, tid=tid, kernel=kernel or all_, jit=jit or all_, addrs=addrs,
+            event_filter=event_filter)  # fmt: skip
+
+    return fold_command
+
+
+_COMMAND: Any = None
+
+
+def __getattr__(name: str) -> Any:
+    global _COMMAND
+    if name == "fold_command":
+        if _COMMAND is None:
+            _COMMAND = _click_command()
+        return _COMMAND
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def run(file: str, **options: Any) -> None:
+    """Fold FILE (- for standard input) and print the result."""
     with opened_input(file) as data:
-        text = fold_text(
-            data,
-            pid=pid,
-            tid=tid,
-            kernel=kernel or all_,
-            jit=jit or all_,
-            addrs=addrs,
-            event_filter=event_filter,
-        )
+        text = fold_text(data, **options)
     _write(sys.stdout.buffer, text)
+
+
+def plain_args(argv: list[str]) -> dict[str, Any] | None:
+    """The options of a plain command line (the flags, --event-filter, one FILE), or None for
+    anything else (--help, a mistake ...), which click then reads and answers."""
+    opts: dict[str, Any] = {f: False for f in FLAGS}
+    opts.update(event_filter=None, file=None)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("--") and a[2:] in FLAGS:
+            opts[a[2:]] = True
+        elif a == "--event-filter" and i + 1 < len(argv):
+            opts["event_filter"] = argv[i + 1]
+            i += 1
+        elif a.startswith("--event-filter="):
+            opts["event_filter"] = a.split("=", 1)[1]
+        elif (a == "-" or not a.startswith("-")) and opts["file"] is None:
+            opts["file"] = a
+        else:
+            return None
+        i += 1
+    all_ = opts.pop("all")
+    opts["kernel"] = opts["kernel"] or all_
+    opts["jit"] = opts["jit"] or all_
+    opts["file"] = opts["file"] or "-"
+    return opts
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run `para fold` with `argv` (default: the process arguments); the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    plain = plain_args(argv)
     try:
-        fold_command.main(args=argv, prog_name="para fold", standalone_mode=False)
+        if plain is not None:
+            run(plain.pop("file"), **plain)
+            return 0
+        return _click_main(argv)
     except ParaError as e:
-        click.echo(str(e), err=True)
+        print(str(e), file=sys.stderr)
         return e.exit_code
+
+
+def _click_main(argv: list[str]) -> int:
+    import click
+
+    try:
+        __getattr__("fold_command").main(args=argv, prog_name="para fold", standalone_mode=False)
     except click.exceptions.Exit as e:  # --help
         return e.exit_code
     except click.ClickException as e:

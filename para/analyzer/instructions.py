@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from para.agent import binaries
 from para.agent.perfrecord import instruction_rows
 from para.analyzer.job import Job
 from para.formats.schema import catalogue
@@ -29,25 +30,70 @@ CATALOGUE = catalogue(["instr_samples"])
 rows_from_script = instruction_rows
 
 
+def _nm(args: list[str]) -> list[tuple[int, int, str]]:
+    """(address, size, name) of the defined functions nm lists."""
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found = []
+    for line in out.splitlines():
+        # "addr size type name": a demangled name may hold spaces
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4 and parts[2] in ("t", "T", "w", "W", "i", "I"):
+            try:
+                found.append((int(parts[0], 16), int(parts[1], 16), parts[3]))
+            except ValueError:
+                continue
+    return found
+
+
+def _bare(name: str) -> str:
+    """A demangled name without its parameter list (and const/ABI tags after it)."""
+    depth = 0
+    for i, ch in enumerate(name):
+        if ch in "<[":
+            depth += 1
+        elif ch in ">]":
+            depth -= 1
+        elif ch == "(" and depth == 0 and i > 0 and not name.startswith("(anonymous", i):
+            return name[:i]
+    return name
+
+
 def _symbol(dso: str, name: str) -> tuple[int, int] | None:
-    """Address and size of a function in an ELF file: its symbol table, then the dynamic."""
-    for args in (["nm", "--defined-only", "-S", dso], ["nm", "-D", "--defined-only", "-S", dso]):
-        try:
-            out = subprocess.run(args, capture_output=True, text=True, timeout=30).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 4 and parts[3] == name and parts[2] in "tTwWiI":
-                return int(parts[0], 16), int(parts[1], 16)
+    """Address and size of a function in an ELF file: its symbol table, then the dynamic.
+    perf prints C++ and Rust names demangled: they are compared with nm's demangled names
+    (-C), then with the raw ones, then without parameter lists when only one function has
+    that name."""
+    for dynamic in ([], ["-D"]):
+        for demangle in (["-C"], []):
+            syms = _nm(["nm", *dynamic, *demangle, "--defined-only", "-S", dso])
+            exact = [(a, sz) for a, sz, n in syms if n == name]
+            if exact:
+                return exact[0]
+            if demangle:
+                bare = _bare(name)
+                loose = {(a, sz) for a, sz, n in syms if _bare(n) == bare}
+                if len(loose) == 1:
+                    return loose.pop()
     return None
 
 
-def disassemble(dso: str, name: str) -> tuple[list[tuple[int, str]], str | None]:
-    """[(offset, instruction text)] of a function, or ([], why not)."""
+def disassemble(
+    dso: str, name: str, recorded: dict[str, Any] | None = None
+) -> tuple[list[tuple[int, str]], str | None]:
+    """[(offset, instruction text)] of a function, or ([], why not).  `recorded` is the
+    binary's identity when it ran (build id, size, mtime): a binary that has changed since
+    is not disassembled, its code is not the code that was sampled."""
     path = Path(dso)
+    if dso.startswith("[kernel"):
+        return [], "kernel code (perf names no file for it): offsets only"
     if not dso.startswith("/") or not path.is_file():
         return [], f"{dso} is not there any more (or is not a file): offsets only"
+    changed = binaries.differs(recorded, binaries.identity(dso))
+    if changed:
+        return [], f"{dso} is not the binary that ran ({changed}): offsets only"
     if shutil.which("objdump") is None or shutil.which("nm") is None:
         return [], "objdump and nm (binutils) are not installed: offsets only"
     sym = _symbol(dso, name)
@@ -72,6 +118,15 @@ def disassemble(dso: str, name: str) -> tuple[list[tuple[int, str]], str | None]
     return lines, None
 
 
+def _recorded_binaries(job: Job) -> dict[str, dict[str, Any]]:
+    """The identity of each binary when it ran, as the recordings kept it (first wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for n in job.nodes:
+        for dso, ident in ((n.meta.get("functions") or {}).get("binaries") or {}).items():
+            out.setdefault(dso, ident)
+    return out
+
+
 def annotate(job: Job, hotspots: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-instruction shares for the hottest functions that have instruction samples."""
     if not job.has("instr"):
@@ -79,6 +134,7 @@ def annotate(job: Job, hotspots: list[dict[str, Any]]) -> dict[str, Any]:
                   "--functions` when it records the instr_samples table)")  # fmt: skip
         return {"functions": [], "reason": reason}
     funcs = []
+    recorded = _recorded_binaries(job)
     hot_names = [h["function"] for h in hotspots if h["self_samples"] > 0]
     rows = job.query(
         "SELECT symbol, dso, sum(samples) AS n FROM instr GROUP BY symbol, dso "
@@ -89,22 +145,26 @@ def annotate(job: Job, hotspots: list[dict[str, Any]]) -> dict[str, Any]:
     for symbol, dso, total in order[:TOP_FUNCTIONS]:
         per = job.query(
             'SELECT "offset", sum(samples) FROM instr WHERE symbol = ? AND dso = ? '
-            'GROUP BY "offset" ORDER BY 2 DESC, 1',
+            'GROUP BY "offset" ORDER BY 2 DESC, 1 NULLS FIRST',
             [symbol, dso],
         )
-        code, why = disassemble(str(dso), str(symbol))
+        code, why = disassemble(str(dso), str(symbol), recorded.get(str(dso)))
         text = dict(code)
+        # samples perf could place at no offset (no symbol, or none printed) are counted in
+        # the function's total and shown as one line without an offset
         lines = [
             {
-                "offset": int(off),
-                "instruction": text.get(int(off)),
+                "offset": None if off is None else int(off),
+                "instruction": None if off is None else text.get(int(off)),
                 "samples": int(n),
                 "pct": round(100.0 * n / total, 2) + 0.0,
             }
             for off, n in per[:TOP_INSTRUCTIONS]
         ]
+        unplaced = sum(int(n) for off, n in per if off is None)
         funcs.append({
             "function": str(symbol), "dso": str(dso), "samples": int(total),
+            "unplaced_samples": unplaced,
             "disassembled": why is None, "reason": why, "instructions": lines,
         })  # fmt: skip
     return {"functions": funcs, "reason": None if funcs else "no instruction samples"}

@@ -47,9 +47,13 @@ TABLES: dict[str, dict[str, str]] = {
     "gpu": {"t": "BIGINT", "gpu": "VARCHAR", "util": "DOUBLE", "mem_util": "DOUBLE",
             "mem_used": "DOUBLE", "mem_total": "DOUBLE", "power_w": "DOUBLE"},
     "ctr": {"event": "VARCHAR", "total": "DOUBLE", "counted": "DOUBLE", "seconds": "DOUBLE",
-            "running_pct": "DOUBLE"},
+            "running_pct": "DOUBLE", "unit": "VARCHAR"},
     "stacks": {"t": "BIGINT", "stack": "VARCHAR", "samples": "BIGINT"},
     "pstacks": {"pid": "BIGINT", "stack": "VARCHAR", "samples": "BIGINT"},  # per process
+    # Python threads off-CPU, in samples of perf's period (issue 12)
+    "waits": {"t": "BIGINT", "stack": "VARCHAR", "state": "VARCHAR", "samples": "BIGINT"},
+    "pystacks": {"pid": "BIGINT", "tid": "BIGINT", "stack": "VARCHAR", "state": "VARCHAR",
+                 "samples": "BIGINT"},
     "events": {"t": "BIGINT", "kind": "VARCHAR", "pid": "BIGINT", "name": "VARCHAR",
                "detail": "VARCHAR"},
     "fsmeta": {"t": "BIGINT", "ops_ps": "DOUBLE"},

@@ -168,6 +168,19 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
             fn_name = Text(printable(h["function"]))
             t.add_row(fmt_pct(h["self_pct"]), fmt_pct(h["total_pct"]), fn_name)
         console.print(t)
+    waits = fn.get("waiting") or {}
+    if waits.get("functions"):
+        secs = f"{waits['seconds']:.1f} thread-seconds, " if waits.get("seconds") else ""
+        ready = (f"; {waits['ready_seconds']:.1f} of them runnable, waiting for a CPU"
+                 if waits.get("ready_seconds") else "")  # fmt: skip
+        t = table(f"Where Python threads waited, off-CPU ({secs}{waits['samples']:,} samples: "
+                  f"sleep, I/O, locks, the GIL{ready})",
+                  ("share", "right"), ("seconds", "right"), ("innermost Python function",
+                                                              "left"))  # fmt: skip
+        for w in waits["functions"][:10]:
+            t.add_row(fmt_pct(w["pct"]), "-" if w["seconds"] is None else f"{w['seconds']:.1f}",
+                      Text(printable(w["function"])))  # fmt: skip
+        console.print(t)
     ins = job["instructions"]
     for f in ins["functions"][:2]:
         how = "" if f["disassembled"] else f" ({f['reason']})"
@@ -175,7 +188,8 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
                   f"({f['samples']:,} samples){how}", ("share", "right"),
                   ("offset", "right"), ("instruction", "left"))  # fmt: skip
         for line in f["instructions"][:8]:
-            t.add_row(fmt_pct(line["pct"]), f"+{line['offset']:#x}",
+            off = "(no offset)" if line["offset"] is None else f"+{line['offset']:#x}"
+            t.add_row(fmt_pct(line["pct"]), off,
                       Text(printable(line["instruction"] or "?")))  # fmt: skip
         console.print(t)
 

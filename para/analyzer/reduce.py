@@ -528,7 +528,10 @@ class _Reducer:
                 ("wait_ms_ps", "sum"),
             ]  # fmt: skip
         )
-        g = g.rename_columns(["read_bps", "write_bps", "iops", "util_max", "wait_ms_ps", "t"])
+        # by name: where the group key lands among the columns differs between pyarrow versions
+        names = {"read_bps_sum": "read_bps", "write_bps_sum": "write_bps", "iops_sum": "iops",
+                 "util_max": "util_max", "wait_ms_ps_sum": "wait_ms_ps", "t": "t"}  # fmt: skip
+        g = g.rename_columns([names[c] for c in g.column_names])
         self.nd.series["disk"] = g.sort_by("t")
 
     def net(self) -> None:
@@ -600,16 +603,38 @@ class _Reducer:
         }).group_by("event", use_threads=False).aggregate([
             ("value", "sum"), ("counted", "sum"), ("seconds", "sum"), ("running_pct", "mean"),
         ])  # fmt: skip
-        # per event over the run: the count, and the count and seconds of the timed intervals
+        # per event over the run: the count, and the count and seconds of the timed intervals;
+        # and the unit perf printed it in (MiB for the scaled uncore events), kept by the
+        # sampler in the file's metadata
+        units = ((self.nd.meta.get("family_facts") or {}).get("counters") or {}).get("units")
+        unit = pa.array([(units or {}).get(e) or None for e in g["event"].to_pylist()],
+                        pa.string())  # fmt: skip
         self.nd.series["ctr"] = pa.table({
             "event": g["event"], "total": g["value_sum"], "counted": g["counted_sum"],
-            "seconds": g["seconds_sum"], "running_pct": g["running_pct_mean"],
+            "seconds": g["seconds_sum"], "running_pct": g["running_pct_mean"], "unit": unit,
         })  # fmt: skip
 
     def stacks(self) -> None:
-        tab = self.read("stacks", ["stack", "samples"], [], ("stack",))
+        tab = self.read("stacks", ["pid", "tid", "stack", "samples", "source", "state"], [],
+                        ("stack",))  # fmt: skip
         if tab is None:
             return
+        state = tab["state"]
+        if pa.types.is_string(state.type):
+            self.pystacks(tab)
+            # Python threads seen off-CPU (issue 12): where the time went waiting, apart
+            # from the CPU samples that make the hotspots
+            wait = pc.fill_null(pc.is_in(state, pa.array(["wait", "ready"])), False)
+            waits = tab.filter(wait)
+            tab = tab.filter(pc.invert(wait))
+            if len(waits):
+                self.nd.series["waits"] = pa.table({
+                    "t": _t_ms(waits), "stack": _flat(waits["stack"], pa.string()),
+                    "state": _flat(waits["state"], pa.string()),
+                    "samples": _flat(waits["samples"], pa.int64()),
+                })  # fmt: skip
+            if not len(tab):
+                return
         stack = tab["stack"].combine_chunks()
         if not pa.types.is_dictionary(stack.type):
             stack = stack.dictionary_encode()
@@ -637,14 +662,37 @@ class _Reducer:
 
     def pid_stacks(self) -> None:
         """The call stacks of each process over the whole run (per rank shares: the time
-        each rank spent in MPI)."""
-        tab = self.read("stacks", ["pid", "stack", "samples"], [], ("stack",))
+        each rank spent in MPI): CPU samples only, as the hotspots (Python threads seen
+        waiting are apart)."""
+        tab = self.read("stacks", ["pid", "stack", "samples", "state"], [], ("stack",))
         if tab is None:
             return
+        if pa.types.is_string(tab["state"].type):
+            waiting = pc.fill_null(pc.is_in(tab["state"], pa.array(["wait", "ready"])), False)
+            tab = tab.filter(pc.invert(waiting))
         g = tab.group_by(["pid", "stack"], use_threads=False).aggregate([("samples", "sum")])
         self.nd.series["pstacks"] = pa.table({
             "pid": _flat(g["pid"], pa.int64()), "stack": _flat(g["stack"], pa.string()),
             "samples": _flat(g["samples_sum"], pa.int64()),
+        })  # fmt: skip
+
+    def pystacks(self, tab: pa.Table) -> None:
+        """The Python threads' stacks (py-spy's, CPU and waiting) over the run, per thread:
+        what the Python rules read (pyfacts.py)."""
+        py = tab.filter(pc.fill_null(pc.equal(tab["source"], "py-spy"), False))
+        if not len(py):
+            return
+        py = pa.table({
+            "pid": _flat(py["pid"], pa.int64()), "tid": _flat(py["tid"], pa.int64()),
+            "stack": _flat(py["stack"], pa.string()), "state": _flat(py["state"], pa.string()),
+            "samples": _flat(py["samples"], pa.int64()),
+        })  # fmt: skip
+        g = py.group_by(["pid", "tid", "stack", "state"], use_threads=False).aggregate(
+            [("samples", "sum")]
+        )
+        self.nd.series["pystacks"] = pa.table({
+            "pid": g["pid"], "tid": g["tid"], "stack": g["stack"], "state": g["state"],
+            "samples": g["samples_sum"],
         })  # fmt: skip
 
     def events(self) -> None:

@@ -392,11 +392,14 @@ def _hotspots(run: Run) -> tuple[list[dict[str, Any]], int]:
     stack so recursion does not count twice) of every function, of all samples."""
     if not run.has("stacks"):
         return [], 0
-    total = int(run.one("SELECT coalesce(sum(samples), 0) FROM stacks"))
+    # CPU samples only: Python threads' waiting (state "wait", issue 12) is not a hotspot
+    src = ("(SELECT * FROM stacks WHERE coalesce(state, 'cpu') = 'cpu')"
+           if "state" in run.pf.schema("stacks").names else "stacks")  # fmt: skip
+    total = int(run.one(f"SELECT coalesce(sum(samples), 0) FROM {src}"))
     if total == 0:
         return [], 0
     rows = run.query(
-        "WITH agg AS (SELECT stack, sum(samples) AS samples FROM stacks GROUP BY stack), "
+        f"WITH agg AS (SELECT stack, sum(samples) AS samples FROM {src} GROUP BY stack), "
         "s AS (SELECT string_split(stack, ';') AS f, samples FROM agg), "
         "self AS (SELECT f[-1] AS fn, sum(samples) AS n FROM s GROUP BY fn), "
         "tot AS (SELECT fn, sum(samples) AS n FROM "

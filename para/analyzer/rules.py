@@ -58,11 +58,67 @@ META_PATTERN = (
 )
 
 
-# Memory-controller CAS events (one per 64-byte line read or written): by name, or as the
-# raw Intel uncore event 0x04 with the read/write umasks of Skylake-SP (0x03, 0x0c) and
-# Ice Lake-SP (0x0f, 0x30).
-MEM_CAS_PATTERN = (r"cas_count|CAS_COUNT|unc_m_cas|"
-                   r"imc[^/]*/event=0x0?4,umask=0x(0?3|0?c|0f|30)/")  # fmt: skip
+# Python threads (issue 12): the frames of data loaders, of their worker processes, and of
+# copies between host and GPU memory (the CUDA runtime's and driver's), as perf and py-spy
+# name them (py-spy: "module.function (path/file.py:line)").
+DATA_LOADING_PATTERN = r"(torch/utils/data/|tensorflow/python/data/|[dD]ata_?[lL]oader)"
+LOADER_WORKER_PATTERN = r"(torch/utils/data/_utils/worker\.py|_worker_loop \()"
+H2D_PATTERN = (r"(cudaMemcpy|cuMemcpy|cudaHostAlloc|cuMemHostAlloc|cudaHostRegister|"
+               r"cuMemHostRegister|cudaMallocHost|cuMemAllocHost)")  # fmt: skip
+
+
+# Memory-controller traffic, by the events that count it (perfsets.py collects them): each
+# source is (what it is, its read and write events, its total event, bytes per count when
+# perf printed no unit).  perf scales the named Intel events itself (sysfs .scale/.unit:
+# cas_count_* and the free-running data_* print in MiB); AMD's UMC CAS commands and data-
+# fabric beats, and Intel's raw uncore event 0x04 with the read/write umasks of Skylake-SP
+# (0x03, 0x0c) and Ice Lake-SP (0x0f, 0x30), are counts of 64-byte lines.  A node's traffic
+# comes from the first source it has: two sources count the same bytes.
+MEM_SOURCES: tuple[tuple[str, str, str | None, float], ...] = (
+    ("Intel IMC CAS", r"(^|/)cas_count_(read|write)(/|$)", None, 2.0**20),
+    ("Intel IMC CAS", r"(?i)unc_m_cas_count\.(rd|wr)", None, 64.0),
+    ("Intel IMC free-running", r"imc_free_running[^/]*/data_(read|write)/",
+     r"imc_free_running[^/]*/data_total/", 2.0**20),
+    ("AMD UMC CAS", r"umc_cas_cmd\.(rd|wr)", r"umc_cas_cmd\.all", 64.0),
+    ("AMD data-fabric DRAM", r"(read|write)_data_beats_dram", None, 64.0),
+    ("Intel IMC CAS", r"imc[^/]*/event=0x0?4,umask=0x(0?3|0?c|0f|30)/", None, 64.0),
+)  # fmt: skip
+MEM_CAS_PATTERN = "|".join(
+    p for _, rw, total, _ in MEM_SOURCES for p in (rw, total) if p
+).replace("(?i)", "")  # fmt: skip
+MEM_CAS_PATTERN = MEM_CAS_PATTERN.replace(
+    r"unc_m_cas_count\.(rd|wr)", r"(unc_m_cas_count|UNC_M_CAS_COUNT)\.(rd|wr|RD|WR)"
+)
+# what perf prints as an event's unit, in bytes
+UNIT_BYTES = {"B": 1.0, "Bytes": 1.0, "KiB": 2.0**10, "MiB": 2.0**20, "GiB": 2.0**30,
+              "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9}  # fmt: skip
+
+
+def memory_traffic(
+    rows: list[tuple[int, str, str | None, float | None]],
+) -> dict[int, tuple[float, str]]:
+    """Per node: memory traffic in bytes/s and the source it was read from, from the rows
+    (node, event, unit, per second) of the events matching MEM_CAS_PATTERN."""
+    out: dict[int, tuple[float, str]] = {}
+    for node in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == node and r[3] is not None]
+        for name, rw, total, per_count in MEM_SOURCES:
+            for pattern in (rw, total):
+                if pattern is None:
+                    continue
+                rx = re.compile(pattern)
+                hits = [r for r in mine if rx.search(r[1])]
+                if not hits:
+                    continue
+                bps = 0.0
+                for _, _, unit, per_s in hits:
+                    scale = UNIT_BYTES.get((unit or "").strip(), per_count) if unit else per_count
+                    bps += float(per_s or 0.0) * scale
+                out[node] = (bps, name)
+                break
+            if node in out:
+                break
+    return out
 
 
 def default_config() -> dict[str, dict[str, Any]]:
@@ -185,6 +241,17 @@ class Facts:
     meta_ops_per_node: float | None
     # MPI ranks (sql/analysis.sql `ranks`): rank, cpu_s, node, nodes, samples, comm
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    # Python threads' stacks (pyfacts.python_facts), None without py-spy stacks (issue 12)
+    python: dict[str, Any] | None = None
+    # (node, event, unit, per second) of the counter events matching a pattern
+    counter_events: Callable[[str], list[tuple[int, str, str | None, float | None]]] = field(
+        default=lambda pattern: []
+    )
+    # per node: the peak memory bandwidth of the machine (bytes/s) and where it came from
+    memory_peak: dict[int, tuple[float, str]] = field(default_factory=dict)
+    # whether the call stacks hold kernel frames (False: perf sampled user space only, so
+    # system calls are invisible in them); None: not known (a file without the count)
+    kernel_stacks: bool | None = None
 
 
 MIN_RANK_SAMPLES = 20  # call-stack samples of a rank for its MPI share to mean something
@@ -502,13 +569,17 @@ class Evaluator:
         d_share = sum(d_shares) / len(d_shares) if d_shares else 0.0
         busy, wait = t.get("cores") or 0.0, t.get("iowait") or 0.0
         job_io = (t.get("read_bps") or 0.0) + (t.get("write_bps") or 0.0)
-        w_share = wait / (busy + wait) if busy + wait > 0 and job_io >= 1e6 else 0.0
-        if not d_shares and job_io < 1e6:
-            w_share = wait / (busy + wait) if busy + wait > 0 else 0.0
+        io_known = t.get("read_bps") is not None or t.get("write_bps") is not None
+        # The node's iowait is the job's only while the job moves data (or when neither its
+        # data nor its processes' states were recorded: then it is all there is).
+        counted = job_io >= 1e6 or (not io_known and not d_shares)
+        w_share = wait / (busy + wait) if busy + wait > 0 and counted else 0.0
         share = max(d_share, w_share)
         how = (f"the job's processes were blocked on I/O (state D) in {100 * d_share:.0f} % of "
                f"their samples; the CPUs waited for I/O {wait:.2f} cores on average against "
                f"{busy:.2f} busy with the job ({100 * w_share:.0f} %)")  # fmt: skip
+        if not counted:
+            how += " (not counted: the job moved under 1 MB/s of storage data)"
         if share < c["min_share"]:
             return self.outcome(rid, "passed", value=100 * share, unit="%")
         io = (f"; storage traffic {_bytes(t.get('read_bps'))}/s read, "
@@ -528,7 +599,8 @@ class Evaluator:
                 evidence=f"{ops:.0f} metadata operations per second per node on average "
                 "(Lustre/NFS client counters: open, close, stat, create, unlink, lookup ...)",
             )  # fmt: skip
-        share = self.f.share(META_PATTERN) if self.f.stack_samples else None
+        user_only = bool(self.f.stack_samples) and self.f.kernel_stacks is False
+        share = self.f.share(META_PATTERN) if self.f.stack_samples and not user_only else None
         if share is not None and share >= c["max_sample_share"]:
             return self.outcome(
                 rid, "fired", value=100 * share, unit="% of samples", impact_pct=100 * share,
@@ -536,6 +608,12 @@ class Evaluator:
                 "were in file-metadata system calls (open, stat, unlink, path lookup)",
             )  # fmt: skip
         if not self.f.has_meta_counters and share is None:
+            if user_only:
+                return self.missing(
+                    rid, "no Lustre or NFS client counters, and the call stacks hold no kernel "
+                    "frames (perf sampled user space only: not root, kernel.perf_event_paranoid "
+                    "above 1), so file-metadata system calls cannot be seen in them",
+                )  # fmt: skip
             return self.missing(rid, "no Lustre or NFS client counters and no call stacks "
                                 "(record with para profile --functions)")  # fmt: skip
         value = ops if self.f.has_meta_counters and ops is not None else 100 * (share or 0)
@@ -547,13 +625,22 @@ class Evaluator:
         ib = self.f.ib
         if ib and ib.get("link_bps"):
             sat = ib.get("saturated_share") or 0.0
-            if sat >= 0.1:
+            if sat >= c["min_saturated_share"]:
+                # name the direction that fills the link (both when both do)
+                dirs = [(name, ib.get(f"{key}_saturated_share") or 0.0, ib.get(f"{key}_share"))
+                        for key, name in (("tx", "send"), ("rx", "receive"))]  # fmt: skip
+                full = [d for d in dirs if d[1] >= c["min_saturated_share"]] or [
+                    max(dirs, key=lambda d: d[1])
+                ]
+                which = " and ".join(d[0] for d in full)
+                means = ", ".join(f"{d[0]} {100 * (d[2] or 0):.0f} %" for d in dirs)
                 return self.outcome(
                     rid, "fired", value=100 * (ib.get("link_share") or 0), unit="% of link",
                     impact_pct=100 * sat,
-                    evidence=f"InfiniBand traffic at {100 * c['max_link_share']:.0f} % or more "
-                    f"of the {ib['link_bps'] * 8 / 1e9:.0f} Gb/s link during {100 * sat:.0f} % "
-                    f"of the run (mean {100 * (ib.get('link_share') or 0):.0f} %)",
+                    evidence=f"InfiniBand traffic in the {which} direction at "
+                    f"{100 * c['max_link_share']:.0f} % or more of the "
+                    f"{ib['link_bps'] * 8 / 1e9:.0f} Gb/s link during {100 * sat:.0f} % "
+                    f"of the run (mean share of the link: {means})",
                 )  # fmt: skip
         share = self.f.share(COMM_PATTERN) if self.f.stack_samples else None
         sampled = rank_shares(self.f.ranks)
@@ -600,26 +687,40 @@ class Evaluator:
     def memory_bandwidth_bound(self, rid: str, c: dict[str, Any]) -> Outcome:
         if not self.f.counters or self._no_pmu():
             return self.missing(rid, self._counter_reason())
-        per_node = [v for _, v in self.f.counter_rate(MEM_CAS_PATTERN) if v is not None]
-        if not per_node:
-            return self.missing(rid, "no memory-controller events (uncore_imc cas_count_read/"
-                                "write) among the recorded counters: add them with -e")  # fmt: skip
-        bw = 64.0 * max(per_node)
-        peak = c["peak_bytes_per_s"]
-        if not peak:
+        traffic = memory_traffic(self.f.counter_events(MEM_CAS_PATTERN))
+        if not traffic:
+            return self.missing(rid, "no memory-controller events (Intel uncore_imc cas_count_"
+                                "read/write or free-running data_read/write, AMD umc_cas_cmd."
+                                "rd/wr) among the recorded counters: add them with -e")  # fmt: skip
+        # the peak: the rules file's, else each node's own (DMI memory speed x channels)
+        shares = []
+        for node, (bw, source) in traffic.items():
+            if c["peak_bytes_per_s"]:
+                peak, how = float(c["peak_bytes_per_s"]), "peak_bytes_per_s of the rules file"
+            elif node in self.f.memory_peak:
+                peak, how = self.f.memory_peak[node]
+            else:
+                continue
+            shares.append((bw / peak if peak > 0 else 0.0, bw, source, peak, how, node))
+        if not shares:
+            node, (bw, source) = max(traffic.items(), key=lambda kv: kv[1][0])
             return self.missing(
                 rid,
-                f"memory bandwidth {_bytes(bw)}/s measured on the busiest "
-                "node, but the node's peak is not known: set "
-                "[memory_bandwidth_bound] peak_bytes_per_s in a rules file",
-            )
-        frac = bw / peak
+                f"memory bandwidth {_bytes(bw)}/s measured on the busiest node ({source} "
+                "events), but the node's peak is not known (no DMI memory table was readable "
+                "when it was recorded): set [memory_bandwidth_bound] peak_bytes_per_s in a "
+                "rules file",
+            )  # fmt: skip
+        frac, bw, source, peak, how, node = max(shares)
+        where = (f" ({self.f.nodes[node]['label']})" if len(self.f.nodes) > 1
+                 and node < len(self.f.nodes) else "")  # fmt: skip
         if frac < c["min_fraction"]:
-            return self.outcome(rid, "passed", value=100 * frac, unit="% of peak")
+            return self.outcome(rid, "passed", value=100 * frac, unit="% of peak",
+                                reason=f"peak {_bytes(peak)}/s: {how}")  # fmt: skip
         return self.outcome(
             rid, "fired", value=100 * frac, unit="% of peak", impact_pct=100 * frac / 2,
-            evidence=f"{_bytes(bw)}/s of memory traffic on the busiest node, {100 * frac:.0f} % "
-            f"of its {_bytes(peak)}/s peak",
+            evidence=f"{_bytes(bw)}/s of memory traffic on the busiest node{where} ({source} "
+            f"events), {100 * frac:.0f} % of its {_bytes(peak)}/s peak ({how})",
         )  # fmt: skip
 
     def low_ipc(self, rid: str, c: dict[str, Any]) -> Outcome:
@@ -644,15 +745,26 @@ class Evaluator:
     def poor_vectorization(self, rid: str, c: dict[str, Any]) -> Outcome:
         if not self.f.counters or self._no_pmu():
             return self.missing(rid, self._counter_reason())
+        # Intel counts FP instructions by width; AMD Zen 4 and later count FP ops by type
+        # (fp_ops_retired_by_type.scalar_all / .vector_all)
         scalar = self._sum_events(r"fp_arith_inst_retired\.scalar|FP_ARITH.*SCALAR|"
-                                  r"fp_ret_sse_avx_ops\.scalar")  # fmt: skip
+                                  r"fp_ops_retired_by_type\.scalar_all")  # fmt: skip
         packed = self._sum_events(r"fp_arith_inst_retired\.(128b|256b|512b)_packed|"
-                                  r"FP_ARITH.*PACKED|fp_ret_sse_avx_ops\.packed")  # fmt: skip
+                                  r"FP_ARITH.*PACKED|"
+                                  r"fp_ops_retired_by_type\.vector_all")  # fmt: skip
         if scalar is None and packed is None:
+            if self._sum_events(r"fp_ret_sse_avx_ops\.") is not None:
+                return self.missing(
+                    rid, "fp_ret_sse_avx_ops.* (AMD Zen 1 to 3) counts floating-point "
+                    "operations without telling packed from scalar ones: the vectorised share "
+                    "needs fp_ops_retired_by_type.scalar_all/.vector_all (Zen 4 and later) "
+                    "or Intel's fp_arith_inst_retired.*",
+                )  # fmt: skip
             return self.missing(
                 rid,
                 "no floating-point instruction events (fp_arith_inst_retired"
-                ".scalar_double/.256b_packed_double ...) among the counters",
+                ".scalar_double/.256b_packed_double ..., AMD fp_ops_retired_by_type"
+                ".scalar_all/.vector_all) among the counters",
             )
         scalar, packed = scalar or 0.0, packed or 0.0
         ins = self._sum_events(r"^(cpu_core/)?instructions(/|:|$)")
@@ -823,6 +935,89 @@ class Evaluator:
             f"against {k['before']:.2f} before ({100 * ratio:.1f} %), for the last "
             f"{100 * tail:.0f} % of the run",
             start_s=round(at, 3), end_s=round(self.f.duration_s, 3),
+        )  # fmt: skip
+
+    # -- Python (issue 12) --------------------------------------------------------------------
+    def _python(self, rid: str) -> tuple[dict[str, Any] | None, Outcome | None]:
+        p = self.f.python
+        if p is None:
+            return None, self.missing(rid, "no Python call stacks (para profile --functions "
+                                           "of a Python program, with py-spy)")  # fmt: skip
+        return p, None
+
+    def python_interpreter(self, rid: str, c: dict[str, Any]) -> Outcome:
+        p, no = self._python(rid)
+        if p is None:
+            assert no is not None
+            return no
+        total = self.f.stack_samples
+        if p["cpu"] < c["min_samples"] or not total:
+            return self.missing(rid, f"{p['cpu']} CPU samples of Python threads; fewer than "
+                                     f"{c['min_samples']:g}")  # fmt: skip
+        share = p["interpreter"] / total
+        if share < c["min_share"]:
+            return self.outcome(rid, "passed", value=100 * share, unit="% of CPU samples")
+        top = ", ".join(f"{fn} {100 * n / total:.0f} %" for fn, n in p["interpreter_top"][:3]
+                        if n >= 0.01 * total)  # fmt: skip
+        return self.outcome(
+            rid, "fired", value=100 * share, unit="% of CPU samples", impact_pct=100 * share,
+            evidence=f"{100 * share:.0f} % of the job's CPU samples ({p['interpreter']:,} of "
+            f"{total:,}) ran Python code in the interpreter (the innermost frame is a Python "
+            f"function, not compiled code): {top}",
+        )  # fmt: skip
+
+    def python_data_loading(self, rid: str, c: dict[str, Any]) -> Outcome:
+        p, no = self._python(rid)
+        if p is None:
+            assert no is not None
+            return no
+        cands = [t for t in p["threads"]
+                 if not t["worker"] and t["cpu"] + t["wait"] >= c["min_samples"]]  # fmt: skip
+        if not cands:
+            return self.missing(rid, f"no Python thread with {c['min_samples']:g} samples "
+                                     "outside data-loader workers")  # fmt: skip
+        t = max(cands, key=lambda t: (t["data"] / (t["cpu"] + t["wait"]), -t["pid"], -t["tid"]))
+        own = t["cpu"] + t["wait"]
+        share = t["data"] / own
+        if share < c["min_share"]:
+            return self.outcome(rid, "passed", value=100 * share, unit="% of a thread's time")
+        freq = p.get("freq_hz") or 0.0
+        secs = f" ({t['data'] / freq:.1f} s)" if freq else ""
+        waited = p["where"](DATA_LOADING_PATTERN, "wait", t)
+        where = f" in {waited[0][0]}" if waited else ""
+        workers = [w for w in p["threads"] if w["worker"]]
+        busy = ""
+        if workers and freq and self.f.duration_s:
+            cores = sum(w["cpu"] for w in workers) / freq / self.f.duration_s
+            procs = len({(w["node"], w["pid"]) for w in workers})
+            busy = f"; its {procs} loader worker process{'es' if procs > 1 else ''} kept " \
+                   f"{cores:.2f} cores busy"  # fmt: skip
+        return self.outcome(
+            rid, "fired", value=100 * share, unit="% of a thread's time", impact_pct=100 * share,
+            evidence=f"thread {t['tid']} of pid {t['pid']} spent {100 * share:.0f} % of its "
+            f"time{secs} loading data: {100 * t['data_wait'] / own:.0f} % waiting for "
+            f"batches{where}, {100 * (t['data'] - t['data_wait']) / own:.0f} % preparing them "
+            f"itself" + busy,
+        )  # fmt: skip
+
+    def python_host_to_gpu(self, rid: str, c: dict[str, Any]) -> Outcome:
+        p, no = self._python(rid)
+        if p is None:
+            assert no is not None
+            return no
+        if p["cpu"] < c["min_samples"]:
+            return self.missing(rid, f"{p['cpu']} CPU samples of Python threads; fewer than "
+                                     f"{c['min_samples']:g}")  # fmt: skip
+        copy = sum(t["copy"] for t in p["threads"])
+        share = copy / p["cpu"]
+        if share < c["max_share"]:
+            return self.outcome(rid, "passed", value=100 * share, unit="% of CPU samples")
+        where = "; ".join(f"{k} {100 * n / p['cpu']:.0f} %"
+                          for k, n in p["where"](H2D_PATTERN, None))  # fmt: skip
+        return self.outcome(
+            rid, "fired", value=100 * share, unit="% of CPU samples", impact_pct=100 * share,
+            evidence=f"{100 * share:.0f} % of the Python threads' CPU samples ({copy:,} of "
+            f"{p['cpu']:,}) were in copies between host and GPU memory: {where}",
         )  # fmt: skip
 
 

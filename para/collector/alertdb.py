@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from para.collector.catalog import data_glob
+from para.collector import catalog
 from para.collector.db import FeatureDB
 from para.collector.layout import fsync_dir, locked
 from para.collector.ledger import merge_columns
@@ -156,6 +156,8 @@ class AlertStore:
                 os.replace(tmp, final)
                 fsync_dir(final.parent)
             (layout.staging / f"alerts-{batch}").rmdir()
+            # in the table's log (a crash before this leaves files the next start adopts)
+            self.db.commit_tables([["", str(f.relative_to(self.db.root))] for _, f in staged], [])
         if not self._registered:
             self._register()
         if new_table and self.on_new_table is not None:
@@ -192,16 +194,17 @@ class AlertStore:
         """The alerts whose last record says firing (to carry them over a restart)."""
         if not (self.db.layout.data / TABLE).is_dir():
             return []
-        glob = str(self.db.root / data_glob(TABLE))
         con = duckdb.connect()
         try:
+            source = catalog.source_sql(con, self.db.layout.data / TABLE)
+            if source is None:
+                return []
             rows = con.execute(
                 "SELECT alert_id, rule, host, labels, jobs, epoch_ms(started) / 1000.0, "
                 "epoch_ms(t) / 1000.0, value, state FROM (SELECT *, row_number() OVER "
                 "(PARTITION BY alert_id ORDER BY t DESC, event = 'resolved' DESC) AS rn "
-                "FROM read_parquet(?, hive_partitioning = true, union_by_name = true) "
-                "WHERE cluster = ?) WHERE rn = 1 AND state = 'firing'",
-                [glob, self.cluster],
+                f"FROM ({source}) WHERE cluster = ?) WHERE rn = 1 AND state = 'firing'",
+                [self.cluster],
             ).fetchall()
         except duckdb.Error as e:
             self.log(f"could not read the open alerts back: {e}")

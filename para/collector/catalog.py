@@ -1,9 +1,11 @@
-"""The catalogue: `meta/*.parquet` snapshots of hosts, jobs and metrics, and the DuckDB views.
+"""The catalogue: the Delta tables meta/hosts, meta/jobs and meta/catalogue, and the views.
 
-The ledger is the truth about hosts and jobs; these snapshots make them plain Parquet, so that
-Spark or Trino read them like the series.  `catalog.duckdb` holds views over everything with
-paths relative to the database directory (DuckDB resolves them through `file_search_path`,
-which FeatureDB.connect sets), so the directory can be moved or mounted elsewhere.
+The ledger is the truth about hosts and jobs; these tables make them typed Delta tables, so
+that Spark or Trino read them like the series.  Every view (DuckDB's, and spark.py's) reads
+one snapshot of its table: exactly the files of that version (dataset.py).  `catalog.duckdb`
+holds views with paths relative to the database directory (DuckDB resolves them through
+`file_search_path`, which FeatureDB.connect sets), so the directory can be moved or mounted
+elsewhere.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from para.collector import dataset
 from para.collector.layout import Layout
 from para.collector.ledger import Ledger
 from para.formats.journal import TIME_TYPE
 
-HOSTS_FILE = "hosts.parquet"
-JOBS_FILE = "jobs.parquet"
-CATALOGUE_FILE = "catalogue.parquet"
+# Delta tables under meta/ (dataset.py): replaced in one commit at each export
+HOSTS_FILE = "hosts"
+JOBS_FILE = "jobs"
+CATALOGUE_FILE = "catalogue"
 # another process holds the file, or this one holds it with other settings (read-only)
 _LOCK_WORDS = ("lock", "Conflicting", "being used by another process", "different configuration")
 
@@ -51,9 +54,38 @@ _JOB_BASE = [
     ("info", pa.string()),
 ]
 _CAT_FIELDS = ("table", "name", "unit", "kind", "type", "source", "description")
+# The analyzer's features (para/analyzer/jobs.py features()): columns of `jobs` from the
+# start, typed, NULL until a job is analysed, so that every engine reads one schema.
+# Numbers are doubles whatever JSON made of them; a feature not declared here gets the type
+# of its first value and keeps it (the schema only grows).
+JOB_FEATURES: list[tuple[str, pa.DataType]] = [
+    ("analysis_version", pa.int64()),
+    ("duration_s", pa.float64()),
+    ("cores_mean", pa.float64()),
+    ("cpu_util_pct", pa.float64()),
+    ("peak_rss_bytes", pa.float64()),
+    ("peak_mem_bytes", pa.float64()),
+    ("ipc", pa.float64()),
+    ("flops_per_s", pa.float64()),
+    ("mem_bandwidth_bytes_per_s", pa.float64()),
+    ("read_bps", pa.float64()),
+    ("write_bps", pa.float64()),
+    ("net_bps", pa.float64()),
+    ("gpu_util_pct", pa.float64()),
+    ("gpu_peak_mem_bytes", pa.float64()),
+    ("energy_j", pa.float64()),
+    ("imbalance_pct", pa.float64()),
+    ("bottlenecks", pa.list_(pa.string())),
+    ("worst_severity", pa.string()),
+    ("phases", pa.list_(pa.string())),
+    ("top_function", pa.string()),
+    ("counters", pa.list_(pa.string())),
+]
 
 
 def data_glob(table: str) -> str:
+    """Every file on disk, including those compaction removed but expiry has not deleted
+    yet: for recovery tools only; readers use source_sql (the current snapshot)."""
     return f"data/{table}/*/*/*.parquet"
 
 
@@ -97,24 +129,47 @@ def _plain_type(t: pa.DataType, nested: bool = True) -> bool:
 
 
 def _flatten(
-    base: dict[str, pa.Array], extra: list[dict[str, Any]], prefix: str
+    base: dict[str, pa.Array],
+    extra: list[dict[str, Any]],
+    prefix: str,
+    declared: list[tuple[str, pa.DataType]] = (),  # type: ignore[assignment]
 ) -> dict[str, pa.Array]:
-    keys = sorted({k for doc in extra for k in doc})
+    types = dict(declared)
+    keys = sorted({k for doc in extra for k in doc} | set(types))
     out = dict(base)
     for k in keys:
         name = k if k not in out else prefix + k
-        out[name] = _column([doc.get(k) for doc in extra])
+        values = [doc.get(k) for doc in extra]
+        out[name] = _typed(values, types[k]) if k in types else _column(values)
     return out
 
 
+def _typed(values: list[Any], typ: pa.DataType) -> pa.Array:
+    """A declared column: values of another type read as NULL rather than change its type."""
+    try:
+        return pa.array(values, typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        out = []
+        for v in values:
+            try:
+                out.append(pa.scalar(v, typ).as_py())
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+                out.append(None)
+        return pa.array(out, typ)
+
+
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    """One commit to the Delta table at `path` (readers of the previous version keep their
+    files until expiry); an old single-file meta/NAME.parquet goes."""
+    table = pa.table(
+        {n: c for n, c in zip(table.column_names, table.columns) if not pa.types.is_null(c.type)}
+    )
+    dataset.overwrite(path, table)
+    path.with_name(path.name + ".parquet").unlink(missing_ok=True)
 
 
 def export_meta(layout: Layout, ledger: Ledger) -> None:
-    """Rewrite meta/hosts.parquet, meta/jobs.parquet and meta/catalogue.parquet from the
+    """Rewrite the Delta tables meta/hosts, meta/jobs and meta/catalogue from the
     ledger (each replaced atomically).  The caller holds the database lock."""
     layout.meta.mkdir(parents=True, exist_ok=True)
     hosts = ledger.query(
@@ -154,7 +209,9 @@ def export_meta(layout: Layout, ledger: Ledger) -> None:
         "info": pa.array([r[7] for r in jobs], pa.string()),
     }
     features = [json.loads(r[8]) if r[8] else {} for r in jobs]
-    _write_atomic(pa.table(_flatten(cols, features, "feature_")), layout.meta / JOBS_FILE)
+    _write_atomic(
+        pa.table(_flatten(cols, features, "feature_", JOB_FEATURES)), layout.meta / JOBS_FILE
+    )
 
     entries = []
     for table, columns in sorted(ledger.table_columns().items()):
@@ -167,10 +224,11 @@ def export_meta(layout: Layout, ledger: Ledger) -> None:
 def empty_meta(layout: Layout) -> None:
     """The snapshots of a new database (so that its views always have something to read)."""
     layout.meta.mkdir(parents=True, exist_ok=True)
-    for name, fields in ((HOSTS_FILE, _HOST_BASE), (JOBS_FILE, _JOB_BASE)):
-        if not (layout.meta / name).exists():
+    jobs = _JOB_BASE + [(n, t) for n, t in JOB_FEATURES if n not in dict(_JOB_BASE)]
+    for name, fields in ((HOSTS_FILE, _HOST_BASE), (JOBS_FILE, jobs)):
+        if not dataset.is_table(layout.meta / name):
             _write_atomic(pa.schema(fields).empty_table(), layout.meta / name)
-    if not (layout.meta / CATALOGUE_FILE).exists():
+    if not dataset.is_table(layout.meta / CATALOGUE_FILE):
         schema = pa.schema([(k, pa.string()) for k in _CAT_FIELDS])
         _write_atomic(schema.empty_table(), layout.meta / CATALOGUE_FILE)
 
@@ -183,13 +241,26 @@ def _quote_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def view_sql(table: str, temp: bool = False, root: Path | None = None) -> str:
-    kind = "TEMP VIEW" if temp else "VIEW"
-    where = data_glob(table) if root is None else f"{root}/{data_glob(table)}"
-    return (
-        f"CREATE OR REPLACE {kind} {_quote_ident(table)} AS SELECT * FROM read_parquet("
-        f"{_quote_str(where)}, hive_partitioning = true, union_by_name = true)"
-    )
+_DUCK_TYPES = {
+    "int8": "TINYINT",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "float": "FLOAT",
+    "double": "DOUBLE",
+    "string": "VARCHAR",
+    "large_string": "VARCHAR",
+    "bool": "BOOLEAN",
+    "date32[day]": "DATE",
+}
+
+
+def duck_type(t: pa.DataType) -> str:
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return duck_type(t.value_type) + "[]"
+    return _DUCK_TYPES.get(str(t), "VARCHAR")
 
 
 META_VIEWS = {
@@ -199,13 +270,57 @@ META_VIEWS = {
 }
 
 
-def _meta_view_sql(name: str, temp: bool = False, root: Path | None = None) -> str:
+def source_sql(
+    con: duckdb.DuckDBPyConnection, table_dir: Path, rel_to: Path | None = None
+) -> str | None:
+    """A SELECT of the table's current snapshot (dataset.py): exactly its files, every
+    column of its schema typed (a column no file of the snapshot has reads as a typed NULL),
+    `cluster` a string and `date` a DATE whatever they look like.  Paths relative to
+    `rel_to` when given (the catalogue file: DuckDB resolves them through file_search_path).
+    None when the directory is not a table."""
+    snap = dataset.snapshot(table_dir)
+    if snap is None:
+        return None
+    partitioned = snap.partitioned
+    files = [os.path.relpath(f, rel_to) if rel_to is not None else f for f in snap.files]
+    present: set[str] = set()
+    src = ""
+    if files:
+        hive = (
+            ", hive_partitioning = true, hive_types = {'cluster': VARCHAR, 'date': DATE}"
+            if partitioned
+            else ", hive_partitioning = false"
+        )
+        listed = ", ".join(_quote_str(f) for f in files)
+        src = f"read_parquet([{listed}]{hive}, union_by_name = true)"
+        present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    cols = [
+        _quote_ident(f.name)
+        if f.name in present
+        else f"NULL::{duck_type(f.type)} AS {_quote_ident(f.name)}"
+        for f in snap.schema
+    ]
+    return f"SELECT {', '.join(cols)} " + (f"FROM {src}" if files else "WHERE false")
+
+
+def view_sql(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    table_dir: Path,
+    temp: bool = False,
+    rel_to: Path | None = None,
+) -> str | None:
+    body = source_sql(con, table_dir, rel_to)
+    if body is None:
+        return None
     kind = "TEMP VIEW" if temp else "VIEW"
-    where = META_VIEWS[name] if root is None else f"{root}/{META_VIEWS[name]}"
-    return (
-        f"CREATE OR REPLACE {kind} {_quote_ident(name)} AS "
-        f"SELECT * FROM read_parquet({_quote_str(where)})"
-    )
+    return f"CREATE OR REPLACE {kind} {_quote_ident(name)} AS {body}"
+
+
+def _all_views(layout: Layout) -> dict[str, Path]:
+    views = {t: layout.data / t for t in layout.tables()}
+    views.update({name: layout.root / where for name, where in META_VIEWS.items()})
+    return views
 
 
 def is_lock_error(e: Exception) -> bool:
@@ -231,6 +346,8 @@ def open_duckdb(
 
 def set_root(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     con.execute(f"SET file_search_path = {_quote_str(str(root.resolve()))}")
+    # `date` is the UTC date of `t`: so is CAST(t AS DATE) here (as in para's Spark session)
+    con.execute("SET TimeZone = 'UTC'")
 
 
 def catalog_views(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -242,8 +359,9 @@ def catalog_views(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 
 def refresh(layout: Layout, timeout: float = 5.0) -> bool:
-    """Make catalog.duckdb's views match the tables on disk.  False if another process held
-    it past `timeout` (readers of FeatureDB.connect never depend on it being fresh)."""
+    """Make catalog.duckdb's views show the tables' current snapshots (for the DuckDB CLI;
+    FeatureDB.connect never depends on it being fresh).  False if another process held it
+    past `timeout`."""
     try:
         con = open_duckdb(layout.catalog, read_only=False, timeout=timeout)
     except duckdb.Error as e:
@@ -252,16 +370,17 @@ def refresh(layout: Layout, timeout: float = 5.0) -> bool:
         raise
     try:
         set_root(con, layout.root)
-        tables = layout.tables()
         have = catalog_views(con)
-        for table in tables:
-            con.execute(view_sql(table))
-        for name in META_VIEWS:
-            con.execute(_meta_view_sql(name))
-        for stale in have - set(tables) - set(META_VIEWS):
+        made = set()
+        for name, table_dir in _all_views(layout).items():
+            sql = view_sql(con, name, table_dir, rel_to=layout.root.resolve())
+            if sql is not None:
+                con.execute(sql)
+                made.add(name)
+        for stale in have - made:
             con.execute(f"DROP VIEW IF EXISTS {_quote_ident(stale)}")
         con.execute(
-            "CREATE OR REPLACE TABLE para_catalog AS SELECT 1 AS version, "
+            "CREATE OR REPLACE TABLE para_catalog AS SELECT 2 AS version, "
             f"{_quote_str(str(layout.root.resolve()))} AS built_at_path, now() AS refreshed"
         )
     finally:
@@ -275,24 +394,34 @@ def connect(
     empty_tables: dict[str, list[dict[str, str]]],
     timeout: float = 30.0,
 ) -> duckdb.DuckDBPyConnection:
-    """A connection whose views show every table on disk now, whatever the catalogue file
-    says: tables that appeared since its last refresh get temporary views, and views of
-    tables whose files are all gone (retention) read as empty tables with their columns."""
+    """A connection whose views show every table's current snapshot, whatever the catalogue
+    file says (temporary views over its own): the files of that snapshot stay on disk for
+    the grace period of dataset.expire however the tables change meanwhile.  Tables the
+    ledger knows but whose data is gone read as empty tables with their columns."""
     con = open_duckdb(layout.catalog, read_only=read_only, timeout=timeout)
     try:
         set_root(con, layout.root)
-        tables = set(layout.tables())
-        have = catalog_views(con)
-        for table in sorted(tables - have):
-            con.execute(view_sql(table, temp=True))
-        for name in sorted(set(META_VIEWS) - have):
-            con.execute(_meta_view_sql(name, temp=True))
-        for table in sorted((have | set(empty_tables)) - tables - set(META_VIEWS)):
-            con.execute(_empty_view_sql(table, empty_tables.get(table, [])))
+        _create_views(con, layout, empty_tables, temp=True)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _create_views(
+    con: duckdb.DuckDBPyConnection,
+    layout: Layout,
+    empty_tables: dict[str, list[dict[str, str]]],
+    temp: bool,
+) -> None:
+    made = set()
+    for name, table_dir in _all_views(layout).items():
+        sql = view_sql(con, name, table_dir, temp=temp)
+        if sql is not None:
+            con.execute(sql)
+            made.add(name)
+    for table in sorted(set(empty_tables) - made - set(META_VIEWS)):
+        con.execute(_empty_view_sql(table, empty_tables.get(table, [])))
 
 
 _SQL_TYPES = {"int": "BIGINT", "float": "DOUBLE", "str": "VARCHAR"}
@@ -325,14 +454,8 @@ def connect_locked(
         config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
     )
     try:
-        tables = set(layout.tables())
-        for table in sorted(tables):
-            con.execute(view_sql(table, root=root))
-        for name in sorted(META_VIEWS):
-            if (root / META_VIEWS[name]).exists():
-                con.execute(_meta_view_sql(name, root=root))
-        for table in sorted(set(empty_tables) - tables):
-            con.execute(_empty_view_sql(table, empty_tables[table]))
+        con.execute("SET TimeZone = 'UTC'")
+        _create_views(con, Layout(root), empty_tables, temp=True)
         allowed = ", ".join(_quote_str(f"{root}/{d}/") for d in ("data", "meta"))
         con.execute(f"SET allowed_directories = [{allowed}]")
         con.execute("SET enable_external_access = false")

@@ -115,6 +115,14 @@ def collector_group() -> None:
     help="Seconds between compactions of small files (0: never).",
 )
 @click.option(
+    "--expire-after",
+    default="24h",
+    show_default=True,
+    metavar="AGE",
+    help="Delete files compaction or retention removed this long ago (readers of older "
+    "snapshots keep them until then).",
+)
+@click.option(
     "--min-free-mb",
     type=int,
     default=256,
@@ -147,6 +155,12 @@ def collector_group() -> None:
     help="Also serve the web portal there (HTTPS with the collector's certificate; docs/web.md).",
 )
 @click.option("--web-config", metavar="FILE", help="The portal's [web] settings (TOML).")
+@click.option(
+    "--no-gate",
+    is_flag=True,
+    hidden=True,
+    help="Serve Arrow Flight directly, without the gate (for measurements: docs/collector.md).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Log only problems.")
 def serve(
     db: str,
@@ -161,6 +175,7 @@ def serve(
     cluster: str,
     retention: tuple[str, ...],
     compact_every: float,
+    expire_after: str,
     min_free_mb: int,
     max_segment_mb: int,
     port_file: str | None,
@@ -169,6 +184,7 @@ def serve(
     metrics_listen: str | None,
     web_listen: str | None,
     web_config: str | None,
+    no_gate: bool,
     quiet: bool,
 ) -> None:
     """Receive segments from agents and merge them into the feature database."""
@@ -191,12 +207,14 @@ def serve(
         max_segment_bytes=max_segment_mb << 20,
         retention_days=_retention(retention),
         compact_every=compact_every,
+        expire_after_hours=_hours(expire_after),
         port_file=Path(port_file) if port_file else None,
         quiet=quiet,
         alert_rules=Path(alert_rules) if alert_rules else None,
         metrics_listen=metrics_listen or (DEFAULT_METRICS if metrics_on else None),
         judge=_judge() if alert_rules else None,
         web=_part("web_beside_collector", web_listen, web_config) if web_listen else None,
+        gate=not no_gate,
     )
     raise SystemExit(run_serve(opts))
 
@@ -313,19 +331,43 @@ def renew_command(directory: str, out: str | None, within_days: float, days: int
 
 
 @collector_group.command("revoke", context_settings=CONTEXT)
-@click.argument("name")
+@click.argument("name", required=False)
 @_db_option(server=True)
 @click.option("--reader", is_flag=True, help="NAME is an analyst (reader), not a node.")
+@click.option(
+    "--cert",
+    "cert_file",
+    metavar="FILE",
+    help="Revoke this certificate (by its serial) instead of a name: the node stays welcome "
+    "with a new one.",
+)
 @click.option("--reason", default="", help="Said to the refused caller and in the log.")
 @click.option("--undo", is_flag=True, help="Lift the revocation (after issuing a new key).")
-def revoke_command(name: str, db: str, reader: bool, reason: str, undo: bool) -> None:
-    """Refuse node NAME (or a reader) from the next call on, whatever its credential."""
+def revoke_command(
+    name: str | None, db: str, reader: bool, cert_file: str | None, reason: str, undo: bool
+) -> None:
+    """Refuse node NAME (or a reader, or one certificate) from the next call on; the
+    collector also drops the connections it holds."""
     from para.collector.auth import REVOKED_FILE, Revoked
 
     path = Path(db) / REVOKED_FILE
-    changed = Revoked(path).change(name, reader=reader, revoke=not undo, reason=reason)
-    what = "reader " + name if reader else "host " + name
     state = "no longer revoked" if undo else "revoked"
+    if cert_file:
+        if name:
+            raise click.UsageError("give NAME or --cert FILE, not both")
+        try:
+            pem = Path(cert_file).read_bytes()
+        except OSError as e:
+            raise ParaError(f"cannot read {cert_file}: {e.strerror}") from e
+        serial, subject, changed = Revoked(path).change_certificate(
+            pem, revoke=not undo, reason=reason
+        )
+        what = f"certificate {serial} ({subject})"
+    elif name:
+        changed = Revoked(path).change(name, reader=reader, revoke=not undo, reason=reason)
+        what = "reader " + name if reader else "host " + name
+    else:
+        raise click.UsageError("give the NAME to revoke, or --cert FILE")
     click.echo(f"{what} {state}{'' if changed else ' (already)'}: {path}")
 
 
@@ -413,6 +455,40 @@ def compact(db: str, min_files: int) -> None:
     )
 
 
+def _hours(text: str) -> float:
+    from para.collector.maintenance import parse_age
+
+    try:
+        return parse_age(text) * 24
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@collector_group.command(context_settings=CONTEXT)
+@_db_option(server=True)
+@click.option(
+    "--older-than",
+    default="24h",
+    show_default=True,
+    metavar="AGE",
+    help="Grace period: keep files removed less than AGE ago (0 deletes them all now).",
+)
+def expire(db: str, older_than: str) -> None:
+    """Delete the data files that compaction, retention or a meta rewrite removed from the
+    tables more than AGE ago (the collector does it every --compact-every)."""
+    from para.collector.db import FeatureDB
+    from para.collector.maintenance import expire as run_expire
+
+    fdb = FeatureDB(db)
+    if not fdb.exists():
+        raise ParaError(f"no feature database at {db}")
+    rep = run_expire(fdb, _hours(older_than))
+    click.echo(
+        f"deleted {rep.files} expired files of {len(rep.tables)} tables"
+        + (f" ({', '.join(sorted(rep.tables))})" if rep.tables else "")
+    )
+
+
 @collector_group.command(context_settings=CONTEXT)
 @_db_option(server=True)
 @click.option("--retention", multiple=True, required=True, metavar="TABLE=AGE")
@@ -496,10 +572,23 @@ def collect_command(
     help="Locked down, as for queries a server runs for others: SELECT only, no file "
     "outside the database's data, no extensions.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["duckdb", "spark"]),
+    default="duckdb",
+    show_default=True,
+    help="spark: the same SQL on Apache Spark in local mode (pyspark; docs/database.md).",
+)
 def query_command(
-    sql: str, db: str, fmt: str | None, parquet_out: str | None, max_rows: int, locked: bool
+    sql: str,
+    db: str,
+    fmt: str | None,
+    parquet_out: str | None,
+    max_rows: int,
+    locked: bool,
+    engine: str,
 ) -> None:
-    """Run DuckDB SQL on the feature database.
+    """Run SQL on the feature database (DuckDB, or Spark with --engine spark).
 
     \b
     Tables: node memory cpu net disk fs proc gpu counters events stacks job ... (each with
@@ -510,6 +599,8 @@ def query_command(
 
     if parquet_out and fmt:
         raise UsageError("--parquet writes a file; leave out --csv/--json")
+    if engine == "spark" and locked:
+        raise UsageError("--locked is for DuckDB only")
     n = run(
         db,
         sql,
@@ -518,6 +609,7 @@ def query_command(
         parquet_out=parquet_out,
         max_rows=max_rows,
         locked=locked,
+        engine=engine,
     )
     if parquet_out:
         click.echo(f"wrote {n:,} rows to {parquet_out}", err=True)

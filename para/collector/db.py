@@ -21,9 +21,10 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from para.collector import catalog
-from para.collector.layout import Layout, fsync_dir, locked
+from para.collector import catalog, dataset
+from para.collector.layout import DATA, Layout, fsync_dir, locked
 from para.collector.ledger import Ledger, SegmentRow, merge_columns
 from para.collector.merge import (
     SegmentRows,
@@ -185,10 +186,19 @@ class FeatureDB:
                 " FROM segments GROUP BY state"
             )
         }
-        merged = by_state.get("merged", (0, 0, 0))
-        waiting = self._read_ledger(
+        # a merged segment whose batch is not in its tables' logs yet is still waiting: once
+        # status says merged, every reader sees the rows
+        unseen = self._read_ledger(
+            'SELECT count(*), coalesce(sum(s."values"), 0), coalesce(sum(s.rows), 0),'
+            " coalesce(sum(s.bytes), 0) FROM segments s JOIN batches b ON s.batch = b.id"
+            " WHERE s.state = 'merged'"
+        )[0]
+        m = by_state.get("merged", (0, 0, 0))
+        merged = (m[0] - unseen[0], m[1] - unseen[1], m[2] - unseen[2])
+        w = self._read_ledger(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM segments WHERE state = 'received'"
         )[0]
+        waiting = (w[0] + unseen[0], w[1] + unseen[3])
         return {
             "path": str(self.root),
             "segments": merged[0],
@@ -604,11 +614,39 @@ class FeatureDB:
                 lost.append(dst)
         for d in dirs:
             fsync_dir(d)
+        self.commit_tables(moves, deletes)
         for rel in deletes:
-            (self.root / rel).unlink(missing_ok=True)
+            if not rel.startswith(f"{DATA}/"):  # data files go when expired (dataset.expire)
+                (self.root / rel).unlink(missing_ok=True)
         shutil.rmtree(self.layout.staging / batch_id, ignore_errors=True)
         self.ledger.batch_done(batch_id)
         return lost
+
+    def commit_tables(self, moves: list[list[str]], deletes: list[str]) -> None:
+        """Commit a batch's data files to their tables' logs: the moved files added, the
+        deleted ones removed (one transaction per table, so a compaction swaps its files
+        atomically).  Idempotent: a batch redone after a crash commits nothing twice."""
+        per_table: dict[str, tuple[list[str], list[str]]] = {}
+        for rel in [d for _, d in moves] + [d for d in deletes]:
+            parts = Path(rel).parts
+            if len(parts) >= 3 and parts[0] == DATA:
+                adds, removes = per_table.setdefault(parts[1], ([], []))
+                (removes if rel in deletes else adds).append("/".join(parts[2:]))
+        for table, (adds, removes) in sorted(per_table.items()):
+            table_dir = self.layout.data / table
+            files = [table_dir / a for a in adds if (table_dir / a).exists()]
+            schema = pa.unify_schemas([pq.read_schema(f) for f in files]) if files else None
+            if schema is None:
+                snap = dataset.snapshot(table_dir)
+                if snap is None:
+                    continue
+                schema = snap.data_schema
+            dataset.commit(
+                table_dir,
+                schema,
+                add=[(a, dataset.partition_values(a)) for a in adds if (table_dir / a).exists()],
+                remove=[(r, dataset.partition_values(r)) for r in removes],
+            )
 
     def recover(self) -> list[str]:
         """Finish the batches a killed writer committed, drop what it left uncommitted.
@@ -624,7 +662,17 @@ class FeatureDB:
         if self.layout.staging.is_dir():
             for leftover in self.layout.staging.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)
+        self._adopt_plain_tables()
         return lost
+
+    def _adopt_plain_tables(self) -> None:
+        """A database written before the tables had logs: every file on disk is the table."""
+        for table in self.layout.tables():
+            table_dir = self.layout.data / table
+            if dataset.is_table(table_dir):
+                continue
+            files = [str(f.relative_to(self.root)) for f in self.layout.data_files(table)]
+            self.commit_tables([["", f] for f in files], [])
 
 
 # What a node says of a job that decides who may see it: no single node's word sets it.

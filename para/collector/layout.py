@@ -19,12 +19,14 @@ INCOMING = "incoming"
 STAGING = "staging"
 QUARANTINE = "quarantine"
 LOCK = ".lock"
+RECEIVING = ".receiving"
 README = "README.txt"
 
 _README = """This directory is a para feature database (docs/database.md in the para sources).
 
-  data/<table>/cluster=<c>/date=<YYYY-MM-DD>/*.parquet   the series, Hive-partitioned Parquet
-  meta/hosts.parquet, meta/jobs.parquet, meta/catalogue.parquet
+  data/<table>/          one Delta Lake table per table: _delta_log/ says which of its
+                         cluster=<c>/date=<YYYY-MM-DD>/*.parquet files are the table now
+  meta/hosts, meta/jobs, meta/catalogue   Delta Lake tables too
   catalog.duckdb        DuckDB views over the above (open it from this directory:
                         cd <this directory> && duckdb -readonly catalog.duckdb)
   ledger.sqlite3        the collector's record of every segment received (do not edit)
@@ -94,7 +96,10 @@ class Layout:
         if not self.data.is_dir():
             return out
         for entry in sorted(os.scandir(self.data), key=lambda e: e.name):
-            if entry.is_dir() and next(self.data_files(entry.name), None) is not None:
+            if entry.is_dir() and (
+                (Path(entry.path) / "_delta_log").is_dir()
+                or next(self.data_files(entry.name), None) is not None
+            ):
                 out.append(entry.name)
         return out
 
@@ -103,7 +108,7 @@ class Layout:
         if not base.is_dir():
             return
         for cluster in sorted(base.iterdir()):
-            if not cluster.is_dir():
+            if not cluster.is_dir() or not cluster.name.startswith("cluster="):
                 continue
             for date in sorted(cluster.iterdir()):
                 if not date.is_dir():
@@ -112,12 +117,23 @@ class Layout:
                     if f.suffix == ".parquet":
                         yield f
 
+    @contextmanager
+    def receiving(self, shared: bool) -> Iterator[None]:
+        """Uploads being stored (shared) against the clean-up of a starting collector
+        (exclusive): collectors serving one database never take each other's files."""
+        fd = os.open(self.root / RECEIVING, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def partitions(self, table: str) -> Iterator[Path]:
         base = self.data / table
         if not base.is_dir():
             return
         for cluster in sorted(base.iterdir()):
-            if cluster.is_dir():
+            if cluster.is_dir() and cluster.name.startswith("cluster="):
                 for date in sorted(cluster.iterdir()):
                     if date.is_dir():
                         yield date

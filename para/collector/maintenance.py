@@ -16,11 +16,12 @@ import json
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from para.collector import catalog, dataset
 from para.collector.db import FeatureDB, StoreFull, is_disk_full
 from para.collector.layout import locked
 from para.collector.merge import concat, sort_keys, write_parquet
@@ -39,6 +40,12 @@ class CompactReport:
     bytes_in: int = 0
     bytes_out: int = 0
     rows: int = 0
+
+
+@dataclass
+class ExpireReport:
+    files: int = 0
+    tables: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -63,8 +70,15 @@ def compact(
         for part in list(layout.partitions(table)):
             with locked(layout):
                 db.recover_locked()
+                # the files of the current snapshot: those compaction removed before stay on
+                # disk for readers until they expire
+                live = set(_live_files(db, table))
                 files = sorted(
-                    (f for f in part.glob("*.parquet") if f.stat().st_size < small_bytes),
+                    (
+                        f
+                        for f in part.glob("*.parquet")
+                        if f in live and f.stat().st_size < small_bytes
+                    ),
                     key=lambda f: f.name,
                 )
                 if len(files) < min_files:
@@ -80,6 +94,36 @@ def compact(
                         chunk, size = [], 0
                 if len(chunk) > 1:
                     _compact_chunk(db, table, part, chunk, level, report)
+    return report
+
+
+def _live_files(db: FeatureDB, table: str) -> list[Path]:
+    snap = dataset.snapshot(db.layout.data / table)
+    return [] if snap is None else [Path(f) for f in snap.files]
+
+
+def expire(db: FeatureDB, grace_hours: float = dataset.DEFAULT_GRACE_HOURS) -> ExpireReport:
+    """Delete the data files no snapshot younger than `grace_hours` reads (compaction's and
+    retention's removed files, old versions of meta tables), and partition directories left
+    empty.  Readers that planned a query less than `grace_hours` ago keep every file."""
+    report = ExpireReport()
+    layout = db.layout
+    with locked(layout):
+        db.recover_locked()
+        dirs = [layout.data / t for t in layout.tables()]
+        dirs += [layout.meta / n for n in (catalog.HOSTS_FILE, catalog.JOBS_FILE,
+                                           catalog.CATALOGUE_FILE)]  # fmt: skip
+        for table_dir in dirs:
+            for rel in dataset.expire(table_dir, grace_hours):
+                report.files += 1
+                report.tables.add(table_dir.name)
+                del rel
+        for table in layout.tables():
+            for part in list(layout.partitions(table)):
+                if not any(part.iterdir()):
+                    part.rmdir()
+                    if not any(part.parent.iterdir()):
+                        part.parent.rmdir()
     return report
 
 
@@ -155,12 +199,14 @@ def apply_retention(
                 except ValueError:
                     continue
                 if day < cutoff:
-                    report.bytes += sum(f.stat().st_size for f in part.glob("*.parquet"))
-                    # out of the glob's sight at once, then deleted
-                    trash = layout.staging / f"retention-{uuid.uuid4().hex}"
-                    trash.parent.mkdir(parents=True, exist_ok=True)
-                    part.rename(trash)
-                    shutil.rmtree(trash, ignore_errors=True)
+                    # out of the snapshot at once; the files go when they expire (readers
+                    # that planned them keep them for the grace period)
+                    live = set(_live_files(db, table))
+                    files = [f for f in part.glob("*.parquet") if f in live]
+                    if not files:
+                        continue
+                    report.bytes += sum(f.stat().st_size for f in files)
+                    db.commit_tables([], [str(f.relative_to(db.root)) for f in files])
                     report.partitions += 1
         if "default" in days:
             # every table has a limit: segment ids older than the longest one (plus a week for

@@ -59,11 +59,22 @@ def run(
     parquet_out: str | None = None,
     max_rows: int = 1000,
     locked: bool = False,
+    engine: str = "duckdb",
 ) -> int:
     """Run `sql`; returns the number of rows written.  `locked`: as a portal would, on
-    locked_connection(), SELECT only."""
+    locked_connection(), SELECT only.  `engine="spark"`: on Spark in local mode (spark.py),
+    the result written by the same code as DuckDB's."""
     db = FeatureDB(db_path)
-    con = db.connect_locked() if locked else db.connect(read_only=True)
+    if engine == "spark":
+        from para.collector import spark
+
+        db._require()
+        result = spark.query(db.root, sql)
+        con = duckdb.connect()
+        con.register("spark_result", result)
+        sql = "SELECT * FROM spark_result"
+    else:
+        con = db.connect_locked() if locked else db.connect(read_only=True)
     try:
         if locked:
             check_select(con, sql)

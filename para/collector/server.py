@@ -1,17 +1,21 @@
 """`para collector serve`: the Arrow Flight service agents ship to, and the threads that merge
 what arrives into the feature database and keep it tidy.
 
-Threads: gRPC's (receive: store + acknowledge, many at once), one merger (incoming/ -> data/),
-one for upkeep (catalogue snapshots, compaction, retention).  A receive never waits for a
-merge, so a slow disk or a long compaction delays the database, never the agents' acks.
+Threads: the gate's (gate.py: TLS, who is calling, what a caller's bytes may cost, on the
+public address; Flight itself listens on a private Unix socket behind it), gRPC's (receive:
+store + acknowledge, many at once), one merger (incoming/ -> data/), one for upkeep
+(catalogue snapshots, compaction, retention).  A receive never waits for a merge, so a slow
+disk or a long compaction delays the database, never the agents' acks.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -33,6 +37,7 @@ from para.collector.auth import (
     identity_from_certificate,
 )
 from para.collector.db import FeatureDB, StoreFull, is_disk_full
+from para.collector.gate import IDENTITY_HEADER, Gate, server_ssl_context
 from para.collector.livebuf import LiveBuffer
 from para.collector.store import IncomingStore
 from para.errors import ParaError
@@ -57,6 +62,7 @@ class ServeOptions:
     max_segment_bytes: int = 1 << 30
     retention_days: dict[str, float] = field(default_factory=dict)
     compact_every: float = 600.0
+    expire_after_hours: float = 24.0  # dataset.expire's grace period
     retention_every: float = 3600.0
     export_every: float = 2.0
     port_file: Path | None = None
@@ -67,6 +73,9 @@ class ServeOptions:
     # issue 15: starts the web portal beside the service (handed in by para/cli.py):
     # web(service) -> a server with `port` and `stop()`
     web: Any = None
+    # issue 16: False serves Flight itself on --listen, as before the gate (no bound before
+    # authentication under --auth token, identity as Flight gives it): for measurements only
+    gate: bool = True
 
 
 class _TokenMiddleware(fl.ServerMiddleware):
@@ -87,6 +96,31 @@ class _TokenFactory(fl.ServerMiddlewareFactory):
         except ParaError as e:
             raise fl.FlightUnavailableError(f"collector cannot read its tokens: {e}") from None
         return _TokenMiddleware(ident)
+
+
+class _GateIdentity(fl.ServerMiddleware):
+    def __init__(self, identity: Identity):
+        self.identity = identity
+
+
+class _GateIdentityFactory(fl.ServerMiddlewareFactory):
+    """The caller as the gate established it (its `x-para-identity` header; the gate removes
+    any a client sent, and only the gate can reach the Unix socket Flight listens on)."""
+
+    def start_call(self, info: fl.CallInfo, headers: dict[str, list[str]]) -> _GateIdentity:
+        values = headers.get(IDENTITY_HEADER.decode()) or []
+        words = str(values[0]).split(" ") if len(values) == 1 else []
+        role, name, via = (words + ["", "", ""])[:3]
+        try:
+            if role == wire.ROLE_AGENT:
+                wire.check_host(name)
+            elif role == wire.ROLE_READER:
+                wire.check_reader_name(name)
+            else:
+                raise wire.WireError(f"role {role!r}")
+        except wire.WireError as e:
+            raise fl.FlightUnauthenticatedError(f"no identity from the gate: {e.message}") from None
+        return _GateIdentity(Identity(role, name, via))
 
 
 @dataclass
@@ -127,6 +161,8 @@ class CollectorService(fl.FlightServerBase):
         self._catalog_dirty = True
         self._full_logged = -1e9
         self.started = time.time()
+        self.gate: Gate | None = None
+        self._sockdir: str | None = None
         kwargs: dict[str, Any] = {}
         if opts.insecure:
             scheme = "grpc+tcp"
@@ -150,12 +186,28 @@ class CollectorService(fl.FlightServerBase):
                     raise ParaError("--auth mtls needs the CA that signed the agents (--ca)")
                 kwargs["verify_client"] = True
                 kwargs["root_certificates"] = _read(opts.ca_file)
+        tokens = None
         if opts.auth == "token":
             if not opts.tokens_file:
                 raise ParaError("--auth token needs a tokens file (--tokens)")
-            kwargs["middleware"] = {"auth": _TokenFactory(TokenStore(opts.tokens_file))}
+            tokens = TokenStore(opts.tokens_file)
+            kwargs["middleware"] = {"auth": _TokenFactory(tokens)}
         elif opts.auth != "mtls":
             raise ParaError(f"unknown --auth {opts.auth!r}: mtls or token")
+        host, _, port = opts.listen.rpartition(":")
+        if opts.gate:
+            # TLS and credentials are the gate's; Flight listens where only we can reach it
+            ssl_context = None
+            if not opts.insecure:
+                assert opts.cert_file is not None and opts.key_file is not None
+                ssl_context = server_ssl_context(
+                    opts.cert_file, opts.key_file, opts.ca_file if opts.auth == "mtls" else None
+                )
+            self._sockdir = tempfile.mkdtemp(prefix="para-collector-")  # mode 0700
+            flight_location = f"grpc+unix://{self._sockdir}/flight.sock"
+            kwargs = {"middleware": {"gate": _GateIdentityFactory()}}
+        else:
+            flight_location = f"{scheme}://{host}:{int(port)}"
         # Before serving: finish what a killed collector left half done.
         lost = self.db.recover()
         if lost:
@@ -182,15 +234,34 @@ class CollectorService(fl.FlightServerBase):
         except BaseException:
             self.alerts.stop()
             raise
-        host, _, port = opts.listen.rpartition(":")
         try:
-            super().__init__(f"{scheme}://{host}:{int(port)}", **kwargs)
+            super().__init__(flight_location, **kwargs)
         except (pa.ArrowException, OSError) as e:
             self._stop_live()
             raise ParaError(f"cannot listen on {opts.listen}: {e}") from e
         except BaseException:
             self._stop_live()
             raise
+        if self._sockdir is not None:
+            self.gate = Gate(
+                host,
+                int(port),
+                f"{self._sockdir}/flight.sock",
+                ssl_context=ssl_context,
+                tokens=tokens,
+                revoked=self.revoked,
+                report=self._gate_refused,
+                log=log,
+            )
+            try:
+                self.gate.start()
+            except BaseException as e:
+                self.shutdown()
+                self._stop_live()
+                shutil.rmtree(self._sockdir, ignore_errors=True)
+                if isinstance(e, OSError):
+                    raise ParaError(f"cannot listen on {opts.listen}: {e}") from e
+                raise
         self.location = f"{scheme}://{host}:{self.port}"
         self._threads = [
             threading.Thread(target=self._merge_loop, name="para-collector-merge", daemon=True),
@@ -198,6 +269,18 @@ class CollectorService(fl.FlightServerBase):
         ]
         for t in self._threads:
             t.start()
+
+    @property
+    def port(self) -> int:
+        """The public port: the gate's, or Flight's own without the gate."""
+        gate = getattr(self, "gate", None)
+        return gate.port if gate is not None else int(super().port)
+
+    def _gate_refused(self, who: str, kind: str, why: str) -> None:
+        if kind in ("unauthenticated", "denied"):
+            with self._lock:
+                self.counters.denied += 1
+        self._offend(who, kind, why)
 
     def _stop_live(self) -> None:
         if self.metrics is not None:
@@ -207,7 +290,12 @@ class CollectorService(fl.FlightServerBase):
 
     # -- identity --------------------------------------------------------------------------
     def _identity(self, context: fl.ServerCallContext) -> Identity:
-        if self.opts.auth == "token":
+        if self.gate is not None:
+            mw = context.get_middleware("gate")
+            if mw is None:
+                raise fl.FlightUnauthenticatedError("no credential")
+            ident = mw.identity
+        elif self.opts.auth == "token":
             mw = context.get_middleware("auth")
             if mw is None:
                 raise fl.FlightUnauthenticatedError("no credential")
@@ -420,6 +508,7 @@ class CollectorService(fl.FlightServerBase):
             "live": self._live.status(),
             "offenders": offenders,
             "alerts": self.alerts.status(),
+            "gate": self.gate.status() if self.gate is not None else None,
         }
 
     # -- background work -------------------------------------------------------------------
@@ -449,8 +538,7 @@ class CollectorService(fl.FlightServerBase):
                     self.counters.merged_values += rep.values
                     self.counters.quarantined += rep.quarantined
                 self._meta_dirty = True
-                if rep.new_tables:
-                    self._catalog_dirty = True
+                self._catalog_dirty = True  # its views list each snapshot's files
                 for host, why in rep.problems:
                     self._offend(host, "quarantined", why)
                     self.log(f"quarantined a segment of {host}: {why}")
@@ -477,12 +565,17 @@ class CollectorService(fl.FlightServerBase):
                     rep = maintenance.compact(self.db)
                     if rep.files_in:
                         self.log(f"compacted {rep.files_in} files into {rep.files_out}")
+                        self._catalog_dirty = True
+                    expired = maintenance.expire(self.db, self.opts.expire_after_hours)
+                    if expired.files:
+                        self.log(f"deleted {expired.files} expired files")
                 if self.opts.retention_days and now >= next_retention:
                     next_retention = now + self.opts.retention_every
                     gone = maintenance.apply_retention(self.db, self.opts.retention_days)
                     if gone.partitions:
                         self.log(f"retention removed {gone.partitions} partitions")
                         self._meta_dirty = True
+                        self._catalog_dirty = True
             except Exception as e:
                 if is_disk_full(e):
                     self._meta_dirty = True
@@ -495,7 +588,11 @@ class CollectorService(fl.FlightServerBase):
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        if self.gate is not None:
+            self.gate.stop()
         self.shutdown()
+        if self._sockdir is not None:
+            shutil.rmtree(self._sockdir, ignore_errors=True)
         self._stop_live()
         for t in self._threads:
             t.join(timeout=60)
@@ -550,6 +647,8 @@ def serve(opts: ServeOptions, out: Any = None) -> int:
     service = CollectorService(opts, log)
     mode = "plaintext (--insecure)" if opts.insecure else "TLS"
     who = "mutual TLS (client certificates)" if opts.auth == "mtls" else "bearer tokens"
+    if service.gate is None:
+        who += "; no gate"
     log(
         f"listening on {service.location} ({mode}, {who}); database {opts.db}, "
         f"cluster {opts.cluster}"

@@ -64,6 +64,13 @@ class IncomingStore:
                 f"{self.max_segment_bytes} bytes",
             )
         self.check_space(header.size)
+        # several collectors may serve one database (shards): another's clean() at its
+        # start must not take this file between its rename and its ledger row
+        with self.db.layout.receiving(shared=True):
+            return self._receive(header, chunks)
+
+    def _receive(self, header: PutHeader, chunks: Iterable[memoryview | bytes]) -> Ack:
+        ledger = self.db.ledger
         final = self.db.layout.incoming_file(header.host, header.id)
         tmp = final.with_name(f".{header.id}.{uuid.uuid4().hex[:8]}.part")
         try:
@@ -160,10 +167,14 @@ class IncomingStore:
     def clean(self) -> int:
         """At start: remove temporary files and files the ledger does not know (a collector
         killed between writing and committing never acknowledged them)."""
-        removed = 0
         inc = self.db.layout.incoming
         if not inc.is_dir():
             return 0
+        with self.db.layout.receiving(shared=False):
+            return self._clean(inc)
+
+    def _clean(self, inc: Path) -> int:
+        removed = 0
         ledger = self.db.ledger
         for host_dir in inc.iterdir():
             if not host_dir.is_dir():

@@ -230,36 +230,57 @@ cdef class _Table:
 cdef int64_t LINE_CACHE_BYTES = 64 * 1024 * 1024
 
 
+ctypedef struct _LineInfo:
+    int64_t start  # where its frames begin in `ids`
+    int64_t count  # how many
+    int64_t succ   # the line that followed it last time (-1: none yet)
+    int64_t off    # the line's bytes in keys.data, and their length
+    int64_t size
+
+
 cdef class _LineCache:
-    """Stack line (less leading space) -> the frames it pushes, leaf first."""
+    """Stack line (less leading space) -> the frames it pushes, leaf first.
+
+    Each line also remembers the line that followed it last time: a call chain prints the
+    same lines in the same order in sample after sample, so the next line is first compared
+    with that one, without hashing it or probing the table (whose memory, hundreds of
+    thousands of lines in a long system-wide capture, is far from the CPU)."""
 
     cdef _Table keys
-    cdef int64_t* start  # per line: where its frames begin in `ids`
-    cdef int64_t* count
+    cdef _LineInfo* info
     cdef int64_t* ids
-    cdef int64_t nids, ids_cap, start_cap, count_cap
+    cdef int64_t nids, ids_cap, info_cap
 
     def __cinit__(self):
         self.keys = _Table(1)
 
     def __dealloc__(self):
-        free(self.start)
-        free(self.count)
+        free(self.info)
         free(self.ids)
 
-    cdef int add(self, const uint8_t* line, Py_ssize_t n, uint64_t h, int64_t slot,
-                 const int64_t* frames, int64_t g) except -1:
+    cdef int64_t add(self, const uint8_t* line, Py_ssize_t n, uint64_t h, int64_t slot,
+                     const int64_t* frames, int64_t g) except -1:
         cdef int64_t k = self.keys.insert(line, n, h, slot)
-        if k >= self.start_cap:
-            self.start = <int64_t*>_grow(self.start, &self.start_cap, k + 1, sizeof(int64_t))
-            self.count = <int64_t*>_grow(self.count, &self.count_cap, k + 1, sizeof(int64_t))
+        if k >= self.info_cap:
+            self.info = <_LineInfo*>_grow(self.info, &self.info_cap, k + 1, sizeof(_LineInfo))
         if self.nids + g > self.ids_cap:
             self.ids = <int64_t*>_grow(self.ids, &self.ids_cap, self.nids + g, sizeof(int64_t))
         memcpy(self.ids + self.nids, frames, g * sizeof(int64_t))
-        self.start[k] = self.nids
-        self.count[k] = g
+        self.info[k].start = self.nids
+        self.info[k].count = g
+        self.info[k].succ = -1
+        self.info[k].off = self.keys.off[k]
+        self.info[k].size = n
         self.nids += g
-        return 0
+        return k
+
+
+cdef bytes _event_key_bytes(bytes name):
+    cdef Py_ssize_t first = name.find(b"/"), last = name.rfind(b"/")
+    if first <= 0 or last <= first + 1:
+        return name
+    mods = name[last + 1:]
+    return name[first + 1:last] + (b":" + mods if mods else b"")
 
 
 cdef class _Folder:
@@ -293,6 +314,9 @@ cdef class _Folder:
     cdef int64_t tmp_cap
     cdef int64_t* grp  # the frames of one line
     cdef int64_t grp_cap
+    cdef uint8_t* evk  # an event name without its PMU (timed)
+    cdef int64_t evk_cap
+    cdef int64_t prev_line  # the line-cache id of the sample's previous stack line, or -1
 
     def __cinit__(self, bint opt_pid, bint opt_tid, bint kernel, bint jit, bint addrs,
                   event_filter, bint timed, double bucket):
@@ -310,7 +334,10 @@ cdef class _Folder:
         self.timed = timed
         self.bucket = bucket
         self.wanted = (event_filter or "").encode("utf-8", "surrogateescape")
+        if timed:
+            self.wanted = _event_key_bytes(self.wanted)
         self.has_header = False
+        self.prev_line = -1
 
     def __dealloc__(self):
         free(self.counts)
@@ -319,6 +346,7 @@ cdef class _Folder:
         free(self.out)
         free(self.tmp)
         free(self.grp)
+        free(self.evk)
 
     cdef int run(self, const uint8_t* buf, Py_ssize_t n) except -1:
         cdef Py_ssize_t pos = 0, end, length
@@ -410,11 +438,18 @@ cdef class _Folder:
                     has_event = k == t
         cdef int64_t period = 1
         cdef object period_big = None
+        cdef const uint8_t* ev
+        cdef Py_ssize_t evn
         if has_event:
+            ev = line + t
+            evn = T - 1 - t
+            if self.timed:  # one event in every PMU of a hybrid CPU (fold_py.event_key)
+                evn = self.event_key(ev, evn)
+                ev = self.evk
             if len(self.wanted) == 0:
-                self.wanted = line[t:T - 1]  # the first event seen is the one kept
-            elif (len(self.wanted) != T - 1 - t
-                    or memcmp(<const char*>self.wanted, line + t, T - 1 - t) != 0):
+                self.wanted = ev[:evn]  # the first event seen is the one kept
+            elif (len(self.wanted) != evn
+                    or memcmp(<const char*>self.wanted, ev, evn) != 0):
                 return 1  # another event: the header in force stays, as in the reference
             # Perl truth: a period of "0" (or none) counts as 1; "00" counts 0.
             if de > ds and not (de - ds == 1 and line[ds] == b"0"):
@@ -459,6 +494,7 @@ cdef class _Folder:
         self.period = period
         self.period_big = period_big
         self.has_header = True
+        self.prev_line = -1
         if self.timed:
             if tid_s < 0:
                 self.pid_num = NO_ID
@@ -470,6 +506,28 @@ cdef class _Folder:
                 d += 1
             self.start = self.bucket_start(line + d, n - d)
         return 1
+
+    cdef Py_ssize_t event_key(self, const uint8_t* s, Py_ssize_t n) except -1:
+        """The event name without its PMU into self.evk ("cpu_core/cycles/u" -> "cycles:u");
+        its length."""
+        cdef Py_ssize_t first = -1, last = -1, k, used
+        for k in range(n):
+            if s[k] == b"/":
+                if first < 0:
+                    first = k
+                last = k
+        if n + 1 > self.evk_cap:
+            self.evk = <uint8_t*>_grow(self.evk, &self.evk_cap, n + 1, 1)
+        if first <= 0 or last <= first + 1:
+            memcpy(self.evk, s, n)
+            return n
+        used = last - first - 1
+        memcpy(self.evk, s + first + 1, used)
+        if last + 1 < n:
+            self.evk[used] = b":"
+            memcpy(self.evk + used + 1, s + last + 1, n - last - 1)
+            used += n - last
+        return used
 
     cdef double bucket_start(self, const uint8_t* s, Py_ssize_t n) except? -1.0:
         """Bucket of the first token "DIGITS[.DIGITS]:" after the ids; 0.0 without one."""
@@ -518,18 +576,35 @@ cdef class _Folder:
         if i0 == n:
             return 0
         cdef _LineCache cache = self.java_lines if self.java else self.lines
-        cdef uint64_t h = para_fold_hash(line + i0, n - i0)
-        cdef int64_t k = cache.keys.find(line + i0, n - i0, h)
+        cdef Py_ssize_t m = n - i0
+        cdef int64_t k = -1, pred
+        cdef uint64_t h
+        cdef _LineInfo* inf
         cdef const int64_t* ids
         cdef int64_t g
+        if self.prev_line >= 0:  # the line that followed the previous one last time?
+            pred = cache.info[self.prev_line].succ
+            if pred >= 0:
+                inf = &cache.info[pred]
+                if inf.size == m and memcmp(cache.keys.data + inf.off, line + i0, m) == 0:
+                    k = pred
+        if k < 0:
+            h = para_fold_hash(line + i0, m)
+            k = cache.keys.find(line + i0, m, h)
+            if k < 0:
+                g = self.parse_frame(line, n, i0)
+                if cache.keys.used < LINE_CACHE_BYTES:
+                    k = cache.add(line + i0, m, h, k, self.grp, g)
+                else:
+                    k = -1
+            if k >= 0 and self.prev_line >= 0:
+                cache.info[self.prev_line].succ = k
         if k >= 0:
-            ids = cache.ids + cache.start[k]
-            g = cache.count[k]
+            ids = cache.ids + cache.info[k].start
+            g = cache.info[k].count
         else:
-            g = self.parse_frame(line, n, i0)
             ids = self.grp
-            if cache.keys.used < LINE_CACHE_BYTES:
-                cache.add(line + i0, n - i0, h, k, self.grp, g)
+        self.prev_line = k
         if self.stk_len + g > self.stk_cap:
             self.stk = <int64_t*>_grow(self.stk, &self.stk_cap, self.stk_len + g,
                                        sizeof(int64_t))
@@ -741,6 +816,7 @@ cdef class _Folder:
             self.counts[i] += self.period
         self.stk_len = 0
         self.has_header = False
+        self.prev_line = -1
         return 0
 
     # -- results --------------------------------------------------------------------------

@@ -245,7 +245,7 @@ def parse_pid_stat(bytes data):
             while j < n and b'0' <= s[j] <= b'9':
                 v = v * 10 + (s[j] - 48)
                 j += 1
-            if j == i or (j < n and not _isspace(s[j]) and s[j] != b'\n'):
+            if j == i + neg or (j < n and not _isspace(s[j]) and s[j] != b'\n'):  # a lone "-" too
                 raise ValueError(f"/proc/PID/stat of {pid}: field {f + 3} is not a number")
             fields[f] = -v if neg else v
             i = j

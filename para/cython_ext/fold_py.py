@@ -132,16 +132,32 @@ def parse_id(digits: bytes) -> int:
     return int(digits) if len(digits) <= MAX_ID_DIGITS else -1
 
 
-def _header(m: re.Match[bytes], line: bytes, wanted: bytes) -> tuple[Header | None, bytes]:
+def event_key(name: bytes) -> bytes:
+    """An event's name without its PMU: a hybrid CPU's `perf record -e cycles` samples as
+    `cpu_core/cycles/` on its performance cores and `cpu_atom/cycles/` on its efficiency
+    cores, one event in two PMUs (`cpu_core/cycles/u` is `cycles:u`)."""
+    first = name.find(b"/")
+    last = name.rfind(b"/")
+    if first <= 0 or last <= first + 1:
+        return name
+    mods = name[last + 1 :]
+    return name[first + 1 : last] + (b":" + mods if mods else b"")
+
+
+def _header(
+    m: re.Match[bytes], line: bytes, wanted: bytes, every_pmu: bool = False
+) -> tuple[Header | None, bytes]:
     """The header that `line` (matched by HEADER as `m`) starts, or None when its event is
-    filtered out; and the event filter, which the first event seen sets."""
+    filtered out; and the event filter, which the first event seen sets (`every_pmu`:
+    compared without the PMU, see event_key)."""
     comm, first_id, second_id = m.groups()
     period = 1
     event = EVENT.search(line)
     if event is not None:
+        name = event_key(event.group(2)) if every_pmu else event.group(2)
         if not wanted:
-            wanted = event.group(2)  # the first event seen is the one kept
-        elif event.group(2) != wanted:
+            wanted = name  # the first event seen is the one kept
+        elif name != wanted:
             return None, wanted
         # Perl truth: a period of "0" (or none) counts as 1; "00" counts 0.
         if event.group(1) is not None and event.group(1) != b"0":
@@ -164,10 +180,18 @@ def _header(m: re.Match[bytes], line: bytes, wanted: bytes) -> tuple[Header | No
 
 
 def samples(
-    text: bytes, *, kernel: bool, jit: bool, addrs: bool, event_filter: str | None
+    text: bytes,
+    *,
+    kernel: bool,
+    jit: bool,
+    addrs: bool,
+    event_filter: str | None,
+    every_pmu: bool = False,
 ) -> Iterator[Sample]:
     """The samples of `text` in the order the reference emits them (at each blank line)."""
     wanted = (event_filter or "").encode("utf-8", "surrogateescape")
+    if every_pmu:
+        wanted = event_key(wanted)
     current: Header | None = None  # None: skip stack lines until the next header
     stack: list[bytes] = []  # root first: each line's frames go in front
     for line in split_lines(text):
@@ -180,7 +204,7 @@ def samples(
             continue
         m = HEADER.match(line)
         if m is not None:
-            header, wanted = _header(m, line, wanted)
+            header, wanted = _header(m, line, wanted, every_pmu)
             if header is not None:
                 current = header  # a header without a blank line before keeps the stack
             continue  # a filtered one leaves the header in force, as the reference does
@@ -238,7 +262,12 @@ def fold_timed(
     bucket = float(bucket)
     counts: dict[tuple[float, int, int, bytes, bytes], int] = {}
     for s in samples(
-        as_bytes(data), kernel=kernel, jit=jit, addrs=addrs, event_filter=event_filter
+        as_bytes(data),
+        kernel=kernel,
+        jit=jit,
+        addrs=addrs,
+        event_filter=event_filter,
+        every_pmu=True,
     ):
         h = s.header
         start = 0.0  # no timestamp, or one too large to be a time

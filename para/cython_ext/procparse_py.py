@@ -7,16 +7,62 @@ ValueError naming the line; fields a kernel does not have come back as None.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 CPU_FIELDS = 10
 DISK_FIELDS = 17
 SECTOR = 512
 
+# The kernel's grammar, as the Cython kernel reads it: fields are separated by spaces or tabs
+# only, and a number is decimal digits after an optional minus (int() alone would also take
+# "+5", "1_0" and other whitespace around it, which the kernel does not).
+_SEP = re.compile(rb"[ \t]+")
+_NUMS = re.compile(rb"-?[0-9]+(?: -?[0-9]+)*")  # fields joined by single spaces
+_FIRST = re.compile(rb"[ \t]*+([^ \t]*)")
+
+
+def _split_kernel(s: bytes) -> list[bytes]:
+    return [f for f in _SEP.split(s) if f]
+
+
+def _splitter(data: bytes) -> Callable[[bytes], list[bytes]]:
+    """How to split the lines of `data` into fields: bytes.split() (faster) gives the same
+    fields unless `data` holds a byte it splits on and the kernel does not."""
+    if b"\r" in data or b"\x0b" in data or b"\x0c" in data:
+        return _split_kernel
+    return bytes.split
+
+
+def _split(s: bytes) -> list[bytes]:
+    return _splitter(s)(s)
+
+
+def _first(s: bytes) -> bytes:
+    """The first field of `s` (b"" if none), without splitting the rest (an intr line holds
+    thousands of numbers)."""
+    return _FIRST.match(s).group(1)  # type: ignore[union-attr]
+
+
+def _int(tok: bytes) -> int:
+    if tok.isdigit():  # ASCII digits only, for bytes
+        return int(tok)
+    if tok[:1] == b"-" and tok[1:].isdigit():
+        return -int(tok[1:])
+    raise ValueError(tok)
+
 
 def _ints(parts: list[bytes], n: int, where: str) -> list[int | None]:
+    head = parts[:n]
+    if b"".join(head).replace(b"-", b"").isdigit():  # the usual case, at once
+        try:
+            return [int(p) for p in head] + [None] * (n - len(head))
+        except ValueError:  # a misplaced minus: found and named below
+            pass
     out: list[int | None] = []
     try:
         for p in parts[:n]:
-            out.append(int(p))
+            out.append(_int(p))
     except ValueError:
         raise ValueError(f"{where}: not a number: {p!r}") from None
     out.extend([None] * (n - len(out)))
@@ -24,9 +70,9 @@ def _ints(parts: list[bytes], n: int, where: str) -> list[int | None]:
 
 
 def _first_int(rest: bytes, lineno: int) -> int:
-    head = rest.lstrip(b" \t").split(b" ", 1)[0]
+    head = _first(rest)
     try:
-        return int(head)
+        return _int(head)
     except ValueError:
         raise ValueError(f"/proc/stat line {lineno}: not a number: {head!r}") from None
 
@@ -38,18 +84,19 @@ def parse_stat(
     total: list[int | None] | None = None
     per_cpu: list[tuple[int, list[int | None]]] = []
     ctxt = intr = processes = running = blocked = 0
+    split = _splitter(data)
     for lineno, line in enumerate(data.split(b"\n"), 1):
         if line.startswith(b"cpu"):
-            name, _, rest = line.partition(b" ")
-            times = _ints(rest.split(), CPU_FIELDS, f"/proc/stat line {lineno}")
-            if name == b"cpu":
-                total = times
+            parts = split(line)
+            if line[3:4] in (b"", b" "):  # "cpu" alone: the total
+                total = _ints(parts[1:], CPU_FIELDS, f"/proc/stat line {lineno}")
             else:
+                name = parts[0][3:]
                 try:
-                    cpu = int(name[3:])
+                    cpu = _int(name)
                 except ValueError:
                     raise ValueError(f"/proc/stat line {lineno}: bad CPU name {name!r}") from None
-                per_cpu.append((cpu, times))
+                per_cpu.append((cpu, _ints(parts[1:], CPU_FIELDS, f"/proc/stat line {lineno}")))
         elif line.startswith(b"intr "):
             # Only the total: the per-IRQ list that follows can be thousands of numbers long.
             intr = _first_int(line[5:], lineno)
@@ -73,20 +120,28 @@ def parse_keyed(data: bytes, keys: tuple[bytes, ...], scale_kb: bool) -> list[in
     """
     want = {k: i for i, k in enumerate(keys)}
     out: list[int | None] = [None] * len(keys)
+    found = 0
+    split = _splitter(data)
     for line in data.split(b"\n"):
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        key = parts[0].rstrip(b":")
+        if found >= len(keys):  # every key seen: the rest of the file is not read
+            break
+        parts = split(line)
+        key, _, after = (parts[0] if parts else b"").partition(b":")
         i = want.get(key)
         if i is None:
             continue
+        if after:  # "Key:123"
+            tok, unit = after, parts[1:2]
+        else:
+            tok, unit = (parts[1] if len(parts) > 1 else b""), parts[2:3]
         try:
-            v = int(parts[1])
+            v = _int(tok)
         except ValueError:
-            raise ValueError(f"{key.decode()}: not a number: {parts[1]!r}") from None
-        if scale_kb and len(parts) > 2 and parts[2] == b"kB":
+            raise ValueError(f"{key.decode()}: not a number: {tok!r}") from None
+        if scale_kb and unit and unit[0].startswith(b"kB"):
             v *= 1024
+        if out[i] is None:
+            found += 1
         out[i] = v
     return out
 
@@ -94,11 +149,13 @@ def parse_keyed(data: bytes, keys: tuple[bytes, ...], scale_kb: bool) -> list[in
 def parse_net_dev(data: bytes) -> list[tuple[str, list[int | None]]]:
     """/proc/net/dev -> [(iface, 16 counters: 8 receive then 8 transmit)]."""
     out: list[tuple[str, list[int | None]]] = []
+    split = _splitter(data)
     for lineno, line in enumerate(data.split(b"\n"), 1):
         name, sep, rest = line.partition(b":")
         if not sep or b"|" in line:
             continue
-        out.append((name.strip().decode(), _ints(rest.split(), 16, f"/proc/net/dev line {lineno}")))
+        where = f"/proc/net/dev line {lineno}"
+        out.append((name.strip(b" \t").decode(), _ints(split(rest), 16, where)))
     return out
 
 
@@ -108,10 +165,11 @@ def parse_diskstats(data: bytes) -> list[tuple[str, list[int | None]]]:
     Kernels print 14 (before 4.18), 18 (4.18+) or 20 (5.5+) columns; missing ones are None.
     """
     out: list[tuple[str, list[int | None]]] = []
+    split = _splitter(data)
     for lineno, line in enumerate(data.split(b"\n"), 1):
-        parts = line.split()
-        if len(parts) < 4:
-            continue
+        parts = split(line)  # major, minor, the name, then the fields
+        if len(parts) < 3 or (len(parts) == 3 and line[-1:] not in (b" ", b"\t")):
+            continue  # no name, or nothing after it
         vals = _ints(parts[3:], DISK_FIELDS, f"/proc/diskstats line {lineno}")
         for i in (2, 6, 13):  # read, write and discard sectors
             v = vals[i]
@@ -133,9 +191,14 @@ def parse_pid_stat(
         raise ValueError(f"/proc/PID/stat: no (comm) in {data[:40]!r}")
     pid = int(data[:open_])
     comm = data[open_ + 1 : close].decode(errors="replace")
-    f = data[close + 2 :].split()
+    f = _split(data[close + 1 :].split(b"\n", 1)[0])[:37]
+    where = f"/proc/PID/stat of {pid}"
+    # every field a number, as the kernel reads them (not only the ones returned)
+    if len(f) > 1 and _NUMS.fullmatch(b" ".join(f[1:])) is None:
+        k, tok = next((k, t) for k, t in enumerate(f[1:], 1) if _NUMS.fullmatch(t) is None)
+        raise ValueError(f"{where}: field {k + 3} is not a number: {tok!r}")
     if len(f) < 37:
-        raise ValueError(f"/proc/PID/stat of {pid}: {len(f) + 2} fields, expected at least 39")
+        raise ValueError(f"{where}: {len(f) + 2} fields, expected at least 39")
     return (
         pid,
         comm,
@@ -167,7 +230,11 @@ def _status_field(data: bytes, key: bytes) -> int:
     if i < 0:
         return 0
     end = data.find(b"\n", i + 1)
-    return int(data[i + len(key) : end if end >= 0 else None])
+    tok = _first(data[i + len(key) : end if end >= 0 else None])
+    try:
+        return _int(tok)
+    except ValueError:
+        raise ValueError(f"{key.decode().strip()}: not a number: {tok!r}") from None
 
 
 def parse_pid_io(data: bytes) -> tuple[int, int, int, int]:

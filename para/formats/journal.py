@@ -17,6 +17,10 @@ import pyarrow.parquet as pq
 
 Rows = dict[str, list[list[Any]]]
 
+# Columns added at the end of a table after rows were first written without them: a row
+# that lacks them (an older writer's) reads them as null.
+ADDED_LAST = {"stacks": 2}  # source, state (issue 12)
+
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 TIME_TYPE = pa.timestamp("ms", tz="UTC")
 
@@ -74,12 +78,15 @@ class TableBuilder:
             if store is None:
                 store = self.columns[table] = [[] for _ in cols]
             width = len(cols)
+            shortest = width - ADDED_LAST.get(table, 0)
             timed = table in self.timed
             for row in table_rows:
                 cells = row if timed else [t_ms, *row]
                 if len(cells) != width:
-                    self.bad_rows += 1
-                    continue
+                    if not shortest <= len(cells) < width:
+                        self.bad_rows += 1
+                        continue
+                    cells = [*cells, *([None] * (width - len(cells)))]
                 for i, v in enumerate(cells):
                     store[i].append(v)
 

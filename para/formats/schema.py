@@ -339,6 +339,28 @@ STACKS = Table(
     ),
     metrics=(_counter("samples", "samples", "perf record", "samples with this stack"),),
     timed_rows=True,
+    # issue 12: Python stacks (py-spy) beside perf's; absent in older files (perf, cpu)
+    payload=(
+        Column(
+            "source",
+            "name",
+            "info",
+            "para",
+            "who named the frames: perf, or py-spy (the "
+            "Python frames; the native ones below them and the sample itself from perf)",
+            "str",
+        ),
+        Column(
+            "state",
+            "name",
+            "info",
+            "para",
+            "cpu: perf sampled the thread on a CPU; wait: py-spy saw the thread in this "
+            "stack while perf did not (sleep, I/O, a lock, the GIL); ready: the same time "
+            "spent runnable, waiting for a CPU (schedstat); in samples of perf's period",
+            "str",
+        ),
+    ),  # fmt: skip
 )
 
 INSTR_SAMPLES = Table(

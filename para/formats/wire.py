@@ -216,6 +216,8 @@ def encode_live(host: str, samples: list[tuple[int, dict[str, Any]]]) -> bytes:
 # A live message's bound, decompressed (docs/collector.md, "Bounds"): a second's sample of a
 # busy node is tens of KiB; an agent that could not send for a while sends its backlog at once.
 LIVE_MESSAGE_MAX = 8 << 20
+# One DoPut message (a record batch of an upload's chunks) on the wire: agents send 4 MiB.
+PUT_MESSAGE_MAX = 16 << 20
 
 
 def decode_live(

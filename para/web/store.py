@@ -6,7 +6,7 @@ installed or loaded, its configuration locked.  Each request works on a cursor o
 share the views and tables, and run in parallel threads).
 
 The jobs are held as a table in that database, reloaded when the collector rewrites
-meta/jobs.parquet: a million jobs filter, sort and page in tens of milliseconds, without
+the table meta/jobs: a million jobs filter, sort and page in tens of milliseconds, without
 reading the file again on every page.
 """
 
@@ -24,13 +24,13 @@ from typing import Any
 
 import duckdb
 
-from para.collector.catalog import JOBS_FILE, META_VIEWS, view_sql
+from para.collector.catalog import JOBS_FILE, META_VIEWS, source_sql, view_sql
 from para.collector.layout import Layout
 from para.errors import ParaError
 from para.web.access import Viewer
 
 VIEWS_EVERY_S = 10.0  # how often new tables are looked for
-JOBS_EVERY_S = 1.0  # how often meta/jobs.parquet is checked for a new version
+JOBS_EVERY_S = 1.0  # how often the table meta/jobs is checked for a new version
 FACETS_S = 60.0  # how long the job list's filter choices are kept
 # the job list: what may be sorted on (page parameter -> SQL)
 SORTS = {
@@ -101,6 +101,15 @@ def locked_down(root: Path, threads: int | None = None) -> duckdb.DuckDBPyConnec
     return con
 
 
+def _log_stamp(table_dir: Path) -> tuple[int, int] | None:
+    """Changes when a commit is added to the table's Delta log; None: no table there."""
+    try:
+        st = os.stat(table_dir / "_delta_log")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
 @dataclass
 class Page:
     rows: list[dict[str, Any]]
@@ -127,6 +136,8 @@ class Store:
         self._lock = threading.Lock()
         self._tables: set[str] = set()
         self._views_at = 0.0
+        self._table_dirs: dict[str, Path] = {}
+        self._view_stamps: dict[str, tuple[int, int]] = {}
         self._jobs_stamp: tuple[int, int] | None = None
         self._jobs_at = 0.0
         self._job_cols: set[str] = set()
@@ -138,20 +149,9 @@ class Store:
     # -- keeping up with the database ----------------------------------------------------
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self._views_at >= VIEWS_EVERY_S:
+        if force or now - self._jobs_at >= JOBS_EVERY_S:
             with self._lock:
-                self._views_at = now
-                tables = set(self.layout.tables())
-                for t in sorted(tables - self._tables):
-                    self.con.execute(view_sql(t))
-                for name, path in META_VIEWS.items():
-                    if (self.root / path).exists() and name not in self._tables:
-                        self.con.execute(
-                            f"CREATE OR REPLACE VIEW {quote_ident(name)} AS "
-                            f"SELECT * FROM read_parquet({quote_str(path)})"
-                        )
-                        tables.add(name)
-                self._tables = tables | (self._tables & set(META_VIEWS))
+                self._refresh_views(force or now - self._views_at >= VIEWS_EVERY_S, now)
         if force or now - self._jobs_at >= JOBS_EVERY_S:
             self._jobs_at = now
             stamp = self._stamp()
@@ -166,12 +166,26 @@ class Store:
                     target=self._load_jobs, args=(stamp,), daemon=True, name="para-web-jobs"
                 ).start()
 
+    def _refresh_views(self, look_for_new: bool, now: float) -> None:
+        """Each table's view lists the files of its current snapshot (Delta Lake): remade when
+        the table's log gained a commit (a stat per table); new tables looked for less often."""
+        if look_for_new:
+            self._views_at = now
+            tables = {t: self.layout.data / t for t in self.layout.tables()}
+            tables.update({n: self.root / p for n, p in META_VIEWS.items()})
+            self._table_dirs = tables
+        for name, table_dir in sorted(self._table_dirs.items()):
+            stamp = _log_stamp(table_dir)
+            if stamp is None or stamp == self._view_stamps.get(name):
+                continue
+            sql = view_sql(self.con, name, table_dir)
+            if sql is not None:
+                self.con.execute(sql)
+                self._view_stamps[name] = stamp
+        self._tables = set(self._view_stamps)
+
     def _stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.layout.meta / JOBS_FILE)
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+        return _log_stamp(self.layout.meta / JOBS_FILE)
 
     def _load_jobs(self, stamp: tuple[int, int] | None) -> None:
         try:
@@ -189,7 +203,7 @@ class Store:
                     have: set[str] = set()
                     src = "(SELECT NULL::VARCHAR AS job_id WHERE false)"
                 else:
-                    src = f"read_parquet({quote_str(f'meta/{JOBS_FILE}')})"
+                    src = f"({source_sql(cur, self.layout.meta / JOBS_FILE)})"
                     have = {r[0] for r in cur.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
                 cur.execute(f"CREATE OR REPLACE TABLE web_jobs AS {self._jobs_sql(src, have)}")
                 self._job_cols = {r[0] for r in cur.execute("DESCRIBE web_jobs").fetchall()}

@@ -152,6 +152,11 @@ FROM ctr GROUP BY event ORDER BY event;
 SELECT node, sum(counted) / nullif(max(seconds), 0) AS per_s
 FROM ctr WHERE regexp_matches(event, ?) GROUP BY node ORDER BY node;
 
+-- name: counter_events  needs: ctr
+-- Each event matching a pattern on each node: the unit perf printed it in, and per second.
+SELECT node, event, any_value(unit) AS unit, sum(counted) / nullif(max(seconds), 0) AS per_s
+FROM ctr WHERE regexp_matches(event, ?) GROUP BY node, event ORDER BY node, event;
+
 -- name: stack_total  needs: stacks
 SELECT coalesce(sum(samples), 0) FROM stack_sec;
 
@@ -179,7 +184,16 @@ ORDER BY self_n DESC, total_n DESC, tot.fn LIMIT ?;
 SELECT stack, sum(samples) AS samples FROM stack_sec GROUP BY stack ORDER BY samples DESC, stack;
 
 -- name: ib  needs: ib
-SELECT avg((rx_bps + tx_bps) / nullif(2 * link_bps, 0)) AS link_share,
-    count(*) FILTER (WHERE (rx_bps + tx_bps) / nullif(2 * link_bps, 0) >= ?) / count(*)
-      AS saturated_share, avg(link_bps) AS link_bps, avg(wait_ps) AS wait_ps
-FROM ib;
+-- Each direction of the links judged on its own (a link is full when either direction is:
+-- one-way traffic at the link rate is saturation, though it is half of rx + tx over 2 links).
+WITH r AS (
+    SELECT rx_bps / nullif(link_bps, 0) AS rx, tx_bps / nullif(link_bps, 0) AS tx, link_bps,
+        wait_ps
+    FROM ib WHERE rx_bps IS NOT NULL OR tx_bps IS NOT NULL
+)
+SELECT avg(greatest(rx, tx)) AS link_share, avg(rx) AS rx_share, avg(tx) AS tx_share,
+    count(*) FILTER (WHERE greatest(rx, tx) >= ?) / nullif(count(*), 0) AS saturated_share,
+    count(*) FILTER (WHERE rx >= ?) / nullif(count(*), 0) AS rx_saturated_share,
+    count(*) FILTER (WHERE tx >= ?) / nullif(count(*), 0) AS tx_saturated_share,
+    avg(link_bps) AS link_bps, avg(wait_ps) AS wait_ps
+FROM r;

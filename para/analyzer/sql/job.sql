@@ -79,3 +79,11 @@ FROM x GROUP BY node ORDER BY node;
 CREATE OR REPLACE TABLE stack_sec AS
 SELECT (t - getvariable('t0')) // getvariable('step_ms') AS sec, stack, sum(samples) AS samples
 FROM stacks GROUP BY ALL;
+
+-- name: wait_sec  needs: waits
+-- Python threads off-CPU per step, as stack_sec: state wait (sleep, I/O, a lock, the GIL)
+-- or ready (runnable, waiting for a CPU).
+CREATE OR REPLACE TABLE wait_sec AS
+SELECT (t - getvariable('t0')) // getvariable('step_ms') AS sec, stack, state,
+    sum(samples) AS samples
+FROM waits GROUP BY ALL;

@@ -1,0 +1,210 @@
+"""The instruction dimension on real programs profiled here (`para profile --functions`): C++
+names (demangled by perf, found with `nm -C`), leaves perf could not place at an offset, a
+binary rebuilt after the run (its build id, or its size without one), and the samples of a
+hybrid CPU's two PMUs, on a recorded `perf script` of one."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from para.agent import binaries
+from para.agent.perfrecord import instruction_rows, leaf_facts
+from para.analyzer.analysis import analyse
+from para.analyzer.job import Job
+from para.analyzer.rules import default_config
+from para.cython_ext import load
+
+from .conftest import FIXTURES, REPO, cannot_run, need_tool, para_cmd
+
+HYBRID = FIXTURES / "perf-script" / "perf-script-cycles-hybrid-intel-13thgen-lkml-acme.txt"
+
+HOT_CPP = r"""
+#include <cstdlib>
+#include <cstdio>
+namespace hot {
+struct Grid { double v; };
+__attribute__((noinline)) double work(long n, const Grid& g) {
+    double x = g.v;
+    for (long i = 0; i < n; i++) x = x * 1.0000001 + 1.0 / (double)(i + 1);
+    return x;
+}
+}
+int main(int argc, char** argv) {
+    hot::Grid g{1.0};
+    std::printf("%f\n", hot::work(std::atol(argv[1]), g));
+    return 0;
+}
+"""
+
+HOT_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) double work(long n) {
+    double x = 1.0;
+    for (long i = 0; i < n; i++) x = x * 1.0000001 + 1.0 / (double)(i + 1);
+    return x;
+}
+int main(int argc, char** argv) { printf("%f\n", work(atol(argv[1]))); return 0; }
+"""
+# the same program with other code in `work`: a rebuild after the run
+OTHER_C = HOT_C.replace("x * 1.0000001 + 1.0 / (double)(i + 1)", "x + (double)(i % 7) * 0.5")
+
+PERF_HINT = "apt install linux-perf (and run as root or with kernel.perf_event_paranoid <= 1)"
+N = "120000000"
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _profile(tmp: Path, exe: Path, *args: str) -> Path:
+    need_tool("perf", PERF_HINT)
+    out = tmp / f"{exe.name}.para"
+    r = subprocess.run(
+        [*para_cmd(), "profile", "-q", "--functions", "-o", str(out), "--", str(exe), *args],
+        env=_env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    with Job([out]) as job:
+        if not job.has("instr"):
+            cannot_run(f"perf record gave no samples here: {r.stderr.strip()[-300:]}",
+                       PERF_HINT)  # fmt: skip
+    return out
+
+
+def _build(src: str, path: Path, compiler: str, *flags: str) -> Path:
+    need_tool(compiler, "apt install build-essential")
+    c = path.with_suffix(".cpp" if compiler == "g++" else ".c")
+    c.write_text(src)
+    subprocess.run([compiler, "-O1", "-fno-omit-frame-pointer", *flags, "-o", str(path), str(c)],
+                   check=True)  # fmt: skip
+    return path
+
+
+def _annotated(path: Path) -> dict[str, Any]:
+    with Job([path]) as job:
+        return analyse(job, default_config()).doc["instructions"]
+
+
+def _function(ins: dict[str, Any], exe: Path) -> dict[str, Any]:
+    return next(f for f in ins["functions"] if f["dso"] == str(exe))
+
+
+def test_a_cpp_function_is_found_by_its_demangled_name(tmp_path):
+    exe = _build(HOT_CPP, tmp_path / "hotcpp", "g++")
+    f = _function(_annotated(_profile(tmp_path, exe, N)), exe)
+    # perf prints the demangled name; nm's raw symbol is the mangled one
+    mangled = subprocess.run(["nm", "--defined-only", str(exe)], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert "_ZN3hot4workElRKNS_4GridE" in mangled
+    # perf names it without its parameters; nm -C with them: "hot::work(long, hot::Grid
+    # const&)" is the one function of that name
+    assert f["function"] == "hot::work", f
+    assert f["disassembled"] and f["reason"] is None, f
+    assert all(x["instruction"] for x in f["instructions"] if x["offset"] is not None)
+    # the instructions are those objdump shows for the function (a loop of FP arithmetic)
+    text = " ".join(x["instruction"] for x in f["instructions"])
+    assert re.search(r"\b(div|mul|add)s?d\b", text), text
+
+
+def test_a_binary_rebuilt_after_the_run_is_not_disassembled(tmp_path):
+    exe = _build(HOT_C, tmp_path / "hot", "cc")
+    rec = _profile(tmp_path, exe, N)
+    before = binaries.build_id(exe)
+    assert before and _function(_annotated(rec), exe)["disassembled"]
+    _build(OTHER_C, exe, "cc")
+    after = binaries.build_id(exe)
+    assert after and after != before
+    f = _function(_annotated(rec), exe)
+    assert not f["disassembled"], f
+    assert "not the binary that ran" in f["reason"] and before[:12] in f["reason"], f
+    assert f["instructions"] and all(x["instruction"] is None for x in f["instructions"])
+
+
+def test_without_a_build_id_size_and_mtime_tell_a_rebuild(tmp_path):
+    exe = _build(HOT_C, tmp_path / "hot", "cc", "-Wl,--build-id=none")
+    rec = _profile(tmp_path, exe, N)
+    assert binaries.build_id(exe) is None
+    assert _function(_annotated(rec), exe)["disassembled"]
+    size = exe.stat().st_size
+    _build(OTHER_C + "\nint unused_padding[4096] = {1};\n", exe, "cc", "-Wl,--build-id=none")
+    assert exe.stat().st_size != size
+    f = _function(_annotated(rec), exe)
+    assert not f["disassembled"] and f"not {size} as when it ran" in f["reason"], f
+
+
+def test_leaves_without_an_offset_are_counted(tmp_path):
+    """A stripped binary: perf places its samples in no symbol ("[unknown]", no +0x)."""
+    need_tool("perf", PERF_HINT)
+    exe = _build(HOT_C, tmp_path / "stripped", "cc", "-s")
+    data = tmp_path / "perf.data"
+    rec = subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o",
+                          str(data), str(exe), N], capture_output=True, text=True)  # fmt: skip
+    if rec.returncode != 0:
+        cannot_run(f"perf record cannot run here: {rec.stderr.strip()[-200:]}", PERF_HINT)
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F",
+                             "comm,pid,tid,time,event,ip,sym,symoff,dso"],
+                            capture_output=True, check=True).stdout  # fmt: skip
+    rows = instruction_rows(script)
+    # perf's own count of the samples in the binary
+    report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-n", "--sort",
+                             "dso", "--no-children"], capture_output=True, text=True,
+                            check=True).stdout  # fmt: skip
+    m = re.search(r"^\s*[\d.]+%\s+(\d+)\s+stripped\s*$", report, re.M)
+    assert m, report
+    ours = [r for r in rows if r[1] == str(exe)]
+    assert sum(r[4] for r in ours) == int(m.group(1))
+    assert ours and all(r[2] == "[unknown]" and r[3] is None for r in ours), ours[:3]
+    facts = leaf_facts(rows)
+    assert facts["binaries"][str(exe)]["size"] == exe.stat().st_size
+
+
+def _hybrid_script() -> tuple[bytes, dict[str, int]]:
+    """The recorded hybrid samples in the layout `perf script` prints with call chains (the
+    header, its frame on the next line, a blank line); and the periods per PMU, as printed."""
+    out, per_pmu = [], {}
+    for line in HYBRID.read_text().splitlines():
+        m = re.match(r"\s*(.*?:\s+(\d+)\s+(\S+):)\s+(\S+ .*)$", line)
+        assert m, line
+        out.append(f"{m.group(1)}\n\t{m.group(4)}\n\n")
+        per_pmu[m.group(3)] = per_pmu.get(m.group(3), 0) + int(m.group(2))
+    return "".join(out).encode(), per_pmu
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["cython", "python"])
+def test_fold_timed_keeps_both_pmus_of_a_hybrid_cpu(pure):
+    fk = load("fold", pure=pure)
+    if not pure and fk.__name__.endswith("_py"):
+        pytest.fail("the Cython kernel is not built (run `make venv`)")
+    data, per_pmu = _hybrid_script()
+    assert set(per_pmu) == {"cpu_core/cycles/", "cpu_atom/cycles/"}
+    rows = fk.fold_timed(data)
+    assert sum(r[5] for r in rows) == sum(per_pmu.values())
+    assert {r[3] for r in rows} == {"perf", "gnome-shell", "podman", "swapper"}
+    # a filter names the event, whichever PMU counted it
+    assert fk.fold_timed(data, event_filter="cycles") == rows
+    assert fk.fold_timed(data, event_filter="cpu_atom/cycles/") == rows
+    # `fold` stays what stackcollapse-perf.pl prints: the first event seen only
+    assert sum(fk.fold(data).values()) == per_pmu["cpu_core/cycles/"]
+
+
+def test_the_recorder_keeps_what_the_report_checks(tmp_path):
+    exe = _build(HOT_C, tmp_path / "hot", "cc")
+    rec = _profile(tmp_path, exe, N)
+    with Job([rec]) as job:
+        meta = job.nodes[0].meta["functions"]
+    ident = meta["binaries"][str(exe)]
+    st = exe.stat()
+    assert ident == {"build_id": binaries.build_id(exe), "size": st.st_size,
+                     "mtime_ns": st.st_mtime_ns}  # fmt: skip
+    # readelf's reading of the same note
+    notes = subprocess.run(["readelf", "-n", str(exe)], capture_output=True, text=True,
+                           check=True).stdout  # fmt: skip
+    assert f"Build ID: {ident['build_id']}" in notes
+    assert isinstance(meta["kernel_samples"], int)
