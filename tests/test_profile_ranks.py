@@ -276,3 +276,48 @@ def test_a_rank_held_for_the_others_runs_if_its_sampler_dies(tmp_path):
     first.communicate(timeout=60)  # its stdout closes once the command has run and ended
     wait_for(out.exists, "the command to run")
     assert out.read_text() == "yes\n"
+
+
+# A rank: waits for the other, computes, and says at its very end how much CPU it used.
+CPU_RANK = """
+import os, pathlib, resource, time
+rank = os.environ["SLURM_PROCID"]
+pathlib.Path(f"started.{rank}").touch()
+while len(list(pathlib.Path().glob("started.*"))) < 2:
+    time.sleep(0.02)
+t = time.process_time()
+while time.process_time() - t < 0.6 * (1 + int(rank)):
+    pass
+ru = resource.getrusage(resource.RUSAGE_SELF)
+print(os.getpid(), ru.ru_utime + ru.ru_stime, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_each_ranks_cpu_time_to_its_end(tmp_path):
+    """Each rank's CPU time in the node's file is what the kernel counted for it to its
+    end: a rank's para reaped its command at once, so the last second of every rank (and
+    of the sampler's own command) went unsampled (0.4 s of 1.4 s, say)."""
+    cmd = [sys.executable, "-c", CPU_RANK]
+    args = ["-q", "--no-counters", "-o", "c.para", "--", *cmd]
+    first = launch(tmp_path, 0, args, 2)
+    wait_for(lambda: lock_of(tmp_path).exists(), "rank 0 to take the node")
+    second = launch(tmp_path, 1, args, 2)
+    own = {}
+    for p in (first, second):
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        pid, cpu = out.split()
+        own[int(pid)] = float(cpu)
+    (path,) = tmp_path.glob("*.para")
+    tick = os.sysconf("SC_CLK_TCK")
+    with ParaFile(path) as pf:
+        rows = pf.read_table("proc").to_pylist()
+    seen = {pid: max((r["utime"] + r["stime"]) / tick for r in rows if r["pid"] == pid)
+            for pid in own}  # fmt: skip
+    for pid, cpu in own.items():
+        # the rank printed its figure just before it exited: a little more CPU, never less
+        assert cpu - 0.02 <= seen[pid] <= cpu + 0.1, (pid, seen, own)
+    # sampled once more as it ended (unreaped): still the same process, with its rank
+    assert {r["rank"] for r in rows if r["pid"] in own} == {0, 1}
+    assert not list((tmp_path / "tmp").iterdir())

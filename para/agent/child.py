@@ -110,6 +110,18 @@ class Child:
             except ProcessLookupError:
                 self.say(f"got {name}; {self.cmd[0]} has already ended")
 
+    def wait_exit(self) -> None:
+        """Until the command has ended, left unreaped: its /proc entry (a zombie) still holds
+        its final CPU time for a last sample of it; wait() reaps it."""
+        while True:
+            try:
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+                return
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return
+
     def wait(self) -> Exit:
         """Reap the command: exit code (128 + N when killed by signal N) and its CPU usage,
         children it waited for included."""

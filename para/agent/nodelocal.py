@@ -8,7 +8,9 @@ leaves, by its command's pid:
 - `PID.reg`  (JSON: para's pid, the rank, its CPU affinity), while the command is held;
 - `PID.run`  once the command runs (it is sampled from then on);
 - `PID.out`  (JSON: what the rank recorded itself, its call stacks), written after it ended;
-- `PID.done` once it has nothing more to hand over.
+- `PID.done` once it has nothing more to hand over;
+and the sampler leaves `sampled` (the time of its last stored sample): a rank whose command
+ended waits, before it reaps the command, until a sample after the end read its final CPU time.
 The sampler waits until the node's ranks (as many as the launcher says there are) have
 registered, leaves `ready`, waits until they run, and only then starts its own command and
 samples: every rank's command is sampled from its start, short as it may be.
@@ -114,6 +116,28 @@ class NodeLocal:
         except OSError:
             pass
 
+    def sampled(self, t_ms: int) -> None:
+        """The sampler has stored a sample taken at `t_ms` (wall clock, ms)."""
+        try:
+            self._write_text(self.pid_dir / "sampled", str(t_ms))
+        except OSError:
+            pass
+
+    def wait_sampled_after(self, t_ms: int, timeout: float) -> bool:
+        """A rank whose command has ended, unreaped, waits until the sampler has taken a
+        sample after `t_ms`: that sample read the command's final CPU time (the kernel keeps
+        it until the command is reaped).  False if the sampler is gone or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if int((self.pid_dir / "sampled").read_text()) > t_ms:
+                    return True
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline or not _alive(self.sampler_pid()):
+                return False
+            time.sleep(0.01)
+
     def sampler_pid(self) -> int | None:
         try:
             return int(self.lock_path.read_text().split()[0])
@@ -144,7 +168,8 @@ class NodeLocal:
             for suffix in (".reg", ".run", ".out", ".done"):
                 (self.pid_dir / f"{pid}{suffix}").unlink(missing_ok=True)
             if not any(n.endswith(".reg") for n in _names(self.pid_dir)):
-                (self.pid_dir / "ready").unlink(missing_ok=True)  # the dead sampler's
+                for name in ("ready", "sampled"):  # the dead sampler's
+                    (self.pid_dir / name).unlink(missing_ok=True)
             self._remove_if_empty()
         finally:
             os.close(fd)
@@ -217,7 +242,8 @@ class NodeLocal:
                     continue  # still at work: it cleans up after itself
                 for suffix in (".reg", ".run", ".out", ".done"):
                     (self.pid_dir / f"{pid}{suffix}").unlink(missing_ok=True)
-            (self.pid_dir / "ready").unlink(missing_ok=True)
+            for name in ("ready", "sampled"):
+                (self.pid_dir / name).unlink(missing_ok=True)
             self._remove_if_empty()
         finally:
             os.close(self._fd)
@@ -235,8 +261,12 @@ class NodeLocal:
 
     @staticmethod
     def _write(path: Path, doc: dict[str, Any]) -> None:
+        NodeLocal._write_text(path, json.dumps(doc))
+
+    @staticmethod
+    def _write_text(path: Path, text: str) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(doc))
+        tmp.write_text(text)
         os.replace(tmp, path)
 
 

@@ -212,6 +212,11 @@ class Profiler:
             node.finished(child.pid)
             raise
         try:
+            child.wait_exit()
+            ended_ms = int(time.time() * 1000)
+            if not node.wait_sampled_after(ended_ms, timeout=3 * self.opts.interval + 5):
+                self.warn(f"rank {self.job.rank}: the node's sampler took no sample after the "
+                          "command ended; its last second of CPU time may be missing")  # fmt: skip
             status = child.wait()
         finally:
             try:
@@ -325,10 +330,17 @@ class Profiler:
     ) -> ProfileResult:
         # Signals first: every thread started from here on inherits the blocked mask.
         child.forward_signals()
+
+        def sink(t_ms: int, rows: Any) -> None:
+            try:
+                writer.append(t_ms, rows)
+            finally:
+                if node is not None:  # the ranks whose command ended before t_ms are in it
+                    node.sampled(t_ms)
+
         loop = SamplingLoop(
-            self._samplers(files, child, node), writer.append, self.opts.interval,
-            on_message=self.warn,
-        )  # fmt: skip
+            self._samplers(files, child, node), sink, self.opts.interval, on_message=self.warn
+        )
         status = loop.open()
         for s in loop.samplers:  # para's own subprocesses are not the job's
             helper = getattr(s, "perf_pid", None)
@@ -345,13 +357,15 @@ class Profiler:
         loop.start()  # the first sample is taken at once
         if self._python is not None:
             self._python.start()
-        exit_status = child.wait()
+        # Left unreaped until the last sample: the kernel keeps its final CPU time till then.
+        child.wait_exit()
         if node is not None and node.pending():
             self.say("the command ended; waiting for the other ranks on this node")
             while node.pending():
                 time.sleep(min(self.opts.interval, 0.5))
         elapsed = time.monotonic() - started
         loop.stop(final_sample=True)
+        exit_status = child.wait()
         functions = self._write_stacks(writer, recorder, node, self._python)
         loop.close()
         facts = {f: dict(st.facts) for f, st in status.items() if st.facts}

@@ -91,7 +91,9 @@ class ProcessSampler(Sampler):
                 continue
             fresh[pid] = st
             candidates[pid] = st[3]
-        members = set(self.members) | roots
+        # a root that ended (a zombie its para has not reaped yet: profile.py keeps it for a
+        # last sample of its CPU time) does not rejoin as a new process
+        members = set(self.members) | (roots - self.outsiders)
         changed = True
         while changed:  # a child and its grandchild can both be new this second
             changed = False
