@@ -27,7 +27,7 @@ def test_finished_the_moment_its_command_ends():
     """perf 6.1 ended with "Thread and evlist pollfd index mismatch" and a perf.data holding no
     samples (its data size never written) when para hung up its control pipe while perf still
     ran: a rank's recording was empty whenever its perf had not seen the command's end yet
-    (one run in four of two ranks), and always when the command left a process behind.
+    (one run of two ranks in three), and always when the command left a process behind.
     Every recording holds the command's CPU time, as the kernel's rusage counts it, in
     samples at 499 Hz."""
     need_tool("perf", "apt install linux-perf")
