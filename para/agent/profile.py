@@ -357,15 +357,20 @@ class Profiler:
         loop.start()  # the first sample is taken at once
         if self._python is not None:
             self._python.start()
-        # Left unreaped until the last sample: the kernel keeps its final CPU time till then.
-        child.wait_exit()
+        # Under a launcher, left unreaped until the last sample: the kernel keeps its final
+        # CPU time till then, and the ranks are compared on it.  (Alone, it is reaped at
+        # once, as before: the report's timeline and phases end at the command's end.)
+        exit_status = child.wait() if node is None else None
+        if node is not None:
+            child.wait_exit()
         if node is not None and node.pending():
             self.say("the command ended; waiting for the other ranks on this node")
             while node.pending():
                 time.sleep(min(self.opts.interval, 0.5))
         elapsed = time.monotonic() - started
         loop.stop(final_sample=True)
-        exit_status = child.wait()
+        if exit_status is None:
+            exit_status = child.wait()
         functions = self._write_stacks(writer, recorder, node, self._python)
         loop.close()
         facts = {f: dict(st.facts) for f, st in status.items() if st.facts}
