@@ -57,7 +57,7 @@ class Child:
         argv = ["/bin/sh", "-c", _GATE, "para", *cmd] if gated else cmd
         self.cmd = cmd
         hold = functools.partial(_continue_if_para_dies, os.getpid()) if gated else None
-        self.proc = subprocess.Popen(argv, preexec_fn=hold)
+        self.proc = subprocess.Popen(argv, preexec_fn=functools.partial(_before_exec, hold))
         self.pid = self.proc.pid
         self.say = on_signal or (lambda msg: None)
         self.signals_seen: list[str] = []
@@ -156,6 +156,26 @@ def _continue_if_para_dies(para: int) -> None:
         return
     if os.getppid() != para:  # para died before the setting took
         os.kill(os.getpid(), signal.SIGCONT)
+
+
+def block_forwarded() -> None:
+    """Hold the signals para forwards from the start, before libraries start threads of their
+    own at import (pyarrow does): every thread inherits the mask, so each signal reaches the
+    waiter of forward_signals rather than a thread that lets it kill para."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+
+
+def _unblock_forwarded() -> None:
+    """In the command's process before exec: it gets the signals as it would without para."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+
+
+def _before_exec(hold: Callable[[], None] | None) -> None:
+    """In the command's process: the forwarded signals unblocked, and (gated) the gate
+    opened should para die."""
+    _unblock_forwarded()
+    if hold is not None:
+        hold()
 
 
 def make_subreaper() -> bool:
