@@ -1,0 +1,368 @@
+"""Call stacks of every job, always on (issue 13): the function and instruction dimensions
+of the jobs nobody profiled by hand.
+
+A thread of its own records windows: `perf record -a -g` at a low rate (19 Hz per busy
+CPU by default) for `window_s` seconds, or until the segment closes, the last job ends or
+the agent stops; then `perf script` is folded (the Cython kernel `para profile
+--functions` uses, through perfrecord.FunctionRecorder) and only the samples of job
+processes are kept, each row naming its job.  The CPython processes of the jobs also get a
+py-spy for the window (pystacks.PySpyRecorder), whose Python stacks are stitched onto
+perf's samples as in `para profile --functions`.  Rows go to `stacks` (per job, process,
+thread and second, root-first) and `instr_samples` (the leaf instruction of each sample,
+with the GNU build id of its binary) of the sample taken after the window: the next
+segment's Parquet holds each distinct stack once (its column's dictionary).
+
+A perf that fails, is killed or hangs is started again after a wait that doubles up to
+`max_backoff_s`; meanwhile the family says why (family_failing, `para agent status`) and
+the other families go on.  No perf runs while no job runs.  A job whose environment says
+PARA_STACKS=0 (or off/no/false) is not sampled.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from para.agent import binaries
+from para.agent.jobs import parse_environ
+from para.agent.perfrecord import FunctionRecorder, perf_binary
+from para.agent.samplers.base import Rows, Sampler, Unavailable, event
+
+OFF_VALUES = {"0", "off", "no", "false"}
+STOP_TIMEOUT = 20.0  # perf record writes its file within this after SIGINT, or is killed
+POLL_S = 0.25
+PID_MEMORY = 4096  # pids remembered after they left the job sampler's view (short processes)
+
+
+class WindowRecorder(FunctionRecorder):
+    """`perf record -a` of the whole node until stopped (FunctionRecorder's folding and
+    instruction rows, without its command-attached start)."""
+
+    def __init__(self, freq: int, event: str, perf: str):
+        super().__init__(0, freq=freq, event=event, perf=perf)
+
+    def start(self) -> None:
+        perf = perf_binary(self.perf)
+        argv = [
+            perf, "record", "-a", "-g", "-e", self.event, "-F", str(self.freq),
+            "-k", "CLOCK_MONOTONIC", "-o", str(self.data),
+        ]  # fmt: skip
+        with open(self.log, "wb") as log:
+            # its own session: a terminal's ^C goes to the agent, which stops it in order
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:  # hung: what it wrote may still be read
+            self.proc.kill()
+            self.proc.wait()
+
+
+class StackSampler(Sampler):
+    family = "stacks"
+    tables = ("stacks", "instr_samples", "events")
+
+    def __init__(
+        self,
+        jobs: Callable[[], dict[str, set[int]]],
+        *,
+        freq: int = 19,
+        event_name: str = "cycles",
+        perf: str = "perf",
+        window_s: float = 60.0,
+        python: bool = True,
+        pyspy_rate: int = 20,
+        max_backoff_s: float = 300.0,
+        exclude: Callable[[], set[int]] | None = None,
+        on_message: Callable[[str], None] | None = None,
+        proc: str = "/proc",
+    ):
+        self.jobs = jobs
+        self.freq = freq
+        self.event_name = event_name
+        self.perf = perf
+        self.window_s = window_s
+        self.python = python
+        self.pyspy_rate = pyspy_rate
+        self.max_backoff_s = max_backoff_s
+        self.exclude = exclude or (lambda: set())
+        self.say = on_message or (lambda m: None)
+        self.proc = proc
+        self._lock = threading.Lock()
+        self._pid_job: dict[int, str] = {}  # every job pid seen (bounded), for the fold
+        self._live: dict[str, set[int]] = {}  # the jobs sampled now -> their pids
+        self._off: dict[str, bool] = {}  # job -> its environment turned stacks off
+        self._out: deque[tuple[str, list[list[Any]]]] = deque()
+        self._stop = threading.Event()
+        self._rotate = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rec: WindowRecorder | None = None
+        self._pyspy_ok: bool | None = None
+        self._py: Any = None
+        # what `para agent status` shows (state, restarts, last error, volumes)
+        self.state: dict[str, Any] = {
+            "state": "idle",
+            "windows": 0,
+            "samples": 0,
+            "rows": 0,
+            "restarts": 0,
+            "failures": 0,
+            "last_error": None,
+            "retry_at": None,
+            "python": None,
+        }
+        self._failing: str | None = None
+        self._said_failing: str | None = None
+
+    # -- the loop's side -------------------------------------------------------------------
+    def open(self) -> dict[str, Any]:
+        try:
+            perf_binary(self.perf)
+        except Unavailable as e:
+            raise Unavailable(f"{e}; call stacks are not sampled") from None
+        if self.python:
+            try:
+                from para.agent.pystacks import pyspy_binary
+
+                pyspy_binary()
+                self._pyspy_ok = True
+            except Unavailable as e:
+                self._pyspy_ok = False
+                self.state["python"] = f"no Python stacks: {e}"
+        self._thread = threading.Thread(target=self._run, name="para-stacks", daemon=True)
+        self._thread.start()
+        return {
+            "frequency_hz": self.freq,
+            "event": self.event_name,
+            "window_s": self.window_s,
+            "python": bool(self.python and self._pyspy_ok),
+            "target": "system-wide (perf record -a), job processes kept",
+        }
+
+    def sample(self, t_ms: int, out: Rows) -> None:
+        live: dict[str, set[int]] = {}
+        for job, pids in self.jobs().items():
+            off = self._off.get(job)
+            if off is None and pids:
+                off = self._off[job] = self._job_says_off(pids)
+                if off:
+                    out.setdefault("events", []).append(
+                        event(t_ms, "stacks_off", job, reason="PARA_STACKS in its environment")
+                    )
+            if off:
+                continue
+            live[job] = set(pids)
+        with self._lock:
+            self._live = live
+            for job, pids in live.items():
+                for pid in pids:
+                    self._pid_job[pid] = job
+            if len(self._pid_job) > PID_MEMORY:
+                current = {p for pids in live.values() for p in pids}
+                for pid in list(self._pid_job)[: len(self._pid_job) - PID_MEMORY]:
+                    if pid not in current:
+                        del self._pid_job[pid]
+            for job in list(self._off):
+                if job not in live and job not in self.jobs():
+                    del self._off[job]
+            pending = list(self._out)
+            self._out.clear()
+            failing = self._failing
+        for table, rows in pending:
+            out.setdefault(table, []).extend(rows)
+        if failing != self._said_failing:
+            self._said_failing = failing
+            if failing is not None:
+                out.setdefault("events", []).append(
+                    event(t_ms, "stacks_failing", "perf", reason=failing)
+                )
+        if failing is not None and not pending:
+            # the loop marks the family failing and says why; the others go on
+            raise RuntimeError(failing)
+
+    @property
+    def helper_pids(self) -> set[int]:
+        """perf and the py-spies: the agent's helpers, never counted into a job."""
+        out: set[int] = set()
+        rec, py = self._rec, self._py
+        if rec is not None and rec.proc is not None:
+            out.add(rec.proc.pid)
+        if py is not None:
+            out |= py.helper_pids()
+        return out
+
+    def segment_closed(self) -> None:
+        """The segment closes: end the window so its stacks land in the next segment."""
+        self._rotate.set()
+
+    def stop(self) -> None:
+        """Before the agent's last sample: end the window, so its stacks are in it."""
+        self._stop.set()
+        self._rotate.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3 * STOP_TIMEOUT)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+
+    def metadata(self) -> dict[str, Any]:
+        return {k: self.state[k] for k in ("windows", "samples", "restarts", "failures")}
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    # -- the recording thread ----------------------------------------------------------------
+    def _job_says_off(self, pids: set[int]) -> bool:
+        for pid in sorted(pids)[:4]:
+            try:
+                with open(f"{self.proc}/{pid}/environ", "rb") as f:
+                    env = parse_environ(f.read())
+            except OSError:
+                continue
+            v = env.get("PARA_STACKS")
+            if v is not None:
+                return v.strip().lower() in OFF_VALUES
+        return False
+
+    def _job_pids(self) -> set[int]:
+        with self._lock:
+            return {p for pids in self._live.values() for p in pids}
+
+    def _run(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            if not self._job_pids():
+                self.state["state"] = "idle"
+                self._stop.wait(POLL_S)
+                continue
+            try:
+                error = self._window()
+            except Exception as e:  # a bug here must not stop the agent
+                error = f"{type(e).__name__}: {e}"
+            if error is None:
+                backoff = 1.0
+                if self._failing is not None:
+                    self.say(f"stacks: perf records again after {self.state['restarts']} restarts")
+                with self._lock:
+                    self._failing = None
+                continue
+            self.state["failures"] += 1
+            self.state["last_error"] = error
+            self.state["state"] = "restarting"
+            self.state["retry_at"] = time.time() + backoff
+            msg = f"{error}; perf is started again in {backoff:g} s"
+            with self._lock:
+                self._failing = msg
+            self.say(f"stacks: {msg} (the other families go on)")
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.max_backoff_s)
+            self.state["restarts"] += 1
+
+    def _window(self) -> str | None:
+        """Record one window; None when perf ran and was stopped by us, else why not."""
+        self._rotate.clear()
+        rec = WindowRecorder(self.freq, self.event_name, self.perf)
+        py = self._python_recorder()
+        rec.python = self._py = py
+        self._rec = rec
+        try:
+            rec.start()
+        except OSError as e:
+            return f"perf record did not start: {e}"
+        assert rec.proc is not None
+        self.state.update(state="recording", perf_pid=rec.proc.pid, retry_at=None)
+        if py is not None:
+            py.start()
+        end = time.monotonic() + self.window_s
+        died: int | None = None
+        while time.monotonic() < end and not self._rotate.is_set():
+            if rec.proc.poll() is not None:
+                died = rec.proc.returncode
+                break
+            if not self._job_pids():
+                break  # the last job ended: its stacks go out now
+            self._rotate.wait(POLL_S)
+        if py is not None:
+            py.stop()
+            keep = ("processes", "stitched_samples", "unreadable", "pyspy_cpu_s")
+            self.state["python"] = {k: py.info.get(k) for k in keep}
+        try:
+            rows = rec.finish()
+        finally:
+            if py is not None:
+                py.close()
+            self._rec = self._py = None
+        self._keep(rows, rec)
+        if died is not None:
+            tail = rec.info.get("error") or rec._log_tail()
+            return f"perf record exited by itself with status {died} ({tail})"
+        if not rows and rec.info.get("error"):
+            return str(rec.info["error"])
+        self.state["windows"] += 1
+        return None
+
+    def _python_recorder(self) -> Any:
+        if not (self.python and self._pyspy_ok):
+            return None
+        from para.agent.pystacks import PySpyRecorder
+
+        try:
+            return PySpyRecorder(
+                self._job_pids,
+                exclude=self.exclude,
+                rate=self.pyspy_rate,
+                rotate_s=self.window_s + 2 * STOP_TIMEOUT,
+                poll_s=1.0,
+                cwd="/",
+                on_message=self.say,
+            )
+        except Unavailable as e:
+            self._pyspy_ok = False
+            self.state["python"] = f"no Python stacks: {e}"
+            return None
+
+    def _keep(self, rows: list[list[Any]], rec: WindowRecorder) -> None:
+        """The rows of job processes, each with its job; the instructions with build ids."""
+        with self._lock:
+            pid_job = dict(self._pid_job)
+        stacks = []
+        samples = 0
+        for r in rows:
+            job = pid_job.get(int(r[1]))
+            if job is None:
+                continue
+            stacks.append([*r, job])
+            if r[7] == "cpu":
+                samples += int(r[5])
+        ids: dict[str, str | None] = {
+            d: (i or {}).get("build_id") for d, i in (rec.info.get("binaries") or {}).items()
+        }
+        instr = []
+        for pid, dso, sym, off, n in rec.instructions:
+            job = pid_job.get(int(pid))
+            if job is None:
+                continue
+            if dso not in ids:
+                ids[dso] = binaries.build_id(dso) if dso.startswith("/") else None
+            instr.append([pid, dso, sym, off, n, job, ids[dso]])
+        self.state["samples"] += samples
+        self.state["rows"] += len(stacks)
+        with self._lock:
+            if stacks:
+                self._out.append(("stacks", stacks))
+            if instr:
+                self._out.append(("instr_samples", instr))
