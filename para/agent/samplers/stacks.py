@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from para.agent import binaries
@@ -36,6 +37,7 @@ from para.agent.samplers.base import Rows, Sampler, Unavailable, event
 OFF_VALUES = {"0", "off", "no", "false"}
 STOP_TIMEOUT = 20.0  # perf record writes its file within this after SIGINT, or is killed
 POLL_S = 0.25
+HANDOVER_S = 1.0  # the next window's perf is sampling by then (it starts in ~0.1 s)
 PID_MEMORY = 4096  # pids remembered after they left the job sampler's view (short processes)
 
 
@@ -68,6 +70,15 @@ class WindowRecorder(FunctionRecorder):
         except subprocess.TimeoutExpired:  # hung: what it wrote may still be read
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass
+class _Window:
+    rec: WindowRecorder
+    py: Any
+    end: float  # monotonic
+    lo: str = ""  # perf's samples kept: from lo to hi (perf's clock, CLOCK_MONOTONIC)
+    hi: str = ""
 
 
 class StackSampler(Sampler):
@@ -242,60 +253,101 @@ class StackSampler(Sampler):
             return {p for pids in self._live.values() for p in pids}
 
     def _run(self) -> None:
+        """Windows back to back: the next perf starts before the last one's output is
+        folded, so no second of a job goes unsampled while para works."""
         backoff = 1.0
-        while not self._stop.is_set():
-            if not self._job_pids():
-                self.state["state"] = "idle"
-                self._stop.wait(POLL_S)
+        cur: _Window | str | None = None
+        while True:
+            if isinstance(cur, str):  # perf did not start: wait, then try again
+                if self._failed(cur, backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff_s)
+                self.state["restarts"] += 1
+                cur = None
+            if cur is None:
+                if self._stop.is_set():
+                    return
+                if not self._job_pids():
+                    self.state["state"] = "idle"
+                    self._stop.wait(POLL_S)
+                    continue
+                cur = self._begin()
                 continue
+            died = self._wait_window(cur)
+            nxt: _Window | str | None = None
+            if died is None and not self._stop.is_set() and self._job_pids():
+                nxt = self._begin()
+                if isinstance(nxt, _Window):
+                    # both perfs run a moment: each window keeps its side of the cut
+                    self._stop.wait(HANDOVER_S)
+                    cur.hi = nxt.lo = f"{time.monotonic():.6f}"
             try:
-                error = self._window()
+                error = self._end(cur, died)
             except Exception as e:  # a bug here must not stop the agent
                 error = f"{type(e).__name__}: {e}"
             if error is None:
-                backoff = 1.0
                 if self._failing is not None:
-                    self.say(f"stacks: perf records again after {self.state['restarts']} restarts")
-                with self._lock:
-                    self._failing = None
+                    self.say(f"stacks: perf records again ({self.state['restarts']} restarts)")
+                    with self._lock:
+                        self._failing = None
+                backoff = 1.0
+                cur = nxt
                 continue
-            self.state["failures"] += 1
-            self.state["last_error"] = error
-            self.state["state"] = "restarting"
-            self.state["retry_at"] = time.time() + backoff
-            msg = f"{error}; perf is started again in {backoff:g} s"
-            with self._lock:
-                self._failing = msg
-            self.say(f"stacks: {msg} (the other families go on)")
-            if self._stop.wait(backoff):
+            if isinstance(nxt, _Window):
+                self._end(nxt, None)  # started before the failure was known: keep its rows
+            if self._failed(error, backoff):
                 return
             backoff = min(backoff * 2, self.max_backoff_s)
             self.state["restarts"] += 1
+            cur = None
 
-    def _window(self) -> str | None:
-        """Record one window; None when perf ran and was stopped by us, else why not."""
+    def _failed(self, error: str, backoff: float) -> bool:
+        """Say it, wait the backoff; True when the agent stops meanwhile."""
+        self.state["failures"] += 1
+        self.state["last_error"] = error
+        self.state["state"] = "restarting"
+        self.state["retry_at"] = time.time() + backoff
+        msg = f"{error}; perf is started again in {backoff:g} s"
+        with self._lock:
+            self._failing = msg
+        self.say(f"stacks: {msg} (the other families go on)")
+        return self._stop.wait(backoff)
+
+    def _begin(self) -> _Window | str:
+        """Start perf (and py-spy) for a window; why not, as a string."""
         self._rotate.clear()
         rec = WindowRecorder(self.freq, self.event_name, self.perf)
-        py = self._python_recorder()
-        rec.python = self._py = py
-        self._rec = rec
         try:
             rec.start()
         except OSError as e:
+            rec.finish()
             return f"perf record did not start: {e}"
         assert rec.proc is not None
-        self.state.update(state="recording", perf_pid=rec.proc.pid, retry_at=None)
+        py = self._python_recorder()
+        rec.python = py
         if py is not None:
             py.start()
-        end = time.monotonic() + self.window_s
-        died: int | None = None
-        while time.monotonic() < end and not self._rotate.is_set():
-            if rec.proc.poll() is not None:
-                died = rec.proc.returncode
-                break
+        self._rec, self._py = rec, py
+        self.state.update(state="recording", perf_pid=rec.proc.pid, retry_at=None)
+        return _Window(rec, py, time.monotonic() + self.window_s)
+
+    def _wait_window(self, w: _Window) -> int | None:
+        """Until the window's end, the segment's, the agent's or the last job's; perf's exit
+        status if it ended by itself."""
+        assert w.rec.proc is not None
+        while time.monotonic() < w.end and not self._rotate.is_set():
+            if w.rec.proc.poll() is not None:
+                return w.rec.proc.returncode
             if not self._job_pids():
                 break  # the last job ended: its stacks go out now
             self._rotate.wait(POLL_S)
+        return w.rec.proc.poll()
+
+    def _end(self, w: _Window, died: int | None) -> str | None:
+        """Stop and fold a window; None when perf ran until para stopped it, else why not."""
+        rec, py = w.rec, w.py
+        if w.lo or w.hi:
+            rec.script_args = ["--time", f"{w.lo},{w.hi}"]
         if py is not None:
             py.stop()
             keep = ("processes", "stitched_samples", "unreadable", "pyspy_cpu_s")
@@ -305,7 +357,8 @@ class StackSampler(Sampler):
         finally:
             if py is not None:
                 py.close()
-            self._rec = self._py = None
+            if self._rec is rec:
+                self._rec = self._py = None
         self._keep(rows, rec)
         if died is not None:
             tail = rec.info.get("error") or rec._log_tail()
@@ -327,7 +380,7 @@ class StackSampler(Sampler):
                 rate=self.pyspy_rate,
                 rotate_s=self.window_s + 2 * STOP_TIMEOUT,
                 poll_s=1.0,
-                cwd="/",
+                cwd="",  # frames keep their files' full paths: jobs have their own cwd
                 on_message=self.say,
             )
         except Unavailable as e:
@@ -341,11 +394,12 @@ class StackSampler(Sampler):
             pid_job = dict(self._pid_job)
         stacks = []
         samples = 0
+        weight = round(1.0 / self.freq, 6)
         for r in rows:
             job = pid_job.get(int(r[1]))
             if job is None:
                 continue
-            stacks.append([*r, job])
+            stacks.append([*r, job, weight])
             if r[7] == "cpu":
                 samples += int(r[5])
         ids: dict[str, str | None] = {
