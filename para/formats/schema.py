@@ -353,8 +353,14 @@ STACKS = Table(
         ),
         # issue 13: the agent samples every job's stacks; absent in `para profile` files
         Column("job", "id", "info", "para agent", "batch job id of the process", "str"),
-        Column("sample_s", "s", "info", "para agent",
-               "CPU seconds each sample stands for (1 / perf's frequency)", "float"),
+        Column(
+            "sample_s",
+            "s",
+            "info",
+            "para agent",
+            "CPU seconds each sample stands for (1 / perf's frequency)",
+            "float",
+        ),
     ),  # fmt: skip
 )
 
