@@ -194,14 +194,14 @@ def main() -> None:
     last = runs[True][-1]
     db = work / "db"
     subprocess.run([*PARA, "collect", "--db", str(db), "-q", *map(str, last["segments"])],
-                   env=env(), check=True)  # fmt: skip
+                   env=env(), check=True, capture_output=True)  # fmt: skip
     job = last["jobs"]["c"]["id"]
     rep = subprocess.run([*PARA, "report", "--job", job, "--db", str(db), "--json"], env=env(),
                          capture_output=True, text=True, check=True)  # fmt: skip
     db_doc = json.loads(rep.stdout)["job"]["functions"]
     out = work / "prof.para"
     subprocess.run([*PARA, "profile", "--functions", "-q", "-o", str(out), "--", str(exe), "0",
-                    str(args.c_rounds)], env=env(), check=True)  # fmt: skip
+                    str(args.c_rounds)], env=env(), check=True, capture_output=True)  # fmt: skip
     rep = subprocess.run([*PARA, "report", str(out), "--json"], env=env(), capture_output=True,
                          text=True, check=True)  # fmt: skip
     pr_doc = json.loads(rep.stdout)["job"]["functions"]

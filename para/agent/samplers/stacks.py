@@ -348,6 +348,12 @@ class StackSampler(Sampler):
         rec, py = w.rec, w.py
         if w.lo or w.hi:
             rec.script_args = ["--time", f"{w.lo},{w.hi}"]
+        with self._lock:
+            pids = sorted(self._pid_job)
+        if pids:
+            # perf script names the frames of the jobs' samples only (symbols are what it
+            # spends its time on); the rest of the node was sampled but is not kept
+            rec.script_args += ["--pid", ",".join(map(str, pids))]
         if py is not None:
             py.stop()
             keep = ("processes", "stitched_samples", "unreadable", "pyspy_cpu_s")
