@@ -38,7 +38,6 @@ OFF_VALUES = {"0", "off", "no", "false"}
 STOP_TIMEOUT = 20.0  # perf record writes its file within this after SIGINT, or is killed
 POLL_S = 0.25
 HANDOVER_S = 1.0  # the next window's perf is sampling by then (it starts in ~0.1 s)
-PID_MEMORY = 4096  # pids remembered after they left the job sampler's view (short processes)
 
 
 class WindowRecorder(FunctionRecorder):
@@ -112,7 +111,9 @@ class StackSampler(Sampler):
         self.say = on_message or (lambda m: None)
         self.proc = proc
         self._lock = threading.Lock()
-        self._pid_job: dict[int, str] = {}  # every job pid seen (bounded), for the fold
+        self._pid_job: dict[int, str] = {}  # the job pids seen lately, for the fold
+        self._pid_seen: dict[int, float] = {}  # pid -> when last seen (monotonic)
+        self._next_forget = 0.0
         self._live: dict[str, set[int]] = {}  # the jobs sampled now -> their pids
         self._off: dict[str, bool] = {}  # job -> its environment turned stacks off
         self._out: deque[tuple[str, list[list[Any]]]] = deque()
@@ -164,7 +165,8 @@ class StackSampler(Sampler):
 
     def sample(self, t_ms: int, out: Rows) -> None:
         live: dict[str, set[int]] = {}
-        for job, pids in self.jobs().items():
+        jobs = self.jobs()
+        for job, pids in jobs.items():
             off = self._off.get(job)
             if off is None and pids:
                 off = self._off[job] = self._job_says_off(pids)
@@ -175,19 +177,23 @@ class StackSampler(Sampler):
             if off:
                 continue
             live[job] = set(pids)
+        now = time.monotonic()
         with self._lock:
             self._live = live
             for job, pids in live.items():
                 for pid in pids:
                     self._pid_job[pid] = job
-            if len(self._pid_job) > PID_MEMORY:
-                current = {p for pids in live.values() for p in pids}
-                for pid in list(self._pid_job)[: len(self._pid_job) - PID_MEMORY]:
-                    if pid not in current:
-                        del self._pid_job[pid]
-            for job in list(self._off):
-                if job not in live and job not in self.jobs():
-                    del self._off[job]
+                    self._pid_seen[pid] = now
+            # a pid not seen for longer than a window can hold is forgotten: the kernel may
+            # give it to a process of no job
+            if now >= self._next_forget:
+                self._next_forget = now + 1.0
+                keep_s = 2 * self.window_s + 2 * HANDOVER_S + 10
+                for pid in [p for p, seen in self._pid_seen.items() if now - seen > keep_s]:
+                    del self._pid_seen[pid]
+                    self._pid_job.pop(pid, None)
+            for job in [j for j in self._off if j not in jobs]:
+                del self._off[job]
             pending = list(self._out)
             self._out.clear()
             failing = self._failing
