@@ -20,6 +20,7 @@ PARA_STACKS=0 (or off/no/false) is not sampled.
 
 from __future__ import annotations
 
+import resource
 import signal
 import subprocess
 import threading
@@ -52,6 +53,9 @@ class WindowRecorder(FunctionRecorder):
         argv = [
             perf, "record", "-a", "-g", "-e", self.event, "-F", str(self.freq),
             "-k", "CLOCK_MONOTONIC", "-o", str(self.data),
+            # no build-id cache (copies of every binary in ~/.debug) nor build-id header:
+            # half of perf's CPU, and para reads the build ids of the jobs' binaries itself
+            "--no-buildid-cache", "--no-buildid",
         ]  # fmt: skip
         with open(self.log, "wb") as log:
             # its own session: a terminal's ^C goes to the agent, which stops it in order
@@ -134,6 +138,7 @@ class StackSampler(Sampler):
             "last_error": None,
             "retry_at": None,
             "python": None,
+            "cost_cpu_s": {"perf": 0.0, "fold": 0.0, "pyspy": 0.0},
         }
         self._failing: str | None = None
         self._said_failing: str | None = None
@@ -364,9 +369,17 @@ class StackSampler(Sampler):
             py.stop()
             keep = ("processes", "stitched_samples", "unreadable", "pyspy_cpu_s")
             self.state["python"] = {k: py.info.get(k) for k in keep}
+        kids0, own0 = _children_cpu_s(), time.thread_time()
         try:
             rows = rec.finish()
         finally:
+            # what the window cost: perf record and perf script (the children reaped
+            # meanwhile), para's folding and stitching (this thread), py-spy
+            cost = self.state["cost_cpu_s"]
+            cost["perf"] = round(cost["perf"] + _children_cpu_s() - kids0, 3)
+            cost["fold"] = round(cost["fold"] + time.thread_time() - own0, 3)
+            if py is not None:
+                cost["pyspy"] = round(cost["pyspy"] + (py.info.get("pyspy_cpu_s") or 0.0), 3)
             if py is not None:
                 py.close()
             if self._rec is rec:
@@ -432,3 +445,8 @@ class StackSampler(Sampler):
                 self._out.append(("stacks", stacks))
             if instr:
                 self._out.append(("instr_samples", instr))
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
