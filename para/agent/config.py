@@ -311,7 +311,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "stacks",
         "window_s",
-        60.0,
+        300.0,
         "float",
         "perf's output is folded and restarted this often (and at each segment's end)",
         _range(2, 3600),

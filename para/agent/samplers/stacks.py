@@ -95,7 +95,7 @@ class StackSampler(Sampler):
         freq: int = 19,
         event_name: str = "cycles",
         perf: str = "perf",
-        window_s: float = 60.0,
+        window_s: float = 300.0,
         python: bool = True,
         pyspy_rate: int = 20,
         max_backoff_s: float = 300.0,
