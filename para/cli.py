@@ -110,6 +110,15 @@ def cli() -> None:
     "samples in time; perf's rate sets the samples).",
 )
 @click.option(
+    "--call-graph",
+    type=click.Choice(["auto", "fp", "dwarf", "lbr"]),
+    default="auto",
+    show_default=True,
+    help="How --functions unwinds call stacks: frame pointers, dwarf (callers through "
+    "libraries built without frame pointers, e.g. MPI; costs more), LBR (CPUs that have it); "
+    "auto chooses per command.",
+)
+@click.option(
     "-e",
     "--event",
     "events",
@@ -125,6 +134,7 @@ def profile(
     output: str | None,
     interval: float,
     functions: bool,
+    call_graph: str,
     no_python_stacks: bool,
     py_spy_rate: int,
     events: tuple[str, ...],
@@ -150,6 +160,7 @@ def profile(
         counters=not no_counters,
         gpu=not no_gpu,
         quiet=quiet,
+        call_graph=call_graph,
         python_stacks=not no_python_stacks,
         pyspy_rate=py_spy_rate,
     )

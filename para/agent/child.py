@@ -3,6 +3,7 @@ instruction), signals forwarded, exit status and resource usage collected."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -55,7 +56,8 @@ class Child:
     ):
         argv = ["/bin/sh", "-c", _GATE, "para", *cmd] if gated else cmd
         self.cmd = cmd
-        self.proc = subprocess.Popen(argv)
+        hold = functools.partial(_continue_if_para_dies, os.getpid()) if gated else None
+        self.proc = subprocess.Popen(argv, preexec_fn=hold)
         self.pid = self.proc.pid
         self.say = on_signal or (lambda msg: None)
         self.signals_seen: list[str] = []
@@ -108,6 +110,18 @@ class Child:
             except ProcessLookupError:
                 self.say(f"got {name}; {self.cmd[0]} has already ended")
 
+    def wait_exit(self) -> None:
+        """Until the command has ended, left unreaped: its /proc entry (a zombie) still holds
+        its final CPU time for a last sample of it; wait() reaps it."""
+        while True:
+            try:
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+                return
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return
+
     def wait(self) -> Exit:
         """Reap the command: exit code (128 + N when killed by signal N) and its CPU usage,
         children it waited for included."""
@@ -128,6 +142,20 @@ class Child:
             os.kill(self.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
+
+def _continue_if_para_dies(para: int) -> None:
+    """In the gated child, before the gate: should para die while the command is held (killed
+    as one of many ranks waits for the others), the kernel sends SIGCONT and the command runs
+    rather than stay stopped for ever.  Once it runs, a SIGCONT is harmless."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGCONT, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != para:  # para died before the setting took
+        os.kill(os.getpid(), signal.SIGCONT)
 
 
 def make_subreaper() -> bool:

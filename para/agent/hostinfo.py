@@ -46,22 +46,6 @@ def cpu_topology(cpuinfo: bytes) -> dict[str, Any]:
     }
 
 
-def allowed_cpus() -> int:
-    """CPUs this process may run on: affinity, further capped by a cgroup v2 CPU quota."""
-    n = len(os.sched_getaffinity(0))
-    try:
-        with open("/proc/self/cgroup") as f:
-            rel = next((ln.split("::", 1)[1].strip() for ln in f if ln.startswith("0::")), None)
-        if rel is not None:
-            with open(f"/sys/fs/cgroup{rel}/cpu.max") as f:
-                quota, period = f.read().split()
-            if quota != "max":
-                n = min(n, max(1, round(int(quota) / int(period))))
-    except (OSError, ValueError, StopIteration):
-        pass
-    return n
-
-
 def host_facts(files: ProcFiles | None = None) -> dict[str, Any]:
     files = files or ProcFiles()
     try:

@@ -8,6 +8,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# The rank a launcher gave a process.  The MPI launcher's own variables come first: under
+# mpirun (or MPICH's mpiexec) inside a Slurm job, SLURM_PROCID is that of the launcher's
+# daemon on the node (or 0, the batch script's), inherited by every rank it starts.
+RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
+LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PALS_LOCAL_RANKID",
+                   "SLURM_LOCALID")  # fmt: skip
+
 
 @dataclass
 class JobInfo:
@@ -23,6 +30,7 @@ class JobInfo:
     launch_key: str | None = None  # shared by every rank of one launch on one node
     cpus_on_node: int | None = None
     gpus: str | None = None
+    local_size: int | None = None  # ranks of the launch on this node, when the launcher says
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -71,15 +79,35 @@ def detect(env: Mapping[str, str] | None = None, ppid: int | None = None) -> Job
     elif env.get("FLUX_JOB_ID"):
         info.scheduler = "flux"
         info.job_id = env["FLUX_JOB_ID"]
-    info.rank = _int(env, "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
-    info.local_rank = _int(
-        env, "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PALS_LOCAL_RANKID"
-    )
+    info.rank = _int(env, *RANK_VARS)
+    info.local_rank = _int(env, *LOCAL_RANK_VARS)
+    info.local_size = _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+    if info.local_size is None and info.scheduler == "slurm":
+        info.local_size = _slurm_tasks_here(env)
     info.user = info.user or _user()
     info.gpus = info.gpus or env.get("CUDA_VISIBLE_DEVICES")
     if info.rank is not None or info.local_rank is not None:
         info.launch_key = _launch_key(info, env, os.getppid() if ppid is None else ppid)
     return info
+
+
+def _slurm_tasks_here(env: Mapping[str, str]) -> int | None:
+    """Tasks of the step on this node: SLURM_STEP_TASKS_PER_NODE ('2(x3),1': 2 on each of the
+    first three nodes, 1 on the fourth) at SLURM_NODEID."""
+    spec, node = env.get("SLURM_STEP_TASKS_PER_NODE"), _int(env, "SLURM_NODEID")
+    if not spec or node is None:
+        return None
+    i = 0
+    for part in spec.split(","):
+        count, _, rep = part.partition("(x")
+        try:
+            n, times = int(count), int(rep.rstrip(")") or 1)
+        except ValueError:
+            return None
+        if node < i + times:
+            return n
+        i += times
+    return None
 
 
 def _launch_key(info: JobInfo, env: Mapping[str, str], ppid: int) -> str:
@@ -91,6 +119,19 @@ def _launch_key(info: JobInfo, env: Mapping[str, str], ppid: int) -> str:
         return f"mpi-{ns}"
     # mpirun without a scheduler: local ranks are children of one launcher daemon
     return f"ppid-{ppid}"
+
+
+def rank_from_environ(raw: bytes) -> int | None:
+    """The rank in a process's /proc/PID/environ (NUL-separated NAME=value), if any."""
+    found: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        name, eq, value = item.partition(b"=")
+        if eq and name in _RANK_NAMES:
+            found[name.decode()] = value.decode(errors="replace")
+    return _int(found, *RANK_VARS) if found else None
+
+
+_RANK_NAMES = {n.encode() for n in RANK_VARS}
 
 
 def _user() -> str | None:

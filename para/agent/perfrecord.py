@@ -22,6 +22,7 @@ from typing import Any
 
 from para.agent import binaries
 from para.agent.samplers.base import Unavailable
+from para.agent.unwind import Choice, fallback
 from para.cython_ext import load
 
 fold = load("fold")
@@ -39,15 +40,18 @@ def perf_binary(perf: str = "perf") -> str:
 
 
 class FunctionRecorder:
-    def __init__(self, pid: int, freq: int = 499, event: str = "cycles", perf: str = "perf"):
+    def __init__(self, pid: int, freq: int = 499, event: str = "cycles", perf: str = "perf",
+                 unwind: Choice | None = None):  # fmt: skip
         self.pid = pid
         self.freq = freq
         self.event = event
         self.perf = perf
+        self.unwind = unwind or Choice("fp", "frame pointers (the default)")
         self._dir = tempfile.mkdtemp(prefix="para-perf-")
         self.data = Path(self._dir) / "perf.data"
         self.proc: subprocess.Popen[bytes] | None = None
         self._ctl_w: int | None = None
+        self._ack_r: int | None = None
         self.instructions: list[list[Any]] = []  # rows of instr_samples, after finish()
         self.log = Path(self._dir) / "perf.log"
         self.info: dict[str, Any] = {"frequency_hz": freq, "requested_event": event}
@@ -58,12 +62,28 @@ class FunctionRecorder:
         self.script_args: list[str] = []
 
     def start(self) -> None:
-        """Attach to the (stopped) command; returns once perf samples it."""
+        """Attach to the (stopped) command; returns once perf samples it.  An unwinding mode
+        perf refuses here (LBR without the hardware event, ...) falls back to the next."""
+        tried = []
+        choice: Choice | None = self.unwind
+        while choice is not None:
+            self.unwind = choice
+            try:
+                self._start()
+                break
+            except Unavailable as e:
+                tried.append(f"{choice.mode}: {e}")
+                choice = fallback(choice)
+        else:
+            raise Unavailable("; ".join(tried))
+        self.info.update(self.unwind.as_dict())
+
+    def _start(self) -> None:
         perf = perf_binary(self.perf)
         ctl_r, ctl_w = os.pipe()
         ack_r, ack_w = os.pipe()
         argv = [
-            perf, "record", "-e", self.event, "-F", str(self.freq), "-g",
+            perf, "record", "-e", self.event, "-F", str(self.freq), *self.unwind.perf_args(),
             "-k", "CLOCK_MONOTONIC", "-D", "-1", "--control", f"fd:{ctl_r},{ack_w}",
             "-p", str(self.pid), "-o", str(self.data),
         ]  # fmt: skip
@@ -73,16 +93,14 @@ class FunctionRecorder:
             )
         os.close(ctl_r)
         os.close(ack_w)
-        # The control pipe stays open while perf runs: perf stops polling its events once
-        # the pipe hangs up.
-        self._ctl_w = ctl_w
-        try:
-            os.write(ctl_w, b"enable\n")
-            ack = _read_with_timeout(ack_r, ATTACH_TIMEOUT)
-        finally:
-            os.close(ack_r)
+        # Both pipes stay open while perf runs: perf quits when the control pipe hangs up
+        # under it (see stop()), and dies of SIGPIPE acknowledging a command on a closed one.
+        self._ctl_w, self._ack_r = ctl_w, ack_r
+        os.write(ctl_w, b"enable\n")
+        ack = _read_with_timeout(ack_r, ATTACH_TIMEOUT)
         if not ack.startswith(b"ack"):
             self.stop()
+            self.proc = None
             raise Unavailable(f"perf record did not start: {self._log_tail()}")
 
     def _log_tail(self) -> str:
@@ -93,19 +111,33 @@ class FunctionRecorder:
         return " / ".join(text[-3:]) or "no output"
 
     def stop(self) -> None:
-        """perf record ends by itself when the command's last thread exits; make sure."""
+        """perf record ends by itself once the command and every process it left have
+        exited; else it is told to stop through its control pipe.  The pipe is closed only
+        once perf has ended: perf 6.1 quits with "Thread and evlist pollfd index mismatch",
+        its file's data size never written (no samples), when the pipe hangs up under it.
+        Not a signal: perf inherits para's blocked SIGINT/SIGTERM (Child.forward_signals)."""
         if self.proc is None:
             return
-        if self._ctl_w is not None:
-            os.close(self._ctl_w)
-            self._ctl_w = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
         try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            if self.proc.poll() is None and self._ctl_w is not None:
+                try:
+                    os.write(self._ctl_w, b"stop\n")
+                except OSError:
+                    pass  # perf has just ended (EPIPE)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a perf without the "stop" command
+                self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            for fd in (self._ctl_w, self._ack_r):
+                if fd is not None:
+                    os.close(fd)
+            self._ctl_w = self._ack_r = None
 
     def finish(self) -> list[list[Any]]:
         """Stop, fold, clean up: rows for the stacks table (time of each 1-second bucket)."""
@@ -114,6 +146,7 @@ class FunctionRecorder:
             if not self.data.exists() or self.data.stat().st_size == 0:
                 self.info["error"] = f"perf record wrote no data: {self._log_tail()}"
                 return []
+            self.info["perf_data_bytes"] = self.data.stat().st_size
             # perf's clock is CLOCK_MONOTONIC: shift its stamps onto the wall clock.
             offset = time.time() - time.monotonic()
             text = Path(self._dir) / "perf.script"
@@ -138,6 +171,9 @@ class FunctionRecorder:
                              source, state])  # fmt: skip
                 total += count if state == "cpu" else 0
             self.info.update(samples=total, stacks=len(rows), event=self._event_used())
+            rc = self.proc.returncode if self.proc is not None else 0
+            if not total and rc:
+                self.info["error"] = f"perf record failed (status {rc}): {self._log_tail()}"
             if self.python is not None:
                 self.info["python"] = self.python.info
             return rows

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from para.agent import hostinfo, jobenv
 from para.agent.child import Child, make_subreaper
+from para.agent.jobcpus import job_cpus
 from para.agent.loop import SamplingLoop
 from para.agent.nodelocal import NodeLocal
 from para.agent.samplers.base import ProcFiles, Sampler
@@ -47,6 +48,7 @@ class ProfileOptions:
     gpu: bool = True
     quiet: bool = False
     perf: str = "perf"
+    call_graph: str = "auto"  # how --functions unwinds: auto | fp | dwarf | lbr (unwind.py)
     # --functions: Python stacks of CPython processes by py-spy (issue 12)
     python_stacks: bool = True
     pyspy: str | None = None  # the py-spy to run (default: beside para's interpreter, PATH)
@@ -83,17 +85,20 @@ def resolve_command(cmd: list[str]) -> str:
     return found
 
 
-def output_path(template: str | None, cmd: list[str], job: jobenv.JobInfo, host: str) -> Path:
+def output_path(template: str | None, cmd: list[str], job: jobenv.JobInfo, host: str,
+                rank: int | None = None, stamp: str | None = None) -> Path:  # fmt: skip
     """Default: para-<cmd>-[<job>-]<host>-<time>.para.  A given name may use {cmd} {host}
     {job} {rank} {time} {pid}; under srun/mpirun a name without {host} gets the host added,
-    so the nodes of one job never write the same file."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    so the nodes of one job never write the same file.  {rank} is the lowest rank on the
+    node (`rank`; the sampler renames its file when a lower rank than its own joined)."""
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    rank = job.rank if rank is None else rank
     prog = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(cmd[0]).name) or "cmd"
     fields = {
         "cmd": prog,
         "host": host,
         "job": job.job_id or "nojob",
-        "rank": "" if job.rank is None else str(job.rank),
+        "rank": "" if rank is None else str(rank),
         "time": stamp,
         "pid": str(os.getpid()),
     }
@@ -125,7 +130,8 @@ class Profiler:
         self.err = err or sys.stderr
         self.job = jobenv.detect()
         self.host = socket.gethostname()
-        self._ranks: set[int] = set()  # other ranks' commands on this node, seen so far
+        self._stamp = time.strftime("%Y%m%d-%H%M%S")
+        self._affinity = set(os.sched_getaffinity(0))
         self._python: Any = None  # pystacks.PySpyRecorder under --functions
 
     def say(self, msg: str) -> None:
@@ -140,39 +146,108 @@ class Profiler:
         if self.opts.interval < 0.05:
             raise UsageError(f"--interval {self.opts.interval}: the shortest interval is 0.05 s")
         resolve_command(self.opts.cmd)
-        node: NodeLocal | None = None
-        if self.job.launch_key:
-            node = NodeLocal(self.job.launch_key)
-            if not node.claim():
-                return self._passenger(node)
-        try:
-            path = output_path(self.opts.output, self.opts.cmd, self.job, self.host)
+        path = self._path()
+        if not self.job.launch_key:
             check_writable(path)
+            return self._sample(path, None)
+        # One rank of many: whatever goes wrong with the profile, the rank's command runs
+        # (the job's other ranks wait for it), and the node's sampler is a para that can
+        # write its file.
+        try:
+            check_writable(path)
+        except ParaError as e:
+            return self._unsampled(f"{e.message}")
+        node = NodeLocal(self.job.launch_key)
+        if not node.claim():
+            return self._passenger(node)
+        try:
             return self._sample(path, node)
+        except _NotStarted as e:
+            node.release()
+            return self._unsampled(str(e))
         finally:
-            if node is not None:
-                node.release()
+            node.release()
+
+    def _path(self, rank: int | None = None) -> Path:
+        return output_path(self.opts.output, self.opts.cmd, self.job, self.host, rank,
+                           self._stamp)  # fmt: skip
+
+    def _unsampled(self, why: str) -> ProfileResult:
+        """This rank cannot sample: it still runs its command (and says so)."""
+        self.warn(f"rank {self.job.rank}: {why}; running the command without profiling it")
+        child = Child(self.opts.cmd, gated=False, on_signal=self.say)
+        child.forward_signals()
+        return ProfileResult(child.wait().code, None)
 
     def _passenger(self, node: NodeLocal) -> ProfileResult:
-        """Another para samples this node: run the rank, let that para see its processes."""
+        """Another para samples this node: run the rank, let that para see its processes
+        (and record the rank's call stacks here, for that para's file)."""
         sampler = node.sampler_pid()
         self.say(
             f"rank {self.job.rank}: the node's sampler is para pid {sampler}; running the command"
         )
-        child = Child(self.opts.cmd, gated=False, on_signal=self.say)
-        node.register(child.pid)
-        child.forward_signals()
+        child = Child(self.opts.cmd, gated=True, on_signal=self.say)
+        recorder = None
+        self._helpers: set[int] = set()
         try:
+            child.forward_signals()
+            if self.opts.functions:
+                recorder = self._start_recorder(child.pid)
+            if recorder is not None and self.opts.python_stacks:
+                self._python = self._python_recorder(child)
+            node.register(child.pid, self.job.rank, self._affinity)
+            if not node.wait_ready():
+                self.warn(f"rank {self.job.rank}: the node's sampler (para pid {sampler}) is "
+                          "not ready; running the command all the same")  # fmt: skip
+            child.release()  # returns once exec'd: the sampler sees the command, not the gate
+            node.running(child.pid)
+            if self._python is not None:
+                self._python.start()
+        except BaseException:
+            child.kill()
+            child.wait()
+            if self._python is not None:
+                self._python.stop()
+                self._python.close()
+            node.finished(child.pid)
+            raise
+        try:
+            child.wait_exit()
+            ended_ms = int(time.time() * 1000)
+            if not node.wait_sampled_after(ended_ms, timeout=3 * self.opts.interval + 5):
+                self.warn(f"rank {self.job.rank}: the node's sampler took no sample after the "
+                          "command ended; its last second of CPU time may be missing")  # fmt: skip
             status = child.wait()
         finally:
-            node.unregister(child.pid)
+            try:
+                if recorder is not None:
+                    node.hand_over(child.pid, self._recorded(recorder, self._python))
+            finally:
+                node.finished(child.pid)
         return ProfileResult(status.code, None)
+
+    def _recorded(self, recorder: Any, python: Any = None) -> dict[str, Any]:
+        """Finish this para's recording (perf's stacks, py-spy's Python stacks stitched on
+        them): what goes into the node's file."""
+        if python is not None:
+            python.stop()
+            recorder.python = python
+        try:
+            stacks = recorder.finish()
+        finally:
+            if python is not None:
+                python.close()
+        return {
+            "rank": self.job.rank,
+            "stacks": stacks,
+            "instr_samples": recorder.instructions,
+            "functions": recorder.info,
+        }
 
     # -- the sampling run ------------------------------------------------------------------
     def _samplers(self, files: ProcFiles, child: Child, node: NodeLocal | None) -> list[Sampler]:
         def roots() -> set[int]:
             others = node.passengers() if node else set()
-            self._ranks |= others
             return {child.pid} | others
 
         helpers: set[int] = set()
@@ -202,18 +277,23 @@ class Profiler:
     def _sample(self, path: Path, node: NodeLocal | None) -> ProfileResult:
         files = ProcFiles()
         host = hostinfo.host_facts(files)
+        cpus = job_cpus([self._affinity], self.job.cpus_on_node)
         meta: dict[str, Any] = {
             "host": host,
             "interval": self.opts.interval,
             "job": self.job.as_dict(),
             "command": self.opts.cmd,
             "cwd": os.getcwd(),
-            "allowed_cpus": hostinfo.allowed_cpus(),
+            "allowed_cpus": cpus["cpus"],
+            "cpus": cpus,
             "started": time.time(),
             "source": "para profile",
             "catalogue": catalogue(PROFILE_TABLES),
         }
-        writer = ParaWriter(path, meta)
+        try:
+            writer = ParaWriter(path, meta)
+        except OSError as e:
+            raise _NotStarted(f"cannot write {path}: {e.strerror or e}") from e
         subreaper = make_subreaper()
         try:
             child = Child(self.opts.cmd, gated=True, on_signal=self.say)
@@ -250,10 +330,17 @@ class Profiler:
     ) -> ProfileResult:
         # Signals first: every thread started from here on inherits the blocked mask.
         child.forward_signals()
+
+        def sink(t_ms: int, rows: Any) -> None:
+            try:
+                writer.append(t_ms, rows)
+            finally:
+                if node is not None:  # the ranks whose command ended before t_ms are in it
+                    node.sampled(t_ms)
+
         loop = SamplingLoop(
-            self._samplers(files, child, node), writer.append, self.opts.interval,
-            on_message=self.warn,
-        )  # fmt: skip
+            self._samplers(files, child, node), sink, self.opts.interval, on_message=self.warn
+        )
         status = loop.open()
         for s in loop.samplers:  # para's own subprocesses are not the job's
             helper = getattr(s, "perf_pid", None)
@@ -263,32 +350,23 @@ class Profiler:
         if recorder is not None and self.opts.python_stacks:
             self._python = self._python_recorder(child)
         self._announce(path, child, loop, recorder)
+        if node is not None:
+            self._gather(node)
         started = time.monotonic()
         child.release()  # returns once the command has exec'd: it, not the gate, is sampled
         loop.start()  # the first sample is taken at once
         if self._python is not None:
             self._python.start()
-        exit_status = child.wait()
-        if node is not None and node.passengers():
+        # Left unreaped until the last sample: the kernel keeps its final CPU time till then.
+        child.wait_exit()
+        if node is not None and node.pending():
             self.say("the command ended; waiting for the other ranks on this node")
-            while node.passengers():
+            while node.pending():
                 time.sleep(min(self.opts.interval, 0.5))
         elapsed = time.monotonic() - started
         loop.stop(final_sample=True)
-        if recorder is not None:
-            if self._python is not None:
-                self._python.stop()
-                recorder.python = self._python
-            try:
-                stacks = recorder.finish()
-            finally:
-                if self._python is not None:
-                    self._python.close()
-            if stacks:
-                rows = {"stacks": stacks, "instr_samples": recorder.instructions}
-                writer.append(int(time.time() * 1000), rows, sample=False)
-            if "error" in recorder.info:
-                self.warn(f"no call stacks: {recorder.info['error']}")
+        exit_status = child.wait()
+        functions = self._write_stacks(writer, recorder, node, self._python)
         loop.close()
         facts = {f: dict(st.facts) for f, st in status.items() if st.facts}
         for s in loop.samplers:  # what a family learnt while running (counter states, ...)
@@ -304,13 +382,14 @@ class Profiler:
             "family_facts": facts,
             "signals": child.signals_seen,
             # rusage in "exit" covers this para's own command only when other ranks ran too
-            "ranks_on_node": 1 + len(self._ranks),
+            "ranks_on_node": 1 + (len(node.registrations()) if node else 0),
+            **self._node_cpus(node),
             "sampler": {
                 "cpu_s": round(loop.cpu_seconds, 4),
                 "missed_ticks": loop.missed_ticks,
                 "lost_samples": loop.sink_errors,
             },
-            "functions": recorder.info if recorder else None,
+            "functions": functions,
             "kernels": implementation(),
             "subreaper": subreaper,
         }
@@ -329,19 +408,92 @@ class Profiler:
                 f"could not finish {path}: {e}",
                 hint=f"the samples are safe in its journal; run `para recover {path}` later",
             ) from e
+        path = self._named_by_lowest_rank(path, node)
         return ProfileResult(exit_status.code, path, finalized, bool(child.signals_seen))
+
+    def _gather(self, node: NodeLocal, timeout: float = 30.0) -> None:
+        """Start together with the node's other ranks (as many as the launcher says), so that
+        the first sample sees every rank's command: they wait for `ready`, held."""
+        others = (self.job.local_size or 1) - 1
+        if others > 0:
+            came = node.wait_registered(others, timeout)
+            if came < others:
+                self.warn(f"{came} of the {others} other ranks on this node came in "
+                          f"{timeout:g} s; sampling without waiting for the others")  # fmt: skip
+        node.mark_ready()
+        node.wait_running(timeout=10.0)
+
+    def _node_cpus(self, node: NodeLocal | None) -> dict[str, Any]:
+        """The job's CPUs on the node: every rank's affinity, within the cgroup and the
+        scheduler's allocation."""
+        if node is None:
+            return {}
+        regs = list(node.registrations().values())
+        affinities = [self._affinity] + [set(r.get("cpus") or []) for r in regs]
+        cpus = job_cpus([a for a in affinities if a], self.job.cpus_on_node)
+        ranks = sorted({r["rank"] for r in regs if isinstance(r.get("rank"), int)}
+                       | ({self.job.rank} if self.job.rank is not None else set()))  # fmt: skip
+        return {"allowed_cpus": cpus["cpus"], "cpus": cpus, "ranks": ranks}
+
+    def _named_by_lowest_rank(self, path: Path, node: NodeLocal | None) -> Path:
+        """`{rank}` names the node's file by its lowest rank, whichever rank sampled."""
+        if node is None or not self.opts.output or "{rank}" not in self.opts.output:
+            return path
+        ranks = [r["rank"] for r in node.registrations().values() if isinstance(r.get("rank"), int)]
+        if self.job.rank is None or not ranks or min(ranks) >= self.job.rank:
+            return path
+        final = self._path(min(ranks))
+        try:
+            os.replace(path, final)
+        except OSError as e:
+            self.warn(f"could not rename {path} to {final} (the node's lowest rank): {e}")
+            return path
+        return final
+
+    def _write_stacks(self, writer: ParaWriter, recorder: Any, node: NodeLocal | None,
+                      python: Any = None) -> dict[str, Any] | None:  # fmt: skip
+        """Call stacks of this para's command and of the node's other ranks (each rank's para
+        records its own) into the file; what each recording was, for `functions`."""
+        parts: list[dict[str, Any]] = []
+        if recorder is not None:
+            parts.append(self._recorded(recorder, python))
+        if node is not None:
+            parts += list(node.collect().values())
+        if not parts:
+            return None
+        for part in parts:
+            rows = {"stacks": part.get("stacks") or [],
+                    "instr_samples": part.get("instr_samples") or []}  # fmt: skip
+            if rows["stacks"]:
+                writer.append(int(time.time() * 1000), rows, sample=False)
+            err = (part.get("functions") or {}).get("error")
+            if err:
+                who = f"rank {part['rank']}: " if part.get("rank") is not None else ""
+                self.warn(f"{who}no call stacks: {err}")
+        info = dict(parts[0].get("functions") or {})
+        if len(parts) > 1:
+            infos = [dict(p.get("functions") or {}, rank=p.get("rank")) for p in parts]
+            info["ranks"] = sorted(infos, key=lambda i: (i["rank"] is None, i["rank"] or 0))
+            for key in ("samples", "stacks", "perf_data_bytes", "kernel_samples"):
+                info[key] = sum(int(i.get(key) or 0) for i in infos)
+            info["binaries"] = {k: v for i in infos for k, v in (i.get("binaries") or {}).items()}
+            if any(i.get("samples") for i in infos):
+                info.pop("error", None)
+        return info
 
     def _start_recorder(self, pid: int) -> Any:
         from para.agent.perfrecord import FunctionRecorder
         from para.agent.samplers.base import Unavailable
+        from para.agent.unwind import choose
 
-        rec = FunctionRecorder(pid, perf=self.opts.perf)
+        exe = resolve_command(self.opts.cmd)
+        rec = FunctionRecorder(pid, perf=self.opts.perf, unwind=choose(exe, self.opts.call_graph))
         try:
             rec.start()
         except Unavailable as e:
             self.warn(f"--functions: no call stacks this run: {e}")
             return None
-        if rec.proc is not None:
+        if rec.proc is not None and hasattr(self, "_helpers"):
             self._helpers.add(rec.proc.pid)
         return rec
 
@@ -370,7 +522,8 @@ class Profiler:
             f"profiling `{cmd}` (pid {child.pid}) on {self.host} every {self.opts.interval:g} s: "
             + ", ".join(ok)
             + (
-                ", call stacks (perf record" + (", py-spy for Python)" if self._python else ")")
+                f", call stacks (perf record, {recorder.unwind.mode} unwinding"
+                + (", py-spy for Python)" if self._python else ")")
                 if recorder
                 else ""
             )
@@ -379,6 +532,10 @@ class Profiler:
             if st.state != "ok":
                 self.say(f"{f}: not sampled ({st.reason})")
         self.say(f"writing {path}; Ctrl-C stops the command and still writes the file")
+
+
+class _NotStarted(ParaError):
+    """The sampler could not start (its file cannot be created): nothing has run yet."""
 
 
 def run(opts: ProfileOptions, err: TextIO | None = None) -> ProfileResult:

@@ -202,6 +202,7 @@ class Analysis:
             processes={n: {p: d["name"] for p, d in m.items()} for n, m in self.names.items()},
             has_meta_counters=job.has("fsmeta"),
             meta_ops_per_node=totals.get("meta_ops_per_node"),
+            ranks=_dicts(job, "ranks", rules.COMM_PATTERN) if job.has("procs") else [],
             python=pyfacts.python_facts(job, pyfacts.perf_frequency(job)),
             kernel_stacks=_kernel_stacks(job) if stack_total else None,
             counter_events=lambda pattern: (
@@ -227,6 +228,7 @@ class Analysis:
             "balance": self._balance(nodes, outcomes),
             "phases": self._phase_docs(phase_docs, phase_rows),
             "applications": self._applications(),
+            "ranks": self._ranks(facts),
             "functions": self._functions(hot, hot_samples),
             "instructions": instructions.annotate(job, hot),
             "timeline": self._timeline(series),
@@ -400,6 +402,25 @@ class Analysis:
             out.append(a)
         out.sort(key=lambda a: (-(a["cpu_s"] or 0), a["executable"]))
         return out[:50]
+
+    def _ranks(self, facts: rules.Facts) -> list[dict[str, Any]]:
+        """The MPI ranks, side by side: CPU time and the share of their call-stack samples
+        in communication libraries (their MPI time: a rank waiting in MPI spins there)."""
+        if len(facts.ranks) < 2:
+            return []
+        out = []
+        for r in facts.ranks:
+            node = r["node"]
+            samples = int(r["samples"] or 0)
+            out.append({
+                "rank": int(r["rank"]),
+                "node": self.job.nodes[node].label if node < len(self.job.nodes) else None,
+                "nodes": int(r["nodes"]), "processes": int(r["procs"]),
+                "cpu_s": _num(r["cpu_s"], 2), "stack_samples": samples,
+                "mpi_pct": _num(100 * r["comm"] / samples, 1)
+                if samples >= rules.MIN_RANK_SAMPLES else None,
+            })  # fmt: skip
+        return out[:1024]
 
     def _hotspots(self, lo: int, hi: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         if not self.job.has("stacks"):

@@ -38,7 +38,7 @@ TABLES: dict[str, dict[str, str]] = {
     "procs": {"pid": "BIGINT", "first_ms": "BIGINT", "last_ms": "BIGINT", "ppid": "BIGINT",
               "cpu_s": "DOUBLE", "peak_rss": "DOUBLE", "peak_threads": "DOUBLE",
               "read_bytes": "DOUBLE", "write_bytes": "DOUBLE", "busy_samples": "BIGINT",
-              "peak_cores": "DOUBLE", "samples": "BIGINT"},
+              "peak_cores": "DOUBLE", "samples": "BIGINT", "rank": "BIGINT"},
     "disk": {"t": "BIGINT", "read_bps": "DOUBLE", "write_bps": "DOUBLE", "iops": "DOUBLE",
              "util_max": "DOUBLE", "wait_ms_ps": "DOUBLE"},
     "net": {"t": "BIGINT", "rx_bps": "DOUBLE", "tx_bps": "DOUBLE", "pps": "DOUBLE"},
@@ -49,6 +49,7 @@ TABLES: dict[str, dict[str, str]] = {
     "ctr": {"event": "VARCHAR", "total": "DOUBLE", "counted": "DOUBLE", "seconds": "DOUBLE",
             "running_pct": "DOUBLE", "unit": "VARCHAR"},
     "stacks": {"t": "BIGINT", "stack": "VARCHAR", "samples": "BIGINT"},
+    "pstacks": {"pid": "BIGINT", "stack": "VARCHAR", "samples": "BIGINT"},  # per process
     # Python threads off-CPU, in samples of perf's period (issue 12)
     "waits": {"t": "BIGINT", "stack": "VARCHAR", "state": "VARCHAR", "samples": "BIGINT"},
     "pystacks": {"pid": "BIGINT", "tid": "BIGINT", "stack": "VARCHAR", "state": "VARCHAR",

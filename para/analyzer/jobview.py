@@ -146,6 +146,19 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
             )
         console.print(t)
 
+    ranks = job.get("ranks") or []
+    if ranks:
+        t = table("MPI ranks (MPI: share of a rank's call-stack samples in communication "
+                  "libraries; a rank waiting in MPI spins, so its CPU time hides the wait)",
+                  ("rank", "right"), ("node", "left"), ("CPU s", "right"),
+                  ("samples", "right"), ("MPI", "right"), ("", "left"))  # fmt: skip
+        shown = ranks if len(ranks) <= 16 else sorted(
+            ranks, key=lambda r: -(r["mpi_pct"] or 0))[:16]  # fmt: skip
+        for r in shown:
+            t.add_row(str(r["rank"]), Text(printable(r["node"] or "")), f"{r['cpu_s'] or 0:.1f}",
+                      f"{r['stack_samples']:,}", fmt_pct(r["mpi_pct"]), "")  # fmt: skip
+        console.print(t)
+
     fn = job["functions"]
     if fn["hotspots"]:
         t = table(f"Hottest functions of the job (of {fn['samples']:,} call-stack samples; "

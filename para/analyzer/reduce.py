@@ -315,8 +315,8 @@ class _Reducer:
 
     def run(self) -> None:
         for step in (self.node, self.cores, self.memory, self.procs, self.disk, self.net,
-                     self.ib, self.gpu, self.counters, self.stacks, self.events, self.fsmeta,
-                     self.energy, self.instructions, self.steps):  # fmt: skip
+                     self.ib, self.gpu, self.counters, self.stacks, self.pid_stacks, self.events,
+                     self.fsmeta, self.energy, self.instructions, self.steps):  # fmt: skip
             step()
 
     # node-wide CPU by kind, in cores (ticks per second / USER_HZ)
@@ -385,7 +385,7 @@ class _Reducer:
     # the job's processes: per-process rates, summed per second; per-process totals
     def procs(self) -> None:
         cols = ["ppid", "state", "utime", "stime", "rss_bytes", "threads", "read_bytes",
-                "write_bytes", "cutime", "cstime"]  # fmt: skip
+                "write_bytes", "cutime", "cstime", "rank"]  # fmt: skip
         tab = self.read("proc", cols, ["pid"])
         if tab is None:
             return
@@ -440,6 +440,7 @@ class _Reducer:
             "read_bytes": at(tab["read_bytes"], last), "write_bytes": at(tab["write_bytes"], last),
             "busy_samples": peaks["busy_sum"], "peak_cores": peaks["cores_max"],
             "samples": pc.add(pc.subtract(last, first), pa.scalar(1, pa.uint64())).cast(pa.int64()),
+            "rank": _flat(tab["rank"], pa.int64()).take(last),
         })  # fmt: skip
 
     def _with_children(self, tab: pa.Table, pid: pa.Array, t: pa.Array,
@@ -657,6 +658,22 @@ class _Reducer:
             n_out = sums.take(keep)
         self.nd.series["stacks"] = pa.table({
             "t": t_out, "stack": st_out, "samples": _flat(n_out, pa.int64()),
+        })  # fmt: skip
+
+    def pid_stacks(self) -> None:
+        """The call stacks of each process over the whole run (per rank shares: the time
+        each rank spent in MPI): CPU samples only, as the hotspots (Python threads seen
+        waiting are apart)."""
+        tab = self.read("stacks", ["pid", "stack", "samples", "state"], [], ("stack",))
+        if tab is None:
+            return
+        if pa.types.is_string(tab["state"].type):
+            waiting = pc.fill_null(pc.is_in(tab["state"], pa.array(["wait", "ready"])), False)
+            tab = tab.filter(pc.invert(waiting))
+        g = tab.group_by(["pid", "stack"], use_threads=False).aggregate([("samples", "sum")])
+        self.nd.series["pstacks"] = pa.table({
+            "pid": _flat(g["pid"], pa.int64()), "stack": _flat(g["stack"], pa.string()),
+            "samples": _flat(g["samples_sum"], pa.int64()),
         })  # fmt: skip
 
     def pystacks(self, tab: pa.Table) -> None:

@@ -29,9 +29,24 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SEVERITY = ("high", "medium", "low")
+# Frames inside communication libraries: by symbol, or by the library itself where perf
+# could not name the function (distributions strip their MPI plugins: "[mca_btl_vader.so]",
+# "[libopen-pal.so.40.30.2]").  OpenSHMEM is matched by its API names, not by "shmem_": the
+# kernel's tmpfs is shmem_* too (shmem_fault, shmem_file_read_iter, shmem_get_folio), and I/O
+# on /dev/shm is not communication.  RE2 (DuckDB) and Python read it alike: no lookarounds.
+COMM_DSOS = (r"\[(libmpi|libmpich|libopen-pal|libopen-rte|libpmix|mca_|libucp|libuct|libucs|"
+             r"libfabric|libpsm2|libpsm_infinipath|libnccl|libibverbs|libmlx5|libhcoll|"
+             r"liboshmem|libsma)")  # fmt: skip
+SHMEM_API = (r"p?shmemx?_(init(_thread)?(;|$)|finalize|my_pe|n_pes|barrier|sync|quiet|fence|"
+             r"(put|get)(8|16|32|64|128|mem|_signal|_nbi)|i(put|get)(8|16|32|64|128)|"
+             r"wait|test|broadcast|collect|fcollect|alltoall|(and|or|xor|max|min|sum|prod)_"
+             r"reduce|set_lock|clear_lock|test_lock|ctx_|team_|atomic_|signal_|"
+             r"(short|int|long|longlong|float|double|longdouble|char|schar|uchar|ushort|uint|"
+             r"ulong|ulonglong|int8|int16|int32|int64|uint8|uint16|uint32|uint64|size|ptrdiff|"
+             r"complexd|complexf)_)")  # fmt: skip
 COMM_FRAMES = re.compile(
-    r"(^|;)(P?MPI_|MPID|MPIR_|mca_|ompi_|opal_progress|ucp_|uct_|ucs_|psm2?_|fi_|"
-    r"ibv_|mlx5_|nccl|gloo|shmem_|gasnet)"
+    r"(^|;)(P?MPIX?_|MPID|MPIR_|mca_|ompi_|opal_|orte_|ucp_|uct_|ucs_|psm2?_|fi_|"
+    r"ibv_|mlx5_|nccl|gloo|gasnet|" + SHMEM_API + "|" + COMM_DSOS + ")"
 )  # fmt: skip
 COMM_PATTERN = COMM_FRAMES.pattern
 # I/O in the C library, the kernel and the parallel I/O libraries (issue 13: a job's I/O share)
@@ -230,6 +245,8 @@ class Facts:
     processes: dict[int, dict[int, str]]
     has_meta_counters: bool
     meta_ops_per_node: float | None
+    # MPI ranks (sql/analysis.sql `ranks`): rank, cpu_s, node, nodes, samples, comm
+    ranks: list[dict[str, Any]] = field(default_factory=list)
     # Python threads' stacks (pyfacts.python_facts), None without py-spy stacks (issue 12)
     python: dict[str, Any] | None = None
     # (node, event, unit, per second) of the counter events matching a pattern
@@ -241,6 +258,20 @@ class Facts:
     # whether the call stacks hold kernel frames (False: perf sampled user space only, so
     # system calls are invisible in them); None: not known (a file without the count)
     kernel_stacks: bool | None = None
+
+
+MIN_RANK_SAMPLES = 20  # call-stack samples of a rank for its MPI share to mean something
+
+
+def rank_shares(ranks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ranks whose call stacks were sampled enough, with their share of samples inside
+    communication libraries (`mpi_share`) and their CPU time outside them (`work_s`)."""
+    out = []
+    for r in ranks:
+        if (r.get("samples") or 0) >= MIN_RANK_SAMPLES:
+            share = (r.get("comm") or 0) / r["samples"]
+            out.append({**r, "mpi_share": share, "work_s": (r.get("cpu_s") or 0.0) * (1 - share)})
+    return out
 
 
 def _sev(impact: float) -> str:
@@ -441,9 +472,14 @@ class Evaluator:
                   + (f" {names[g['busiest']]}" if g["busiest"] in names else "")
                   + f"): imbalance {100 * imb:.0f} %")  # fmt: skip
             findings.append((100 * imb * g["share"], imb, ev, [label] if label else []))
+        ranks = self._rank_imbalance(c)
+        if ranks is not None:
+            best_value = max(best_value, ranks[1])
+            if ranks[1] > c["max_imbalance"] and ranks[0] >= 100 * c["min_share"]:
+                findings.append(ranks)
         if not findings:
-            if len(nodes) < 2 and not self.f.siblings:
-                return self.missing(rid, "one node and no sibling processes to compare")
+            if len(nodes) < 2 and not self.f.siblings and len(self.f.ranks) < 2:
+                return self.missing(rid, "one node, one rank and no sibling processes to compare")
             return self.outcome(rid, "passed", value=100 * best_value, unit="%")
         findings.sort(key=lambda f: -f[0])
         impact, imb, ev, where = findings[0]
@@ -452,6 +488,66 @@ class Evaluator:
             rid, "fired", value=100 * imb, unit="%", impact_pct=impact, evidence=ev + extra,
             nodes=where,
         )  # fmt: skip
+
+    def _rank_imbalance(self, c: dict[str, Any]
+                        ) -> tuple[float, float, str, list[str]] | None:  # fmt: skip
+        """The ranks compared.  A rank that waits in MPI spins there: with call stacks the
+        work of a rank is its CPU time outside communication libraries, and the time the
+        others spent in MPI is the evidence; without them, CPU time (which hides spinning)."""
+        ranks = [r for r in self.f.ranks if (r.get("cpu_s") or 0) > 0]
+        if len(ranks) < 2:
+            return None
+        sampled = rank_shares(ranks)
+        with_stacks = len(sampled) >= 2
+        if with_stacks:
+            work = {r["rank"]: r["work_s"] for r in sampled}
+            ranks = sampled
+        else:
+            work = {r["rank"]: float(r["cpu_s"]) for r in ranks}
+        top = max(work.values())
+        if top <= 0:
+            return None
+        mean = sum(work.values()) / len(work)
+        imb = (top - mean) / top
+        busiest = max(ranks, key=lambda r: work[r["rank"]])
+        least = min(work.values())
+        median = sorted(work.values())[len(work) // 2]
+        strag = [r["rank"] for r in ranks if work[r["rank"]] > 1.1 * median]
+        # What the imbalance costs: the others wait for the busiest rank's extra work, which is
+        # only the part of its time it computes (an allreduce loop's 11 % spread of a compute
+        # share of 20 % is not worth a finding)
+        busy_share = min(1.0, top / busiest["cpu_s"]) if with_stacks and busiest["cpu_s"] else 1.0
+        impact = 100 * imb * busy_share
+        what = "CPU time outside MPI" if with_stacks else "CPU time"
+        ev = (f"{len(ranks)} ranks worked {least:.2f} to {top:.2f} s ({what}; mean {mean:.2f} s,"
+              f" busiest rank {busiest['rank']}{self._node_of(busiest)}): imbalance "
+              f"{100 * imb:.0f} %")  # fmt: skip
+        if strag and len(strag) < len(ranks):
+            ev += "; straggler ranks (over 1.1x the median): " + ", ".join(map(str, strag[:8]))
+            ev += f" and {len(strag) - 8} more" if len(strag) > 8 else ""
+        if with_stacks:
+            by_share = sorted(ranks, key=lambda r: -r["mpi_share"])
+            shown = ", ".join(f"rank {r['rank']} {100 * r['mpi_share']:.0f} %"
+                              for r in by_share[:8])  # fmt: skip
+            more = f" and {len(by_share) - 8} more" if len(by_share) > 8 else ""
+            ev += (f"; time in MPI (share of each rank's call-stack samples in communication "
+                   f"libraries; a rank that yields or sleeps while it waits shows the wait as "
+                   f"less CPU time instead): {shown}{more}")  # fmt: skip
+        else:
+            ev += ("; without call stacks a rank spinning in an MPI wait looks busy: record with "
+                   "para profile --functions to see the MPI wait of each rank")  # fmt: skip
+        where = sorted({self._label(r) for r in ranks if r["rank"] in strag or r is busiest} - {""})
+        return (impact, imb, ev, where)
+
+    def _label(self, r: dict[str, Any]) -> str:
+        node = r.get("node")
+        if len(self.f.nodes) < 2 or not isinstance(node, int) or node >= len(self.f.nodes):
+            return ""
+        return str(self.f.nodes[node]["label"])
+
+    def _node_of(self, r: dict[str, Any]) -> str:
+        label = self._label(r)
+        return f" on {label}" if label else ""
 
     def _late_nodes(self) -> str:
         ends = [(str(n["label"]), float(n["end_work"])) for n in self.f.nodes if n.get("end_work")]
@@ -553,7 +649,22 @@ class Evaluator:
                     f"of the run (mean share of the link: {means})",
                 )  # fmt: skip
         share = self.f.share(COMM_PATTERN) if self.f.stack_samples else None
-        if share is not None and share >= c["max_sample_share"]:
+        sampled = rank_shares(self.f.ranks)
+        if share is not None and len(sampled) >= 2:
+            # What every rank pays is communication; what some ranks pay more is waiting for
+            # the others (load_imbalance): judge the rank that waited least.
+            least = min(sampled, key=lambda r: r["mpi_share"])
+            most = max(r["mpi_share"] for r in sampled)
+            share = least["mpi_share"]
+            if share >= c["max_sample_share"]:
+                return self.outcome(
+                    rid, "fired", value=100 * share, unit="% of samples", impact_pct=100 * share,
+                    evidence=f"every rank spent at least {100 * share:.0f} % of its call-stack "
+                    f"samples inside communication libraries (MPI, UCX, libfabric, NCCL ...): "
+                    f"{len(sampled)} ranks from {100 * share:.0f} % (rank {least['rank']}) to "
+                    f"{100 * most:.0f} %",
+                )  # fmt: skip
+        elif share is not None and share >= c["max_sample_share"]:
             return self.outcome(
                 rid, "fired", value=100 * share, unit="% of samples", impact_pct=100 * share,
                 evidence=f"{100 * share:.0f} % of {self.f.stack_samples:,} call-stack samples "

@@ -238,6 +238,15 @@ PROC = Table(
     ),
     # Added for `para agent` (issue 3): the job a process belongs to on a shared node.
     payload=(
+        # Added for issue 10: the ranks of an MPI job, told apart (null: not launched as one);
+        # before job and step, which rows end with
+        Column(
+            "rank",
+            "rank",
+            "info",
+            "/proc/PID/environ",
+            "MPI rank (OMPI_COMM_WORLD_RANK, PMIX_RANK, PMI_RANK or SLURM_PROCID)",
+        ),
         Column(
             "job",
             "id",

@@ -468,7 +468,9 @@ class JobSampler(ProcessSampler):
             ref = self.refs.get(pid)
             if r[19] != self.names.get(pid):
                 self._exec(t_ms, pid, r[19], ref, out)
-            rows.append([pid, *r[:18], ref.job_id if ref else None, ref.step if ref else None])
+            # rank (None): `para profile` tells ranks apart; the agent does not yet
+            job_id, step = (ref.job_id, ref.step) if ref else (None, None)
+            rows.append([pid, *r[:18], None, job_id, step])
             if r[1] == "Z":
                 self._ended(t_ms, pid, out)
             elif ref is not None:

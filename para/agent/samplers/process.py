@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from para.agent.jobenv import rank_from_environ
 from para.agent.samplers.base import ProcFiles, Rows, Sampler, Unavailable, event
 from para.cython_ext import load
 
@@ -41,6 +42,7 @@ class ProcessSampler(Sampler):
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.seen_total = 0
         self._last_pid = b""
+        self.ranks: dict[int, int | None] = {}  # pid -> MPI rank, read once when it joins
         self.names: dict[int, str] = {}  # pid -> comm, to see it exec another program
 
     def open(self) -> dict[str, Any]:
@@ -89,7 +91,9 @@ class ProcessSampler(Sampler):
                 continue
             fresh[pid] = st
             candidates[pid] = st[3]
-        members = set(self.members) | roots
+        # a root that ended (a zombie its para has not reaped yet: profile.py keeps it for a
+        # last sample of its CPU time) does not rejoin as a new process
+        members = set(self.members) | (roots - self.outsiders)
         changed = True
         while changed:  # a child and its grandchild can both be new this second
             changed = False
@@ -179,6 +183,7 @@ class ProcessSampler(Sampler):
                     wbytes,
                     cu,
                     cs,
+                    self.rank_of(pid, ppid),
                     *self.job_of(pid),
                 ]
             )
@@ -189,8 +194,23 @@ class ProcessSampler(Sampler):
         """The (job, step) a member belongs to: none here; the agent's job sampler knows."""
         return _NO_JOB
 
+    def rank_of(self, pid: int, ppid: int) -> int | None:
+        """The MPI rank a launcher gave the process (its environment), else its parent's: a
+        rank's helpers count for that rank.  Read once, when first asked."""
+        if pid in self.ranks:
+            return self.ranks[pid]
+        try:
+            rank = rank_from_environ(self.files.read_once(f"proc/{pid}/environ"))
+        except OSError:  # another user's process, or gone
+            rank = None
+        if rank is None:
+            rank = self.ranks.get(ppid)
+        self.ranks[pid] = rank
+        return rank
+
     def _ended(self, t_ms: int, pid: int, out: Rows) -> None:
         del self.members[pid]
+        self.ranks.pop(pid, None)
         self.names.pop(pid, None)
         for name in ("stat", "status", "io"):
             self.files.forget(f"proc/{pid}/{name}")

@@ -92,6 +92,24 @@ SELECT node, ppid, n, max_cpu, mean_cpu, min_cpu, total_cpu, busiest, idlest,
     total_cpu / (SELECT sum(cpu_s) FROM procs) AS share
 FROM g ORDER BY total_cpu DESC;
 
+-- name: ranks  needs: procs
+-- The ranks of an MPI job (the rank on its processes' rows), across the nodes: CPU time, and
+-- the call-stack samples of its processes, in all and inside communication libraries (the
+-- pattern, ?): a rank that waits in MPI spins there, so its CPU time does not show the wait.
+WITH p AS (SELECT node, pid, rank, cpu_s FROM procs WHERE rank IS NOT NULL),
+s AS (
+    SELECT p.rank, sum(st.samples) AS samples,
+        coalesce(sum(st.samples) FILTER (WHERE regexp_matches(st.stack, ?)), 0) AS comm
+    FROM pstacks st JOIN p USING (node, pid) GROUP BY p.rank
+), c AS (
+    SELECT rank, sum(cpu_s) AS cpu_s, count(*) AS procs, min(node) AS node,
+        count(DISTINCT node) AS nodes
+    FROM p GROUP BY rank
+)
+SELECT c.rank, c.cpu_s, c.procs, c.node, c.nodes, coalesce(s.samples, 0) AS samples,
+    coalesce(s.comm, 0) AS comm
+FROM c LEFT JOIN s USING (rank) ORDER BY c.rank;
+
 -- name: regression  needs: steps
 -- A straight line through the job's resident memory over the middle 80 % of its live steps.
 WITH s AS (

@@ -1,0 +1,47 @@
+"""`perf record` as `para profile --functions` drives it: the recording is whole however soon
+after its command ends it is finished (a rank's para finishes it the moment its command is
+reaped), and whatever the command left running."""
+
+from __future__ import annotations
+
+import sys
+
+from para.agent.child import Child
+from para.agent.perfrecord import FunctionRecorder
+
+from .conftest import need_tool
+
+# Busy for 0.3 s of CPU, then leaves a process behind that outlives it by a second (as an MPI
+# rank's runtime helpers or a shell's background job may).
+BUSY = """
+import os, time
+t = time.process_time()
+while time.process_time() - t < 0.3:
+    pass
+if os.fork() == 0:
+    time.sleep(1)
+"""
+
+
+def test_finished_the_moment_its_command_ends():
+    """perf 6.1 ended with "Thread and evlist pollfd index mismatch" and a perf.data holding no
+    samples (its data size never written) when para hung up its control pipe while perf still
+    ran: a rank's recording was empty whenever its perf had not seen the command's end yet
+    (one run of two ranks in three), and always when the command left a process behind.
+    Every recording holds the command's CPU time, as the kernel's rusage counts it, in
+    samples at 499 Hz."""
+    need_tool("perf", "apt install linux-perf")
+    for _ in range(3):
+        child = Child([sys.executable, "-c", BUSY], gated=True)
+        rec = FunctionRecorder(child.pid, freq=499)
+        try:
+            rec.start()
+        finally:
+            child.release()
+        status = child.wait()
+        rows = rec.finish()  # at once, as a rank's para does
+        cpu_s = status.utime + status.stime
+        assert "error" not in rec.info, rec.info
+        samples = sum(r[5] for r in rows if r[1] == child.pid)
+        expected = cpu_s * 499
+        assert 0.5 * expected <= samples <= 1.5 * expected + 10, (rec.info, cpu_s, samples)
