@@ -5,7 +5,8 @@ A node runs two jobs at once, each a fixed amount of work: a CPU-bound C program
 (hot.py), found by the agent as Slurm jobs (SLURM_JOB_ID in their environment).  The real
 `para agent run` samples them with the stacks family off, then on (its defaults: 19 Hz per
 busy CPU, perf windows of 300 s cut at each job's end, py-spy at 20 Hz on CPython
-processes), alternately, --repeat times; medians.  Printed side by side, each beside its anchor of the same run:
+processes), alternately, --repeat times; medians.  Printed side by side, each beside its
+anchor of the same run:
 
 - the agent's CPU (itself and every child it waited for: perf record, perf script, py-spy,
   the Parquet finaliser; utime+stime+cutime+cstime of /proc/PID/stat) per second of the jobs,
