@@ -272,3 +272,32 @@ def test_a_killed_perf_is_restarted_and_said(tmp_path):
             job.kill()
             job.wait()
         agent.kill()
+
+
+def test_a_hung_perf_is_killed_restarted_and_said(tmp_path):
+    """perf stopped (SIGSTOP: it neither samples nor answers SIGINT) under the agent: at the
+    window's end it is killed, the family says it hung, and a new perf records."""
+    need_tool("perf", "apt install linux-perf")
+    exe = build_hot(tmp_path)
+    agent = AgentRun(tmp_path, extra=stacks_config(freq=49, window_s=2.0), interval=0.5)
+    job = None
+    try:
+        agent.wait_samples(2)
+        env = dict(os.environ, SLURM_JOB_ID="913014", SLURM_JOB_NAME="stk-hang")
+        job = subprocess.Popen([str(exe), "120"], env=env)
+        st = _wait(lambda: (agent.status().get("stacks") or {}).get("state") == "recording"
+                   and agent.status(), 60, "no perf recording")  # fmt: skip
+        perf_pid = st["stacks"]["perf_pid"]
+        os.kill(perf_pid, signal.SIGSTOP)
+        st = _wait(lambda: "hung" in str((agent.status().get("stacks") or {}).get("last_error"))
+                   and agent.status(), 120, "the hang was not said")  # fmt: skip
+        assert st["stacks"]["failures"] >= 1
+        _wait(lambda: (s := agent.status().get("stacks") or {}).get("state") == "recording"
+              and s.get("perf_pid") not in (None, perf_pid), 60, "no new perf")  # fmt: skip
+        with pytest.raises(ProcessLookupError):
+            os.kill(perf_pid, 0)  # the hung one is gone
+    finally:
+        if job is not None:
+            job.kill()
+            job.wait()
+        agent.kill()

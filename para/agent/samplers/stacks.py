@@ -47,6 +47,7 @@ class WindowRecorder(FunctionRecorder):
 
     def __init__(self, freq: int, event: str, perf: str):
         super().__init__(0, freq=freq, event=event, perf=perf)
+        self.hung = False
 
     def start(self) -> None:
         perf = perf_binary(self.perf)
@@ -71,6 +72,7 @@ class WindowRecorder(FunctionRecorder):
         try:
             self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:  # hung: what it wrote may still be read
+            self.hung = True
             self.proc.kill()
             self.proc.wait()
 
@@ -388,6 +390,8 @@ class StackSampler(Sampler):
         if died is not None:
             tail = rec.info.get("error") or rec._log_tail()
             return f"perf record exited by itself with status {died} ({tail})"
+        if rec.hung:
+            return f"perf record did not stop within {STOP_TIMEOUT:g} s of SIGINT (hung): killed"
         if not rows and rec.info.get("error"):
             return str(rec.info["error"])
         self.state["windows"] += 1
