@@ -56,8 +56,8 @@ class Child:
     ):
         argv = ["/bin/sh", "-c", _GATE, "para", *cmd] if gated else cmd
         self.cmd = cmd
-        hold = functools.partial(_continue_if_para_dies, os.getpid()) if gated else None
-        self.proc = subprocess.Popen(argv, preexec_fn=hold)
+        para = os.getpid() if gated else None
+        self.proc = subprocess.Popen(argv, preexec_fn=functools.partial(_before_exec, para))
         self.pid = self.proc.pid
         self.say = on_signal or (lambda msg: None)
         self.signals_seen: list[str] = []
@@ -144,6 +144,14 @@ class Child:
             pass
 
 
+def _before_exec(para: int | None) -> None:
+    """In the command's process: the signals para forwards unblocked; gated, it runs should
+    para die while it is held."""
+    _unblock_forwarded()
+    if para is not None:
+        _continue_if_para_dies(para)
+
+
 def _continue_if_para_dies(para: int) -> None:
     """In the gated child, before the gate: should para die while the command is held (killed
     as one of many ranks waits for the others), the kernel sends SIGCONT and the command runs
@@ -156,6 +164,18 @@ def _continue_if_para_dies(para: int) -> None:
         return
     if os.getppid() != para:  # para died before the setting took
         os.kill(os.getpid(), signal.SIGCONT)
+
+
+def block_forwarded() -> None:
+    """Hold the signals para forwards from the start, before libraries start threads of their
+    own at import (pyarrow does): every thread inherits the mask, so each signal reaches the
+    waiter of forward_signals rather than a thread that lets it kill para."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+
+
+def _unblock_forwarded() -> None:
+    """In the command's process before exec: it gets the signals as it would without para."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
 
 def make_subreaper() -> bool:
