@@ -290,6 +290,17 @@ def render_status(doc: dict[str, Any]) -> list[str]:
             lines.append(f"  jobs          {len(jobs)} running: {desc}")
         else:
             lines.append("  jobs          none running")
+    stk = doc.get("stacks")
+    if stk:
+        line = (
+            f"  stacks        {stk.get('state')}: {stk.get('windows', 0)} windows, "
+            f"{stk.get('samples', 0)} job samples, {stk.get('restarts', 0)} restarts"
+        )
+        if stk.get("state") == "restarting" and stk.get("retry_at"):
+            line += f" (next try in {_span(max(0.0, stk['retry_at'] - time.time()))})"
+        if stk.get("last_error"):
+            line += f"; last error: {stk['last_error']}"
+        lines.append(line)
     sh = doc.get("shipper")
     if sh:
         lines.append(

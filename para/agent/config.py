@@ -43,6 +43,7 @@ FAMILIES = (
     "ipmi",
     "licenses",
     "counters",
+    "stacks",
 )
 # Families off unless configured: they run external commands or need a PMU and privileges.
 OPT_IN = ("ipmi", "licenses", "counters")
@@ -295,6 +296,36 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("perf", "command", "perf", "str", "the perf program"),
     Key("perf", "events", [], "list", "events counted beside the CPU family's set"),
+    # [stacks]: call stacks of the jobs' processes (issue 13, docs/agent.md)
+    Key("stacks", "enabled", True, "bool", "sample the call stacks of job processes"),
+    Key(
+        "stacks",
+        "frequency_hz",
+        19,
+        "int",
+        "perf samples per second of each busy CPU (prime: no lockstep with periodic work)",
+        _range(1, 1000),
+    ),
+    Key("stacks", "event", "cycles", "str", "perf event (cpu-clock where there is no PMU)"),
+    Key("stacks", "command", "perf", "str", "the perf program"),
+    Key(
+        "stacks",
+        "window_s",
+        300.0,
+        "float",
+        "perf's output is folded and restarted this often (and at each segment's end)",
+        _range(2, 3600),
+    ),
+    Key("stacks", "python", True, "bool", "Python stacks of CPython processes with py-spy"),
+    Key("stacks", "pyspy_rate", 20, "int", "py-spy samples per second", _range(1, 1000)),
+    Key(
+        "stacks",
+        "max_backoff_s",
+        300.0,
+        "float",
+        "longest wait before a failed perf or py-spy is started again",
+        _range(1, 86400),
+    ),
 )
 
 KEY_INDEX = {(k.table, k.name): k for k in KEYS}
@@ -360,6 +391,8 @@ class Config:
             return bool(self.values["licenses"]["servers"])
         if family == "counters":
             return bool(self.values["perf"]["enabled"])
+        if family == "stacks":
+            return bool(self.values["stacks"]["enabled"]) and self.enabled("jobs")
         return True
 
     def as_dict(self) -> dict[str, Any]:

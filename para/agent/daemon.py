@@ -214,7 +214,31 @@ def build_samplers(
         )
     if on("counters"):
         out.append(_perf_sampler(cfg, files, out, say))
+    if on("stacks"):
+        out.append(_stack_sampler(cfg, out, helpers, say))
     return out
+
+
+def _stack_sampler(
+    cfg: Config, others: list[Sampler], helpers: Callable[[], set[int]], say: Callable[[str], None]
+) -> Sampler:
+    from para.agent.samplers.stacks import StackSampler
+
+    st = cfg["stacks"]
+    jobs = next((s for s in others if isinstance(s, JobSampler)), None)
+    return StackSampler(
+        jobs.job_pids if jobs is not None else dict,
+        freq=st["frequency_hz"],
+        event_name=st["event"],
+        perf=st["command"],
+        window_s=min(st["window_s"], cfg["segments"]["max_seconds"]),
+        python=st["python"],
+        pyspy_rate=st["pyspy_rate"],
+        max_backoff_s=st["max_backoff_s"],
+        exclude=helpers,
+        on_message=say,
+        proc=str(_under(cfg["agent"]["host_root"], "/proc")),
+    )
 
 
 def _perf_sampler(
@@ -538,6 +562,10 @@ class Agent:
             return
         self.writer = None
         w.close()
+        for s in self.loop.samplers:
+            closed = getattr(s, "segment_closed", None)
+            if callable(closed):
+                closed()  # the stacks of this segment's time go into the next one
         if w.samples == 0:
             w.path.unlink(missing_ok=True)
             return
@@ -718,6 +746,7 @@ class Agent:
             },
             "shipper": None,
             "live": None,
+            "stacks": self._stacks_status(),
         }
         if self.live is not None:
             try:
@@ -730,6 +759,13 @@ class Agent:
             except Exception as e:
                 doc["shipper"] = {"state": "error", "error": str(e)}
         return doc
+
+    def _stacks_status(self) -> dict[str, Any] | None:
+        for s in self.loop.samplers:
+            status = getattr(s, "status", None)
+            if s.family == "stacks" and callable(status):
+                return {**status(), "family": self.loop.families().get("stacks")}
+        return None
 
     def _spool_usage(self) -> dict[str, Any]:
         """The spool's size: walked again only when segments moved (or once a minute)."""

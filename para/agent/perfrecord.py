@@ -58,6 +58,8 @@ class FunctionRecorder:
         # Python stacks of the job's CPython processes (pystacks.PySpyRecorder), stitched
         # onto perf's samples at the end
         self.python: Any = None
+        # more `perf script` options (the agent's windows: --time, to cut where the next began)
+        self.script_args: list[str] = []
 
     def start(self) -> None:
         """Attach to the (stopped) command; returns once perf samples it.  An unwinding mode
@@ -152,7 +154,7 @@ class FunctionRecorder:
                 # no period field: each sample counts 1, so counts are samples
                 subprocess.run(
                     [perf_binary(self.perf), "script", "-i", str(self.data),
-                     "-F", "comm,pid,tid,time,event,ip,sym,symoff,dso"],
+                     "-F", "comm,pid,tid,time,event,ip,sym,symoff,dso", *self.script_args],
                     stdout=out, stderr=subprocess.DEVNULL, check=False,
                 )  # fmt: skip
             folded = _fold_file(text)

@@ -452,6 +452,19 @@ class Analysis:
             # Python threads off-CPU (py-spy saw them, perf did not): issue 12
             "waiting": pyfacts.waiting(self.job),
             "sources": self._sources(),
+            "shares": self._shares() if samples else None,
+        }
+
+    def _shares(self) -> dict[str, float]:
+        """Shares of the CPU samples in communication, I/O and the Python interpreter
+        (issue 13: `para jobs` shows them)."""
+        f = self.facts
+        py = f.python
+        total = f.stack_samples or 1
+        return {
+            "comm_pct": round(100.0 * (f.share(rules.COMM_PATTERN) or 0.0), 2),
+            "io_pct": round(100.0 * (f.share(rules.IO_PATTERN) or 0.0), 2),
+            "interpreter_pct": round(100.0 * py["interpreter"] / total, 2) if py else 0.0,
         }
 
     def _sources(self) -> dict[str, Any]:

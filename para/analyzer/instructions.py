@@ -124,6 +124,11 @@ def _recorded_binaries(job: Job) -> dict[str, dict[str, Any]]:
     for n in job.nodes:
         for dso, ident in ((n.meta.get("functions") or {}).get("binaries") or {}).items():
             out.setdefault(dso, ident)
+    # the agent's rows carry the build id themselves (issue 13: a job of the database)
+    for dso, bid in job.query(
+        "SELECT dso, max(build_id) FROM instr WHERE build_id IS NOT NULL GROUP BY dso"
+    ):
+        out.setdefault(str(dso), {"build_id": str(bid)})
     return out
 
 
@@ -164,6 +169,7 @@ def annotate(job: Job, hotspots: list[dict[str, Any]]) -> dict[str, Any]:
         unplaced = sum(int(n) for off, n in per if off is None)
         funcs.append({
             "function": str(symbol), "dso": str(dso), "samples": int(total),
+            "build_id": (recorded.get(str(dso)) or {}).get("build_id"),
             "unplaced_samples": unplaced,
             "disassembled": why is None, "reason": why, "instructions": lines,
         })  # fmt: skip

@@ -58,7 +58,8 @@ TABLES: dict[str, dict[str, str]] = {
                "detail": "VARCHAR"},
     "fsmeta": {"t": "BIGINT", "ops_ps": "DOUBLE"},
     "power": {"t": "BIGINT", "rapl_w": "DOUBLE"},
-    "instr": {"dso": "VARCHAR", "symbol": "VARCHAR", "offset": "BIGINT", "samples": "BIGINT"},
+    "instr": {"dso": "VARCHAR", "symbol": "VARCHAR", "offset": "BIGINT", "samples": "BIGINT",
+              "build_id": "VARCHAR"},
     # every sampling instant of a node, its families side by side (reduce._Reducer.steps)
     "steps": {"t": "BIGINT", "k": "BIGINT", "busy": "DOUBLE", "usr": "DOUBLE", "sys": "DOUBLE",
               "iowait": "DOUBLE", "steal": "DOUBLE", "ncpu": "DOUBLE", "blocked": "DOUBLE",

@@ -219,6 +219,12 @@ def features(a: Analysis) -> dict[str, Any]:
         "phases": [f"{p['label']} {p['duration_s']:g}s" for p in d["phases"]],
         "top_function": a.hotspots[0]["function"] if a.hotspots else None,
         "counters": sorted(counters),
+        # issue 13: where its CPU went, from its call stacks (analysis.py)
+        "top_functions": [
+            {"function": h["function"], "self_pct": h["self_pct"]} for h in a.hotspots[:5]
+        ]
+        or None,  # fmt: skip
+        **(a.doc["functions"].get("shares") or {}),
     }
 
 
@@ -379,6 +385,8 @@ def render_jobs(jobs: list[dict[str, Any]], where: Path) -> None:
         ("CPU use", "right"),
         ("peak RSS", "right"),
         ("GPU", "right"),
+        ("top functions", "left"),
+        ("comm/IO/interp", "right"),
         ("what limits it", "left"),
     ):
         t.add_column(name, justify=just)  # type: ignore[arg-type]
@@ -396,6 +404,7 @@ def render_jobs(jobs: list[dict[str, Any]], where: Path) -> None:
             "-" if j.get("cpu_util_pct") is None else f"{j['cpu_util_pct']:.0f} %",
             "-" if j.get("peak_rss_bytes") is None else fmt_bytes(j["peak_rss_bytes"]),
             "-" if j.get("gpu_util_pct") is None else f"{j['gpu_util_pct']:.0f} %",
+            Text(_top_functions(j.get("top_functions"))), _shares(j),
             Text(", ".join(bn) if bn else ("none" if _analysed(j) else "(not analysed)")),
         )  # fmt: skip
     console.print(t)
@@ -403,6 +412,25 @@ def render_jobs(jobs: list[dict[str, Any]], where: Path) -> None:
     if todo:
         console.print(f"{todo} job(s) not analysed yet: para jobs --analyze "
                       f"(or para report --job ID)")  # fmt: skip
+
+
+def _top_functions(top: Any) -> str:
+    if isinstance(top, str):  # as the database's jobs view may give it back
+        try:
+            top = json.loads(top)
+        except ValueError:
+            return top
+    if not top:
+        return "-"
+    return ", ".join(f"{t['function'][:40]} {t['self_pct']:.0f}%" for t in top[:3]
+                     if isinstance(t, dict) and t.get("self_pct") is not None)  # fmt: skip
+
+
+def _shares(j: dict[str, Any]) -> str:
+    vals = [j.get(k) for k in ("comm_pct", "io_pct", "interpreter_pct")]
+    if all(v is None for v in vals):
+        return "-"
+    return "/".join("-" if v is None else f"{v:.0f}" for v in vals) + " %"
 
 
 __all__ = ["DBSource", "UsageError", "analyse_job", "features", "jobs_main", "list_jobs",

@@ -738,16 +738,19 @@ class _Reducer:
 
     # per-instruction samples (optional table written by `para profile --functions`)
     def instructions(self) -> None:
-        tab = self.read("instr_samples", ["pid", "dso", "symbol", "offset", "samples"], [])
+        tab = self.read("instr_samples", ["pid", "dso", "symbol", "offset", "samples",
+                                          "build_id"], [])  # fmt: skip
         if tab is None:
             return
         g = tab.group_by(["dso", "symbol", "offset"], use_threads=False).aggregate(
-            [("samples", "sum")]
+            [("samples", "sum"), ("build_id", "max")]
         )
         self.nd.series["instr"] = pa.table({
             "dso": _flat(g["dso"], pa.string()), "symbol": _flat(g["symbol"], pa.string()),
             "offset": _flat(g["offset"], pa.int64()), "samples": _flat(g["samples_sum"],
                                                                         pa.int64()),
+            # the binary's GNU build id where the agent recorded it (issue 13)
+            "build_id": _flat(g["build_id_max"], pa.string()),
         })  # fmt: skip
 
     # The node's sampling instants side by side: one row per instant, the series of every

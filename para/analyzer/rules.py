@@ -49,6 +49,12 @@ COMM_FRAMES = re.compile(
     r"ibv_|mlx5_|nccl|gloo|gasnet|" + SHMEM_API + "|" + COMM_DSOS + ")"
 )  # fmt: skip
 COMM_PATTERN = COMM_FRAMES.pattern
+# I/O in the C library, the kernel and the parallel I/O libraries (issue 13: a job's I/O share)
+IO_PATTERN = (
+    r"(^|;)(__libc_(p?read|p?write)v?|(p?read|p?write)v?(64)?|fsync|fdatasync|__?open64|"
+    r"openat|io_submit|io_uring_\w+|ksys_(p?read|p?write)\w*|vfs_\w+|do_sys_open\w*|"
+    r"H5[A-Z]\w*|nc_\w+|ncmpi_\w+|MPI_File_\w+|adios2?\w*)(;|$)"
+)
 META_PATTERN = (
     r"(^|;)(do_sys_open|do_sys_openat2|__x64_sys_open|path_openat|do_filp_open|vfs_statx|"
     r"do_statx|vfs_fstatat|__do_sys_newfstatat|__do_sys_newstat|__x64_sys_statx|do_unlinkat|"

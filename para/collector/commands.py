@@ -560,7 +560,15 @@ def collect_command(
 
 
 @click.command("query", context_settings=CONTEXT)
-@click.argument("sql")
+@click.argument("sql", required=False)
+@click.option(
+    "--functions",
+    is_flag=True,
+    help="Instead of SQL: the functions ranked by the core-hours the agents' call stacks "
+    "saw them use, site-wide (with --since, --until).",
+)
+@click.option("--since", metavar="TIME", help="With --functions: from this time (2026-11-01).")
+@click.option("--until", metavar="TIME", help="With --functions: before this time.")
 @_db_option()
 @click.option("--csv", "fmt", flag_value="csv", help="CSV on stdout.")
 @click.option("--json", "fmt", flag_value="json", help="A JSON array of objects on stdout.")
@@ -580,7 +588,10 @@ def collect_command(
     help="spark: the same SQL on Apache Spark in local mode (pyspark; docs/database.md).",
 )
 def query_command(
-    sql: str,
+    sql: str | None,
+    functions: bool,
+    since: str | None,
+    until: str | None,
     db: str,
     fmt: str | None,
     parquet_out: str | None,
@@ -594,9 +605,17 @@ def query_command(
     Tables: node memory cpu net disk fs proc gpu counters events stacks job ... (each with
     host and job_id), jobs, hosts, catalogue (units and meaning of every column).
       para query "SELECT host, max(load1) FROM node GROUP BY host"
+      para query --functions --since 2026-11-01   (functions by core-hours)
     """
-    from para.collector.query import run
+    from para.collector.query import function_hours_sql, run
 
+    if functions == bool(sql):
+        raise UsageError("give SQL, or --functions (not both)")
+    if (since or until) and not functions:
+        raise UsageError("--since and --until go with --functions")
+    if functions:
+        sql = function_hours_sql(since, until)
+    assert sql is not None
     if parquet_out and fmt:
         raise UsageError("--parquet writes a file; leave out --csv/--json")
     if engine == "spark" and locked:

@@ -230,3 +230,26 @@ def _cell(v: Any) -> str:
     if isinstance(v, dt.datetime):
         return v.isoformat(sep=" ", timespec="milliseconds")
     return str(plain(v))
+
+
+def function_hours_sql(since: str | None = None, until: str | None = None) -> str:
+    """Functions ranked by core-hours, site-wide: the leaf frame of the agents' call-stack
+    samples (each stands for `sample_s` CPU seconds; `para profile` rows carry none and are
+    left out, their jobs being sampled by the agent too)."""
+    where = ["state = 'cpu'", "sample_s IS NOT NULL"]
+    for val, op in ((since, ">="), (until, "<")):
+        if val is not None:
+            where.append(f"t {op} CAST('{_literal(val)}' AS TIMESTAMPTZ)")
+    return (
+        "SELECT string_split(stack, ';')[-1] AS function, "
+        "round(sum(samples * sample_s) / 3600.0, 6) AS core_hours, "
+        "count(DISTINCT job_id) AS jobs, count(DISTINCT host) AS hosts, "
+        "sum(samples) AS samples "
+        f"FROM stacks WHERE {' AND '.join(where)} "
+        "GROUP BY 1 ORDER BY core_hours DESC, function"
+    )
+
+
+def _literal(v: str) -> str:
+    """A time given on the command line, as an SQL string literal's body."""
+    return v.replace("'", "''")

@@ -19,7 +19,7 @@ Rows = dict[str, list[list[Any]]]
 
 # Columns added at the end of a table after rows were first written without them: a row
 # that lacks them (an older writer's) reads them as null.
-ADDED_LAST = {"stacks": 2}  # source, state (issue 12)
+ADDED_LAST = {"stacks": 4, "instr_samples": 2}  # source, state (12); job, ... (13)
 
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 TIME_TYPE = pa.timestamp("ms", tz="UTC")

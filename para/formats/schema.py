@@ -360,6 +360,16 @@ STACKS = Table(
             "spent runnable, waiting for a CPU (schedstat); in samples of perf's period",
             "str",
         ),
+        # issue 13: the agent samples every job's stacks; absent in `para profile` files
+        Column("job", "id", "info", "para agent", "batch job id of the process", "str"),
+        Column(
+            "sample_s",
+            "s",
+            "info",
+            "para agent",
+            "CPU seconds each sample stands for (1 / perf's frequency)",
+            "float",
+        ),
     ),  # fmt: skip
 )
 
@@ -375,6 +385,12 @@ INSTR_SAMPLES = Table(
         Column("offset", "bytes", "info", "perf record", "offset from the function's start"),
     ),
     metrics=(_counter("samples", "samples", "perf record", "samples at that instruction"),),
+    # issue 13: the agent's rows name their job and the binary's GNU build id (symbols can be
+    # resolved later, even once the binary is gone or rebuilt); absent in older files
+    payload=(
+        Column("job", "id", "info", "para agent", "batch job id of the process", "str"),
+        Column("build_id", "hex", "info", "ELF note", "GNU build id of the binary", "str"),
+    ),
 )
 
 # -- Added for `para agent` (issue 3): jobs on shared nodes and the families of a cluster node.

@@ -813,6 +813,10 @@ class JobSampler(ProcessSampler):
             for j in self.jobs.values()
         ]
 
+    def job_pids(self) -> dict[str, set[int]]:
+        """job id -> the pids of its processes now (for the stacks family's fold)."""
+        return {j.ref.job_id: set(j.pids) for j in self.jobs.values()}
+
     def job_cgroups(self) -> dict[str, str]:
         """job id -> its cgroup v2 path (for per-job perf counting)."""
         out = {}
