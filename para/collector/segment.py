@@ -32,6 +32,7 @@ from para.formats.container import (
     MAX_PART_BYTES,
     META_NAME,
     TooLarge,
+    inflate,
     read_zip_member,
 )
 from para.formats.journal import arrow_schema, table_layout
@@ -71,6 +72,7 @@ class _Part:
     offset: int
     size: int
     crc: int
+    deflated: bool = False  # a small part: uncompressed Parquet in a deflated member
 
 
 @dataclass
@@ -208,17 +210,31 @@ class Segment:
         """Every member's CRC-32 (a flipped bit anywhere is caught before the ack)."""
         for parts in self.parts.values():
             for part in parts:
-                if zlib.crc32(self._buffer(part)) != part.crc:
+                if zlib.crc32(self._buffer(part, charge=False)) != part.crc:
                     raise Rejected(
                         f"{self.path}: member {part.name} at offset {part.offset} fails its "
                         "CRC-32 (the file is damaged)"
                     )
 
-    def _buffer(self, part: _Part) -> pa.Buffer:
+    def _buffer(self, part: _Part, charge: bool = True) -> pa.Buffer:
         if self._mm is None:
             self._mm = pa.memory_map(str(self.path))
         # zero-copy; Arrow keeps the mapping alive while a buffer points into it
-        return self._mm.read_at(part.size, part.offset)
+        raw = self._mm.read_at(part.size, part.offset)
+        if not part.deflated:
+            return raw
+        # inflated at most to the bound of one part, and charged to the file's budget
+        try:
+            data = inflate(raw.to_pybytes(), MAX_PART_BYTES, part.name)
+        except TooLarge as e:
+            raise Rejected(f"{self.path}: {e.message}") from None
+        except zlib.error as e:
+            raise Rejected(
+                f"{self.path}: member {part.name} at offset {part.offset} does not inflate ({e})"
+            ) from None
+        if charge:
+            self._charge_bytes(part, len(data))
+        return pa.py_buffer(data)
 
     def close(self) -> None:
         if self._mm is not None:
@@ -293,13 +309,21 @@ def open_segment(
                 continue
             if table not in layout:
                 raise Rejected(f"{path}: member {info.filename} belongs to no catalogued table")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise Rejected(f"{path}: member {info.filename} is compressed, not stored")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise Rejected(
+                    f"{path}: member {info.filename} is compressed other than by deflate"
+                )
             offset = _data_offset(path, info.header_offset)
             if offset + info.compress_size > size:
                 raise Rejected(f"{path}: member {info.filename} runs past the end of the file")
             parts.setdefault(table, []).append(
-                _Part(info.filename, offset, info.compress_size, info.CRC)
+                _Part(
+                    info.filename,
+                    offset,
+                    info.compress_size,
+                    info.CRC,
+                    info.compress_type == zipfile.ZIP_DEFLATED,
+                )  # fmt: skip
             )
     if sha256 is None:
         with open(path, "rb") as f:
