@@ -340,3 +340,62 @@ def test_sigkill_loses_at_most_the_sample_in_flight(tmp_path):
         assert stats["samples"] >= 15
         assert killed_at - stats["end"] < 2.0
         assert pf.read_table("node").column("cpu_user").to_pylist() == list(range(stats["samples"]))
+
+
+def test_short_recording_parts_are_deflated_and_read_by_standard_readers(tmp_path):
+    """A recording of seconds stores its small parts as uncompressed Parquet in deflated ZIP
+    members (smaller than zstd page by page); Python's zipfile, Info-ZIP's unzip and DuckDB
+    read them as para does, and so do the analyzer's column reader and the collector."""
+    from para.analyzer.reduce import Source
+    from para.collector.segment import open_segment
+
+    from .conftest import need_tool
+
+    p = tmp_path / "short.para"
+    write_run(p, 5)
+    with zipfile.ZipFile(p) as zf:
+        kinds = {i.filename: i.compress_type for i in zf.infolist()}
+        assert kinds["disk/part-00000.parquet"] == zipfile.ZIP_DEFLATED
+        assert zf.testzip() is None  # every member's CRC-32, as any unzip checks it
+        std = pq.read_table(zf.open("disk/part-00000.parquet"))
+    with ParaFile(p) as pf:
+        ours = pf.read_table("disk")
+    assert std.to_pylist() == ours.to_pylist()
+    unzip = need_tool("unzip", "apt install unzip")
+    subprocess.run([unzip, "-q", "-d", str(tmp_path / "x"), str(p)], check=True)
+    got = (
+        duckdb.connect()
+        .execute(
+            f"SELECT count(*), max(reads) FROM read_parquet('{tmp_path}/x/disk/*.parquet') "
+            "WHERE device = 'vda'"
+        )
+        .fetchone()
+    )
+    assert got == (5, 400)
+    src = Source(p)
+    try:
+        assert src.read("disk", ["device", "reads"]).to_pylist() == ours.select(
+            ["device", "reads"]
+        ).to_pylist()
+    finally:
+        src.close()
+    with open_segment(p) as seg:
+        assert seg.read_table("disk").column("reads").to_pylist() == ours.column(
+            "reads"
+        ).to_pylist()
+
+
+def test_a_cut_deflated_part_is_not_trusted(tmp_path):
+    """A complete file cut inside a deflated part yields the parts before it (walking the
+    local headers, inflating each whole member)."""
+    p = tmp_path / "cut.para"
+    write_run(p, 5)
+    with zipfile.ZipFile(p) as zf:
+        info = zf.getinfo("disk/part-00000.parquet")
+        assert info.compress_type == zipfile.ZIP_DEFLATED
+        cut = info.header_offset + 40 + info.compress_size // 2
+    os.truncate(p, cut)
+    with ParaFile(p) as pf:
+        assert not pf.complete and "cut short" in pf.recovery.message
+        assert pf.read_table("node").column("cpu_user").to_pylist() == [i * 7 for i in range(5)]
+        assert "disk" not in pf.tables

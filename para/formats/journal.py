@@ -142,7 +142,8 @@ def parquet_bytes(table: pa.Table, keys: list[str], compression: str = "zstd") -
             dictionary.append(field.name)
         elif pa.types.is_integer(field.type) or pa.types.is_timestamp(field.type):
             encodings[field.name] = "DELTA_BINARY_PACKED"
-        elif pa.types.is_floating(field.type):
+        elif pa.types.is_floating(field.type) and compression != "none":
+            # byte stream split helps zstd per page; deflate over the part does better plain
             encodings[field.name] = "BYTE_STREAM_SPLIT"
     sink = io.BytesIO()
     pq.write_table(
