@@ -15,7 +15,10 @@ shipper loads pyarrow and its Flight client and tries to send) and a job of 300 
 gives the peak resident set (VmHWM) with the shipper loaded.
 
     .venv/bin/python benchmarks/bench_node.py [--rounds 2] [--seconds 30]
-        [--sizes 0,100,300,1000,5000] [--threads] [--shipper] [--pure]
+        [--sizes 0,100,300,1000,5000] [--threads] [--shipper] [--pure] [--before TREE]
+
+--before TREE runs a second agent, from another source tree (the code before a change),
+in the same windows: before and after side by side under the same load.
 """
 
 from __future__ import annotations
@@ -75,13 +78,14 @@ def pidstat_reports(path: Path, w0: float, w1: float) -> int:
 
 
 def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[str, str],
-           shipper: bool = False) -> dict[str, float]:  # fmt: skip
+           shipper: bool = False, before: str | None = None) -> dict[str, float]:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="bench-node-"))
     spool = work / "spool"
     text = f'[agent]\ninterval = 1\nspool_dir = "{spool}"\n'
     if shipper:
         text += '[collector]\nurl = "grpc+tcp://127.0.0.1:9"\ninsecure = true\nsend_window = 0\n'
     (work / "agent.toml").write_text(text)
+    (work / "before.toml").write_text(f'[agent]\ninterval = 1\nspool_dir = "{work / "sp0"}"\n')
     job_env = dict(env, SLURM_JOB_ID="424242", SLURM_JOB_NAME="bench", SLURM_CPUS_ON_NODE="2")
     job = start_job(size, threads, job_env)
     agent = subprocess.Popen(
@@ -89,6 +93,18 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
         env=env,
         stderr=open(work / "agent.log", "w"),  # noqa: SIM115 (closed with the process)
     )
+    progs = [agent]
+    if before:
+        # the same agent from another tree (the code before a change), in the same seconds
+        old_env = dict(env, PYTHONPATH=before + os.pathsep + env.get("PYTHONPATH", ""))
+        progs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "para", "agent", "run", "--config", f"{work}/before.toml"],
+                env=old_env,
+                cwd=before,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     sa = subprocess.Popen([sadc_path(), "-S", "XALL", "1", str(work / "sa")])
     pid_out = open(work / "pidstat.txt", "w")  # noqa: SIM115
     ps = subprocess.Popen(
@@ -100,9 +116,9 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
     try:
         time.sleep(warmup)
         w0 = time.time()
-        c0 = [cpu_s(p.pid) for p in (agent, sa, ps)]
+        c0 = [cpu_s(p.pid) for p in (sa, ps, *progs)]
         time.sleep(seconds)
-        c1 = [cpu_s(p.pid) for p in (agent, sa, ps)]
+        c1 = [cpu_s(p.pid) for p in (sa, ps, *progs)]
         w1 = time.time()
         out["rss_mib"] = status_kb(agent.pid, "VmHWM") / 1024
     finally:
@@ -110,15 +126,20 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
             p.send_signal(signal.SIGTERM)
             p.wait()
         pid_out.close()
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=600)
+        for p in progs:
+            p.send_signal(signal.SIGTERM)
+        for p in progs:
+            p.wait(timeout=600)
         for p in job:
             p.kill()
             p.wait()
     n_para = sum(1 for t in para_instants(spool) if w0 <= t < w1)
     n_sadc = sum(1 for t in sadc_instants(work / "sa") if w0 <= t < w1)
     n_pid = pidstat_reports(work / "pidstat.txt", w0, w1)
-    for name, i, n in (("para", 0, n_para), ("sadc", 1, n_sadc), ("pidstat", 2, n_pid)):
+    counts = [("sadc", 0, n_sadc), ("pidstat", 1, n_pid), ("para", 2, n_para)]
+    if before:
+        counts.append(("before", 3, sum(1 for t in para_instants(work / "sp0") if w0 <= t < w1)))
+    for name, i, n in counts:
         out[name] = 1000 * (c1[i] - c0[i]) / max(1, n)
         out["n_" + name] = n
     shutil.rmtree(work, ignore_errors=True)
@@ -134,6 +155,7 @@ def main() -> None:
     ap.add_argument("--threads", action="store_true", help="also jobs of N threads")
     ap.add_argument("--shipper", action="store_true", help="peak RSS with the shipper loaded")
     ap.add_argument("--pure", action="store_true", help="PARA_PURE_PYTHON=1 for the agent")
+    ap.add_argument("--before", metavar="TREE", help="also run the agent of this source tree")
     args = ap.parse_args()
     if not shutil.which("pidstat"):
         sys.exit("pidstat not found: install sysstat (Debian: apt install sysstat)")
@@ -145,12 +167,14 @@ def main() -> None:
     runs: dict[tuple[int, bool], list[dict[str, float]]] = {k: [] for k in kinds}
     for r in range(args.rounds):
         for size, threads in kinds:
-            w = window(size, threads, args.seconds, args.warmup, env)
+            w = window(size, threads, args.seconds, args.warmup, env, before=args.before)
             runs[(size, threads)].append(w)
             print(f"round {r + 1} {size:>5} {'threads' if threads else 'processes'}: "
                   f"para {w['para']:.3f} ms ({w['n_para']:.0f} samples), sadc {w['sadc']:.3f} "
                   f"({w['n_sadc']:.0f}), pidstat {w['pidstat']:.3f} ({w['n_pidstat']:.0f}), "
-                  f"para peak RSS {w['rss_mib']:.1f} MiB", flush=True)  # fmt: skip
+                  f"para peak RSS {w['rss_mib']:.1f} MiB"
+                  + (f"; before {w['before']:.3f} ms" if args.before else ""),
+                  flush=True)  # fmt: skip
     med = statistics.median
     print(f"\nms CPU per sample, medians over {args.rounds} rounds of {args.seconds:.0f} s "
           f"(agent kernels: {'pure Python' if args.pure else 'Cython'})")  # fmt: skip
@@ -163,7 +187,11 @@ def main() -> None:
               f"{med(w['para'] / w['sadc'] for w in ws):>11.2f}"
               f"{med(w['para'] / (w['sadc'] + w['pidstat']) for w in ws):>21.2f}"
               f"{med(w['para'] / w['pidstat'] for w in ws):>14.2f}"
-              f"{max(w['rss_mib'] for w in ws):>9.1f}")  # fmt: skip
+              f"{max(w['rss_mib'] for w in ws):>9.1f}"
+              + (f"   before {med(w['before'] for w in ws):.3f} ms, "
+                 f"{med(w['before'] / w['sadc'] for w in ws):.2f}x sadc, "
+                 f"{med(w['before'] / (w['sadc'] + w['pidstat']) for w in ws):.2f}x sadc+pidstat"
+                 if args.before else ""))  # fmt: skip
     if args.shipper:
         w = window(300, False, args.seconds, args.warmup, env, shipper=True)
         print(f"\nwith the shipper loaded (unreachable collector), 300 job processes: peak RSS "
