@@ -55,6 +55,14 @@ def start_job(n: int, threads: bool, env: dict[str, str]) -> list[subprocess.Pop
     return [subprocess.Popen(["sleep", "3600"], env=env) for _ in range(n)]
 
 
+def forks() -> int:
+    """Processes (and threads) created since boot: /proc/stat's `processes`."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("processes "):
+            return int(line.split()[1])
+    return 0
+
+
 def pidstat_reports(path: Path, w0: float, w1: float) -> int:
     """Reports pidstat printed in [w0, w1): one '# Time' header per report; its time is
     the local clock's HH:MM:SS."""
@@ -78,14 +86,18 @@ def pidstat_reports(path: Path, w0: float, w1: float) -> int:
 
 
 def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[str, str],
-           shipper: bool = False, before: str | None = None) -> dict[str, float]:  # fmt: skip
+           shipper: bool = False, before: str | None = None, environ: bool = True
+           ) -> dict[str, float]:  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="bench-node-"))
     spool = work / "spool"
     text = f'[agent]\ninterval = 1\nspool_dir = "{spool}"\n'
     if shipper:
         text += '[collector]\nurl = "grpc+tcp://127.0.0.1:9"\ninsecure = true\nsend_window = 0\n'
-    (work / "agent.toml").write_text(text)
-    (work / "before.toml").write_text(f'[agent]\ninterval = 1\nspool_dir = "{work / "sp0"}"\n')
+    jobs = "" if environ else "[jobs]\nenviron = false\n"
+    (work / "agent.toml").write_text(text + jobs)
+    (work / "before.toml").write_text(
+        f'[agent]\ninterval = 1\nspool_dir = "{work / "sp0"}"\n' + jobs
+    )
     job_env = dict(env, SLURM_JOB_ID="424242", SLURM_JOB_NAME="bench", SLURM_CPUS_ON_NODE="2")
     job = start_job(size, threads, job_env)
     agent = subprocess.Popen(
@@ -117,8 +129,10 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
         time.sleep(warmup)
         w0 = time.time()
         c0 = [cpu_s(p.pid) for p in (sa, ps, *progs)]
+        f0 = forks()
         time.sleep(seconds)
         c1 = [cpu_s(p.pid) for p in (sa, ps, *progs)]
+        out["forks_per_s"] = (forks() - f0) / seconds
         w1 = time.time()
         out["rss_mib"] = status_kb(agent.pid, "VmHWM") / 1024
     finally:
@@ -156,6 +170,11 @@ def main() -> None:
     ap.add_argument("--shipper", action="store_true", help="peak RSS with the shipper loaded")
     ap.add_argument("--pure", action="store_true", help="PARA_PURE_PYTHON=1 for the agent")
     ap.add_argument("--before", metavar="TREE", help="also run the agent of this source tree")
+    ap.add_argument(
+        "--cgroups-only",
+        action="store_true",
+        help="also no job with [jobs] environ = false (a site whose jobs have cgroups)",
+    )
     args = ap.parse_args()
     if not shutil.which("pidstat"):
         sys.exit("pidstat not found: install sysstat (Debian: apt install sysstat)")
@@ -163,13 +182,18 @@ def main() -> None:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["PARA_PURE_PYTHON"] = "1" if args.pure else "0"
     sizes = [int(s) for s in args.sizes.split(",")]
-    kinds = [(s, False) for s in sizes] + ([(s, True) for s in sizes if s] if args.threads else [])
-    runs: dict[tuple[int, bool], list[dict[str, float]]] = {k: [] for k in kinds}
+    kinds = [(s, False, True) for s in sizes]
+    kinds += [(s, True, True) for s in sizes if s] if args.threads else []
+    if args.cgroups_only:
+        kinds.insert(1, (0, False, False))
+    runs: dict[tuple[int, bool, bool], list[dict[str, float]]] = {k: [] for k in kinds}
     for r in range(args.rounds):
-        for size, threads in kinds:
-            w = window(size, threads, args.seconds, args.warmup, env, before=args.before)
-            runs[(size, threads)].append(w)
-            print(f"round {r + 1} {size:>5} {'threads' if threads else 'processes'}: "
+        for size, threads, environ in kinds:
+            w = window(size, threads, args.seconds, args.warmup, env, before=args.before,
+                       environ=environ)  # fmt: skip
+            runs[(size, threads, environ)].append(w)
+            print(f"round {r + 1} {size:>5} {'threads' if threads else 'processes'}"
+                  f"{'' if environ else ' (environ off)'}, {w['forks_per_s']:.1f} forks/s: "
                   f"para {w['para']:.3f} ms ({w['n_para']:.0f} samples), sadc {w['sadc']:.3f} "
                   f"({w['n_sadc']:.0f}), pidstat {w['pidstat']:.3f} ({w['n_pidstat']:.0f}), "
                   f"para peak RSS {w['rss_mib']:.1f} MiB"
@@ -180,14 +204,15 @@ def main() -> None:
           f"(agent kernels: {'pure Python' if args.pure else 'Cython'})")  # fmt: skip
     print(f"{'job':<16}{'para':>8}{'sadc':>8}{'pidstat':>9}{'para/sadc':>11}"
           f"{'para/(sadc+pidstat)':>21}{'para/pidstat':>14}{'RSS MiB':>9}")  # fmt: skip
-    for (size, threads), ws in runs.items():
-        label = f"{size} {'threads' if threads else 'procs'}"
+    for (size, threads, environ), ws in runs.items():
+        label = f"{size} {'threads' if threads else 'procs'}{'' if environ else ' env-off'}"
         print(f"{label:<16}{med(w['para'] for w in ws):>8.3f}{med(w['sadc'] for w in ws):>8.3f}"
               f"{med(w['pidstat'] for w in ws):>9.3f}"
               f"{med(w['para'] / w['sadc'] for w in ws):>11.2f}"
               f"{med(w['para'] / (w['sadc'] + w['pidstat']) for w in ws):>21.2f}"
               f"{med(w['para'] / w['pidstat'] for w in ws):>14.2f}"
               f"{max(w['rss_mib'] for w in ws):>9.1f}"
+              f"{med(w['forks_per_s'] for w in ws):>9.1f} forks/s"
               + (f"   before {med(w['before'] for w in ws):.3f} ms, "
                  f"{med(w['before'] / w['sadc'] for w in ws):.2f}x sadc, "
                  f"{med(w['before'] / (w['sadc'] + w['pidstat']) for w in ws):.2f}x sadc+pidstat"
