@@ -58,7 +58,8 @@ procparse = load("procparse")
 procread = load("procread")
 
 YOUNG_S = 2.0
-# the variables jobenv.detect takes a job from: an environment without any of them names none
+# the variables jobenv.detect takes a job from (keep in step with it; tests compare the two):
+# an environment without any of them names no job
 _JOB_MARKERS = (b"SLURM_JOB_ID=", b"SLURM_JOBID=", b"PBS_JOBID=", b"LSB_JOBID=", b"FLUX_JOB_ID=")
 _CGROUP_CACHE = 1024  # distinct /proc/PID/cgroup contents whose answer is kept
 # the scheduler's per-job process that is in the job's cgroup but is no job process
