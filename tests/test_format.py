@@ -374,15 +374,16 @@ def test_short_recording_parts_are_deflated_and_read_by_standard_readers(tmp_pat
     assert got == (5, 400)
     src = Source(p)
     try:
-        assert src.read("disk", ["device", "reads"]).to_pylist() == ours.select(
-            ["device", "reads"]
-        ).to_pylist()
+        assert (
+            src.read("disk", ["device", "reads"]).to_pylist()
+            == ours.select(["device", "reads"]).to_pylist()
+        )
     finally:
         src.close()
     with open_segment(p) as seg:
-        assert seg.read_table("disk").column("reads").to_pylist() == ours.column(
-            "reads"
-        ).to_pylist()
+        assert (
+            seg.read_table("disk").column("reads").to_pylist() == ours.column("reads").to_pylist()
+        )
 
 
 def test_a_cut_deflated_part_is_not_trusted(tmp_path):

@@ -225,7 +225,7 @@ class Segment:
             return raw
         # inflated at most to the bound of one part, and charged to the file's budget
         try:
-            data = inflate(raw, MAX_PART_BYTES, part.name)  # type: ignore[arg-type]
+            data = inflate(raw, MAX_PART_BYTES, part.name)
         except TooLarge as e:
             raise Rejected(f"{self.path}: {e.message}") from None
         except zlib.error as e:
