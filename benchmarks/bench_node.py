@@ -93,6 +93,9 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
     text = f'[agent]\ninterval = 1\nspool_dir = "{spool}"\n'
     if shipper:
         text += '[collector]\nurl = "grpc+tcp://127.0.0.1:9"\ninsecure = true\nsend_window = 0\n'
+        # segments closed every 10 s, so that the shipper has one to send (and loads pyarrow
+        # and its Flight client to try) within the window
+        text += "[segments]\nmax_seconds = 10\n"
     jobs = "" if environ else "[jobs]\nenviron = false\n"
     (work / "agent.toml").write_text(text + jobs)
     (work / "before.toml").write_text(
@@ -135,6 +138,8 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
         out["forks_per_s"] = (forks() - f0) / seconds
         w1 = time.time()
         out["rss_mib"] = status_kb(agent.pid, "VmHWM") / 1024
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
+        out["arrow_loaded"] = float("libarrow_flight" in maps)
     finally:
         for p in (sa, ps):
             p.send_signal(signal.SIGTERM)
@@ -205,6 +210,8 @@ def main() -> None:
     print(f"{'job':<16}{'para':>8}{'sadc':>8}{'pidstat':>9}{'para/sadc':>11}"
           f"{'para/(sadc+pidstat)':>21}{'para/pidstat':>14}{'RSS MiB':>9}")  # fmt: skip
     for (size, threads, environ), ws in runs.items():
+        if not ws:
+            continue  # --rounds 0: the shipper's memory only
         label = f"{size} {'threads' if threads else 'procs'}{'' if environ else ' env-off'}"
         print(f"{label:<16}{med(w['para'] for w in ws):>8.3f}{med(w['sadc'] for w in ws):>8.3f}"
               f"{med(w['pidstat'] for w in ws):>9.3f}"
@@ -219,7 +226,8 @@ def main() -> None:
                  if args.before else ""))  # fmt: skip
     if args.shipper:
         w = window(300, False, args.seconds, args.warmup, env, shipper=True)
-        print(f"\nwith the shipper loaded (unreachable collector), 300 job processes: peak RSS "
+        print(f"\nwith the shipper (unreachable collector; Flight client "
+              f"{'loaded' if w['arrow_loaded'] else 'NOT loaded'}), 300 job processes: peak RSS "
               f"{w['rss_mib']:.1f} MiB; {w['para']:.3f} ms per sample "
               f"(sadc {w['sadc']:.3f}, pidstat {w['pidstat']:.3f})")  # fmt: skip
 
