@@ -138,6 +138,8 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
         out["forks_per_s"] = (forks() - f0) / seconds
         w1 = time.time()
         out["rss_mib"] = status_kb(agent.pid, "VmHWM") / 1024
+        out["anon_mib"] = status_kb(agent.pid, "RssAnon") / 1024
+        out["file_mib"] = status_kb(agent.pid, "RssFile") / 1024
         maps = Path(f"/proc/{agent.pid}/maps").read_text()
         out["arrow_loaded"] = float("libarrow_flight" in maps)
     finally:
@@ -228,7 +230,9 @@ def main() -> None:
         w = window(300, False, args.seconds, args.warmup, env, shipper=True)
         print(f"\nwith the shipper (unreachable collector; Flight client "
               f"{'loaded' if w['arrow_loaded'] else 'NOT loaded'}), 300 job processes: peak RSS "
-              f"{w['rss_mib']:.1f} MiB; {w['para']:.3f} ms per sample "
+              f"{w['rss_mib']:.1f} MiB (at the end: {w['anon_mib']:.1f} MiB private, "
+              f"{w['file_mib']:.1f} MiB of mapped files such as libarrow, shared and clean); "
+              f"{w['para']:.3f} ms per sample, the shipper's start-up and attempts included "
               f"(sadc {w['sadc']:.3f}, pidstat {w['pidstat']:.3f})")  # fmt: skip
 
 
