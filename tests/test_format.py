@@ -400,3 +400,38 @@ def test_a_cut_deflated_part_is_not_trusted(tmp_path):
         assert not pf.complete and "cut short" in pf.recovery.message
         assert pf.read_table("node").column("cpu_user").to_pylist() == [i * 7 for i in range(5)]
         assert "disk" not in pf.tables
+
+
+def _rezip_disk(src: Path, dst: Path, body: bytes) -> None:
+    """`src` with its disk part replaced by `body`, deflated."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = body if info.filename == "disk/part-00000.parquet" else zin.read(info)
+            zout.writestr(info, data, zipfile.ZIP_DEFLATED if data is body else info.compress_type)
+
+
+def test_a_deflated_part_is_inflated_within_bounds_at_the_collector(tmp_path, monkeypatch):
+    """A node's deflated part is inflated at most to the size it declares, and a declared
+    size past the bounds is refused before any byte is inflated."""
+    from para.collector import segment as seg_mod
+
+    p = tmp_path / "short.para"
+    write_run(p, 5)
+    big = tmp_path / "big.para"
+    _rezip_disk(p, big, b"\0" * (2 << 20))  # 2 MiB of zeros: a few KiB deflated
+    monkeypatch.setattr(seg_mod, "MAX_PART_BYTES", 1 << 20)
+    with pytest.raises(seg_mod.Rejected, match="declares 2097152 bytes inflated"):
+        seg_mod.open_segment(big)
+    monkeypatch.undo()
+    # a member whose central directory understates what it inflates to
+    liar = tmp_path / "liar.para"
+    _rezip_disk(p, liar, b"\0" * (2 << 20))
+    raw = bytearray(liar.read_bytes())
+    name = b"disk/part-00000.parquet"
+    at = raw.index(b"PK\x01\x02")  # the central directory's entries
+    while raw[at + 46 : at + 46 + len(name)] != name:
+        at = raw.index(b"PK\x01\x02", at + 4)
+    raw[at + 24 : at + 28] = (1000).to_bytes(4, "little")  # uncompressed size: 1000
+    liar.write_bytes(bytes(raw))
+    with pytest.raises(seg_mod.Rejected, match="more than 1000 bytes"):
+        seg_mod.open_segment(liar)

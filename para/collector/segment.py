@@ -73,6 +73,7 @@ class _Part:
     size: int
     crc: int
     deflated: bool = False  # a small part: uncompressed Parquet in a deflated member
+    inflated_size: int = 0  # what a deflated member declares it inflates to
 
 
 @dataclass
@@ -210,30 +211,28 @@ class Segment:
         """Every member's CRC-32 (a flipped bit anywhere is caught before the ack)."""
         for parts in self.parts.values():
             for part in parts:
-                if zlib.crc32(self._buffer(part, charge=False)) != part.crc:
+                if zlib.crc32(self._buffer(part)) != part.crc:
                     raise Rejected(
                         f"{self.path}: member {part.name} at offset {part.offset} fails its "
                         "CRC-32 (the file is damaged)"
                     )
 
-    def _buffer(self, part: _Part, charge: bool = True) -> pa.Buffer:
+    def _buffer(self, part: _Part) -> pa.Buffer:
         if self._mm is None:
             self._mm = pa.memory_map(str(self.path))
         # zero-copy; Arrow keeps the mapping alive while a buffer points into it
         raw = self._mm.read_at(part.size, part.offset)
         if not part.deflated:
             return raw
-        # inflated at most to the bound of one part, and charged to the file's budget
+        # at most the size it declares, which open_segment bounded (per part, per file)
         try:
-            data = inflate(raw, MAX_PART_BYTES, part.name)
+            data = inflate(raw, part.inflated_size, part.name)
         except TooLarge as e:
             raise Rejected(f"{self.path}: {e.message}") from None
         except zlib.error as e:
             raise Rejected(
                 f"{self.path}: member {part.name} at offset {part.offset} does not inflate ({e})"
             ) from None
-        if charge:
-            self._charge_bytes(part, len(data))
         return pa.py_buffer(data)
 
     def close(self) -> None:
@@ -303,6 +302,7 @@ def open_segment(
         meta = {**meta, **end}
         layout = _layout(meta.get("catalogue"), path)
         parts: dict[str, list[_Part]] = {}
+        inflated = 0  # what the deflated parts declare they inflate to
         for info in zf.infolist():
             table, _, rest = info.filename.partition("/")
             if not rest.endswith(".parquet"):
@@ -313,6 +313,16 @@ def open_segment(
                 raise Rejected(
                     f"{path}: member {info.filename} is compressed other than by deflate"
                 )
+            if info.compress_type == zipfile.ZIP_DEFLATED:
+                # bounded before any byte is inflated: a member that inflates past what it
+                # declares is refused when read (inflate's limit is the declared size)
+                inflated += info.file_size
+                if info.file_size > MAX_PART_BYTES or inflated > MAX_DECODED_BYTES:
+                    raise Rejected(
+                        f"{path}: member {info.filename} declares {info.file_size} bytes "
+                        f"inflated, past the limits ({MAX_PART_BYTES} for one part, "
+                        f"{MAX_DECODED_BYTES} for a file)"
+                    )
             offset = _data_offset(path, info.header_offset)
             if offset + info.compress_size > size:
                 raise Rejected(f"{path}: member {info.filename} runs past the end of the file")
@@ -323,6 +333,7 @@ def open_segment(
                     info.compress_size,
                     info.CRC,
                     info.compress_type == zipfile.ZIP_DEFLATED,
+                    info.file_size,
                 )  # fmt: skip
             )
     if sha256 is None:
