@@ -439,3 +439,50 @@ def test_a_job_start_says_when_its_process_started(tmp_path):
     ((job, detail),) = events(out, "job_start")
     assert job == "5562" and "already_running" not in detail
     assert detail["started"] == 1700000000 + 60000 / s.clk_tck  # start ticks of its stat
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        b"SLURM_JOBID=77\0HOME=/root\0",  # the older variable name
+        b"PBS_JOBID=12.pbs01\0PBS_JOBNAME=sim\0",
+        b"HOME=/root\0LSB_JOBID=903\0",
+        b"FLUX_JOB_ID=f2bX9\0",
+        b"SLURM_JOB_ID=\0HOME=/root\0",  # set but empty: no job
+        b"XSLURM_JOB_ID_OLD=4\0MY_PBS_JOBID=1\0",  # names that merely contain one
+        b"HOME=/root\0PATH=/usr/bin\0",
+    ],
+)
+def test_new_processes_are_classified_as_their_whole_environment_says(tmp_path, environ):
+    """The sampler parses a new process's environment only when it holds a scheduler's job
+    variable: what it finds is what the whole environment, parsed, says."""
+    root = tree(tmp_path, "environ")
+    s = sampler(root)
+    s.sample(1000, {})
+    (root / "proc/5003").mkdir()
+    for name in ("cgroup", "status", "io", "cmdline"):
+        (root / f"proc/5003/{name}").write_bytes((root / f"proc/5100/{name}").read_bytes())
+    (root / "proc/5003/environ").write_bytes(environ)
+    stat = (root / "proc/5100/stat").read_text().replace("5100 (bash)", "5003 (bash)", 1)
+    (root / "proc/5003/stat").write_text(stat)
+    (root / "proc/loadavg").write_text("2.00 2.00 2.00 3/200 5003\n")
+    out: dict = {}
+    s.sample(2000, out)
+    whole = job_from_environ(parse_environ(environ))
+    want = whole[0].job_id if whole else None
+    found = {r[0]: r[-2] for r in out.get("proc", [])}
+    assert found.get(5003) == want
+
+
+def test_processes_sharing_a_cgroup_get_its_job(tmp_path):
+    """The answer for a /proc/PID/cgroup content already seen is reused: every process of the
+    captured Slurm v2 node gets the job its own cgroup file names, as parsed afresh."""
+    root = tree(tmp_path, "slurm-v2")
+    s = sampler(root, environ=False)
+    for pid_dir in sorted((root / "proc").iterdir()):
+        if not pid_dir.name.isdigit() or not (pid_dir / "cgroup").exists():
+            continue
+        pid = int(pid_dir.name)
+        raw = (pid_dir / "cgroup").read_bytes()
+        for _ in range(2):  # the second time from what was kept
+            assert s.classify(pid, 1) == job_from_cgroup(parse_proc_cgroup(raw))

@@ -340,3 +340,98 @@ def test_sigkill_loses_at_most_the_sample_in_flight(tmp_path):
         assert stats["samples"] >= 15
         assert killed_at - stats["end"] < 2.0
         assert pf.read_table("node").column("cpu_user").to_pylist() == list(range(stats["samples"]))
+
+
+def test_short_recording_parts_are_deflated_and_read_by_standard_readers(tmp_path):
+    """A recording of seconds stores its small parts as uncompressed Parquet in deflated ZIP
+    members (smaller than zstd page by page); Python's zipfile, Info-ZIP's unzip and DuckDB
+    read them as para does, and so do the analyzer's column reader and the collector."""
+    from para.analyzer.reduce import Source
+    from para.collector.segment import open_segment
+
+    from .conftest import need_tool
+
+    p = tmp_path / "short.para"
+    write_run(p, 5)
+    with zipfile.ZipFile(p) as zf:
+        kinds = {i.filename: i.compress_type for i in zf.infolist()}
+        assert kinds["disk/part-00000.parquet"] == zipfile.ZIP_DEFLATED
+        assert zf.testzip() is None  # every member's CRC-32, as any unzip checks it
+        std = pq.read_table(zf.open("disk/part-00000.parquet"))
+    with ParaFile(p) as pf:
+        ours = pf.read_table("disk")
+    assert std.to_pylist() == ours.to_pylist()
+    unzip = need_tool("unzip", "apt install unzip")
+    subprocess.run([unzip, "-q", "-d", str(tmp_path / "x"), str(p)], check=True)
+    got = (
+        duckdb.connect()
+        .execute(
+            f"SELECT count(*), max(reads) FROM read_parquet('{tmp_path}/x/disk/*.parquet') "
+            "WHERE device = 'vda'"
+        )
+        .fetchone()
+    )
+    assert got == (5, 400)
+    src = Source(p)
+    try:
+        assert (
+            src.read("disk", ["device", "reads"]).to_pylist()
+            == ours.select(["device", "reads"]).to_pylist()
+        )
+    finally:
+        src.close()
+    with open_segment(p) as seg:
+        assert (
+            seg.read_table("disk").column("reads").to_pylist() == ours.column("reads").to_pylist()
+        )
+
+
+def test_a_cut_deflated_part_is_not_trusted(tmp_path):
+    """A complete file cut inside a deflated part yields the parts before it (walking the
+    local headers, inflating each whole member)."""
+    p = tmp_path / "cut.para"
+    write_run(p, 5)
+    with zipfile.ZipFile(p) as zf:
+        info = zf.getinfo("disk/part-00000.parquet")
+        assert info.compress_type == zipfile.ZIP_DEFLATED
+        cut = info.header_offset + 40 + info.compress_size // 2
+    os.truncate(p, cut)
+    with ParaFile(p) as pf:
+        assert not pf.complete and "cut short" in pf.recovery.message
+        assert pf.read_table("node").column("cpu_user").to_pylist() == [i * 7 for i in range(5)]
+        assert "disk" not in pf.tables
+
+
+def _rezip_disk(src: Path, dst: Path, body: bytes) -> None:
+    """`src` with its disk part replaced by `body`, deflated."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = body if info.filename == "disk/part-00000.parquet" else zin.read(info)
+            zout.writestr(info, data, zipfile.ZIP_DEFLATED if data is body else info.compress_type)
+
+
+def test_a_deflated_part_is_inflated_within_bounds_at_the_collector(tmp_path, monkeypatch):
+    """A node's deflated part is inflated at most to the size it declares, and a declared
+    size past the bounds is refused before any byte is inflated."""
+    from para.collector import segment as seg_mod
+
+    p = tmp_path / "short.para"
+    write_run(p, 5)
+    big = tmp_path / "big.para"
+    _rezip_disk(p, big, b"\0" * (2 << 20))  # 2 MiB of zeros: a few KiB deflated
+    monkeypatch.setattr(seg_mod, "MAX_PART_BYTES", 1 << 20)
+    with pytest.raises(seg_mod.Rejected, match="declares 2097152 bytes inflated"):
+        seg_mod.open_segment(big)
+    monkeypatch.undo()
+    # a member whose central directory understates what it inflates to
+    liar = tmp_path / "liar.para"
+    _rezip_disk(p, liar, b"\0" * (2 << 20))
+    raw = bytearray(liar.read_bytes())
+    name = b"disk/part-00000.parquet"
+    at = raw.index(b"PK\x01\x02")  # the central directory's entries
+    while raw[at + 46 : at + 46 + len(name)] != name:
+        at = raw.index(b"PK\x01\x02", at + 4)
+    raw[at + 24 : at + 28] = (1000).to_bytes(4, "little")  # uncompressed size: 1000
+    liar.write_bytes(bytes(raw))
+    with pytest.raises(seg_mod.Rejected, match="more than 1000 bytes"):
+        seg_mod.open_segment(liar)

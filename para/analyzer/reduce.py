@@ -61,8 +61,9 @@ _D = pa.scalar("D")
 
 class Source:
     """The tables of one .para file, read by column.  A complete file's Parquet parts are
-    read in place from a memory map (they are stored, not compressed, inside the ZIP); an
-    unfinished one goes through ParaFile, which recovers its journal."""
+    read in place from a memory map where they are stored, not compressed, inside the ZIP
+    (a table with a deflated part, as short recordings have, and an unfinished file go
+    through ParaFile, which inflates parts and recovers journals)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -75,16 +76,22 @@ class Source:
             self._index()
 
     def _index(self) -> None:
+        deflated: set[str] = set()
         with zipfile.ZipFile(self.path) as zf, open(self.path, "rb") as f:
             for info in zf.infolist():
                 table, _, rest = info.filename.partition("/")
-                if not rest.endswith(".parquet") or info.compress_type != zipfile.ZIP_STORED:
+                if not rest.endswith(".parquet"):
+                    continue
+                if info.compress_type != zipfile.ZIP_STORED:
+                    deflated.add(table)  # a small part deflated: read through ParaFile
                     continue
                 f.seek(info.header_offset + 26)
                 head = f.read(4)
                 nlen, xlen = int.from_bytes(head[:2], "little"), int.from_bytes(head[2:], "little")
                 start = info.header_offset + 30 + nlen + xlen
                 self._parts.setdefault(table, []).append((start, info.compress_size))
+        for table in deflated:
+            self._parts.pop(table, None)
         if self._parts:
             with open(self.path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)

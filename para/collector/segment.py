@@ -32,6 +32,7 @@ from para.formats.container import (
     MAX_PART_BYTES,
     META_NAME,
     TooLarge,
+    inflate,
     read_zip_member,
 )
 from para.formats.journal import arrow_schema, table_layout
@@ -71,6 +72,8 @@ class _Part:
     offset: int
     size: int
     crc: int
+    deflated: bool = False  # a small part: uncompressed Parquet in a deflated member
+    inflated_size: int = 0  # what a deflated member declares it inflates to
 
 
 @dataclass
@@ -218,7 +221,19 @@ class Segment:
         if self._mm is None:
             self._mm = pa.memory_map(str(self.path))
         # zero-copy; Arrow keeps the mapping alive while a buffer points into it
-        return self._mm.read_at(part.size, part.offset)
+        raw = self._mm.read_at(part.size, part.offset)
+        if not part.deflated:
+            return raw
+        # at most the size it declares, which open_segment bounded (per part, per file)
+        try:
+            data = inflate(raw, part.inflated_size, part.name)
+        except TooLarge as e:
+            raise Rejected(f"{self.path}: {e.message}") from None
+        except zlib.error as e:
+            raise Rejected(
+                f"{self.path}: member {part.name} at offset {part.offset} does not inflate ({e})"
+            ) from None
+        return pa.py_buffer(data)
 
     def close(self) -> None:
         if self._mm is not None:
@@ -287,19 +302,39 @@ def open_segment(
         meta = {**meta, **end}
         layout = _layout(meta.get("catalogue"), path)
         parts: dict[str, list[_Part]] = {}
+        inflated = 0  # what the deflated parts declare they inflate to
         for info in zf.infolist():
             table, _, rest = info.filename.partition("/")
             if not rest.endswith(".parquet"):
                 continue
             if table not in layout:
                 raise Rejected(f"{path}: member {info.filename} belongs to no catalogued table")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise Rejected(f"{path}: member {info.filename} is compressed, not stored")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise Rejected(
+                    f"{path}: member {info.filename} is compressed other than by deflate"
+                )
+            if info.compress_type == zipfile.ZIP_DEFLATED:
+                # bounded before any byte is inflated: a member that inflates past what it
+                # declares is refused when read (inflate's limit is the declared size)
+                inflated += info.file_size
+                if info.file_size > MAX_PART_BYTES or inflated > MAX_DECODED_BYTES:
+                    raise Rejected(
+                        f"{path}: member {info.filename} declares {info.file_size} bytes "
+                        f"inflated, past the limits ({MAX_PART_BYTES} for one part, "
+                        f"{MAX_DECODED_BYTES} for a file)"
+                    )
             offset = _data_offset(path, info.header_offset)
             if offset + info.compress_size > size:
                 raise Rejected(f"{path}: member {info.filename} runs past the end of the file")
             parts.setdefault(table, []).append(
-                _Part(info.filename, offset, info.compress_size, info.CRC)
+                _Part(
+                    info.filename,
+                    offset,
+                    info.compress_size,
+                    info.CRC,
+                    info.compress_type == zipfile.ZIP_DEFLATED,
+                    info.file_size,
+                )  # fmt: skip
             )
     if sha256 is None:
         with open(path, "rb") as f:

@@ -107,7 +107,27 @@ def sort_for_storage(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.sort_by(order)
 
 
-def parquet_bytes(table: pa.Table, keys: list[str]) -> bytes:
+# Below this size a part is also tried as uncompressed Parquet in a deflated ZIP member: one
+# deflate stream over the whole part (footer included) beats zstd page by page when the
+# pages are a few hundred bytes, as in a recording of minutes (docs/para-format.md).
+SMALL_PART_BYTES = 256 << 10
+
+
+def part_bytes(table: pa.Table, keys: list[str]) -> tuple[bytes, bool]:
+    """One part as it goes into the file, and whether its member is to be deflated: the
+    smaller of zstd-compressed Parquet stored as is (read in place) and uncompressed Parquet
+    deflated by the ZIP container (any unzip and Python's zipfile read it)."""
+    packed = parquet_bytes(table, keys)
+    if len(packed) > SMALL_PART_BYTES:
+        return packed, False
+    plain = parquet_bytes(table, keys, compression="none")
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -15)
+    if len(squeeze.compress(plain) + squeeze.flush()) < len(packed):
+        return plain, True
+    return packed, False
+
+
+def parquet_bytes(table: pa.Table, keys: list[str], compression: str = "zstd") -> bytes:
     """One Parquet part, encoded for size: deltas for integers, dictionaries for names."""
     table = sort_for_storage(table, keys)
     # Statistics only where queries filter (time and device): on every column they cost
@@ -122,14 +142,15 @@ def parquet_bytes(table: pa.Table, keys: list[str]) -> bytes:
             dictionary.append(field.name)
         elif pa.types.is_integer(field.type) or pa.types.is_timestamp(field.type):
             encodings[field.name] = "DELTA_BINARY_PACKED"
-        elif pa.types.is_floating(field.type):
+        elif pa.types.is_floating(field.type) and compression != "none":
+            # byte stream split helps zstd per page; deflate over the part does better plain
             encodings[field.name] = "BYTE_STREAM_SPLIT"
     sink = io.BytesIO()
     pq.write_table(
         table,
         sink,
-        compression="zstd",
-        compression_level=19,
+        compression=compression,
+        compression_level=19 if compression == "zstd" else None,
         use_dictionary=dictionary or False,
         column_encoding=encodings or None,
         data_page_size=1 << 20,

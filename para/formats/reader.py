@@ -22,6 +22,7 @@ from para.formats.container import (
     FORMAT_VERSION,
     JOURNAL_PREFIX,
     MAX_JSON_BYTES,
+    MAX_PART_BYTES,
     META_NAME,
     Member,
     TooLarge,
@@ -288,8 +289,12 @@ class ParaFile:
     def _open_part(self, part: Member | str) -> pq.ParquetFile:
         if isinstance(part, str):
             assert self._zip is not None
-            return pq.ParquetFile(self._zip.open(part))
-        return pq.ParquetFile(pa.BufferReader(read_member(self.path, part)))
+            if self._zip.getinfo(part).compress_type == zipfile.ZIP_STORED:
+                return pq.ParquetFile(self._zip.open(part))
+            # a small part deflated by the container: Parquet seeks, so inflate it once
+            data = read_zip_member(self._zip, part, MAX_PART_BYTES)
+            return pq.ParquetFile(pa.BufferReader(data))
+        return pq.ParquetFile(pa.BufferReader(read_member(self.path, part, MAX_PART_BYTES)))
 
     def _journal_chunks(self) -> Iterator[journal.TableBuilder]:
         records = iter_members(self.path, self._src.journal)

@@ -172,9 +172,13 @@ def finalize(
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
             # JSON members are deflated (the catalogue shrinks eightfold); Parquet parts are
-            # stored, already compressed and readable in place.
+            # stored, already compressed and readable in place, except small ones that are
+            # smaller as uncompressed Parquet in a deflated member (journal.part_bytes).
             zf.writestr(
-                zipfile.ZipInfo(META_NAME, date_time=when), _meta_bytes(meta), zipfile.ZIP_DEFLATED
+                zipfile.ZipInfo(META_NAME, date_time=when),
+                _meta_bytes(meta),
+                zipfile.ZIP_DEFLATED,
+                9,
             )
             records_iter = iter(records)
             exhausted = False
@@ -202,9 +206,12 @@ def finalize(
                     n = parts.get(table, 0)
                     parts[table] = n + 1
                     name = f"{table}/part-{n:05d}.parquet"
+                    data, deflate = journal.part_bytes(arrow, keys[table])
                     zf.writestr(
                         zipfile.ZipInfo(name, date_time=when),
-                        journal.parquet_bytes(arrow, keys[table]),
+                        data,
+                        zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED,
+                        9 if deflate else None,
                     )
                     rows[table] = rows.get(table, 0) + len(arrow)
                     values += journal.count_values(arrow, metrics[table])
@@ -223,6 +230,7 @@ def finalize(
                 zipfile.ZipInfo(END_NAME, date_time=when),
                 _meta_bytes(end_doc),
                 zipfile.ZIP_DEFLATED,
+                9,
             )
         os.replace(tmp, target)
     except BaseException:

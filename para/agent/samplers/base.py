@@ -89,7 +89,12 @@ class ProcFiles:
         """For files read rarely: no descriptor kept."""
         fd = os.open(self._prefix + rel, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            chunks = []
+            # a short read of a /proc or /sys file is its end (as read() trusts): one read
+            # call, not a second one to see the end, for the files of each new process
+            chunk = os.read(fd, 65536)
+            if len(chunk) < 65536:
+                return chunk
+            chunks = [chunk]
             while chunk := os.read(fd, 65536):
                 chunks.append(chunk)
             return b"".join(chunks)

@@ -58,6 +58,10 @@ procparse = load("procparse")
 procread = load("procread")
 
 YOUNG_S = 2.0
+# the variables jobenv.detect takes a job from (keep in step with it; tests compare the two):
+# an environment without any of them names no job
+_JOB_MARKERS = (b"SLURM_JOB_ID=", b"SLURM_JOBID=", b"PBS_JOBID=", b"LSB_JOBID=", b"FLUX_JOB_ID=")
+_CGROUP_CACHE = 1024  # distinct /proc/PID/cgroup contents whose answer is kept
 # the scheduler's per-job process that is in the job's cgroup but is no job process
 REAPERS = frozenset({"slurmstepd"})
 _END_FACTS = ("user", "job_name", "partition", "nodes")
@@ -152,6 +156,7 @@ class JobSampler(ProcessSampler):
         self._proc = str(files.path("proc")) + "/"
         self.classified = 0
         self.environ_reads = 0
+        self._by_cgroup: dict[bytes, JobRef | None] = {}
 
     # -- set-up ----------------------------------------------------------------------------
     def open(self) -> dict[str, Any]:
@@ -173,7 +178,16 @@ class JobSampler(ProcessSampler):
     def classify(self, pid: int, ppid: int) -> JobRef | None:
         self.classified += 1
         try:
-            ref = job_from_cgroup(parse_proc_cgroup(self.files.read_once(f"proc/{pid}/cgroup")))
+            raw = self.files.read_once(f"proc/{pid}/cgroup")
+            # most new processes share a few cgroups (a login session, a job step): the
+            # answer for a membership already seen is kept, not parsed again
+            if raw in self._by_cgroup:
+                ref = self._by_cgroup[raw]
+            else:
+                ref = job_from_cgroup(parse_proc_cgroup(raw))
+                if len(self._by_cgroup) >= _CGROUP_CACHE:
+                    self._by_cgroup.clear()
+                self._by_cgroup[raw] = ref
         except (OSError, ValueError):
             ref = None
         if ref is not None:
@@ -186,10 +200,12 @@ class JobSampler(ProcessSampler):
             return None
         self.environ_reads += 1
         try:
-            env = parse_environ(self.files.read_once(f"proc/{pid}/environ"))
+            raw = self.files.read_once(f"proc/{pid}/environ")
         except OSError:
             return None
-        found = job_from_environ(env)
+        if not any(m in raw for m in _JOB_MARKERS):
+            return None  # names no job: not worth parsing (most processes of a node)
+        found = job_from_environ(parse_environ(raw))
         return found[0] if found else None
 
     def job_of(self, pid: int) -> tuple[str | None, str | None]:
