@@ -152,8 +152,11 @@ def cpu_run(messages: list[list[tuple[str, bytes]]], rules_path: Path | None) ->
             decoded = [wire.decode_live(body) for _, body in second]
             c1 = time.process_time()
             with svc._lock:
-                for host, samples in decoded:
-                    svc._process(host, samples, float(k))
+                if hasattr(svc, "process"):
+                    svc.process([(host, samples, float(k)) for host, samples in decoded])
+                else:  # a checkout from before the columnar evaluation (--before)
+                    for host, samples in decoded:
+                        svc._process(host, samples, float(k))
                 svc.engine.tick(float(k))
                 svc.view.tick(float(k))
             c2 = time.process_time()
