@@ -53,7 +53,7 @@ NEEDED = {  # what reduce.py reads of each table
              "write_ms", "io_ms"],
     "net": ["t", "iface", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets"],
     "counters": ["t", "event", "value", "running_pct"],
-    "stacks": ["t", "pid", "tid", "stack", "samples", "source", "state"],
+    "stacks": ["t", "stack", "samples", "source", "state"],  # pid, tid: Python stacks only
 }  # fmt: skip
 
 
