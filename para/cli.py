@@ -138,6 +138,9 @@ def profile(
     Exits with CMD's exit code.  Ctrl-C or SIGTERM are passed on to CMD and the file is
     still written.
     """
+    from para.agent.child import block_forwarded
+
+    block_forwarded()  # before the imports below start threads
     from para.agent.profile import ProfileOptions, run
     from para.analyzer.summary import print_profile_summary
 

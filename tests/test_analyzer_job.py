@@ -291,6 +291,8 @@ def test_compare_two_runs(runs):
         with ParaFile(runs[run]) as pf:
             hz = pf.meta["functions"]["frequency_hz"]
             stacks = pf.read_table("stacks").to_pylist()
+        # on a CPU: py-spy's rows of threads waiting or ready are not CPU time
+        stacks = [r for r in stacks if r.get("state") in (None, "cpu")]
         # the seconds are perf's samples over its rate: together, the CPU time the program
         # measured itself; the function's, its leaf samples in the recorded stacks
         sampled = sum(r["samples"] for r in stacks) / hz

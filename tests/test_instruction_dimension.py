@@ -108,9 +108,24 @@ def test_a_cpp_function_is_found_by_its_demangled_name(tmp_path):
     assert f["function"] == "hot::work", f
     assert f["disassembled"] and f["reason"] is None, f
     assert all(x["instruction"] for x in f["instructions"] if x["offset"] is not None)
-    # the instructions are those objdump shows for the function (a loop of FP arithmetic)
-    text = " ".join(x["instruction"] for x in f["instructions"])
-    assert re.search(r"\b(div|mul|add)s?d\b", text), text
+    # the instructions are those objdump shows at their offsets in the function (a loop of FP
+    # arithmetic); which of them the samples land on shifts with skid and load
+    dis = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", str(exe)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    head = re.search(r"^([0-9a-f]+) <hot::work\(long, hot::Grid const&\)>:\n", dis, re.M)
+    assert head, dis[:2000]
+    start = int(head.group(1), 16)
+    body = dis[head.end() :].split("\n\n", 1)[0]
+    at = {}
+    for line in body.splitlines():
+        m = re.match(r"\s*([0-9a-f]+):\s+(.*)", line)
+        if m:
+            at[int(m.group(1), 16) - start] = " ".join(m.group(2).split("#")[0].split())
+    assert re.search(r"\b(div|mul|add)s?d\b", " ".join(at.values())), body
+    sampled = [x for x in f["instructions"] if x["offset"] is not None]
+    assert sampled
+    for x in sampled:
+        assert " ".join(x["instruction"].split("#")[0].split()) == at.get(x["offset"]), (x, at)
 
 
 def test_a_binary_rebuilt_after_the_run_is_not_disassembled(tmp_path):

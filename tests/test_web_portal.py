@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -291,8 +292,16 @@ def _plots_drawn(drv: Any, selector: str, at_least: int = 1) -> list[Any]:
     plots = drv.find_elements(By.CSS_SELECTOR, selector)
     for p in plots[:6]:
         drv.execute_script("arguments[0].scrollIntoView()", p)
-        look = drawn(p.screenshot_as_png)
-        assert look["ink"] > 0.02 and look["colour"] > 0.002 and look["colours"] > 20, (
+        # plotly draws the axes before the traces (and a loaded browser paints late): look
+        # again until the data is there or the time is up
+        deadline = time.monotonic() + 30.0
+        while True:
+            look = drawn(p.screenshot_as_png)
+            good = look["ink"] > 0.02 and look["colour"] > 0.002 and look["colours"] > 20
+            if good or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert good, (
             p.get_attribute("id"),
             look,
         )

@@ -55,7 +55,7 @@ class Child:
     ):
         argv = ["/bin/sh", "-c", _GATE, "para", *cmd] if gated else cmd
         self.cmd = cmd
-        self.proc = subprocess.Popen(argv)
+        self.proc = subprocess.Popen(argv, preexec_fn=_unblock_forwarded)
         self.pid = self.proc.pid
         self.say = on_signal or (lambda msg: None)
         self.signals_seen: list[str] = []
@@ -128,6 +128,18 @@ class Child:
             os.kill(self.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
+
+def block_forwarded() -> None:
+    """Hold the signals para forwards from the start, before libraries start threads of their
+    own at import (pyarrow does): every thread inherits the mask, so each signal reaches the
+    waiter of forward_signals rather than a thread that lets it kill para."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+
+
+def _unblock_forwarded() -> None:
+    """In the command's process before exec: it gets the signals as it would without para."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
 
 def make_subreaper() -> bool:

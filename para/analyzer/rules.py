@@ -702,7 +702,9 @@ class Evaluator:
         start = g["intercept"] + g["slope"] * g["first_sec"]
         end = g["intercept"] + g["slope"] * g["last_sec"]
         growth = end - start
-        rel = growth / start if start > 0 else 0.0
+        # a line from below 1 MiB (a start-up slow on a loaded node, then the growth) is
+        # growth from next to nothing, not no growth
+        rel = growth / max(start, float(1 << 20))
         r2 = g.get("r2") or 0.0
         fired = rel >= c["min_growth"] and growth >= c["min_bytes"] and r2 >= c["min_r2"]
         if not fired:
