@@ -18,7 +18,7 @@
 3. A bottleneck rule's cost: the analyzer on one job's 10-minute window (1 and 4 nodes).
 
     .venv/bin/python benchmarks/bench_alerts.py [--nodes 1000] [--seconds 30] [--repeats 3]
-        [--delay-runs 10] [--skip-delay]
+        [--delay-runs 10] [--skip-delay] [--skip-windows]
 """
 
 from __future__ import annotations
@@ -137,16 +137,26 @@ def cpu_run(messages: list[list[tuple[str, bytes]]], rules_path: Path | None) ->
     seconds spent decoding and in the service."""
     from para.collector.alerts import AlertService
 
-    svc = AlertService(rules_path, None, "bench", lambda msg: None, store=False)
+    # the service's clock is the cluster's simulated time: on the real clock its own thread's
+    # once-a-second look at time finds every node silent since 1970 (absent rules firing for
+    # all nodes, then resolving at their next sample), work no real collector does
+    now = [0.0]
+    svc = AlertService(
+        rules_path, None, "bench", lambda msg: None, store=False, clock=lambda: now[0]
+    )
     try:
         decode = evaluate = 0.0
         for k, second in enumerate(messages):
+            now[0] = float(k)
             c0 = time.process_time()
             decoded = [wire.decode_live(body) for _, body in second]
             c1 = time.process_time()
             with svc._lock:
-                for host, samples in decoded:
-                    svc._process(host, samples, float(k))
+                if hasattr(svc, "process"):
+                    svc.process([(host, samples, float(k)) for host, samples in decoded])
+                else:  # a checkout from before the columnar evaluation (--before)
+                    for host, samples in decoded:
+                        svc._process(host, samples, float(k))
                 svc.engine.tick(float(k))
                 svc.view.tick(float(k))
             c2 = time.process_time()
@@ -213,6 +223,48 @@ def bench_cpu(nodes: int, seconds: int, repeats: int, work: Path) -> dict[str, A
         "notes": med("rules", "notes"),
         "spread": [round(per_s(r["evaluate"]), 3) for r in runs["rules"]],
     }
+
+
+def bench_engine(nodes: int, seconds: int, repeats: int) -> dict[str, Any]:
+    """The rules alone on the same samples (made once through the live view): each sample
+    rule by rule (Engine.observe, the agent's way and the collector's before issue 17)
+    against each second of the cluster at once (Engine.observe_many), interleaved."""
+    from para.live import rules
+    from para.live.engine import Engine
+    from para.live.view import LiveView
+
+    rec = samples_from_para()
+    rng = random.Random(6)
+    offsets = [rng.randrange(len(rec)) for _ in range(nodes)]
+    rs = rules.parse(rules_text())
+    view = LiveView(rs.wanted(), lambda: 0.0)
+    t0 = 1_795_000_000_000
+    secs = []
+    for k in range(seconds):
+        snaps = []
+        for i, off in enumerate(offsets):
+            _, rows = rec[(off + k) % len(rec)]
+            rows = dict(rows, job=[job_row(f"j{i // 4}", rows)])
+            snap = view.add(f"cn{i:04d}", t0 + k * 1000, rows, float(k))
+            assert snap is not None
+            snaps.append(snap)
+        secs.append(snaps)
+    out: dict[str, list[float]] = {"rows": [], "columns": []}
+    counts = set()
+    for _ in range(repeats):
+        for way in ("rows", "columns"):
+            eng = Engine(rs, lambda note, notify: None, clock=lambda: 0.0)
+            c0 = time.process_time()
+            for k, snaps in enumerate(secs):
+                if way == "columns":
+                    eng.observe_many(snaps, [float(k)] * len(snaps))
+                else:
+                    for snap in snaps:
+                        eng.observe(snap, float(k))
+            out[way].append((time.process_time() - c0) / seconds)
+            counts.add(eng.evaluations)
+    assert len(counts) == 1, counts  # both ways evaluate the same series
+    return {"nodes": nodes, **{k: statistics.median(v) for k, v in out.items()}, "runs": out}
 
 
 # -- 3. bottleneck windows -------------------------------------------------------------------
@@ -370,6 +422,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--delay-runs", type=int, default=10)
     ap.add_argument("--skip-delay", action="store_true")
+    ap.add_argument("--skip-windows", action="store_true")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="para-bench-alerts-") as tmp:
@@ -418,6 +471,16 @@ def main() -> None:
             f"({1e6 * rules_only / max(c['evaluations_per_s'], 1):.2f} us each); "
             f"runs {c['spread']}"
         )
+        e = bench_engine(args.nodes, min(args.seconds, 10), args.repeats)
+        print(
+            f"\n2b. The 100 rules alone, {e['nodes']} nodes, CPU s per s, median of "
+            f"{args.repeats} interleaved: sample by sample (anchor) {e['rows']:.3f}, all "
+            f"nodes at once (columnar) {e['columns']:.3f}: {e['rows'] / e['columns']:.2f}x "
+            f"(runs {[round(x, 3) for x in e['runs']['rows']]} / "
+            f"{[round(x, 3) for x in e['runs']['columns']]})"
+        )
+        if args.skip_windows:
+            return
         w = bench_window(args.repeats)
         print(
             "\n3. A bottleneck rule on one job's 10-minute window (the analyzer): "

@@ -277,10 +277,12 @@ def bench_cluster(
     t = time.perf_counter()
     for k in range(seconds):
         with svc._lock:
+            second = []
             for i, (h, off) in enumerate(zip(hosts, offsets, strict=True)):
                 _, rows = rec[(off + k) % len(rec)]
                 rows = dict(rows, job=[job_row(f"j{i // 4}", rows)])  # 4 nodes per job
-                svc._process(h, [(t0 + k * 1000, rows)], base + k)
+                second.append((h, [(t0 + k * 1000, rows)], base + k))
+            svc.process(second)
             svc.engine.tick(base + k)
             svc.view.tick(base + k)
     feed_s = time.perf_counter() - t

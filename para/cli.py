@@ -226,6 +226,12 @@ def recover(file: str, output: str | None) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (docs/report-json.md).")
 @click.option("--html", "html_out", metavar="OUT", help="Write a self-contained HTML report.")
+@click.option(
+    "--runs/--no-runs",
+    default=None,
+    help="Each file's own report in `runs` too (default: for up to 8 files in JSON and HTML, "
+    "4 in the terminal).",
+)
 def report(
     files: tuple[str, ...],
     job: str | None,
@@ -233,6 +239,7 @@ def report(
     rules: str | None,
     as_json: bool,
     html_out: str | None,
+    runs: bool | None,
 ) -> None:
     """What limits the job and where the time went, for FILES or a job of the database:
     in the terminal, as JSON, or as one HTML page."""
@@ -246,6 +253,7 @@ def report(
             job=job,
             db=db if job else None,
             rules=rules,
+            runs=runs,
         )
     )
 

@@ -255,3 +255,21 @@ def test_slot_sums_twins_agree(data):
     for maximum in (False, True):
         got = _outcome(compiled_kernel("rates").slot_sums, *args, maximum=maximum)
         assert got == _outcome(load("rates", pure=True).slot_sums, *args, maximum=maximum)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-5, 40), max_size=60), st.booleans())
+def test_slots_in_time_order_agree_with_hashing(ts, ordered):
+    """reduce._slots takes a shortcut for rows in time order (call stacks): the same
+    instants and positions as looking every row up among the sorted distinct instants."""
+    import pyarrow.compute as pc
+
+    from para.analyzer.reduce import _slots
+
+    t = pa.array(sorted(ts) if ordered else ts, pa.int64())
+    spine, slots = _slots(t)
+    want = sorted(set(t.to_pylist()))
+    assert spine.to_pylist() == want
+    assert slots.type == pa.int32()
+    assert slots.to_pylist() == [want.index(v) for v in t.to_pylist()]
+    assert pc.sum(pc.is_null(slots)).as_py() in (0, None)

@@ -373,6 +373,34 @@ def test_json_is_deterministic(rec, json_out):
     assert again.stdout == json_out
 
 
+def test_json_leaves_out_the_runs_of_many_files_unless_asked(rec, doc, monkeypatch, capsys):
+    """Past JSON_RUNS files `--json` carries the job alone (the per-file documents of a big
+    job cost far more than its analysis); --runs brings them back, --no-runs drops them for
+    any number.  The job's analysis is the same either way."""
+    from para.analyzer import report as report_mod
+
+    files = [str(rec["phases"]), str(rec["hostile"])]
+    monkeypatch.setattr(report_mod, "JSON_RUNS", 1)
+
+    def run(**kw: Any) -> dict[str, Any]:
+        assert report_mod.main(files, as_json=True, **kw) == 0
+        return json.loads(capsys.readouterr().out)
+
+    auto = run()
+    assert auto["runs"] == [] and auto["runs_omitted"] == 2
+    assert auto["job"] == doc["job"] and auto["bottlenecks"] == doc["bottlenecks"]
+    _check(auto, "`report`", "report", set())
+    asked = run(runs=True)
+    assert "runs_omitted" not in asked
+    assert asked["runs"] == doc["runs"]
+    monkeypatch.setattr(report_mod, "JSON_RUNS", 8)
+    dropped = run(runs=False)
+    assert dropped["runs"] == [] and dropped["runs_omitted"] == 2
+    r = run_para("report", *files, "--json", "--no-runs")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["runs_omitted"] == 2 and "--runs adds them" in r.stderr
+
+
 def _stacks_file(path: Path) -> Path:
     """A file whose call stacks are known: self and total shares follow by hand."""
     cols = [c.name for c in TABLES["node"].columns if c.name != "t"]

@@ -230,7 +230,7 @@ class Job:
                 tab = nd.series.get(name)
                 if tab is None or not len(tab):
                     continue
-                arrays = [pa.array([i] * len(tab), pa.int32())]
+                arrays = [pa.repeat(pa.scalar(i, pa.int32()), len(tab))]
                 for f in schema:
                     if f.name == "node":
                         continue

@@ -201,6 +201,18 @@ def slot_sums(slots: pa.Array, n_slots: int, values: pa.ChunkedArray | pa.Array,
 
 def _slots(t: pa.Array) -> tuple[pa.Array, pa.Array]:
     """The distinct instants of `t` in order, and each row's position among them."""
+    n = len(t)
+    if n > 1 and not t.null_count:
+        step = pc.subtract(t.slice(1), t.slice(0, n - 1))
+        if pc.min(step).as_py() >= 0:
+            # rows in time order (call stacks, second by second): the runs of equal
+            # instants are the slots, found in one pass instead of hashing every row
+            new = pc.greater(step, _I0)
+            first = pa.concat_arrays([pa.array([True]), new])
+            slots = pc.cumulative_sum(_flat(new, pa.int32()))
+            return t.filter(first), pa.concat_arrays(
+                [pa.array([0], pa.int32()), _flat(slots, pa.int32())]
+            )
     spine = pc.unique(t)
     spine = spine.take(pc.sort_indices(spine))
     return spine, _flat(pc.fill_null(pc.index_in(t, value_set=spine), _IM1), pa.int32())
@@ -622,12 +634,16 @@ class _Reducer:
         })  # fmt: skip
 
     def stacks(self) -> None:
-        tab = self.read("stacks", ["pid", "tid", "stack", "samples", "source", "state"], [],
-                        ("stack",))  # fmt: skip
+        tab = self.read("stacks", ["stack", "samples", "source", "state"], [], ("stack",))
         if tab is None:
             return
         state = tab["state"]
         if pa.types.is_string(state.type):
+            # Python stacks (py-spy's) are per thread: their pid and tid are read only here
+            tab = self.read("stacks", ["pid", "tid", "stack", "samples", "source", "state"],
+                            [], ("stack",))  # fmt: skip
+            assert tab is not None
+            state = tab["state"]
             self.pystacks(tab)
             # Python threads seen off-CPU (issue 12): where the time went waiting, apart
             # from the CPU samples that make the hotspots

@@ -798,6 +798,9 @@ def render_html(rep: dict[str, Any], portal: dict[str, Any] | None = None) -> st
 # heatmaps instead of a section per run (the JSON always has every run).
 TERMINAL_RUNS = 4
 HTML_RUNS = 8
+# `--json` carries each file's own document up to this many files; past it (the nodes of a
+# big job: 128 nodes' documents are 150 MB and cost 6x the job's analysis) only on request
+JSON_RUNS = 8
 
 
 def main(
@@ -808,7 +811,10 @@ def main(
     job: str | None = None,
     db: str | None = None,
     rules: str | None = None,
+    runs: bool | None = None,
 ) -> int:
+    """`runs`: each file's own document in `runs` (None: for up to JSON_RUNS files in JSON,
+    HTML_RUNS in HTML, TERMINAL_RUNS in the terminal)."""
     from para.analyzer.progress import Progress
 
     if not files and job is None:
@@ -833,13 +839,19 @@ def main(
                 print(f"=== job {jid} ({i + 1} of {len(seen)}) ===")
                 main(files, job=jid, rules=rules)
             return 0
-    per_run = (
-        as_json
-        or (html_out is not None and len(files) <= HTML_RUNS)
-        or (html_out is None and len(files) <= TERMINAL_RUNS)
-    )
+    per_run = runs
+    if per_run is None:
+        per_run = (
+            (as_json and len(files) <= JSON_RUNS)
+            or (html_out is not None and len(files) <= HTML_RUNS)
+            or (html_out is None and not as_json and len(files) <= TERMINAL_RUNS)
+        )
     with Progress(len(files)) as progress:
         rep = report(files, rules=rules, runs=per_run, progress=progress, job_id=job, db=db)
+    if as_json and not per_run and job is None and files:
+        rep["runs_omitted"] = len(files)
+        print(f"runs: the {len(files)} files' own documents left out (more than {JSON_RUNS} "
+              "files); --runs adds them", file=sys.stderr)  # fmt: skip
     if html_out is not None:
         page = render_html(rep)
         out = Path(html_out)

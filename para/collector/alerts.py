@@ -202,9 +202,9 @@ class AlertService:
                     except queue.Empty:
                         break
                 with self._lock:
-                    for host, samples, rx, nbytes in batch:
+                    for host, _samples, _rx, nbytes in batch:
                         self._dequeued(host, nbytes)
-                        self._process(host, samples, rx)
+                    self.process([(host, samples, rx) for host, samples, rx, _ in batch])
                     self._take_results()
                     now = self.clock()
                     if now >= next_tick:
@@ -219,20 +219,38 @@ class AlertService:
             except Exception:
                 self.log("alert evaluation failed (goes on):\n" + traceback.format_exc())
 
-    def _process(self, host: str, samples: list[tuple[int, Any]], rx: float) -> None:
-        self.counts["messages"] += 1
-        for t_ms, rows in samples:
-            if not isinstance(rows, dict):
-                continue
-            snap = self.view.add(host, t_ms, rows, rx)
-            if snap is None:
-                self.counts["out_of_order"] += 1  # a retried message: already seen
-                continue
-            self.counts["samples"] += 1
-            self.engine.observe(snap, rx)
+    def process(self, messages: list[tuple[str, list[tuple[int, Any]], float]]) -> None:
+        """Live messages (host, samples, when received), in the order they came: each sample
+        into the view, then the rules over all of them at once (Engine.observe_many: the
+        same outcome as sample by sample, a column per value instead of a rule per sample).
+        The caller holds the lock."""
+        snaps: list[Snapshot] = []
+        rxs: list[float] = []
+        raw: list[dict[str, Any]] = []
+        for host, samples, rx in messages:
+            self.counts["messages"] += 1
+            for t_ms, rows in samples:
+                if not isinstance(rows, dict):
+                    continue
+                snap = self.view.add(host, t_ms, rows, rx)
+                if snap is None:
+                    self.counts["out_of_order"] += 1  # a retried message: already seen
+                    continue
+                self.counts["samples"] += 1
+                snaps.append(snap)
+                rxs.append(rx)
+                raw.append(rows)
+        if not snaps:
+            return
+        done = iter(raw)
+
+        def after(snap: Snapshot) -> None:
+            rows = next(done)
             self._agent_alerts(snap)
             if self.window_rules:
-                self._keep_raw(host, t_ms, rows)
+                self._keep_raw(snap.host, snap.t_ms, rows)
+
+        self.engine.observe_many(snaps, rxs, after)
 
     def _agent_alerts(self, snap: Snapshot) -> None:
         """Alerts the node's agent notified itself while it could not reach us."""

@@ -153,11 +153,72 @@ class Engine:
         self._received: dict[str, float] = {}
         self._rules_for: dict[str, list[Rule]] = {}
         self._held: dict[str, dict[str, int]] = {}  # host -> rule -> its tracks there
+        # observe_many: each series rule's place, the simple threshold rules among them
+        # grouped by the value they read, and per host which rules run on every sample
+        self._rule_index = {r.name: j for j, r in enumerate(self.series_rules)}
+        self._simple: set[int] = set()
+        self._simple_groups: dict[tuple[str, str, bool], list[int]] = {}
+        for j, r in enumerate(self.series_rules):
+            m = r.metric
+            if r.type == "threshold" and m is not None and m.simple is not None:
+                self._simple.add(j)
+                key = (m.simple[0], m.simple[1], m.table is not None)
+                self._simple_groups.setdefault(key, []).append(j)
+        self._plans: dict[str, tuple[list[int], set[int]]] = {}
         self.evaluations = 0
         self.notes = 0
 
     # -- samples ---------------------------------------------------------------------------
     def observe(self, snap: Snapshot, received: float | None = None) -> None:
+        """One sample of a host, rule by rule (the agent's way; observe_many is the
+        collector's, over many hosts at once, with the same outcome)."""
+        self._arrive(snap, received)
+        n = 0
+        for rule in self._host_rules(snap.host):
+            n += self._observe_rule(rule, snap)
+        self.evaluations += n
+
+    def observe_many(
+        self,
+        snaps: list[Snapshot],
+        received: list[float] | None = None,
+        after: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        """Samples of many hosts (a second of the cluster), as observe() on each in turn
+        (then `after(snap)`), with the same notes in the same order and the same state.
+
+        The simple threshold rules (a bare value against numbers, most of a site's rules)
+        are first judged column by column over all the samples at once: for each value,
+        the samples where any series crosses the line (or holds something that is not a
+        number).  A rule then runs on a sample only where that found something or where the
+        rule already follows a series of that host; elsewhere a sample would move nothing,
+        and only its evaluations are counted.  Every other rule runs on every sample."""
+        hits, counted = self._columns(snaps)
+        index = self._rule_index
+        n = counted
+        for i, snap in enumerate(snaps):
+            self._arrive(snap, None if received is None else received[i])
+            host = snap.host
+            plan = self._plans.get(host)
+            if plan is None:
+                plan = self._plans[host] = self._plan(host)
+            always, simple = plan
+            held = self._held.get(host)
+            mine = hits[i] & simple if hits[i] else set()
+            if held:
+                mine |= {j for name in held if (j := index.get(name)) is not None and j in simple}
+            run = sorted(mine.union(always)) if mine else always
+            rules = self.series_rules
+            for j in run:
+                rule = rules[j]
+                k = self._observe_rule(rule, snap)
+                if j not in simple:
+                    n += k
+            if after is not None:
+                after(snap)
+        self.evaluations += n
+
+    def _arrive(self, snap: Snapshot, received: float | None) -> None:
         host, t = snap.host, snap.t_ms
         self._host_ms[host] = max(t, self._host_ms.get(host, t))
         self._received[host] = self.clock() if received is None else received
@@ -168,65 +229,150 @@ class Engine:
                 if tr is not None and tr.state == FIRING:
                     tr.value = 0.0
                     self._resolve(tr, t, "samples arrive again")
+
+    def _host_rules(self, host: str) -> list[Rule]:
         rules = self._rules_for.get(host)
         if rules is None:
             rules = self._rules_for[host] = [
                 r for r in self.series_rules if r.metric is not None and r.matches_host(host)
             ]
-        hv = snap.host_values
-        tables = snap.tables
-        n = 0
-        for rule in rules:
-            m = rule.metric
-            assert m is not None
-            items: Any
-            simple = m.simple
-            if simple is not None and rule.type == "threshold":
-                # the common case, without closures: a bare value against numbers
-                tname, col = simple
-                if tname == "host":
-                    items = (((), None, hv.get(col)),)
-                else:
-                    tab = tables.get(tname)
-                    if tab is None:
-                        continue
-                    if m.table is None:
-                        r0 = tab.get(())
-                        items = (((), None, None if r0 is None else r0.get(col)),)
-                    else:
-                        items = [(k, r, r.get(col)) for k, r in tab.items()]
+        return rules
+
+    def _plan(self, host: str) -> tuple[list[int], set[int]]:
+        """The rules of `host` by their place among series_rules: those run on every sample,
+        and the simple threshold rules (run where the columns found something)."""
+        index = self._rule_index
+        always: list[int] = []
+        simple: set[int] = set()
+        for r in self._host_rules(host):
+            j = index[r.name]
+            if j in self._simple:
+                simple.add(j)
             else:
-                items = m.series(snap)
-            name = rule.name
-            when = rule.when
-            anomaly = rule.type == "anomaly"
-            above, below = rule.above, rule.below
-            for key, row, value in items:
-                n += 1
-                extra = None
-                if value is None or value is True or value is False or isinstance(value, str):
-                    cond: bool | None = None
-                    value = None
-                elif anomaly:
-                    cond, extra = self._anomalous(rule, snap, key, float(value))
+                always.append(j)
+        return always, simple
+
+    def _columns(self, snaps: list[Snapshot]) -> tuple[list[set[int]], int]:
+        """For each sample, the simple threshold rules with a series that crosses its line
+        (or holds what is not a number: judged by the rule itself); and how many series
+        the simple rules evaluate over all the samples (what observe() would count)."""
+        hits: list[set[int]] = [set() for _ in snaps]
+        counted = 0
+        rules = self.series_rules
+        for (tname, col, keyed), members in self._simple_groups.items():
+            # the column: each sample's value, or its devices' values (keyed), in a row;
+            # owner[k]: the sample of flat[k]
+            flat: list[Any]
+            owner: list[int]
+            tabs: list[Any] = []
+            if tname == "host":
+                flat = [s.host_values.get(col) for s in snaps]
+                present = owner = list(range(len(snaps)))
+            else:
+                tabs = [s.tables.get(tname) for s in snaps]
+                present = [i for i, t in enumerate(tabs) if t is not None]
+                if not present:
+                    continue
+                if keyed:
+                    flat, owner = [], []
+                    for i in present:
+                        rows = tabs[i].values()
+                        flat.extend([r.get(col) for r in rows])
+                        owner.extend([i] * len(rows))
                 else:
-                    cond = (above is not None and value > above) or (
-                        below is not None and value < below
-                    )
-                if not cond and name not in held:
-                    continue  # nothing to start, nothing to move
-                if cond and when is not None:
-                    w = when.value(snap, row)
-                    cond = None if w is None else bool(w)
-                tk = (name, host, key)
-                tr = self.tracks.get(tk)
-                if tr is None:
-                    if not cond:
-                        continue
-                    tr = self._add(tk, Track(rule, host, key, self._labels(rule, key)))
-                    held = self._held[host]
-                self._step(tr, cond, value, t, snap, extra)
-        self.evaluations += n
+                    flat = []
+                    for i in present:
+                        r0 = tabs[i].get(())
+                        flat.append(None if r0 is None else r0.get(col))
+                    owner = present
+            sizes = None
+            for j in members:
+                rule = rules[j]
+                if rule.hosts:
+                    mine = [i for i in present if rule.matches_host(snaps[i].host)]
+                else:
+                    mine = present
+                if keyed:
+                    if sizes is None:
+                        sizes = {i: len(tabs[i]) for i in present}
+                    counted += sum(sizes[i] for i in mine)
+                else:
+                    counted += len(mine)
+                above, below = rule.above, rule.below
+                vals: list[Any] = flat
+                if above is not None and below is not None:
+                    found = [k for k, v in enumerate(vals) if v.__class__ not in _NUMS
+                             or v > above or v < below]  # fmt: skip
+                elif above is not None:
+                    found = [k for k, v in enumerate(vals) if v.__class__ not in _NUMS
+                             or v > above]  # fmt: skip
+                elif below is not None:
+                    found = [k for k, v in enumerate(vals) if v.__class__ not in _NUMS
+                             or v < below]  # fmt: skip
+                else:
+                    found = [k for k, v in enumerate(flat) if v.__class__ not in _NUMS]
+                for k in found:
+                    x = flat[k]
+                    if x is None or x is True or x is False or isinstance(x, str):
+                        continue  # unknown: moves nothing
+                    hits[owner[k]].add(j)
+        return hits, counted
+
+    def _observe_rule(self, rule: Rule, snap: Snapshot) -> int:
+        """One rule on one sample; returns the series it evaluated."""
+        host, t = snap.host, snap.t_ms
+        held = self._held.get(host) or _NONE
+        m = rule.metric
+        assert m is not None
+        items: Any
+        simple = m.simple
+        if simple is not None and rule.type == "threshold":
+            # the common case, without closures: a bare value against numbers
+            tname, col = simple
+            if tname == "host":
+                items = (((), None, snap.host_values.get(col)),)
+            else:
+                tab = snap.tables.get(tname)
+                if tab is None:
+                    return 0
+                if m.table is None:
+                    r0 = tab.get(())
+                    items = (((), None, None if r0 is None else r0.get(col)),)
+                else:
+                    items = [(k, r, r.get(col)) for k, r in tab.items()]
+        else:
+            items = m.series(snap)
+        name = rule.name
+        when = rule.when
+        anomaly = rule.type == "anomaly"
+        above, below = rule.above, rule.below
+        n = 0
+        for key, row, value in items:
+            n += 1
+            extra = None
+            if value is None or value is True or value is False or isinstance(value, str):
+                cond: bool | None = None
+                value = None
+            elif anomaly:
+                cond, extra = self._anomalous(rule, snap, key, float(value))
+            else:
+                cond = (above is not None and value > above) or (
+                    below is not None and value < below
+                )
+            if not cond and name not in held:
+                continue  # nothing to start, nothing to move
+            if cond and when is not None:
+                w = when.value(snap, row)
+                cond = None if w is None else bool(w)
+            tk = (name, host, key)
+            tr = self.tracks.get(tk)
+            if tr is None:
+                if not cond:
+                    continue
+                tr = self._add(tk, Track(rule, host, key, self._labels(rule, key)))
+                held = self._held[host]
+            self._step(tr, cond, value, t, snap, extra)
+        return n
 
     def _add(self, tk: tuple[str, str | None, Any], tr: Track) -> Track:
         if tk not in self.tracks and tk[1] is not None:
@@ -731,6 +877,8 @@ class Engine:
 
 _SEV = {"critical": 0, "warning": 1, "info": 2}
 _NONE: dict[str, int] = {}
+# observe_many: a value of another class is judged by the rule itself
+_NUMS: frozenset[Any] = frozenset([int, float])
 
 
 def _round(v: Any) -> Any:
