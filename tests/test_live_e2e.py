@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from para.collector.db import FeatureDB
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
-from tests.conftest import _children, need_tool, run_para
+from tests.conftest import SERVICES, _children, need_tool, run_para
 from tests.live_support import Receiver
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def no_leaks() -> Iterator[None]:
     """conftest's guard against child processes outliving a test, but for the cluster's,
     which the `cluster` fixture ends (and then checks that nothing is left)."""
     yield
-    left = [c for c in _children(os.getpid()) if int(c.split()[0]) not in _CLUSTER]
+    left = [c for c in _children(os.getpid()) if int(c.split()[0]) not in _CLUSTER | SERVICES]
     assert not left, f"child processes left running: {left}"
 
 
@@ -144,7 +144,7 @@ listen = "127.0.0.1:0"
         rx.close()
         _CLUSTER.clear()
     assert code == 0, (tmp / "agent.log").read_text()
-    assert not _children(os.getpid())
+    assert not [c for c in _children(os.getpid()) if int(c.split()[0]) not in SERVICES]
 
 
 def test_a_threshold_alert_fires_and_resolves_at_the_webhook_and_in_the_database(cluster):
