@@ -371,7 +371,7 @@ def test_json_numbers_agree_with_the_file(rec, doc):
     else:
         selfs = [h["self_pct"] for h in run["hotspots"]]
         assert selfs == sorted(selfs, reverse=True)
-        assert sum(selfs) <= 100.01
+        assert sum(selfs) <= 100 + 0.005 * len(selfs)  # each rounded to 0.01
         assert all(h["self_pct"] <= h["total_pct"] <= 100 for h in run["hotspots"])
 
 
