@@ -57,7 +57,7 @@ ROTATE_S = 60.0  # a py-spy keeps its whole trace in memory: a fresh one every m
 POLL_S = 0.1  # how often py-spys are checked on and the threads of each process listed
 # How often the job's tree is looked at for new processes: cheap while the kernel hands out
 # no pid (/proc/loadavg), and each moment a new process goes without a py-spy its perf
-# samples keep the interpreter's frames (a pool worker's first second, issue 12).
+# samples have no Python stack (a pool worker's first tens of milliseconds, issue 12).
 SCAN_S = 0.05  # 0.6 % of a core in all for the follower, 0.4 % at 0.1 s (issue 12)
 SCHEDSTAT_EVERY = 5  # polls between reads of the threads' run-queue time
 MIN_AGE_S = 0.05  # a process this old has exec'd what it runs (fork + exec take far less)
