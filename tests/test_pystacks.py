@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -518,12 +519,52 @@ def test_stitching_keeps_native_frames_under_the_python_caller_and_counts_waitin
     py = "app.<module> (app.py:1);app.f (app.py:3)"
     assert got[(f"{py};array_matmul;cblas_dgemm;dgemm_kernel", "py-spy", "cpu")] == 1
     assert got[(py, "py-spy", "cpu")] == 1  # the interpreter's own work is the function's
-    assert got[("_PyObject_Malloc", "perf", "cpu")] == 1  # py-spy did not see it then
+    assert got[(pystacks.NO_PY_STACK, "perf", "cpu")] == 1  # py-spy did not see it then
     assert got[("work", "perf", "cpu")] == 1  # another program: perf's rows as they were
     # 1 s in `f` at 10 samples/s, 2 of them on a CPU: 8 waiting
     assert got[(py, "py-spy", "wait")] == 8
     assert counts == {"stitched_samples": 2, "perf_only_samples": 1, "wait_samples": 8,
                       "ready_samples": 0, "threads": 1}  # fmt: skip
+
+
+def test_samples_before_py_spys_first_look_do_not_show_the_interpreter_as_hot(tmp_path):
+    """A pool worker runs some tens of milliseconds before its py-spy first reads it; perf's
+    samples of it then are Python code whose functions nobody read: shown as that, with the
+    native frames below the interpreter (here memset), not as the interpreter's functions
+    (`_PyEval_EvalFrameDefault` among the bundled workload's hottest, issue 12).  A thread
+    running no Python code (a BLAS thread of the process) keeps perf's whole stack."""
+    script = tmp_path / "perf.script"
+    script.write_text(
+        "python3 100/100 9.950000: cpu-clock:\n"
+        "\t    7f10 __memset_avx2+0x1 (/usr/lib/libc.so.6)\n"
+        "\t    5e10 _PyObject_Malloc+0x4 (/usr/bin/python3.11)\n"
+        "\t    5e00 _PyEval_EvalFrameDefault+0x40 (/usr/bin/python3.11)\n\n"
+        "python3 100/100 9.960000: cpu-clock:\n"
+        "\t    5e00 _PyEval_EvalFrameDefault+0x40 (/usr/bin/python3.11)\n"
+        "\t    4e00 main+0x5 (/usr/bin/python3.11)\n\n"
+        "python3 100/102 9.970000: cpu-clock:\n"
+        "\t    7f00 blas_thread_server+0x10 (/v/libopenblas.so)\n"
+        "\t    7e00 start_thread+0x5 (/usr/lib/libc.so.6)\n\n"
+        "python3 100/100 10.050000: cpu-clock:\n"
+        "\t    5e00 _PyEval_EvalFrameDefault+0x40 (/usr/bin/python3.11)\n\n"
+    )  # fmt: skip
+    stacks = pystacks.Stacks()
+    tl = pystacks.Timeline()
+    tl.add(10.0, stacks.intern(("w.burn (w.py:1)",)))  # py-spy's first look
+    interp = pystacks.Interpreter("/usr/bin/python3.11", None, "3.11")
+    rows, counts = pystacks.stitch(script, [], 100.0, {100: interp}, {(100, 100): tl}, stacks)
+    got = Counter()
+    for r in rows:
+        if r[7] == "cpu":
+            got[(r[4], r[6])] += r[5]
+    assert got == {
+        (f"{pystacks.NO_PY_STACK};__memset_avx2", "perf"): 1,
+        (pystacks.NO_PY_STACK, "perf"): 1,
+        ("start_thread;blas_thread_server", "perf"): 1,
+        ("w.burn (w.py:1)", "py-spy"): 1,
+    }
+    assert counts["stitched_samples"] == 1 and counts["perf_only_samples"] == 3
+    assert not pystacks.is_python_frame(pystacks.NO_PY_STACK)
 
 
 def test_off_cpu_time_spent_runnable_is_ready_not_waiting(tmp_path):
@@ -716,3 +757,37 @@ def test_py_spy_is_found_beside_the_interpreter():
     finally:
         if env is not None:
             os.environ["PARA_PYSPY"] = env
+
+
+def test_a_fresh_fork_gets_its_py_spy_as_soon_as_it_is_old_enough(monkeypatch):
+    """A fork is classified once it is MIN_AGE_S old (it may still exec something else before),
+    and the follower wakes for it then, not a whole poll later: each moment a pool worker
+    goes without a py-spy its perf samples keep the interpreter's frames (the bundled
+    workload's `_PyEval_EvalFrameDefault` among its hottest functions)."""
+    try:
+        pystacks.pyspy_binary()
+    except Exception as e:
+        cannot_run(str(e), PYSPY_HINT)
+    root, fork = 1_000_001, 1_000_002  # beyond pid_max: no real process is touched
+    rec = pystacks.PySpyRecorder(lambda: {root}, poll_s=0.1, scan_s=0.1)
+    age = {root: 5.0, fork: 0.02}
+    interp = pystacks.Interpreter(sys.executable, None, "")
+    spawned: list[int] = []
+    monkeypatch.setattr(rec, "_children", lambda pid: {fork} if pid == root else set())
+    monkeypatch.setattr(rec, "_no_new_process", lambda: False)
+    monkeypatch.setattr(rec, "_spawn", lambda target: spawned.append(target.pid))
+    monkeypatch.setattr(pystacks, "_age", lambda pid: age[pid])
+    monkeypatch.setattr(pystacks, "cpython_of", lambda pid: interp)
+    monkeypatch.setattr(pystacks, "_comm", lambda pid: "python3")
+    try:
+        rec._scan()
+        assert spawned == [root]  # the fork is 20 ms old: it may not have exec'd yet
+        now = time.monotonic()
+        # it is old enough 30 ms after the scan: the next look is then, not at the poll
+        assert rec.next_wait(now, now + rec.poll_s) <= pystacks.MIN_AGE_S - age[fork]
+        age[fork] = pystacks.MIN_AGE_S
+        rec._scan()
+        assert spawned == [root, fork] and rec._due is None
+        assert rec.next_wait(now, now + rec.poll_s) == pytest.approx(rec.scan_s)
+    finally:
+        rec.close()

@@ -62,7 +62,8 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     outs = [p.communicate(timeout=120) for p in procs]
     assert procs[0].returncode == 0, outs[0][1]
     assert procs[1].returncode == 3, outs[1][1]
-    return {"dir": d, "phases": phases, "hostile": hostile, "workload": workload}
+    return {"dir": d, "phases": phases, "hostile": hostile, "workload": workload,
+            "stderr": outs[0][1]}  # fmt: skip
 
 
 def _meta(path: Path) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def test_terminal_report_agrees_with_the_file(rec, text):
 
 def test_the_bundled_workload_shows_its_python_functions(rec, doc):
     """What `make demo` shows (issue 12): the Python functions of phases.py, not the
-    interpreter's, among the hottest (py-spy's frames on perf's samples)."""
+    interpreter's, the hottest (py-spy's frames on perf's samples)."""
     with ParaFile(rec["phases"]) as pf:
         rows = pf.read_table("stacks").to_pylist() if "stacks" in pf.tables else []
         python = (pf.meta.get("functions") or {}).get("python")
@@ -144,10 +145,16 @@ def test_the_bundled_workload_shows_its_python_functions(rec, doc):
             "no Python stacks were recorded (py-spy or perf record missing)",
             "pip install py-spy (para's dependency); apt install linux-perf",
         )
-    assert any(r["source"] == "py-spy" for r in rows)
+    # why, when it fails: how many of perf's samples took a Python stack, which processes
+    # py-spy could not read, and what `para profile` said
+    why = {k: v for k, v in python.items() if k != "binary"}
+    why = f"{json.dumps(why, indent=1, default=str)}\nprofile's stderr:\n{rec['stderr']}"
+    assert any(r["source"] == "py-spy" for r in rows), why
     hot = [h["function"] for h in doc["job"]["functions"]["hotspots"][:5]]
-    assert any(re.match(r"phases\.burn \(.*phases\.py:\d+\)$", h) for h in hot), hot
-    assert not any(h.startswith("_PyEval") for h in hot[:3]), hot
+    assert re.match(r"phases\.burn \(.*phases\.py:\d+\)$", hot[0]), f"{hot}\n{why}"
+    # the samples taken before py-spy first read a process are not the interpreter's
+    # functions either (pystacks.NO_PY_STACK)
+    assert not any(h.startswith("_Py") for h in hot[:3]), f"{hot}\n{why}"
 
 
 def test_terminal_shows_exit_code_and_hostile_command_as_is(rec):
@@ -364,7 +371,7 @@ def test_json_numbers_agree_with_the_file(rec, doc):
     else:
         selfs = [h["self_pct"] for h in run["hotspots"]]
         assert selfs == sorted(selfs, reverse=True)
-        assert sum(selfs) <= 100.01
+        assert sum(selfs) <= 100 + 0.005 * len(selfs)  # each rounded to 0.01
         assert all(h["self_pct"] <= h["total_pct"] <= 100 for h in run["hotspots"])
 
 

@@ -54,7 +54,11 @@ from para.cython_ext import fold_py
 
 DEFAULT_RATE = 100  # py-spy samples per second (it only places perf's samples in time)
 ROTATE_S = 60.0  # a py-spy keeps its whole trace in memory: a fresh one every minute
-POLL_S = 0.1  # how often new processes of the job are looked for
+POLL_S = 0.1  # how often py-spys are checked on and the threads of each process listed
+# How often the job's tree is looked at for new processes: cheap while the kernel hands out
+# no pid (/proc/loadavg), and each moment a new process goes without a py-spy its perf
+# samples have no Python stack (a pool worker's first tens of milliseconds, issue 12).
+SCAN_S = 0.05  # 0.6 % of a core in all for the follower, 0.4 % at 0.1 s (issue 12)
 SCHEDSTAT_EVERY = 5  # polls between reads of the threads' run-queue time
 MIN_AGE_S = 0.05  # a process this old has exec'd what it runs (fork + exec take far less)
 STOP_TIMEOUT = 20.0
@@ -70,6 +74,11 @@ _CONFIG_LOG = re.compile(
 _SAMPLES = re.compile(rb"Samples: (\d+) Errors: (\d+)")
 _STDLIB = re.compile(r"/lib/python\d+\.\d+/(.+)$")
 _PY_FRAME = re.compile(r" \([^()]*:\d+\)$")
+# In place of the interpreter's frames of a sample py-spy had no Python stack for (before its
+# first look at a fresh process, a thread it does not see): the interpreter's functions
+# (`_PyEval_EvalFrameDefault`, `_PyObject_Free` ...) are not the program's, and would be
+# read as hot functions of it.
+NO_PY_STACK = "[Python: no py-spy stack]"
 
 
 def pyspy_binary(name: str | None = None) -> str:
@@ -360,6 +369,7 @@ class PySpyRecorder:
         pyspy: str | None = None,
         rotate_s: float = ROTATE_S,
         poll_s: float = POLL_S,
+        scan_s: float = SCAN_S,
         cwd: str | None = None,
         on_message: Callable[[str], None] | None = None,
     ):
@@ -370,6 +380,7 @@ class PySpyRecorder:
         self.binary = pyspy_binary(pyspy)
         self.rotate_s = rotate_s
         self.poll_s = poll_s
+        self.scan_s = min(scan_s, poll_s)
         self.cwd = cwd or os.getcwd()
         self.say = on_message or (lambda m: None)
         self.lock = threading.Lock()  # held while a py-spy starts (see helper_pids)
@@ -379,6 +390,7 @@ class PySpyRecorder:
         self._spies: dict[int, _Spy] = {}
         self._pids: set[int] = set()  # every py-spy started (para's helpers, not the job's)
         self._seen: dict[int, float] = {}  # job pid -> when first seen (not yet classified)
+        self._due: float | None = None  # when the youngest of them is old enough
         self._others: dict[int, str] = {}  # job pids that are not CPython -> their program
         self._members: set[int] = set()
         self._last_pid = b""
@@ -411,16 +423,32 @@ class PySpyRecorder:
             return set(self._pids)
 
     def _run(self) -> None:
+        next_poll = 0.0
         while True:
             try:
+                now = time.monotonic()
+                poll = now >= next_poll
+                if poll:
+                    next_poll = now + self.poll_s
+                    self._execs()
                 self._scan()
-                self._reap()
-                self._polls += 1
-                self._threads(schedstat=self._polls % SCHEDSTAT_EVERY == 1)
+                if poll:
+                    self._reap()
+                    self._polls += 1
+                    self._threads(schedstat=self._polls % SCHEDSTAT_EVERY == 1)
             except Exception as e:  # a bug here must not stop the profile
                 self._say_once("error", f"python stacks: {type(e).__name__}: {e}")
-            if self._stop.wait(self.poll_s):
+            if self._stop.wait(self.next_wait(time.monotonic(), next_poll)):
                 return
+
+    def next_wait(self, now: float, next_poll: float) -> float:
+        """Seconds until the next look: the next scan for new processes, sooner when a
+        process seen too young to classify becomes old enough (a pool worker is not made
+        to wait a whole scan more for its py-spy), never past the next poll."""
+        at = min(now + self.scan_s, next_poll)
+        if self._due is not None:
+            at = min(at, self._due)
+        return max(0.002, at - now)
 
     def _say_once(self, key: str, msg: str) -> None:
         if key not in self._said:
@@ -453,15 +481,17 @@ class PySpyRecorder:
         self._last_pid = last
         return same
 
-    def _scan(self) -> None:
-        """Walk the job's tree from its roots (and what re-parented to para), classify each
-        process once it is old enough to have exec'd what it runs (a fork about to exec
-        still looks like its parent)."""
-        # a process that was not Python may exec it (a shell's `exec python ...`)
+    def _execs(self) -> None:
+        """A process that was not Python may exec it (a shell's `exec python ...`)."""
         for pid, exe in list(self._others.items()):
             if pid in self._members and _exe(pid) not in (exe, None):
                 del self._others[pid]
                 self._last_pid = b""
+
+    def _scan(self) -> None:
+        """Walk the job's tree from its roots (and what re-parented to para), classify each
+        process once it is old enough to have exec'd what it runs (a fork about to exec
+        still looks like its parent)."""
         if self._no_new_process():
             return
         excluded = self.exclude() | self.helper_pids()
@@ -478,10 +508,17 @@ class PySpyRecorder:
         self._members = seen
         now = time.monotonic()
         roots = self.roots()
+        self._due = None
         for pid in seen - self._others.keys() - self.targets.keys():
             first = self._seen.setdefault(pid, now)
-            if pid not in roots and now - first < self.poll_s * 0.9 and _age(pid) < MIN_AGE_S:
-                continue  # the roots have exec'd what they run; a fresh fork may not have
+            if pid not in roots:
+                # the roots have exec'd what they run; a fresh fork may not have: it is
+                # classified once it is MIN_AGE_S old (or seen that long, its age unread)
+                age = _age(pid)
+                due = min(first + MIN_AGE_S, now + MIN_AGE_S - age)
+                if due > now:
+                    self._due = due if self._due is None else min(self._due, due)
+                    continue
             del self._seen[pid]
             interp = cpython_of(pid)
             if interp is None:
@@ -659,8 +696,9 @@ def stitch(
     """perf's folded rows (`fold_timed` of `script`, the `perf script` text) with those of
     the CPython processes `targets` replaced: each sample of a thread py-spy saw gets its
     Python stack, the native frames below the interpreter kept under it; samples py-spy has
-    no stack for keep perf's.  Plus the rows of waiting: the time py-spy saw a thread in a
-    stack less the samples perf took of it there, times perf's frequency `freq`.  Rows are
+    no stack for keep perf's, the interpreter's frames in them made one NO_PY_STACK.  Plus
+    the rows of waiting: the time py-spy saw a thread in a stack less the samples perf took
+    of it there, times perf's frequency `freq`.  Rows are
     (second, pid, tid, comm, stack, samples, source, state); and the counts of each kind."""
     comms = comms or {}
     out: list[Row] = [(*r, "perf", "cpu") for r in folded if r[1] not in targets]
@@ -683,7 +721,9 @@ def stitch(
             sid = 0
         if not sid:
             unplaced += 1
-            key = (bucket, pid, tid, comm, names.stack(block), "perf")
+            native, in_python = names.below_interpreter(block, interp[pid])
+            stack = ";".join([NO_PY_STACK, *native]) if in_python else names.stack(block)
+            key = (bucket, pid, tid, comm, stack, "perf")
         else:
             stitched += 1
             on_cpu[(pid, tid, i)] = on_cpu.get((pid, tid, i), 0) + 1
@@ -780,7 +820,13 @@ class FrameNames:
         sample (leaf first, as perf prints them) up to the first frame of the interpreter
         (or one perf could not place): what a C extension, a library it calls or the
         kernel ran.  Only these lines are read."""
+        return self.below_interpreter(block, interp)[0]
+
+    def below_interpreter(self, block: bytes, interp: set[bytes]) -> tuple[list[str], bool]:
+        """`native_below`, and whether a frame of the interpreter was reached (the thread
+        was running Python code, not only native code)."""
         out: list[str] = []
+        hit = False
         pos, size = 0, len(block)
         while pos < size:
             nl = block.find(b"\n", pos)
@@ -792,11 +838,14 @@ class FrameNames:
             if i < 0 or not line.endswith(b")"):
                 continue
             dso = line[i + 2 : -1]
-            if dso in interp or dso == b"[unknown]" or b"/libpython" in dso:
+            if dso in interp or b"/libpython" in dso:
+                hit = True
+                break
+            if dso == b"[unknown]":
                 break
             out.extend(reversed(self.names(line)))
         out.reverse()
-        return out
+        return out, hit
 
     def stack(self, block: bytes) -> str:
         """The whole stack of one sample, root-first, as `para fold` joins it."""
