@@ -70,6 +70,17 @@ live_interval = 0.2
             what="the first segment acknowledged",
         )[0]
         wait_for(lambda: FeatureDB(tmp_path / "db").status()["segments"] >= 1, what="merged")
+        # the Flight client ran in sender children (para/agent/sender.py): the agent's own
+        # process has loaded neither pyarrow nor its libraries
+        st = wait_for(
+            lambda: _status(spool, lambda d: (d["shipper"] or {}).get("sent", 0) >= 1),
+            what="the status",
+        )
+        assert st["shipper"]["sender"]["started"] >= 1, st["shipper"]
+        assert st["shipper"]["sender"]["max_rss_bytes"] > 0
+        assert st["resources"]["heavy_modules"] == []
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
+        assert "libarrow" not in maps and "pyarrow" not in maps
     finally:
         reader.close()
         agent.send_signal(signal.SIGTERM)
@@ -89,3 +100,11 @@ live_interval = 0.2
     assert con.execute("SELECT host FROM hosts").fetchall() == [("e2enode",)]
     assert fdb._read_ledger("SELECT state FROM segments WHERE id = ?", (seg_id,)) == [("merged",)]
     con.close()
+
+
+def _status(spool: Path, ok: object) -> dict[str, object] | None:
+    try:
+        doc = json.loads((spool / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if ok(doc) else None  # type: ignore[operator]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from para.agent.sender import Denied, SenderChild, SenderStats, Transient
 from para.errors import ParaError
 from para.formats import wire
 
@@ -181,6 +182,7 @@ class Shipper:
             "failed_attempts": 0,
         }
         self.live_counts = {"sent": 0, "dropped": 0}
+        self.sender = SenderStats()
         self.last_ack: float | None = None
         self.last_error: str | None = None
         self.live_error: str | None = None
@@ -227,13 +229,15 @@ class Shipper:
             try:
                 if self._live_client is None:
                     self._live_client = self._connect()
-                self._live_client.push_live(self.host, batch)
+                self._live_client.push_live_body(wire.encode_live(self.host, batch))
                 self.live_counts["sent"] += len(batch)
                 self.live_error = None
             except Exception as e:
                 self.live_counts["dropped"] += len(batch)
                 self.live_error = str(e)
-                self._live_client = None
+                client, self._live_client = self._live_client, None
+                if client is not None:
+                    client.close()
 
     # -- segments --------------------------------------------------------------------------
     def _pending(self) -> list[Path]:
@@ -254,6 +258,7 @@ class Shipper:
             if not pending:
                 self.state = "idle"
                 self._session_due = None
+                self._end_session()
                 self._stop.wait(self.cfg.poll_interval)
                 continue
             if self._session_due is None:
@@ -272,8 +277,6 @@ class Shipper:
 
     def _ship(self, path: Path) -> bool:
         """Send one segment; False when the collector could not be reached or refused us."""
-        from para.agent.collector_client import Denied, Transient
-
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -294,7 +297,7 @@ class Shipper:
         try:
             if self._client is None:
                 self._client = self._connect()
-            ack = self._client.send_segment(data, header)
+            ack = self._client.send_segment(path, header)
         except (Transient, Denied, ParaError) as e:
             self._failed(e, isinstance(e, Transient))
             return False
@@ -309,14 +312,9 @@ class Shipper:
         self._succeeded()
         return True
 
-    def _connect(self) -> Any:
-        from para.agent.collector_client import (
-            CollectorClient,
-            Denied,
-            Endpoint,
-            credential_problem,
-        )
-
+    def _connect(self) -> SenderChild:
+        """A sender child (para/agent/sender.py) holding a Flight client to the current
+        collector: the agent's own process never loads pyarrow."""
         token = None
         if self.cfg.token_file:
             try:
@@ -325,20 +323,26 @@ class Shipper:
                 raise Denied(f"cannot read token file {self.cfg.token_file}: {e.strerror}") from e
         if self._current and time.monotonic() - self._on_fallback_since >= self.cfg.primary_retry:
             self._current = 0  # back to this node's own collector
-        ep = Endpoint(
-            url=self._urls[self._current],
-            ca_file=Path(self.cfg.ca_file) if self.cfg.ca_file else None,
-            cert_file=Path(self.cfg.cert_file) if self.cfg.cert_file else None,
-            key_file=Path(self.cfg.key_file) if self.cfg.key_file else None,
-            token=token,
-            insecure=self.cfg.insecure,
-            server_name=self.cfg.server_name,
-            timeout=self.cfg.timeout,
-        )
-        problem = credential_problem(ep)
-        if problem:
-            raise Denied(f"{problem}: issue a new one with `para collector issue-cert {self.host}`")
-        return CollectorClient(ep)
+        endpoint = {
+            "url": self._urls[self._current],
+            "ca_file": self.cfg.ca_file,
+            "cert_file": self.cfg.cert_file,
+            "key_file": self.cfg.key_file,
+            "token": token,
+            "insecure": self.cfg.insecure,
+            "server_name": self.cfg.server_name,
+            "timeout": self.cfg.timeout,
+        }
+        return SenderChild(endpoint, self.host, self.cfg.timeout, self.sender)
+
+    def _end_session(self) -> None:
+        """The spool is empty: the sender child goes (started again for the next segment)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                client.close()
+            except Exception:
+                pass
 
     def _failed(self, e: Exception, transient: bool) -> None:
         self.counts["failed_attempts"] += 1
@@ -432,6 +436,7 @@ class Shipper:
             "next_attempt_in_s": next_in,
             "last_ack": self.last_ack,
             "last_error": self.last_error,
+            "sender": self.sender.as_dict(),
             "live": {
                 "enabled": self.cfg.live,
                 **self.live_counts,
