@@ -18,7 +18,7 @@ The [collector] keys are documented in docs/collector.md.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import random
@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from para.agent.sender import Denied, SenderChild, SenderStats, Transient
 from para.errors import ParaError
@@ -278,15 +278,14 @@ class Shipper:
     def _ship(self, path: Path) -> bool:
         """Send one segment; False when the collector could not be reached or refused us."""
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                header = _header(path.name, f)
         except FileNotFoundError:
             self.counts["vanished"] += 1  # retention dropped it meanwhile
             return True
         except OSError as e:
             self._set_aside(path, f"cannot read it: {e.strerror}")
             return True
-        try:
-            header = _header(path.name, data)
         except (wire.WireError, ValueError, KeyError, zipfile.BadZipFile) as e:
             self._set_aside(path, f"not a complete .para segment ({e})")
             return True
@@ -306,7 +305,7 @@ class Shipper:
             self._succeeded()
             return True
         self.counts["sent" if ack.status == wire.STORED else "duplicates"] += 1
-        self.counts["bytes_sent"] += len(data)
+        self.counts["bytes_sent"] += header.size
         self.last_ack = time.time()
         self._move(path, self.sent)
         self._succeeded()
@@ -446,17 +445,22 @@ class Shipper:
         }
 
 
-def _header(name: str, data: bytes) -> wire.PutHeader:
-    """The upload descriptor of a segment file: its id and host from meta.json."""
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+def _header(name: str, f: BinaryIO) -> wire.PutHeader:
+    """The upload descriptor of a segment file: its id and host from meta.json.  Read from the
+    file, never whole into memory (the sender child reads the bytes it sends)."""
+    with zipfile.ZipFile(f) as zf:
         if "end.json" not in zf.namelist():
             raise ValueError("no end.json: the file was not closed")
         meta = json.loads(zf.read("meta.json"))
-    digest = wire.sha256_hex(data)
+    f.seek(0)
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    digest = h.hexdigest()
     return wire.PutHeader(
         host=wire.host_of(meta),
         id=wire.segment_id_for(meta, digest),
         name=wire.check_segment_file(name),
-        size=len(data),
+        size=f.tell(),
         sha256=digest,
     )
