@@ -99,6 +99,7 @@ class SenderChild:
     ) -> None:
         self.timeout = timeout
         self.stats = stats
+        self.url = str(endpoint["url"])
         self._buf = b""
         self._cpu_s = 0.0
         self._lock = threading.Lock()
@@ -160,6 +161,10 @@ class SenderChild:
                 self._reaped()
             finally:
                 self._lock.release()
+
+    def alive(self) -> bool:
+        """Still running and answering (False once given up on or closed)."""
+        return self.pid in self.stats.running and self.proc.poll() is None
 
     # -- the pipe ------------------------------------------------------------------------------
     def _request(self, doc: dict[str, Any], timeout: float) -> dict[str, Any]:

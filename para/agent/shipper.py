@@ -220,8 +220,11 @@ class Shipper:
         self._live.append((t_ms, rows))
 
     def _run_live(self) -> None:
+        restarts = 0  # sender children of the live stream that died or could not start
+        restart_at = 0.0
         while not self._stop.wait(self.cfg.live_interval):
-            if not self._live or time.monotonic() < self._backoff_until:
+            now = time.monotonic()
+            if not self._live or now < max(self._backoff_until, restart_at):
                 continue  # the collector is down: keep the newest samples only
             batch = []
             while self._live:
@@ -232,12 +235,25 @@ class Shipper:
                 self._live_client.push_live_body(wire.encode_live(self.host, batch))
                 self.live_counts["sent"] += len(batch)
                 self.live_error = None
+                restarts = 0
             except Exception as e:
                 self.live_counts["dropped"] += len(batch)
                 self.live_error = str(e)
-                client, self._live_client = self._live_client, None
-                if client is not None:
-                    client.close()
+                client = self._live_client
+                if client is None or not client.alive():
+                    # a new child costs a pyarrow import: not every live_interval while
+                    # children keep dying, but after a backoff as for segments
+                    self._live_client = None
+                    if client is not None:
+                        client.close()  # reaped already: its pipes closed
+                    restarts += 1
+                    restart_at = time.monotonic() + backoff_delay(
+                        restarts, self.cfg.backoff_min, self.cfg.backoff_max, self._rng
+                    )
+                elif client.url != self._urls[self._current]:
+                    client.close()  # the segments moved to another collector: follow them
+                    self._live_client = None
+                # else: a child still alive keeps its Flight client, which reconnects itself
 
     # -- segments --------------------------------------------------------------------------
     def _pending(self) -> list[Path]:
