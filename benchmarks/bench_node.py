@@ -244,10 +244,10 @@ def main() -> None:
     if args.shipper:
         w = window(300, False, args.seconds, args.warmup, env, shipper=True, before=args.before)
         print(f"\nwith the shipper (unreachable collector; Flight client "
-              f"{'loaded' if w['arrow_loaded'] else 'NOT loaded'}), 300 job processes: peak RSS "
-              f"{w['rss_mib']:.1f} MiB (at the end: {w['anon_mib']:.1f} MiB private, "
-              f"{w['file_mib']:.1f} MiB of mapped files such as libarrow, shared and clean); "
-              f"{w['para']:.3f} ms per sample, the shipper's start-up and attempts included "
+              f"{'loaded' if w['arrow_loaded'] else 'NOT loaded'} in the agent), 300 job "
+              f"processes: peak RSS {w['rss_mib']:.1f} MiB (at the end: {w['anon_mib']:.1f} MiB "
+              f"private, {w['file_mib']:.1f} MiB of mapped files, shared and clean); "
+              f"{w['para']:.3f} ms per sample in the agent's own process "
               f"(sadc {w['sadc']:.3f}, pidstat {w['pidstat']:.3f})")  # fmt: skip
         if "children" in w:
             print(f"  sender children (each its own process, started per sending attempt): "
