@@ -280,6 +280,9 @@ def test_an_expired_certificate_is_reported_and_the_data_waits(
     st = sh.status()
     assert "expired" in st["last_error"] and "issue-cert node3" in st["last_error"]
     assert any("refused" in m and "expired" in m for m in msgs)
+    # the sender child said so and ended (reaped, not counted as a death)
+    assert st["sender"]["pids"] == [] and st["sender"]["died"] == 0, st["sender"]
+    assert st["sender"]["last_exit"] == "exit status 1"
     assert len(list((tmp_path / "spool-node3" / "ready").glob("*.para"))) == 1
 
 

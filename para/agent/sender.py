@@ -125,7 +125,11 @@ class SenderChild:
         with stats._lock:
             stats.started += 1
             stats.running.add(self.pid)
-        self._request({"endpoint": endpoint, "host": host}, start_timeout)
+        try:
+            self._request({"endpoint": endpoint, "host": host}, start_timeout)
+        except BaseException:
+            self.close()  # refused (a bad credential...): the child ends; reap it
+            raise
 
     # -- what the shipper calls (the interface of collector_client.CollectorClient) ------------
     def send_segment(self, path: Path, header: wire.PutHeader) -> wire.Ack:
@@ -197,7 +201,7 @@ class SenderChild:
         while view:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._give_up(f"did not read its request in {self.timeout + ANSWER_GRACE:g} s")
+                self._give_up("did not read its request in time")
             try:
                 _, w, _ = select.select([], [self._in], [], left)
                 if w:
