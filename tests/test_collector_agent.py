@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from para.agent.collector_client import CollectorClient, Endpoint
+from para.agent.commands import render_status
 from para.collector.db import FeatureDB
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
 
@@ -78,6 +79,8 @@ live_interval = 0.2
         )
         assert st["shipper"]["sender"]["started"] >= 1, st["shipper"]
         assert st["shipper"]["sender"]["max_rss_bytes"] > 0
+        shown = [ln for ln in render_status(st) if ln.lstrip().startswith("sender")]
+        assert shown and f"{st['shipper']['sender']['started']} started" in shown[0], shown
         assert st["resources"]["heavy_modules"] == []
         maps = Path(f"/proc/{agent.pid}/maps").read_text()
         assert "libarrow" not in maps and "pyarrow" not in maps
