@@ -270,9 +270,12 @@ def _rusage() -> dict[str, Any]:
     return {"cpu_s": round(ru.ru_utime + ru.ru_stime, 3), "max_rss_bytes": ru.ru_maxrss * 1024}
 
 
+_answers = sys.stdout  # the pipe to the shipper; main() moves it off fd 1
+
+
 def _say(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
-    sys.stdout.flush()
+    _answers.write(json.dumps(doc, separators=(",", ":"), default=str) + "\n")
+    _answers.flush()
 
 
 def _failure(e: BaseException) -> dict[str, Any]:
@@ -306,6 +309,11 @@ def _serve(client: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
+    global _answers
+    # the answers get a descriptor of their own: whatever a library prints to stdout (C
+    # code included) goes to stderr, the agent's log, and cannot garble them
+    _answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     first = sys.stdin.readline()
     try:
         hello = json.loads(first)
