@@ -11,8 +11,10 @@ agent's segment, sadc's file read with sadf, pidstat's report headers).  The rou
 the sizes in turn; the figures are the medians over rounds of each window's ratios.
 
 With --shipper, one more agent run with a [collector] table (an unreachable collector: the
-shipper loads pyarrow and its Flight client and tries to send) and a job of 300 processes
-gives the peak resident set (VmHWM) with the shipper loaded.
+shipper starts its sender child, which loads pyarrow and its Flight client, and tries to send)
+and a job of 300 processes gives the peak resident set (VmHWM) with the shipper loaded, and
+what the sender children cost (from the agent's status; with --before, the agent of TREE with
+the same [collector] beside it).
 
     .venv/bin/python benchmarks/bench_node.py [--rounds 2] [--seconds 30]
         [--sizes 0,100,300,1000,5000] [--threads] [--shipper] [--pure] [--before TREE]
@@ -24,6 +26,7 @@ in the same windows: before and after side by side under the same load.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -98,9 +101,10 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
         text += "[segments]\nmax_seconds = 10\n"
     jobs = "" if environ else "[jobs]\nenviron = false\n"
     (work / "agent.toml").write_text(text + jobs)
-    (work / "before.toml").write_text(
-        f'[agent]\ninterval = 1\nspool_dir = "{work / "sp0"}"\n' + jobs
-    )
+    before_text = f'[agent]\ninterval = 1\nspool_dir = "{work / "sp0"}"\n'
+    if shipper:  # the same shipper configuration: before and after side by side
+        before_text += text.split("\n", 3)[3]
+    (work / "before.toml").write_text(before_text + jobs)
     job_env = dict(env, SLURM_JOB_ID="424242", SLURM_JOB_NAME="bench", SLURM_CPUS_ON_NODE="2")
     job = start_job(size, threads, job_env)
     agent = subprocess.Popen(
@@ -142,6 +146,17 @@ def window(size: int, threads: bool, seconds: float, warmup: float, env: dict[st
         out["file_mib"] = status_kb(agent.pid, "RssFile") / 1024
         maps = Path(f"/proc/{agent.pid}/maps").read_text()
         out["arrow_loaded"] = float("libarrow_flight" in maps)
+        if before:
+            out["before_rss_mib"] = status_kb(progs[1].pid, "VmHWM") / 1024
+            maps = Path(f"/proc/{progs[1].pid}/maps").read_text()
+            out["before_arrow_loaded"] = float("libarrow_flight" in maps)
+        if shipper:
+            # what the sender children (para/agent/sender.py) cost, as the agent says
+            sender = json.loads((spool / "status.json").read_text())["shipper"].get("sender")
+            if sender:
+                out["children"] = sender["started"]
+                out["child_cpu_s"] = sender["cpu_s"]
+                out["child_rss_mib"] = sender["max_rss_bytes"] / 2**20
     finally:
         for p in (sa, ps):
             p.send_signal(signal.SIGTERM)
@@ -227,13 +242,22 @@ def main() -> None:
                  f"{med(w['before'] / (w['sadc'] + w['pidstat']) for w in ws):.2f}x sadc+pidstat"
                  if args.before else ""))  # fmt: skip
     if args.shipper:
-        w = window(300, False, args.seconds, args.warmup, env, shipper=True)
+        w = window(300, False, args.seconds, args.warmup, env, shipper=True, before=args.before)
         print(f"\nwith the shipper (unreachable collector; Flight client "
-              f"{'loaded' if w['arrow_loaded'] else 'NOT loaded'}), 300 job processes: peak RSS "
-              f"{w['rss_mib']:.1f} MiB (at the end: {w['anon_mib']:.1f} MiB private, "
-              f"{w['file_mib']:.1f} MiB of mapped files such as libarrow, shared and clean); "
-              f"{w['para']:.3f} ms per sample, the shipper's start-up and attempts included "
+              f"{'loaded' if w['arrow_loaded'] else 'NOT loaded'} in the agent), 300 job "
+              f"processes: peak RSS {w['rss_mib']:.1f} MiB (at the end: {w['anon_mib']:.1f} MiB "
+              f"private, {w['file_mib']:.1f} MiB of mapped files, shared and clean); "
+              f"{w['para']:.3f} ms per sample in the agent's own process "
               f"(sadc {w['sadc']:.3f}, pidstat {w['pidstat']:.3f})")  # fmt: skip
+        if "children" in w:
+            print(f"  sender children (each its own process, started per sending attempt): "
+                  f"{w['children']:.0f} started, {w['child_cpu_s']:.2f} s CPU in all, peak "
+                  f"RSS {w['child_rss_mib']:.1f} MiB each")  # fmt: skip
+        if args.before:
+            print(f"  before (same window and configuration): peak RSS "
+                  f"{w['before_rss_mib']:.1f} MiB, Flight client "
+                  f"{'loaded' if w['before_arrow_loaded'] else 'NOT loaded'} in the agent, "
+                  f"{w['before']:.3f} ms per sample")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from para.agent.collector_client import CollectorClient, Endpoint
+from para.agent.commands import render_status
 from para.collector.db import FeatureDB
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
 
@@ -70,6 +71,19 @@ live_interval = 0.2
             what="the first segment acknowledged",
         )[0]
         wait_for(lambda: FeatureDB(tmp_path / "db").status()["segments"] >= 1, what="merged")
+        # the Flight client ran in sender children (para/agent/sender.py): the agent's own
+        # process has loaded neither pyarrow nor its libraries
+        st = wait_for(
+            lambda: _status(spool, lambda d: (d["shipper"] or {}).get("sent", 0) >= 1),
+            what="the status",
+        )
+        assert st["shipper"]["sender"]["started"] >= 1, st["shipper"]
+        assert st["shipper"]["sender"]["max_rss_bytes"] > 0
+        shown = [ln for ln in render_status(st) if ln.lstrip().startswith("sender")]
+        assert shown and f"{st['shipper']['sender']['started']} started" in shown[0], shown
+        assert st["resources"]["heavy_modules"] == []
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
+        assert "libarrow" not in maps and "pyarrow" not in maps
     finally:
         reader.close()
         agent.send_signal(signal.SIGTERM)
@@ -89,3 +103,11 @@ live_interval = 0.2
     assert con.execute("SELECT host FROM hosts").fetchall() == [("e2enode",)]
     assert fdb._read_ledger("SELECT state FROM segments WHERE id = ?", (seg_id,)) == [("merged",)]
     con.close()
+
+
+def _status(spool: Path, ok: object) -> dict[str, object] | None:
+    try:
+        doc = json.loads((spool / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if ok(doc) else None  # type: ignore[operator]

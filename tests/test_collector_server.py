@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,32 @@ def _shipper(
     return sh, msgs
 
 
+def test_a_killed_sender_child_loses_nothing(tmp_path: Path, pki: Path, server: Running) -> None:
+    """The Flight client runs in a child of the shipper (para/agent/sender.py): one killed
+    while it starts or sends costs a retry with a new child, never a segment."""
+    write_segments(TPL, tmp_path / "spool-node1" / "ready", "node1", 4)
+    sh, msgs = _shipper(tmp_path, pki, server.port, "node1")
+    sh.start()
+    try:
+        pid = wait_for(lambda: sh.status()["sender"]["pids"], step=0.005, what="a child")[0]
+        os.kill(pid, signal.SIGKILL)
+        sent = tmp_path / "spool-node1" / "sent"
+        wait_for(lambda: len(list(sent.glob("*.para"))) == 4, timeout=60, what="acks")
+        st = sh.status()
+    finally:
+        sh.stop()
+    assert list((tmp_path / "spool-node1" / "ready").glob("*.para")) == []
+    assert st["sender"]["died"] >= 1 and st["sender"]["started"] >= 2, st
+    assert any(f"sender process (pid {pid})" in m and "SIGKILL" in m for m in msgs), msgs
+    assert st["sent"] + st["duplicates"] == 4
+    server.wait_merged(4)
+    assert _count(tmp_path / "db") == (4 * ROWS["node"], 4 * ROWS["node"])
+    # the session over, its child is gone
+    assert sh.status()["sender"]["pids"] == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 def test_shippers_deliver_everything_once_over_mutual_tls(
     tmp_path: Path, pki: Path, server: Running
 ) -> None:
@@ -253,6 +280,9 @@ def test_an_expired_certificate_is_reported_and_the_data_waits(
     st = sh.status()
     assert "expired" in st["last_error"] and "issue-cert node3" in st["last_error"]
     assert any("refused" in m and "expired" in m for m in msgs)
+    # the sender child said so and ended (reaped, not counted as a death)
+    assert st["sender"]["pids"] == [] and st["sender"]["died"] == 0, st["sender"]
+    assert st["sender"]["last_exit"] == "exit status 1"
     assert len(list((tmp_path / "spool-node3" / "ready").glob("*.para"))) == 1
 
 

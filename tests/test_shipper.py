@@ -113,3 +113,27 @@ def test_unreachable_collector_backs_off_and_keeps_the_segments(tmp_path: Path) 
     assert st["consecutive_failures"] >= 3 and st["last_error"]
     # said once for the outage, not at every retry
     assert sum("cannot reach the collector" in m for m in msgs) == 1
+
+
+def test_an_unreachable_collector_costs_the_live_stream_one_sender_child(tmp_path: Path) -> None:
+    """The Flight client lives in a sender child (para/agent/sender.py) whose start costs a
+    pyarrow import: live pushes that fail reuse it (its client reconnects by itself) rather
+    than start one child per live_interval."""
+    cfg = _cfg(tmp_path, url="grpc+tls://127.0.0.1:1", live=True, live_interval=0.02)
+    sh = Shipper(cfg, tmp_path, "node1", print)
+    sh.start()
+    dropped = 0
+    try:
+        # pushes through the child (started for the first), each refused: 25 batches
+        # dropped, one at a time
+        while dropped < 25:
+            before = sh.status()["live"]["dropped"]
+            sh.push_live(dropped, {"node": [[dropped]]})
+            wait_for(lambda b=before: sh.status()["live"]["dropped"] > b, what="a failed push")
+            dropped += 1
+        st = sh.status()
+    finally:
+        sh.stop()
+    assert st["live"]["sent"] == 0 and st["live"]["last_error"]
+    assert st["sender"]["started"] == 1 and st["sender"]["died"] == 0, st["sender"]
+    assert sh.status()["sender"]["pids"] == []  # stop() ended it

@@ -19,22 +19,16 @@ import pyarrow.flight as fl
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from para.agent.sender import Denied, Transient
 from para.errors import ParaError
 from para.formats import wire
+
+__all__ = ["CollectorClient", "Denied", "Endpoint", "Transient", "cert_problem", "reader_endpoint"]
 
 # gRPC's own log lines (handshake failures...) repeat what our errors say, in its words.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 CHUNK_BYTES = 1 << 20
-
-
-class Transient(Exception):
-    """The collector could not take it now; try again later."""
-
-
-class Denied(Exception):
-    """The collector refused the credential (or what it may do); retrying will not help
-    until the configuration is fixed."""
 
 
 @dataclass
@@ -141,7 +135,11 @@ class CollectorClient:
         return wire.Ack.decode(buf.to_pybytes())
 
     def push_live(self, host: str, samples: list[tuple[int, dict[str, Any]]]) -> None:
-        self._action(wire.ACTION_LIVE, wire.encode_live(host, samples))
+        self.push_live_body(wire.encode_live(host, samples))
+
+    def push_live_body(self, body: bytes) -> None:
+        """Live samples already encoded by wire.encode_live (the shipper's sender child)."""
+        self._action(wire.ACTION_LIVE, body)
 
     # -- readers ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -308,6 +308,13 @@ def render_status(doc: dict[str, Any]) -> list[str]:
             f"{sh.get('sent', 0)} sent"
             + (f"; last error: {sh['last_error']}" if sh.get("last_error") else "")
         )
+        snd = sh.get("sender")
+        if snd:  # the Flight client's processes (para/agent/sender.py)
+            lines.append(
+                f"  sender        {len(snd.get('pids') or [])} running, {snd.get('started', 0)} "
+                f"started, {snd.get('died', 0)} died; {snd.get('cpu_s', 0)} s CPU, peak "
+                f"{_size(snd.get('max_rss_bytes', 0))} each"
+            )
     else:
         lines.append("  shipper       none configured (segments stay in ready/)")
     live = doc.get("live")

@@ -18,7 +18,7 @@ The [collector] keys are documented in docs/collector.md.
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import os
 import random
@@ -29,8 +29,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from para.agent.sender import Denied, SenderChild, SenderStats, Transient
 from para.errors import ParaError
 from para.formats import wire
 
@@ -181,6 +182,7 @@ class Shipper:
             "failed_attempts": 0,
         }
         self.live_counts = {"sent": 0, "dropped": 0}
+        self.sender = SenderStats()
         self.last_ack: float | None = None
         self.last_error: str | None = None
         self.live_error: str | None = None
@@ -218,8 +220,11 @@ class Shipper:
         self._live.append((t_ms, rows))
 
     def _run_live(self) -> None:
+        restarts = 0  # sender children of the live stream that died or could not start
+        restart_at = 0.0
         while not self._stop.wait(self.cfg.live_interval):
-            if not self._live or time.monotonic() < self._backoff_until:
+            now = time.monotonic()
+            if not self._live or now < max(self._backoff_until, restart_at):
                 continue  # the collector is down: keep the newest samples only
             batch = []
             while self._live:
@@ -227,13 +232,28 @@ class Shipper:
             try:
                 if self._live_client is None:
                     self._live_client = self._connect()
-                self._live_client.push_live(self.host, batch)
+                self._live_client.push_live_body(wire.encode_live(self.host, batch))
                 self.live_counts["sent"] += len(batch)
                 self.live_error = None
+                restarts = 0
             except Exception as e:
                 self.live_counts["dropped"] += len(batch)
                 self.live_error = str(e)
-                self._live_client = None
+                client = self._live_client
+                if client is None or not client.alive():
+                    # a new child costs a pyarrow import: not every live_interval while
+                    # children keep dying, but after a backoff as for segments
+                    self._live_client = None
+                    if client is not None:
+                        client.close()  # reaped already: its pipes closed
+                    restarts += 1
+                    restart_at = time.monotonic() + backoff_delay(
+                        restarts, self.cfg.backoff_min, self.cfg.backoff_max, self._rng
+                    )
+                elif client.url != self._urls[self._current]:
+                    client.close()  # the segments moved to another collector: follow them
+                    self._live_client = None
+                # else: a child still alive keeps its Flight client, which reconnects itself
 
     # -- segments --------------------------------------------------------------------------
     def _pending(self) -> list[Path]:
@@ -254,6 +274,7 @@ class Shipper:
             if not pending:
                 self.state = "idle"
                 self._session_due = None
+                self._end_session()
                 self._stop.wait(self.cfg.poll_interval)
                 continue
             if self._session_due is None:
@@ -272,18 +293,15 @@ class Shipper:
 
     def _ship(self, path: Path) -> bool:
         """Send one segment; False when the collector could not be reached or refused us."""
-        from para.agent.collector_client import Denied, Transient
-
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                header = _header(path.name, f)
         except FileNotFoundError:
             self.counts["vanished"] += 1  # retention dropped it meanwhile
             return True
         except OSError as e:
             self._set_aside(path, f"cannot read it: {e.strerror}")
             return True
-        try:
-            header = _header(path.name, data)
         except (wire.WireError, ValueError, KeyError, zipfile.BadZipFile) as e:
             self._set_aside(path, f"not a complete .para segment ({e})")
             return True
@@ -294,7 +312,7 @@ class Shipper:
         try:
             if self._client is None:
                 self._client = self._connect()
-            ack = self._client.send_segment(data, header)
+            ack = self._client.send_segment(path, header)
         except (Transient, Denied, ParaError) as e:
             self._failed(e, isinstance(e, Transient))
             return False
@@ -303,20 +321,15 @@ class Shipper:
             self._succeeded()
             return True
         self.counts["sent" if ack.status == wire.STORED else "duplicates"] += 1
-        self.counts["bytes_sent"] += len(data)
+        self.counts["bytes_sent"] += header.size
         self.last_ack = time.time()
         self._move(path, self.sent)
         self._succeeded()
         return True
 
-    def _connect(self) -> Any:
-        from para.agent.collector_client import (
-            CollectorClient,
-            Denied,
-            Endpoint,
-            credential_problem,
-        )
-
+    def _connect(self) -> SenderChild:
+        """A sender child (para/agent/sender.py) holding a Flight client to the current
+        collector: the agent's own process never loads pyarrow."""
         token = None
         if self.cfg.token_file:
             try:
@@ -325,20 +338,26 @@ class Shipper:
                 raise Denied(f"cannot read token file {self.cfg.token_file}: {e.strerror}") from e
         if self._current and time.monotonic() - self._on_fallback_since >= self.cfg.primary_retry:
             self._current = 0  # back to this node's own collector
-        ep = Endpoint(
-            url=self._urls[self._current],
-            ca_file=Path(self.cfg.ca_file) if self.cfg.ca_file else None,
-            cert_file=Path(self.cfg.cert_file) if self.cfg.cert_file else None,
-            key_file=Path(self.cfg.key_file) if self.cfg.key_file else None,
-            token=token,
-            insecure=self.cfg.insecure,
-            server_name=self.cfg.server_name,
-            timeout=self.cfg.timeout,
-        )
-        problem = credential_problem(ep)
-        if problem:
-            raise Denied(f"{problem}: issue a new one with `para collector issue-cert {self.host}`")
-        return CollectorClient(ep)
+        endpoint = {
+            "url": self._urls[self._current],
+            "ca_file": self.cfg.ca_file,
+            "cert_file": self.cfg.cert_file,
+            "key_file": self.cfg.key_file,
+            "token": token,
+            "insecure": self.cfg.insecure,
+            "server_name": self.cfg.server_name,
+            "timeout": self.cfg.timeout,
+        }
+        return SenderChild(endpoint, self.host, self.cfg.timeout, self.sender)
+
+    def _end_session(self) -> None:
+        """The spool is empty: the sender child goes (started again for the next segment)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                client.close()
+            except Exception:
+                pass
 
     def _failed(self, e: Exception, transient: bool) -> None:
         self.counts["failed_attempts"] += 1
@@ -432,6 +451,7 @@ class Shipper:
             "next_attempt_in_s": next_in,
             "last_ack": self.last_ack,
             "last_error": self.last_error,
+            "sender": self.sender.as_dict(),
             "live": {
                 "enabled": self.cfg.live,
                 **self.live_counts,
@@ -441,17 +461,22 @@ class Shipper:
         }
 
 
-def _header(name: str, data: bytes) -> wire.PutHeader:
-    """The upload descriptor of a segment file: its id and host from meta.json."""
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+def _header(name: str, f: BinaryIO) -> wire.PutHeader:
+    """The upload descriptor of a segment file: its id and host from meta.json.  Read from the
+    file, never whole into memory (the sender child reads the bytes it sends)."""
+    with zipfile.ZipFile(f) as zf:
         if "end.json" not in zf.namelist():
             raise ValueError("no end.json: the file was not closed")
         meta = json.loads(zf.read("meta.json"))
-    digest = wire.sha256_hex(data)
+    f.seek(0)
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    digest = h.hexdigest()
     return wire.PutHeader(
         host=wire.host_of(meta),
         id=wire.segment_id_for(meta, digest),
         name=wire.check_segment_file(name),
-        size=len(data),
+        size=f.tell(),
         sha256=digest,
     )
