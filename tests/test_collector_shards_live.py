@@ -11,21 +11,18 @@ client) running one job, two nodes on each shard:
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from para.agent.collector_client import CollectorClient, Endpoint, Transient
+from para.agent.collector_client import CollectorClient, Endpoint
 from tests.collector_support import CollectorProcess, make_pki, wait_for
 from tests.conftest import run_para
 from tests.live_support import Receiver
-from tests.shard_support import job_sample
+from tests.shard_support import HOSTS, Nodes
 
 pytestmark = pytest.mark.slow
-HOSTS = ("n1", "n2", "n3", "n4")
 RULES = """
 [defaults]
 sinks = ["hook"]
@@ -51,60 +48,6 @@ above = 0.25
 for = "1s"
 clear_for = "1s"
 """
-
-
-class Nodes:
-    """Four nodes sending their job's samples twice a second, each to its shard, failing over
-    to the other when its own does not answer (as `para agent` does)."""
-
-    def __init__(self, pki: Path, urls: list[str]):
-        self.pki, self.urls = pki, urls
-        self.cores = {"n1": 0.3, "n2": 0.2, "n3": 0.4, "n4": 0.35}
-        self.shard = {"n1": 0, "n2": 0, "n3": 1, "n4": 1}
-        self.ticks = dict.fromkeys(HOSTS, 0.0)
-        self.stop = threading.Event()
-        self.errors: list[str] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _client(self, host: str, i: int) -> CollectorClient:
-        p = self.pki
-        return CollectorClient(
-            Endpoint(self.urls[i], p / "ca.crt", p / f"issued/{host}.crt",
-                     p / f"issued/{host}.key", timeout=5.0)
-        )  # fmt: skip
-
-    def _run(self) -> None:
-        clients: dict[tuple[str, int], CollectorClient] = {}
-        last = time.time()
-        while not self.stop.wait(0.5):
-            now = time.time()
-            for host in HOSTS:
-                self.ticks[host] += self.cores[host] * 100 * (now - last)
-                sample = (
-                    int(now * 1000),
-                    {"job": [job_sample("7", int(self.ticks[host]), 1 << 30)]},
-                )
-                for attempt in (0, 1):
-                    i = self.shard[host]
-                    c = clients.get((host, i)) or clients.setdefault(
-                        (host, i), self._client(host, i)
-                    )
-                    try:
-                        c.push_live(host, [sample])
-                        break
-                    except Transient as e:
-                        clients.pop((host, i)).close()
-                        self.shard[host] = 1 - i  # fail over
-                        if attempt:
-                            self.errors.append(f"{host}: {e}")
-            last = now
-        for c in clients.values():
-            c.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
 
 
 def _reader(pki: Path, port: int) -> CollectorClient:
@@ -147,7 +90,7 @@ def test_job_rules_and_top_across_two_shards_and_one_killed(tmp_path: Path) -> N
             ).start()
         )
     ports = [s.port for s in shards]
-    nodes = Nodes(pki, [f"grpc+tls://127.0.0.1:{p}" for p in ports])
+    nodes = Nodes(pki, [f"grpc+tls://127.0.0.1:{p}" for p in ports], interval=0.5)
     try:
 
         def events(rule: str) -> list[tuple[str, Any]]:
