@@ -124,10 +124,16 @@ def merge_summaries(docs: list[tuple[str, dict[str, Any] | None, str | None]]) -
             for k, vals in series.items():
                 into[k] = _add_series(into.get(k), vals, mean=k == "gpu")
     # a job's use from its nodes' own rows, each node counted once
+    uses: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for n, _ in nodes.values():
+        for job in n.get("jobs") or []:
+            use = (n.get("job_use") or {}).get(job)
+            if use is not None:
+                uses.setdefault(job, []).append((n, use))
     for j in jobs.values():
-        on = [(n, n.get("job_use", {}).get(j["job"])) for n, _ in nodes.values()]
-        on = [(n, use) for n, use in on if use is not None and j["job"] in (n.get("jobs") or [])]
+        on = uses.get(j["job"])
         if not on:
+            j["hosts"] = []
             continue
         j["hosts"] = sorted(n["host"] for n, _ in on)
         j["cpu_cores"] = round(sum(u.get("cores") or 0.0 for _, u in on), 3)
