@@ -62,12 +62,16 @@ def _job_status(pki: Path, port: int) -> dict[str, Any]:
         return c.alerts()["status"]
 
 
-def _top(pki: Path, *ports: int) -> list[str]:
+def _top(pki: Path, *ports: int, config: Path | None = None) -> list[str]:
     args = []
     for p in ports:
         args += ["--collector", f"grpc+tls://127.0.0.1:{p}"]
+    if config is not None:  # an agent's configuration names the shards; its CA is taken
+        args += ["--shards-from", str(config)]
+    else:
+        args += ["--ca", str(pki / "ca.crt")]
     r = run_para(
-        "top", *args, "--ca", str(pki / "ca.crt"), "--cert", str(pki / "issued/reader-reader.crt"),
+        "top", *args, "--cert", str(pki / "issued/reader-reader.crt"),
         "--key", str(pki / "issued/reader-reader.key"), "--once", "-i", "0.2",
         env={"COLUMNS": "120", "LINES": "30"},
     )  # fmt: skip
@@ -133,7 +137,13 @@ def test_job_rules_and_top_across_two_shards_and_one_killed(tmp_path: Path) -> N
             return sorted(n["host"] for n in doc["nodes"] if n["age_s"] < 3) == list(HOSTS)
 
         wait_for(failed_over, timeout=60, step=0.2, what="every node at the other shard")
-        lines = _top(pki, *ports)
+        conf = tmp_path / "agent.toml"
+        conf.write_text(
+            f'[collector]\nurl = "grpc+tls://127.0.0.1:{ports[0]}"\n'
+            f'fallback = ["grpc+tls://127.0.0.1:{ports[1]}"]\nca_file = "{pki / "ca.crt"}"\n'
+            f'cert_file = "{pki / "issued/n1.crt"}"\nkey_file = "{pki / "issued/n1.key"}"\n'
+        )
+        lines = _top(pki, config=conf)
         assert "4 nodes 1 jobs" in lines[0]
         assert any(f"1 of 2 shards not answering: 127.0.0.1:{ports[lead]}" in ln for ln in lines)
         assert [h for h in HOSTS if any(ln.startswith(h + " ") for ln in lines)] == list(HOSTS)

@@ -746,6 +746,12 @@ def open_source(
     help="The cluster, from this collector (grpc+tls://HOST:8815); needs a reader's credential. "
     "Repeat it for sharded collectors: every shard's nodes as one cluster.",
 )
+@click.option(
+    "--shards-from",
+    metavar="FILE",
+    help="Every collector shard an agent configuration names ([collector] url and fallback), "
+    "read as one cluster (your own reader's credential still needed).",
+)
 @click.option("--ca", metavar="FILE", help="CA of the collector's certificate.")
 @click.option("--cert", metavar="FILE", help="Your reader certificate (mutual TLS).")
 @click.option("--key", metavar="FILE", help="Its private key.")
@@ -780,6 +786,7 @@ def open_source(
 @click.option("--once", is_flag=True, help="Print one screen as text and exit.")
 def top_command(
     collector: tuple[str, ...],
+    shards_from: str | None,
     ca: str | None,
     cert: str | None,
     key: str | None,
@@ -817,6 +824,16 @@ def top_command(
     )
     if not once and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("para top needs a terminal", hint="use --once to print one screen")
+    if shards_from:
+        from para.agent import config as cfgmod
+
+        table = cfgmod.load(shards_from).collector or {}
+        if not isinstance(table.get("url"), str):
+            raise UsageError(f"{shards_from} has no [collector] url: no shard to read")
+        fallback = [u for u in table.get("fallback") or [] if isinstance(u, str)]
+        collector = (*collector, table["url"], *fallback)
+        ca = ca or table.get("ca_file")
+        insecure = insecure or table.get("insecure") is True
     source = open_source(
         collector, ca, cert, key, token_file, insecure, spool, config, sample_here, interval
     )
