@@ -91,6 +91,15 @@ flap_window = "10s"
 name = "gone"
 type = "absent"
 for = "3s"
+
+[[rule]]
+name = "site-metric"
+metric = "host.busy_twice"
+above = 150
+for = "1s"
+
+[metrics]
+busy_twice = "cpu_busy_pct * 2"
 """
 
 VALUES = st.one_of(
@@ -187,5 +196,9 @@ def test_a_burst_over_many_hosts_fires_the_same_alerts():
     rows, cols = _run(plan, many=False), _run(plan, many=True)
     fired = [t for t, tr in cols[1].items() if t[0] == "busy" and "'firing'" in tr]
     assert sorted(t[1] for t in fired) == [f"cn{i:03d}" for i in range(0, 100, 10)]
+    # a site's own metric named as host.NAME (issue 17's review: the column pass read it as
+    # a value of the node, found none, and never ran the rule)
+    site = [t for t, tr in cols[1].items() if t[0] == "site-metric" and "'firing'" in tr]
+    assert sorted(t[1] for t in site) == [f"cn{i:03d}" for i in range(0, 100, 10)]
     assert sum("'event': 'firing'" in n for n in cols[0]) >= 10
     assert cols == rows

@@ -34,6 +34,7 @@ from para.live import openmetrics, rules, shards
 from para.live.metrics import Snapshot
 from para.live.sinks import Dispatcher
 from para.live.view import LiveView
+from para.live.wellformed import well_formed
 
 QUEUE_MAX = 20000  # live messages waiting for evaluation (past it: dropped, counted)
 QUEUE_BYTES = 256 << 20  # ... and their bytes of JSON, in all and per host (docs/collector.md)
@@ -115,6 +116,7 @@ class AlertService:
             "messages": 0,
             "dropped": 0,
             "out_of_order": 0,
+            "malformed": 0,
             "notes": 0,
             "notified": 0,
             "windows": 0,
@@ -123,6 +125,7 @@ class AlertService:
             "notes_refused": 0,
             "job_rule_rounds": 0,
         }
+        self._malformed_logged: dict[str, float] = {}
         self.eval_cpu_s = 0.0
         self.window_cpu_s = 0.0
         self._lock = threading.RLock()
@@ -243,10 +246,17 @@ class AlertService:
         raw: list[dict[str, Any]] = []
         for host, samples, rx in messages:
             self.counts["messages"] += 1
-            for t_ms, rows in samples:
-                if not isinstance(rows, dict):
+            for t_ms, sent in samples:
+                rows, problem = well_formed(sent)
+                if problem is not None:
+                    self._malformed(host, t_ms, problem)
+                if rows is None:
                     continue
-                snap = self.view.add(host, t_ms, rows, rx)
+                try:
+                    snap = self.view.add(host, t_ms, rows, rx)
+                except Exception as e:  # what well_formed let through: this sample only
+                    self._malformed(host, t_ms, f"{type(e).__name__}: {e}")
+                    continue
                 if snap is None:
                     self.counts["out_of_order"] += 1  # a retried message: already seen
                     continue
@@ -264,7 +274,24 @@ class AlertService:
             if self.window_rules:
                 self._keep_raw(snap.host, snap.t_ms, rows)
 
-        self.engine.observe_many(snaps, rxs, after)
+        self.engine.observe_many(snaps, rxs, after, self._failed)
+
+    def _failed(self, snap: Snapshot, e: Exception) -> None:
+        self._malformed(snap.host, snap.t_ms, f"its rules failed: {type(e).__name__}: {e}")
+
+    def _malformed(self, host: str, t_ms: int, why: str) -> None:
+        """A node's sample that the live path could not use as sent (said once a minute
+        per node; counted, and among the node's offences in `para collector status`)."""
+        self.counts["malformed"] += 1
+        why = f"live sample at {t_ms} ms: {why}"
+        if self.offend is not None:
+            self.offend(host, "live_malformed", why)
+        now = time.monotonic()
+        if now - self._malformed_logged.get(host, -1e9) >= 60:
+            if len(self._malformed_logged) > 10_000:
+                self._malformed_logged.clear()
+            self._malformed_logged[host] = now
+            self.log(f"left out part of a live sample from {host}: {why[:300]}")
 
     def _agent_alerts(self, snap: Snapshot) -> None:
         """Alerts the node's agent notified itself while it could not reach us."""

@@ -184,6 +184,7 @@ class Engine:
         snaps: list[Snapshot],
         received: list[float] | None = None,
         after: Callable[[Snapshot], None] | None = None,
+        failed: Callable[[Snapshot, Exception], None] | None = None,
     ) -> None:
         """Samples of many hosts (a second of the cluster), as observe() on each in turn
         (then `after(snap)`), with the same notes in the same order and the same state.
@@ -193,7 +194,11 @@ class Engine:
         the samples where any series crosses the line (or holds something that is not a
         number).  A rule then runs on a sample only where that found something or where the
         rule already follows a series of that host; elsewhere a sample would move nothing,
-        and only its evaluations are counted.  Every other rule runs on every sample."""
+        and only its evaluations are counted.  Every other rule runs on every sample.
+
+        With `failed`, a sample whose rules raise is handed to it and the others go on (at
+        the collector one node's sample must not stop every node's rules); without, it
+        raises."""
         hits, counted = self._columns(snaps)
         index = self._rule_index
         n = counted
@@ -210,13 +215,18 @@ class Engine:
                 mine |= {j for name in held if (j := index.get(name)) is not None and j in simple}
             run = sorted(mine.union(always)) if mine else always
             rules = self.series_rules
-            for j in run:
-                rule = rules[j]
-                k = self._observe_rule(rule, snap)
-                if j not in simple:
-                    n += k
-            if after is not None:
-                after(snap)
+            try:
+                for j in run:
+                    rule = rules[j]
+                    k = self._observe_rule(rule, snap)
+                    if j not in simple:
+                        n += k
+                if after is not None:
+                    after(snap)
+            except Exception as e:
+                if failed is None:
+                    raise
+                failed(snap, e)
         self.evaluations += n
 
     def _arrive(self, snap: Snapshot, received: float | None) -> None:

@@ -123,7 +123,10 @@ class _Compiler:
         body = tree.body
         if isinstance(body, ast.Attribute) and isinstance(body.value, ast.Name):
             unit = unit_of(body.value.id, body.attr)
-            simple = (body.value.id, body.attr)
+            if not (body.value.id == "host" and body.attr in self.user):
+                # host.NAME of the site's own [metrics] is an expression, not a value of the
+                # node that the column pass could read
+                simple = (body.value.id, body.attr)
         elif isinstance(body, ast.Name) and body.id in HOST_METRICS and body.id not in self.user:
             unit = HOST_METRICS[body.id][0]
             simple = ("host", body.id)

@@ -9,6 +9,7 @@ its newest sample.  Pure functions of JSON-able documents: the collector
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from para.live.view import LiveView
@@ -34,15 +35,15 @@ def job_partial(view: LiveView, shard: str, now: float) -> dict[str, Any]:
             gsum, gn = 0.0, 0
             for g, on in snap.gpu_jobs.items():
                 if job in on:
-                    u = snap.tables.get("gpu", {}).get(g, {}).get("util_gpu")
-                    if isinstance(u, (int, float)):
-                        gsum, gn = gsum + float(u), gn + 1
+                    u = _num(snap.tables.get("gpu", {}).get(g, {}).get("util_gpu"))
+                    if u is not None:
+                        gsum, gn = gsum + u, gn + 1
             hosts[host] = [
                 snap.t_ms,
-                row.get("cpu_cores"),  # None until a node's second sample here (a rate)
-                row.get("rss_bytes") or 0.0,
-                row.get("io_bps") or 0.0,
-                int(row.get("cpus") or 0),
+                _num(row.get("cpu_cores")),  # None until a node's second sample here (a rate)
+                _num(row.get("rss_bytes")) or 0.0,
+                _num(row.get("io_bps")) or 0.0,
+                int(_num(row.get("cpus")) or 0),
                 gsum,
                 gn,
             ]
@@ -165,6 +166,14 @@ def merge_summaries(docs: list[tuple[str, dict[str, Any] | None, str | None]]) -
             for name, doc, why in docs
         ],
     }
+
+
+def _num(v: Any) -> float | None:
+    """A node's value as a number; None for what is not one (a node's bytes are hostile: a
+    string here must not stop every job's totals)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
 
 
 def _add_series(a: list[Any] | None, b: list[Any], mean: bool) -> list[Any]:
