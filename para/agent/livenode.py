@@ -134,10 +134,14 @@ class NodeLive:
         self._thread = threading.Thread(target=self._run, name="para-agent-live", daemon=True)
         self._thread.start()
         if self.ruleset.rules:
-            n_window = sum(1 for r in self.ruleset.rules if r.type == "bottleneck")
+            n_window = sum(1 for r in self.ruleset.rules if r.type in ("bottleneck", "job"))
             log(
                 f"alerts: {len(self.ruleset.rules)} rules from {a['rules'] if a else '?'}"
-                + (f" ({n_window} bottleneck rules left to the collector)" if n_window else "")
+                + (
+                    f" ({n_window} bottleneck and job rules left to the collector)"
+                    if n_window
+                    else ""
+                )
                 + f"; notified from here when the collector is unreachable for "
                 f"{self.fallback_after:g} s"
             )

@@ -228,6 +228,11 @@ def render(
     lines.append((f"view: {where}  sort: {SORT_NAMES[state.sort]} {order}{filt}", NORMAL))
     if error:
         lines.append((_fit(f"! {error}", w), ALERT))
+    silent = [s for s in d.get("shards") or [] if not s.get("ok")]
+    if silent:
+        what = "; ".join(f"{s['shard']} ({s.get('error') or 'no answer'})" for s in silent)
+        n = len(d["shards"])
+        lines.append((_fit(f"! {len(silent)} of {n} shards not answering: {what}", w), ALERT))
     if data is None:
         lines.append(("waiting for the first sample...", DIM))
     elif state.view == "nodes":
@@ -690,7 +695,7 @@ def print_once(source: Any, state: State, interval: float) -> None:
 
 
 def open_source(
-    collector: str | None,
+    collector: str | tuple[str, ...] | list[str] | None,
     ca: str | None,
     cert: str | None,
     key: str | None,
@@ -703,11 +708,17 @@ def open_source(
 ) -> Any:
     from para.analyzer import topdata
 
-    if collector:
+    urls = [collector] if isinstance(collector, str) else list(collector or [])
+    if urls:
         from para.agent.collector_client import CollectorClient, reader_endpoint
 
-        ep = reader_endpoint(collector, ca, cert, key, token_file, insecure, timeout=10.0)
-        return topdata.CollectorSource(collector, lambda: CollectorClient(ep))
+        def one(url: str) -> topdata.CollectorSource:
+            ep = reader_endpoint(url, ca, cert, key, token_file, insecure, timeout=10.0)
+            return topdata.CollectorSource(url, lambda: CollectorClient(ep))
+
+        if len(urls) == 1:
+            return one(urls[0])
+        return topdata.ShardedSource([one(u) for u in dict.fromkeys(urls)])
     if not sample_here:
         if spool is None:
             from para.agent import config as cfgmod
@@ -731,7 +742,15 @@ def open_source(
 @click.option(
     "--collector",
     metavar="URL",
-    help="The cluster, from this collector (grpc+tls://HOST:8815); needs a reader's credential.",
+    multiple=True,
+    help="The cluster, from this collector (grpc+tls://HOST:8815); needs a reader's credential. "
+    "Repeat it for sharded collectors: every shard's nodes as one cluster.",
+)
+@click.option(
+    "--shards-from",
+    metavar="FILE",
+    help="Every collector shard an agent configuration names ([collector] url and fallback), "
+    "read as one cluster (your own reader's credential still needed).",
 )
 @click.option("--ca", metavar="FILE", help="CA of the collector's certificate.")
 @click.option("--cert", metavar="FILE", help="Your reader certificate (mutual TLS).")
@@ -766,7 +785,8 @@ def open_source(
 @click.option("--jobs", "jobs_view", is_flag=True, help="Start in the jobs view.")
 @click.option("--once", is_flag=True, help="Print one screen as text and exit.")
 def top_command(
-    collector: str | None,
+    collector: tuple[str, ...],
+    shards_from: str | None,
     ca: str | None,
     cert: str | None,
     key: str | None,
@@ -804,6 +824,16 @@ def top_command(
     )
     if not once and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("para top needs a terminal", hint="use --once to print one screen")
+    if shards_from:
+        from para.agent import config as cfgmod
+
+        table = cfgmod.load(shards_from).collector or {}
+        if not isinstance(table.get("url"), str):
+            raise UsageError(f"{shards_from} has no [collector] url: no shard to read")
+        fallback = [u for u in table.get("fallback") or [] if isinstance(u, str)]
+        collector = (*collector, table["url"], *fallback)
+        ca = ca or table.get("ca_file")
+        insecure = insecure or table.get("insecure") is True
     source = open_source(
         collector, ca, cert, key, token_file, insecure, spool, config, sample_here, interval
     )

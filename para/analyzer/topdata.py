@@ -1,6 +1,7 @@
 """Where `para top` gets what it shows, as one document (para.live.view.LiveView.summary):
 
 - `CollectorSource`: the running collector's `top` action (a reader's credential);
+- `ShardedSource`: several collector shards at once, as one cluster (para.live.shards);
 - `AgentSource`: the local agent, by following the journal of the segment it is writing
   (`<spool>/current/*.para`: every sample, as it is written), and its status.json for the
   alerts it evaluates;
@@ -69,6 +70,41 @@ class CollectorSource:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class ShardedSource:
+    """Several collector shards asked at once (one thread each, so a shard that hangs costs
+    its timeout, not the others'), merged into one cluster: every node once, from the shard
+    with its newest sample; a shard that does not answer is named in `shards`."""
+
+    def __init__(self, sources: list[CollectorSource]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.sources = sources
+        self.label = f"cluster across {len(sources)} shards"
+        self._pool = ThreadPoolExecutor(len(sources), thread_name_prefix="para-top-shard")
+
+    def poll(self, request: dict[str, Any]) -> dict[str, Any]:
+        from para.live.shards import merge_summaries
+
+        futures = [self._pool.submit(s.poll, request) for s in self.sources]
+        docs: list[tuple[str, dict[str, Any] | None, str | None]] = []
+        for src, fut in zip(self.sources, futures):
+            name = src.url.split("://", 1)[-1]
+            try:
+                docs.append((name, fut.result(), None))
+            except ParaError as e:
+                docs.append((name, None, e.message))
+        if all(d is None for _, d, _ in docs):
+            raise ParaError(
+                "no collector shard answered: " + "; ".join(f"{n}: {w}" for n, _, w in docs)
+            )
+        return merge_summaries(docs)
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+        self._pool.shutdown(wait=False)
 
 
 class JournalTail:

@@ -30,7 +30,7 @@ from para.collector.alertdb import AlertStore
 from para.collector.db import FeatureDB
 from para.errors import ParaError
 from para.live import engine as engine_mod
-from para.live import openmetrics, rules
+from para.live import openmetrics, rules, shards
 from para.live.metrics import Snapshot
 from para.live.sinks import Dispatcher
 from para.live.view import LiveView
@@ -99,6 +99,17 @@ class AlertService:
             self.ruleset, self._on_note, source="collector", cluster=cluster, clock=clock
         )
         self.view = LiveView(self.wanted, clock)
+        # job rules: judged on each job's totals over every shard, by one shard
+        # (shardlink.py); without a database, on this collector's own nodes
+        self.job_rules = list(self.engine.job_rules)
+        self.link: Any = None
+        if self.job_rules and db is not None:
+            from para.collector.shardlink import ShardLink
+
+            self.link = ShardLink(db.root, log)
+        self.leading = self.link is None
+        self.job_totals: dict[str, dict[str, Any]] = {}
+        self.shard_cpu_s = 0.0
         self.recent: deque[dict[str, Any]] = deque(maxlen=200)
         self.counts = {
             "samples": 0,
@@ -112,6 +123,7 @@ class AlertService:
             "window_errors": 0,
             "window_skipped": 0,
             "notes_refused": 0,
+            "job_rule_rounds": 0,
         }
         self._malformed_logged: dict[str, float] = {}
         self.eval_cpu_s = 0.0
@@ -214,6 +226,8 @@ class AlertService:
                         next_tick = now + 1.0
                         self.engine.tick(now)
                         self._jobs_tick(now)
+                        if self.job_rules:
+                            self.shard_round(now)
                         self._schedule_windows(now)
                 self.eval_cpu_s += time.thread_time() - c0
                 if self.clock() >= next_save:
@@ -301,9 +315,62 @@ class AlertService:
 
     def _jobs_tick(self, now: float) -> None:
         for js in self.view.tick(now):
-            self.engine.end_job(js.job, js.last_ms)
+            # job rules end with the job on every shard (judge_jobs), not on this one
+            self.engine.end_job(js.job, js.last_ms, self.engine.window_rules)
             for k in [k for k in self._due if k[0] == js.job]:
                 del self._due[k]
+
+    # -- job rules across shards -----------------------------------------------------------
+    def shard_round(self, now: float) -> None:
+        """Once a second: publish this shard's part of the jobs; if we evaluate the job rules,
+        add up every shard's part and judge them.  The caller holds the lock."""
+        c0 = time.thread_time()
+        part = shards.job_partial(self.view, self.link.shard if self.link else "local", now)
+        parts = [part]
+        if self.link is not None:
+            self.link.publish(part)
+            if not self.link.lead():
+                self.shard_cpu_s += time.thread_time() - c0
+                return
+            if not self.leading:
+                self.leading = True
+                kept = self.engine.restore(
+                    [
+                        n
+                        for n in self.link.taken_over(now)
+                        if n.get("rule") in {r.name for r in self.job_rules}
+                    ]
+                )
+                self.log(
+                    "this shard now evaluates the job rules over every shard"
+                    + (f" ({kept} alert(s) taken over, still open)" if kept else "")
+                )
+            parts += self.link.gather(now)
+        self.judge_jobs(shards.job_totals(parts), now)
+        if self.link is not None:
+            self.link.hand_over([a for a in self.engine.active() if a.get("type") == "job"], now)
+        self.shard_cpu_s += time.thread_time() - c0
+
+    def judge_jobs(self, totals: dict[str, dict[str, Any]], now: float) -> None:
+        t_ms = int(now * 1000)
+        self.counts["job_rule_rounds"] += 1
+        for job in set(self.job_totals) - set(totals):
+            self.engine.end_job(job, t_ms, self.job_rules)  # no shard reports it any more
+        self.job_totals = totals
+        for rule in self.job_rules:
+            assert rule.aggregate is not None
+            for job, tot in totals.items():
+                if rule.hosts and not any(rule.matches_host(h) for h in tot["hosts"]):
+                    continue
+                v = tot.get(rule.aggregate)
+                if not isinstance(v, (int, float)):
+                    self.engine.report(rule, job, None, t_ms)
+                    continue
+                fired = (rule.above is not None and v > rule.above) or (
+                    rule.below is not None and v < rule.below
+                )
+                evidence = {"hosts": tot["hosts"], "shards": tot["shards"]}
+                self.engine.report(rule, job, fired, t_ms, v, evidence)
 
     # -- notes -----------------------------------------------------------------------------
     def _on_note(self, note: dict[str, Any], notify: bool) -> None:
@@ -455,6 +522,15 @@ class AlertService:
                 "queued_bytes": self._queued,
                 "evaluation_cpu_s": round(self.eval_cpu_s, 3),
                 "window_cpu_s": round(self.window_cpu_s, 3),
+                "job_rules": (
+                    None
+                    if not self.job_rules
+                    else {
+                        "evaluating": self.leading,
+                        "jobs": len(self.job_totals),
+                        "shard": self.link.shard if self.link else None,
+                    }
+                ),
                 "sinks": self.dispatcher.status(),
                 "stored": self.store.written if self.store else None,
             }
@@ -494,5 +570,7 @@ class AlertService:
             t.join(timeout=30)
         self._save_baselines()
         self.dispatcher.stop(timeout=5.0)
+        if self.link is not None:
+            self.link.close()
         if self.store is not None:
             self.store.flush()

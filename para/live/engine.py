@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from para.live.metrics import LAYOUTS, Snapshot
-from para.live.rules import Rule, RuleSet, format_duration
+from para.live.rules import JOB_METRICS, Rule, RuleSet, format_duration
 
 OK, PENDING, FIRING, CLEARING = "ok", "pending", "firing", "clearing"
 EVIDENCE_POINTS = 60
@@ -147,6 +147,7 @@ class Engine:
         self.series_rules = [r for r in ruleset.rules if r.type in ("threshold", "anomaly")]
         self.absent_rules = [r for r in ruleset.rules if r.type == "absent"]
         self.window_rules = [r for r in ruleset.rules if r.type == "bottleneck"]
+        self.job_rules = [r for r in ruleset.rules if r.type == "job"]
         self.tracks: dict[tuple[str, str | None, Any], Track] = {}
         self.baselines: dict[tuple[str, str, Any], Baseline] = {}
         self._host_ms: dict[str, int] = {}
@@ -580,9 +581,11 @@ class Engine:
                     self._fire(tr, t)
         for tr in list(self.tracks.values()):
             rule = tr.rule
-            if rule.type == "bottleneck":
-                # a job whose windows are no longer judged (it ended while we were away)
-                quiet = now * 1000 - tr.seen_ms > max(3 * rule.every_s, 600.0) * 1000
+            if rule.type in ("bottleneck", "job"):
+                # a job whose windows (or totals) are no longer judged (it ended while we
+                # were away, or this evaluator no longer sees it)
+                limit = max(3 * rule.every_s, 600.0) if rule.type == "bottleneck" else rule.stale_s
+                quiet = now * 1000 - tr.seen_ms > limit * 1000
                 if quiet and tr.state in (FIRING, CLEARING):
                     self._resolve(tr, int(now * 1000), "the job is no longer evaluated")
                 continue
@@ -618,8 +621,9 @@ class Engine:
         value: Any = None,
         evidence: dict[str, Any] | None = None,
     ) -> None:
-        """The outcome of a bottleneck rule on a job's window: fired (at least
-        min_severity), passed (False) or not evaluated (None)."""
+        """The outcome of a rule judged by the caller on a whole job: a bottleneck rule on
+        the job's window (fired: at least min_severity), or a job rule on the job's totals
+        over all its nodes; passed (False) or not evaluated (None)."""
         tk = (rule.name, None, job)
         tr = self.tracks.get(tk)
         if tr is None:
@@ -628,12 +632,12 @@ class Engine:
             tr = self._add(tk, Track(rule, None, job, {**rule.labels, "job": job}))
         tr.jobs = [job]
         if evidence is not None:
-            tr.extra["analyzer"] = evidence
+            tr.extra["analyzer" if rule.type == "bottleneck" else "job"] = evidence
         self._step(tr, fired, value, t_ms, None)
 
-    def end_job(self, job: str, t_ms: int) -> None:
-        """The job ended: its window alerts resolve."""
-        for rule in self.window_rules:
+    def end_job(self, job: str, t_ms: int, rules: list[Rule] | None = None) -> None:
+        """The job ended: its window and job-total alerts (or those of `rules`) resolve."""
+        for rule in self.window_rules + self.job_rules if rules is None else rules:
             tr = self.tracks.get((rule.name, None, job))
             if tr is not None:
                 if tr.state in (FIRING, CLEARING):
@@ -755,7 +759,7 @@ class Engine:
             "text": self._evidence_text(tr, event),
             "points": [[p[0] / 1000, _round(p[1])] for p in list(tr.points)[-EVIDENCE_POINTS:]],
         }
-        for k in ("baseline", "analyzer", "resolved_because", "adopted_from"):
+        for k in ("baseline", "analyzer", "job", "resolved_because", "adopted_from"):
             if k in tr.extra:
                 evidence[k] = tr.extra[k]
         if remark:
@@ -773,10 +777,10 @@ class Engine:
             "host": tr.host,
             "labels": dict(tr.labels),
             "jobs": list(tr.jobs),
-            "metric": rule.metric.text if rule.metric is not None else rule.bottleneck,
+            "metric": _metric_name(rule),
             "value": _round(tr.value),
-            "unit": rule.metric.unit if rule.metric is not None else "",
-            "threshold": rule.threshold() if rule.type == "threshold" else {},
+            "unit": _unit(rule),
+            "threshold": rule.threshold() if rule.type in ("threshold", "job") else {},
             "for_s": rule.for_s,
             "started": started / 1000,
             "ended": None if ended is None else ended / 1000,
@@ -793,7 +797,7 @@ class Engine:
         lab = {k: v for k, v in tr.labels.items() if k not in tr.rule.labels}
         table = tr.rule.metric.table if tr.rule.metric is not None else None
         for k, v in lab.items():
-            if table == "job" or (tr.rule.type == "bottleneck" and k == "job"):
+            if table == "job" or (tr.rule.type in ("bottleneck", "job") and k == "job"):
                 parts.append(f"job {v}")
             else:
                 parts.append(f"{k} {v}")
@@ -831,7 +835,11 @@ class Engine:
                 f"{where}: {title} ({rule.bottleneck}, {a.get('severity', '?')}): "
                 f"{a.get('evidence', '')}".rstrip(": ")
             )
-        metric = rule.metric.text if rule.metric is not None else "?"
+        metric = _metric_name(rule) or "?"
+        if rule.type == "job":
+            hosts = (tr.extra.get("job") or {}).get("hosts") or []
+            where = f"{where} ({len(hosts)} node{'s' if len(hosts) != 1 else ''})"
+            metric = f"its total {metric}"
         if rule.type == "anomaly":
             b = tr.extra.get("baseline") or {}
             base = "its application's runs" if rule.baseline == "app" else "this node's history"
@@ -863,7 +871,7 @@ class Engine:
     def _evidence_text(self, tr: Track, event: str) -> str:
         rule = tr.rule
         pts = [p[1] for p in tr.points if isinstance(p[1], (int, float))]
-        unit = rule.metric.unit if rule.metric is not None else ""
+        unit = _unit(rule)
         if rule.type == "bottleneck":
             a = tr.extra.get("analyzer") or {}
             return str(a.get("evidence", ""))
@@ -891,6 +899,18 @@ _NONE: dict[str, int] = {}
 _NUMS: frozenset[Any] = frozenset([int, float])
 
 
+def _metric_name(rule: Rule) -> str | None:
+    if rule.metric is not None:
+        return rule.metric.text
+    return rule.bottleneck or rule.aggregate
+
+
+def _unit(rule: Rule) -> str:
+    if rule.metric is not None:
+        return rule.metric.unit
+    return JOB_METRICS.get(rule.aggregate or "", "")
+
+
 def _round(v: Any) -> Any:
     if isinstance(v, float):
         return round(v, 4) if math.isfinite(v) else None
@@ -900,7 +920,7 @@ def _round(v: Any) -> Any:
 def _key_from(rule: Rule, note: dict[str, Any]) -> Any:
     """The series key of an alert document (its labels in the table's key order)."""
     labels = note.get("labels") or {}
-    if rule.type == "bottleneck":
+    if rule.type in ("bottleneck", "job"):
         return labels.get("job")
     if rule.type == "absent":
         return None

@@ -18,11 +18,12 @@ for = "5m"
 when = "host.jobs > 0"     # only on a node that runs a job
 ```
 
-Four types of rule: `threshold` (a metric above or below a number for a duration),
+Five types of rule: `threshold` (a metric above or below a number for a duration),
 `anomaly` (a metric far from its own baseline: the node's, or the application's across its
 runs), `bottleneck` (one of the analyzer's bottleneck ids, judged on a sliding window of a
-running job), `absent` (a host that stopped sending).  `parse` checks everything and raises
-one ParaError listing every problem with its line.
+running job), `absent` (a host that stopped sending), `job` (a running job's total over all
+its nodes, whichever collector shard each node reports to, above or below a number).
+`parse` checks everything and raises one ParaError listing every problem with its line.
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-TYPES = ("threshold", "anomaly", "bottleneck", "absent")
+TYPES = ("threshold", "anomaly", "bottleneck", "absent", "job")
+# what a `job` rule reads: a job's total over its nodes (para.live.shards.job_totals) -> unit
+JOB_METRICS = {
+    "cpu_cores": "cores",
+    "cpu_util_pct": "%",
+    "rss_bytes": "bytes",
+    "io_bps": "bytes/s",
+    "gpu_util_pct": "%",
+    "nodes": "",
+}
 SEVERITIES = ("critical", "warning", "info")
 ANALYZER_SEVERITIES = ("high", "medium", "low")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
@@ -93,6 +103,7 @@ KEYS_BY_TYPE = {
     | {"metric", "when", "baseline", "deviation", "min_change", "direction", "history", "warmup"},
     "bottleneck": COMMON | {"bottleneck", "window", "every", "min_severity"},
     "absent": COMMON,
+    "job": COMMON | {"metric", "above", "below"},
 }
 
 
@@ -150,6 +161,7 @@ class Rule:
     window_s: float = 600.0
     every_s: float = 60.0
     min_severity: str = "low"
+    aggregate: str | None = None  # a job rule's JOB_METRICS name
     stale_s: float = 60.0
     line: int | None = None
 
@@ -454,7 +466,18 @@ def _rule(
                 f"ranges over {rule.when.table}, the metric over "
                 f"{rule.metric.table or 'hosts'}: aggregate it (max(), ...)",
             )
-    if typ == "threshold":
+    if typ == "job":
+        agg = r.get("metric")
+        if agg not in JOB_METRICS:
+            pr.add(
+                "rule",
+                i,
+                "metric",
+                what,
+                f"a job rule reads a job's total over its nodes: one of {', '.join(JOB_METRICS)}",
+            )
+        rule.aggregate = agg if isinstance(agg, str) else None
+    if typ in ("threshold", "job"):
         for k in ("above", "below"):
             if k in r:
                 num = _number(r[k])

@@ -207,6 +207,7 @@ class LiveView:
                             "rss": r.get("rss_bytes"),
                             "io": _r(r.get("io_bps")),
                             "procs": r.get("procs"),
+                            "cpus": r.get("cpus"),
                         }
                         for j, r in snap.tables.get("job", {}).items()
                     },

@@ -1,0 +1,126 @@
+"""Job rules across collector shards (issue 14), through the database directory they share.
+
+Every shard writes, once a second, its part of each running job (para.live.shards.job_partial)
+to `DB/alerting/shards/SHARD.json` (written beside, then renamed).  One shard, the one holding
+the flock on `DB/alerting/job-rules.lock`, reads every part younger than STALE_S, adds them up
+per job and evaluates the `job` rules: each such alert is judged and notified once, in one
+place.  The lock dies with its holder, so when the evaluating shard stops or is killed another
+takes the lock within a second; the alerts open at that moment are handed over through
+`DB/alerting/job-alerts.json` (kept open without a second notification).  A shard that died
+leaves a part that ages out after STALE_S: its nodes drop out of the totals (and, having failed
+over, come back through the shard they report to now).  Node-local rules stay on each shard.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+STALE_S = 10.0  # a shard's part older than this is left out of the totals
+HANDOFF_S = 120.0  # open alerts handed over if the last evaluator wrote them this recently
+
+
+class ShardLink:
+    def __init__(self, root: Path, log: Callable[[str], None]):
+        self.log = log
+        self.dir = root / "alerting" / "shards"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock_path = root / "alerting" / "job-rules.lock"
+        self.handoff_path = root / "alerting" / "job-alerts.json"
+        self.shard = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.path = self.dir / f"{self.shard}.json"
+        self._fd: int | None = None
+        self._warned: set[str] = set()
+
+    # -- every shard -----------------------------------------------------------------------
+    def publish(self, part: dict[str, Any]) -> None:
+        tmp = self.dir / f".{self.shard}.tmp"
+        try:
+            tmp.write_text(json.dumps(part, separators=(",", ":")))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            self._once("publish", f"cannot write this shard's job totals to {self.path}: {e}")
+
+    # -- the evaluating shard --------------------------------------------------------------
+    def lead(self) -> bool:
+        """Do we evaluate the job rules?  Takes the lock when it is free (never waits)."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            self._once("lock", f"cannot open {self.lock_path}: {e}")
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def gather(self, now: float) -> list[dict[str, Any]]:
+        """The other shards' parts written in the last STALE_S seconds."""
+        out: list[dict[str, Any]] = []
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError:
+            return out
+        for e in entries:
+            if not e.name.endswith(".json") or e.path == str(self.path):
+                continue
+            try:
+                doc = json.loads(Path(e.path).read_bytes())
+            except (OSError, ValueError):
+                continue  # replaced or removed meanwhile; the next second reads it again
+            if not isinstance(doc, dict) or not isinstance(doc.get("t"), (int, float)):
+                continue
+            if now - doc["t"] > STALE_S:
+                if now - doc["t"] > 86400:
+                    _unlink(Path(e.path))  # a shard long gone
+                continue
+            out.append(doc)
+        return out
+
+    def hand_over(self, notes: list[dict[str, Any]], now: float) -> None:
+        """The job alerts open now, for whoever evaluates after us."""
+        tmp = self.handoff_path.with_name(f".job-alerts.{self.shard}.tmp")
+        try:
+            tmp.write_text(json.dumps({"t": now, "alerts": notes}, default=str))
+            os.replace(tmp, self.handoff_path)
+        except OSError as e:
+            self._once("handoff", f"cannot write {self.handoff_path}: {e}")
+
+    def taken_over(self, now: float) -> list[dict[str, Any]]:
+        """The alerts the previous evaluator had open (when it wrote them recently)."""
+        try:
+            doc = json.loads(self.handoff_path.read_bytes())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(doc, dict) or now - float(doc.get("t") or 0) > HANDOFF_S:
+            return []
+        return [a for a in doc.get("alerts") or [] if isinstance(a, dict)]
+
+    def close(self) -> None:
+        _unlink(self.path)
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock: another shard evaluates from now on
+            self._fd = None
+
+    def _once(self, what: str, msg: str) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            self.log(msg)
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:
+        pass
