@@ -326,6 +326,14 @@ KEYS: tuple[Key, ...] = (
         "longest wait before a failed perf or py-spy is started again",
         _range(1, 86400),
     ),
+    Key(
+        "stacks",
+        "script_timeout_s",
+        120.0,
+        "float",
+        "longest `perf script` of one window may take before it is killed (said as hung)",
+        _range(1, 3600),
+    ),
 )
 
 KEY_INDEX = {(k.table, k.name): k for k in KEYS}

@@ -228,6 +228,8 @@ def _stack_sampler(
     jobs = next((s for s in others if isinstance(s, JobSampler)), None)
     return StackSampler(
         jobs.job_pids if jobs is not None else dict,
+        cgroups=jobs.job_cgroups if jobs is not None else None,
+        script_timeout_s=st["script_timeout_s"],
         freq=st["frequency_hz"],
         event_name=st["event"],
         perf=st["command"],

@@ -2,7 +2,8 @@
 of the jobs nobody profiled by hand.
 
 A thread of its own records windows: `perf record -a -g` at a low rate (19 Hz per busy
-CPU by default) for `window_s` seconds, or until the segment closes, the last job ends or
+CPU by default) of the jobs' cgroups (`-G`, where every job has a cgroup v2; a new window
+when jobs come or go) or else of the whole node, for `window_s` seconds, or until the segment closes, the last job ends or
 the agent stops; then `perf script` is folded (the Cython kernel `para profile
 --functions` uses, through perfrecord.FunctionRecorder) and only the samples of job
 processes are kept, each row naming its job.  The CPython processes of the jobs also get a
@@ -12,8 +13,9 @@ thread and second, root-first) and `instr_samples` (the leaf instruction of each
 with the GNU build id of its binary) of the sample taken after the window: the next
 segment's Parquet holds each distinct stack once (its column's dictionary).
 
-A perf that fails, is killed or hangs is started again after a wait that doubles up to
-`max_backoff_s`; meanwhile the family says why (family_failing, `para agent status`) and
+A perf that fails, is killed or hangs (perf record not stopping within STOP_TIMEOUT of
+SIGINT, perf script not done within `script_timeout_s`: each killed, only it and what it
+started) is started again after a wait that doubles up to `max_backoff_s`; meanwhile the family says why (family_failing, `para agent status`) and
 the other families go on.  No perf runs while no job runs.  A job whose environment says
 PARA_STACKS=0 (or off/no/false) is not sampled.
 """
@@ -36,6 +38,7 @@ from para.agent.perfrecord import FunctionRecorder, perf_binary
 from para.agent.samplers.base import Rows, Sampler, Unavailable, event
 
 OFF_VALUES = {"0", "off", "no", "false"}
+MAX_CGROUPS = 64  # more jobs than this: one event per cgroup and CPU costs more than -a
 STOP_TIMEOUT = 20.0  # perf record writes its file within this after SIGINT, or is killed
 POLL_S = 0.25
 HANDOVER_S = 1.0  # the next window's perf is sampling by then (it starts in ~0.1 s)
@@ -45,19 +48,28 @@ class WindowRecorder(FunctionRecorder):
     """`perf record -a` of the whole node until stopped (FunctionRecorder's folding and
     instruction rows, without its command-attached start)."""
 
-    def __init__(self, freq: int, event: str, perf: str):
+    def __init__(self, freq: int, event: str, perf: str, cgroups: tuple[str, ...] = ()):
         super().__init__(0, freq=freq, event=event, perf=perf)
         self.hung = False
+        self.cgroups = cgroups
 
-    def start(self) -> None:
-        perf = perf_binary(self.perf)
-        argv = [
-            perf, "record", "-a", "-g", "-e", self.event, "-F", str(self.freq),
+    def argv(self, perf: str) -> list[str]:
+        """`perf record -a`: of the jobs' cgroups only (-G) where they are given, else of
+        the whole node (the jobs' pids are picked out at `perf script`)."""
+        events = ["-e", self.event]
+        if self.cgroups:
+            # perf gives the cgroups of -G to the events before it, in order: one each
+            events = events * len(self.cgroups) + ["-G", ",".join(self.cgroups)]
+        return [
+            perf, "record", "-a", "-g", *events, "-F", str(self.freq),
             "-k", "CLOCK_MONOTONIC", "-o", str(self.data),
             # no build-id cache (copies of every binary in ~/.debug) nor build-id header:
             # half of perf's CPU, and para reads the build ids of the jobs' binaries itself
             "--no-buildid-cache", "--no-buildid",
         ]  # fmt: skip
+
+    def start(self) -> None:
+        argv = self.argv(perf_binary(self.perf))
         with open(self.log, "wb") as log:
             # its own session: a terminal's ^C goes to the agent, which stops it in order
             self.proc = subprocess.Popen(
@@ -94,6 +106,8 @@ class StackSampler(Sampler):
         self,
         jobs: Callable[[], dict[str, set[int]]],
         *,
+        cgroups: Callable[[], dict[str, str]] | None = None,
+        script_timeout_s: float = 120.0,
         freq: int = 19,
         event_name: str = "cycles",
         perf: str = "perf",
@@ -106,6 +120,11 @@ class StackSampler(Sampler):
         proc: str = "/proc",
     ):
         self.jobs = jobs
+        self.cgroups = cgroups or (lambda: {})
+        self.script_timeout_s = script_timeout_s
+        self._want_cg: tuple[str, ...] = ()  # the live jobs' cgroups (v2), when all have one
+        self._cgroup_error: str | None = None  # perf refused -G here: per pid from then on
+        self._finishing: WindowRecorder | None = None
         self.freq = freq
         self.event_name = event_name
         self.perf = perf
@@ -140,6 +159,7 @@ class StackSampler(Sampler):
             "last_error": None,
             "retry_at": None,
             "python": None,
+            "filter": None,
             "cost_cpu_s": {"perf": 0.0, "fold": 0.0, "pyspy": 0.0},
         }
         self._failing: str | None = None
@@ -167,7 +187,8 @@ class StackSampler(Sampler):
             "event": self.event_name,
             "window_s": self.window_s,
             "python": bool(self.python and self._pyspy_ok),
-            "target": "system-wide (perf record -a), job processes kept",
+            "target": "the jobs' cgroups (perf record -a -G) where each job has a cgroup v2, "
+            "else system-wide (perf record -a) with the job processes kept",
         }
 
     def sample(self, t_ms: int, out: Rows) -> None:
@@ -184,9 +205,11 @@ class StackSampler(Sampler):
             if off:
                 continue
             live[job] = set(pids)
+        want = self._cgroups_of(live)
         now = time.monotonic()
         with self._lock:
             self._live = live
+            self._want_cg = want
             for job, pids in live.items():
                 for pid in pids:
                     self._pid_job[pid] = job
@@ -227,6 +250,24 @@ class StackSampler(Sampler):
             out |= py.helper_pids()
         return out
 
+    def _cgroups_of(self, live: dict[str, set[int]]) -> tuple[str, ...]:
+        """The live jobs' cgroup v2 paths as perf names them (from the hierarchy's root),
+        or () when one job has none (or perf refused -G here): perf then records the whole
+        node and the jobs' samples are picked out by pid."""
+        if not live or self._cgroup_error is not None or len(live) > MAX_CGROUPS:
+            return ()
+        try:
+            paths = self.cgroups()
+        except Exception:  # the jobs family's trouble: the pids still do
+            return ()
+        out = set()
+        for job in live:
+            path = (paths.get(job) or "").strip("/")
+            if not path:
+                return ()
+            out.add(path)
+        return tuple(sorted(out))
+
     def segment_closed(self) -> None:
         """The segment closes: end the window so its stacks land in the next segment."""
         self._rotate.set()
@@ -235,6 +276,9 @@ class StackSampler(Sampler):
         """Before the agent's last sample: end the window, so its stacks are in it."""
         self._stop.set()
         self._rotate.set()
+        fin = self._finishing
+        if fin is not None:
+            fin.hurry()
         if self._thread is not None:
             self._thread.join(timeout=3 * STOP_TIMEOUT)
             self._thread = None
@@ -329,7 +373,10 @@ class StackSampler(Sampler):
     def _begin(self) -> _Window | str:
         """Start perf (and py-spy) for a window; why not, as a string."""
         self._rotate.clear()
-        rec = WindowRecorder(self.freq, self.event_name, self.perf)
+        with self._lock:
+            cgroups = self._want_cg
+        rec = WindowRecorder(self.freq, self.event_name, self.perf, cgroups)
+        rec.script_timeout_s = self.script_timeout_s
         try:
             rec.start()
         except OSError as e:
@@ -341,7 +388,10 @@ class StackSampler(Sampler):
         if py is not None:
             py.start()
         self._rec, self._py = rec, py
-        self.state.update(state="recording", perf_pid=rec.proc.pid, retry_at=None)
+        filt = f"cgroups: {', '.join(cgroups)}" if cgroups else "pids (perf record -a)"
+        if self._cgroup_error and not cgroups:
+            filt += f"; perf record -G failed here: {self._cgroup_error}"
+        self.state.update(state="recording", perf_pid=rec.proc.pid, retry_at=None, filter=filt)
         return _Window(rec, py, time.monotonic() + self.window_s)
 
     def _wait_window(self, w: _Window) -> int | None:
@@ -353,6 +403,9 @@ class StackSampler(Sampler):
                 return w.rec.proc.returncode
             if not self._job_pids():
                 break  # the last job ended: its stacks go out now
+            with self._lock:
+                if self._want_cg != w.rec.cgroups:
+                    break  # jobs came or went: the next perf follows their cgroups
             self._rotate.wait(POLL_S)
         return w.rec.proc.poll()
 
@@ -372,6 +425,9 @@ class StackSampler(Sampler):
             keep = ("processes", "stitched_samples", "unreadable", "pyspy_cpu_s")
             self.state["python"] = {k: py.info.get(k) for k in keep}
         kids0, own0 = _children_cpu_s(), time.thread_time()
+        self._finishing = rec
+        if self._stop.is_set():
+            rec.hurry()
         try:
             rows = rec.finish()
         finally:
@@ -386,10 +442,19 @@ class StackSampler(Sampler):
                 py.close()
             if self._rec is rec:
                 self._rec = self._py = None
+            self._finishing = None
         self._keep(rows, rec)
         if died is not None:
             tail = rec.info.get("error") or rec._log_tail()
+            if rec.cgroups and not rows:
+                # perf cannot follow these cgroups here (no perf_event controller on the
+                # hierarchy it finds, ...): per pid from now on
+                self._cgroup_error = tail
+                with self._lock:
+                    self._want_cg = ()
             return f"perf record exited by itself with status {died} ({tail})"
+        if rec.script_hung:
+            return str(rec.info["error"])
         if rec.hung:
             return f"perf record did not stop within {STOP_TIMEOUT:g} s of SIGINT (hung): killed"
         if not rows and rec.info.get("error"):
