@@ -159,8 +159,9 @@ class FunctionRecorder:
             offset = time.time() - time.monotonic()
             text = Path(self._dir) / "perf.script"
             # no period field: each sample counts 1, so counts are samples
-            argv = [perf_binary(self.perf), "script", "-i", str(self.data),
-                    "-F", "comm,pid,tid,time,event,ip,sym,symoff,dso", *self.script_args]  # fmt: skip
+            fields = "comm,pid,tid,time,event,ip,sym,symoff,dso"
+            argv = [perf_binary(self.perf), "script", "-i", str(self.data), "-F", fields,
+                    *self.script_args]  # fmt: skip
             if not self._script(argv, text):
                 self.script_hung = True
                 self.info["error"] = (

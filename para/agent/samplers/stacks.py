@@ -1,23 +1,24 @@
-"""Call stacks of every job, always on (issue 13): the function and instruction dimensions
-of the jobs nobody profiled by hand.
+"""Call stacks of every job, always on (issue 13): the function and instruction dimensions of
+the jobs nobody profiled by hand.
 
-A thread of its own records windows: `perf record -a -g` at a low rate (19 Hz per busy
-CPU by default) of the jobs' cgroups (`-G`, where every job has a cgroup v2; a new window
-when jobs come or go) or else of the whole node, for `window_s` seconds, or until the segment closes, the last job ends or
-the agent stops; then `perf script` is folded (the Cython kernel `para profile
---functions` uses, through perfrecord.FunctionRecorder) and only the samples of job
-processes are kept, each row naming its job.  The CPython processes of the jobs also get a
-py-spy for the window (pystacks.PySpyRecorder), whose Python stacks are stitched onto
-perf's samples as in `para profile --functions`.  Rows go to `stacks` (per job, process,
-thread and second, root-first) and `instr_samples` (the leaf instruction of each sample,
-with the GNU build id of its binary) of the sample taken after the window: the next
-segment's Parquet holds each distinct stack once (its column's dictionary).
+A thread of its own records windows: `perf record -a -g` at a low rate (19 Hz per busy CPU
+by default) of the jobs' cgroups (`-G`, where every job has a cgroup v2; a new window when
+jobs come or go) or else of the whole node, for `window_s` seconds, or until the segment
+closes, the last job ends or the agent stops; then `perf script` is folded (the Cython
+kernel `para profile --functions` uses, through perfrecord.FunctionRecorder) and only the
+samples of job processes are kept, each row naming its job. The CPython processes of the
+jobs also get a py-spy for the window (pystacks.PySpyRecorder), whose Python stacks are
+stitched onto perf's samples as in `para profile --functions`. Rows go to `stacks` (per
+job, process, thread and second, root-first) and `instr_samples` (the leaf instruction of
+each sample, with the GNU build id of its binary) of the sample taken after the window:
+the next segment's Parquet holds each distinct stack once (its column's dictionary).
 
 A perf that fails, is killed or hangs (perf record not stopping within STOP_TIMEOUT of
 SIGINT, perf script not done within `script_timeout_s`: each killed, only it and what it
-started) is started again after a wait that doubles up to `max_backoff_s`; meanwhile the family says why (family_failing, `para agent status`) and
-the other families go on.  No perf runs while no job runs.  A job whose environment says
-PARA_STACKS=0 (or off/no/false) is not sampled.
+started) is started again after a wait that doubles up to `max_backoff_s`; meanwhile the
+family says why (family_failing, `para agent status`) and the other families go on. No
+perf runs while no job runs. A job whose environment says PARA_STACKS=0 (or off/no/false)
+is not sampled.
 """
 
 from __future__ import annotations
