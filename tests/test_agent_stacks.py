@@ -434,3 +434,32 @@ def test_perf_records_only_the_jobs_cgroup(tmp_path):
                 p.kill()
                 p.wait()
         cg.rmdir()
+
+
+def test_frames_decoded_without_demangling_read_as_perf_prints_them(tmp_path):
+    """The agent's perf script runs with --no-demangle (perf demangles every symbol of every
+    binary it loads: a third of its CPU); the mangled frames kept are demangled afterwards.
+    Against perf's own demangling of the same recording, frame by frame."""
+    from para.agent.samplers.stacks import MANGLED, demangle
+
+    perf = need_tool("perf", "apt install linux-perf")
+    need_tool("c++filt", "apt install binutils")
+    gxx = need_tool("g++", "apt install g++")
+    exe = tmp_path / "hotcc"
+    subprocess.run([gxx, "-O0", "-fno-omit-frame-pointer", "-o", str(exe),
+                    str(FIXTURES / "hot.cc")], check=True)  # fmt: skip
+    data = tmp_path / "perf.data"
+    subprocess.run([perf, "record", "-g", "-e", "cpu-clock", "-F", "499", "-o", str(data), "--",
+                    str(exe), "60000"], check=True, capture_output=True)  # fmt: skip
+
+    def frames(*opts: str) -> list[str]:
+        out = subprocess.run([perf, "script", "-i", str(data), "-F", "ip,sym", "--no-inline",
+                              *opts], capture_output=True, text=True, check=True)  # fmt: skip
+        return [ln.split(None, 1)[1] for ln in out.stdout.splitlines() if len(ln.split()) > 1]
+
+    mangled, theirs = frames("--no-demangle"), frames()
+    assert len(mangled) == len(theirs) and mangled != theirs
+    plain = demangle({f for f in mangled if f.startswith(MANGLED)})
+    ours = [plain.get(f, f) for f in mangled]
+    assert ours == theirs
+    assert {"ns::Worker::spin", "work<long>"} <= set(theirs)

@@ -69,6 +69,24 @@ class WindowRecorder(FunctionRecorder):
             "--no-buildid-cache", "--no-buildid",
         ]  # fmt: skip
 
+    def finish(self) -> list[list[Any]]:
+        """perf script decodes without demangling nor inline frames (half its CPU: it
+        demangles every symbol of every binary it loads, and looks inline frames up in the
+        debug info): the names that are mangled among the few distinct frames kept are
+        demangled afterwards, as perf would have printed them."""
+        self.script_args += ["--no-demangle", "--no-inline"]
+        rows = super().finish()
+        names = {f for r in rows for f in r[4].split(";") if f.startswith(MANGLED)}
+        names |= {r[2] for r in self.instructions if r[2].startswith(MANGLED)}
+        if names:
+            plain = demangle(names)
+            for r in rows:
+                if any(f in plain for f in r[4].split(";")):
+                    r[4] = ";".join(plain.get(f, f) for f in r[4].split(";"))
+            for r in self.instructions:
+                r[2] = plain.get(r[2], r[2])
+        return rows
+
     def start(self) -> None:
         argv = self.argv(perf_binary(self.perf))
         with open(self.log, "wb") as log:
@@ -515,6 +533,26 @@ class StackSampler(Sampler):
                 self._out.append(("stacks", stacks))
             if instr:
                 self._out.append(("instr_samples", instr))
+
+
+MANGLED = ("_Z", "_R")  # Itanium C++ (and Rust legacy), Rust v0
+
+
+def demangle(names: set[str]) -> dict[str, str]:
+    """Mangled name -> as perf prints it (no parameter list), through binutils' c++filt in
+    one call; names it cannot demangle, or no c++filt, stay as they are."""
+    order = sorted(names)
+    try:
+        out = subprocess.run(
+            ["c++filt", "-p"], input="\n".join(order) + "\n", capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    plain = out.stdout.split("\n")
+    if out.returncode != 0 or len(plain) < len(order):
+        return {}
+    return {m: p for m, p in zip(order, plain) if p and p != m}
 
 
 def _children_cpu_s() -> float:
