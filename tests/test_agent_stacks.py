@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -463,3 +464,43 @@ def test_frames_decoded_without_demangling_read_as_perf_prints_them(tmp_path):
     ours = [plain.get(f, f) for f in mangled]
     assert ours == theirs
     assert {"ns::Worker::spin", "work<long>"} <= set(theirs)
+
+
+def test_pyspy_reads_a_python_process_only_once_it_is_busy(tmp_path):
+    """The agent's py-spy: a job's CPython process that sleeps is not read (py-spy would read
+    its threads 20 times a second for no CPU sample to place); once it computes (its CPU time
+    in /proc grows), it gets its py-spy."""
+    from para.agent import pystacks
+
+    try:
+        pystacks.pyspy_binary()
+    except Exception as e:
+        cannot_run(str(e), "pip install py-spy (a dependency of para: make venv)")
+    go = tmp_path / "go"
+    prog = (
+        "import os, time\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\n"
+        "x = 0\nwhile True:\n    x += 1\n"
+    )
+    job = subprocess.Popen([sys.executable, "-c", prog])
+    rec = None
+    try:
+        rec = pystacks.PySpyRecorder(lambda: {job.pid}, rate=20, poll_s=0.2, cwd="",
+                                     min_cpu=0.05)  # fmt: skip
+        rec.start()
+        _wait(lambda: rec.info["idle"] == 1, 30, "the idle process was not seen")
+        t_end = time.monotonic() + 2.0
+        while time.monotonic() < t_end:  # idle for 2 s more: still no py-spy
+            assert not rec.helper_pids() and rec.info["processes"] == 0
+            time.sleep(0.1)
+        go.touch()
+        _wait(lambda: rec.helper_pids() and rec.info["processes"] == 1, 30, "no py-spy")
+        assert rec.info["idle"] == 0
+        stat = Path(f"/proc/{job.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        assert int(stat[11]) + int(stat[12]) > 0  # the kernel saw it compute
+    finally:
+        if rec is not None:
+            rec.stop()
+            rec.close()
+        job.kill()
+        job.wait()

@@ -320,6 +320,14 @@ KEYS: tuple[Key, ...] = (
     Key("stacks", "pyspy_rate", 20, "int", "py-spy samples per second", _range(1, 1000)),
     Key(
         "stacks",
+        "pyspy_min_cpu",
+        0.05,
+        "float",
+        "a CPython process gets py-spy once it uses this share of a core (0: all at once)",
+        _range(0, 64),
+    ),
+    Key(
+        "stacks",
         "max_backoff_s",
         300.0,
         "float",

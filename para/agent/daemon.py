@@ -236,6 +236,7 @@ def _stack_sampler(
         window_s=min(st["window_s"], cfg["segments"]["max_seconds"]),
         python=st["python"],
         pyspy_rate=st["pyspy_rate"],
+        pyspy_min_cpu=st["pyspy_min_cpu"],
         max_backoff_s=st["max_backoff_s"],
         exclude=helpers,
         on_message=say,

@@ -362,8 +362,14 @@ class PySpyRecorder:
         poll_s: float = POLL_S,
         cwd: str | None = None,
         on_message: Callable[[str], None] | None = None,
+        min_cpu: float = 0.0,
     ):
         self.roots = roots
+        # a CPython process gets its py-spy once it uses this share of a core (the agent's
+        # always-on stacks: py-spy reads every thread of an idle process as often as a busy
+        # one's, for no CPU sample of perf to place); 0: at once (para profile)
+        self.min_cpu = min_cpu
+        self._idle: dict[int, tuple[Interpreter, float, float]] = {}  # pid -> since, CPU s
         self.adopter = adopter
         self.exclude = exclude or (lambda: set())
         self.rate = rate
@@ -397,6 +403,7 @@ class PySpyRecorder:
             "pyspy_samples": 0,
             "pyspy_errors": 0,
             "pyspy_cpu_s": 0.0,
+            "idle": 0,  # CPython processes not read by py-spy (below min_cpu) now
         }
 
     # -- the thread ----------------------------------------------------------------------
@@ -462,6 +469,7 @@ class PySpyRecorder:
             if pid in self._members and _exe(pid) not in (exe, None):
                 del self._others[pid]
                 self._last_pid = b""
+        self._wake()
         if self._no_new_process():
             return
         excluded = self.exclude() | self.helper_pids()
@@ -478,7 +486,7 @@ class PySpyRecorder:
         self._members = seen
         now = time.monotonic()
         roots = self.roots()
-        for pid in seen - self._others.keys() - self.targets.keys():
+        for pid in seen - self._others.keys() - self.targets.keys() - self._idle.keys():
             first = self._seen.setdefault(pid, now)
             if pid not in roots and now - first < self.poll_s * 0.9 and _age(pid) < MIN_AGE_S:
                 continue  # the roots have exec'd what they run; a fresh fork may not have
@@ -487,12 +495,37 @@ class PySpyRecorder:
             if interp is None:
                 self._others[pid] = _exe(pid) or ""
                 continue
-            self.targets[pid] = _Target(pid, interp, _comm(pid))
-            self.info["processes"] += 1
-            self._spawn(self.targets[pid])
+            if self.min_cpu > 0:
+                self._idle[pid] = (interp, now, _cpu_s(pid, 0.0))
+                continue
+            self._target(pid, interp)
+        self.info["idle"] = len(self._idle)
         for pid in list(self._seen):
             if pid not in seen:
                 del self._seen[pid]
+
+    def _target(self, pid: int, interp: Interpreter) -> None:
+        self.targets[pid] = _Target(pid, interp, _comm(pid))
+        self.info["processes"] += 1
+        self._spawn(self.targets[pid])
+
+    def _wake(self) -> None:
+        """The CPython processes kept waiting while idle: py-spy for those that used at
+        least min_cpu of a core over the last second or more; the gone ones forgotten."""
+        now = time.monotonic()
+        for pid, (interp, since, cpu0) in list(self._idle.items()):
+            if not _alive(pid) or pid not in self._members:
+                del self._idle[pid]
+                continue
+            if now - since < 1.0:
+                continue
+            cpu = _cpu_s(pid, cpu0)
+            if cpu - cpu0 >= self.min_cpu * (now - since):
+                del self._idle[pid]
+                self._target(pid, interp)
+            else:
+                self._idle[pid] = (interp, now, cpu)
+        self.info["idle"] = len(self._idle)
 
     def _spawn(self, target: _Target) -> None:
         n = target.spies

@@ -133,6 +133,7 @@ class StackSampler(Sampler):
         window_s: float = 300.0,
         python: bool = True,
         pyspy_rate: int = 20,
+        pyspy_min_cpu: float = 0.05,
         max_backoff_s: float = 300.0,
         exclude: Callable[[], set[int]] | None = None,
         on_message: Callable[[str], None] | None = None,
@@ -150,6 +151,7 @@ class StackSampler(Sampler):
         self.window_s = window_s
         self.python = python
         self.pyspy_rate = pyspy_rate
+        self.pyspy_min_cpu = pyspy_min_cpu
         self.max_backoff_s = max_backoff_s
         self.exclude = exclude or (lambda: set())
         self.say = on_message or (lambda m: None)
@@ -441,7 +443,7 @@ class StackSampler(Sampler):
             rec.script_args += ["--pid", ",".join(map(str, pids))]
         if py is not None:
             py.stop()
-            keep = ("processes", "stitched_samples", "unreadable", "pyspy_cpu_s")
+            keep = ("processes", "idle", "stitched_samples", "unreadable", "pyspy_cpu_s")
             self.state["python"] = {k: py.info.get(k) for k in keep}
         kids0, own0 = _children_cpu_s(), time.thread_time()
         self._finishing = rec
@@ -495,6 +497,7 @@ class StackSampler(Sampler):
                 poll_s=1.0,
                 cwd="",  # frames keep their files' full paths: jobs have their own cwd
                 on_message=self.say,
+                min_cpu=self.pyspy_min_cpu,
             )
         except Unavailable as e:
             self._pyspy_ok = False
