@@ -207,6 +207,13 @@ def main() -> None:
         print(f"{'C' if name == 'c' else 'Python'} job: CPU {on_cpu:.2f} s on vs {off_cpu:.2f} s "
               f"off ({100 * (on_cpu / off_cpu - 1):+.1f} %); wall {on_w:.1f} s vs {off_w:.1f} s "
               f"({100 * (on_w / off_w - 1):+.1f} %)")  # fmt: skip
+    # what the family itself spent, counted apart in the agent (children's rusage around
+    # each perf, the folding thread's time, py-spy's CPU): free of the agent's other work,
+    # which grows with the other jobs the machine runs meanwhile
+    own = m(True, lambda r: sum((r["stacks_status"].get("cost_cpu_s") or {}).values())
+            / r["seconds"])  # fmt: skip
+    print(f"stacks' own CPU (perf record + perf script + folding + py-spy): {100 * own:.2f} % "
+          f"of a core: {100 * own / busy:.2f} % of one core per busy CPU")  # fmt: skip
     # the same figures per pair (on and off run back to back, under the same load): medians
     # of the pairs' differences and ratios
     pairs = list(zip(runs[True], runs[False]))

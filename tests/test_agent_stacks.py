@@ -504,3 +504,39 @@ def test_pyspy_reads_a_python_process_only_once_it_is_busy(tmp_path):
             rec.close()
         job.kill()
         job.wait()
+
+
+def test_a_cgroup_perf_refuses_falls_back_to_pids(tmp_path):
+    """perf refuses -G (here: a job cgroup that does not exist, as when the job's cgroup is
+    gone or perf finds no perf_event hierarchy): the family says so, and the job is still
+    sampled, by pid."""
+    from para.agent.samplers.stacks import StackSampler
+
+    need_tool("perf", "apt install linux-perf")
+    exe = build_hot(tmp_path)
+    job = subprocess.Popen([str(exe), "60"])
+    stk = None
+    try:
+        missing = f"/para-no-such-cgroup-{os.getpid()}"
+        stk = StackSampler(lambda: {"78": {job.pid}}, cgroups=lambda: {"78": missing}, freq=49,
+                           window_s=3.0, python=False, event_name="cpu-clock",
+                           max_backoff_s=1.0)  # fmt: skip
+        stk.open()
+        out: dict = {}
+        end = time.monotonic() + 90
+        while time.monotonic() < end and not out.get("stacks"):
+            try:
+                stk.sample(0, out)
+            except RuntimeError:
+                pass  # the family failing for a moment: the loop says it
+            time.sleep(0.2)
+        st = stk.status()
+        assert out.get("stacks"), st
+        assert "status 129" in str(st["last_error"]) or "cgroup" in str(st["last_error"]), st
+        assert st["filter"].startswith("pids") and "-G failed" in st["filter"], st
+        assert {r[1] for r in out["stacks"]} == {job.pid}
+    finally:
+        if stk is not None:
+            stk.stop()
+        job.kill()
+        job.wait()

@@ -39,7 +39,8 @@ from para.agent.perfrecord import FunctionRecorder, perf_binary
 from para.agent.samplers.base import Rows, Sampler, Unavailable, event
 
 OFF_VALUES = {"0", "off", "no", "false"}
-MAX_CGROUPS = 64  # more jobs than this: one event per cgroup and CPU costs more than -a
+MAX_CGROUPS = 16  # more jobs than this: one event per cgroup and CPU costs more than -a
+CGROUP_RETRY_S = 600.0  # perf refused -G: per pid, and -G tried again after this
 STOP_TIMEOUT = 20.0  # perf record writes its file within this after SIGINT, or is killed
 POLL_S = 0.25
 HANDOVER_S = 1.0  # the next window's perf is sampling by then (it starts in ~0.1 s)
@@ -143,7 +144,8 @@ class StackSampler(Sampler):
         self.cgroups = cgroups or (lambda: {})
         self.script_timeout_s = script_timeout_s
         self._want_cg: tuple[str, ...] = ()  # the live jobs' cgroups (v2), when all have one
-        self._cgroup_error: str | None = None  # perf refused -G here: per pid from then on
+        self._cgroup_error: str | None = None  # perf refused -G here: per pid for a while
+        self._cgroup_retry = 0.0  # monotonic
         self._finishing: WindowRecorder | None = None
         self.freq = freq
         self.event_name = event_name
@@ -275,7 +277,9 @@ class StackSampler(Sampler):
         """The live jobs' cgroup v2 paths as perf names them (from the hierarchy's root),
         or () when one job has none (or perf refused -G here): perf then records the whole
         node and the jobs' samples are picked out by pid."""
-        if not live or self._cgroup_error is not None or len(live) > MAX_CGROUPS:
+        if not live or len(live) > MAX_CGROUPS:
+            return ()
+        if self._cgroup_error is not None and time.monotonic() < self._cgroup_retry:
             return ()
         try:
             paths = self.cgroups()
@@ -467,10 +471,11 @@ class StackSampler(Sampler):
         self._keep(rows, rec)
         if died is not None:
             tail = rec.info.get("error") or rec._log_tail()
-            if rec.cgroups and not rows:
-                # perf cannot follow these cgroups here (no perf_event controller on the
-                # hierarchy it finds, ...): per pid from now on
+            if rec.cgroups and died > 0 and not rows:
+                # perf refused the cgroups (no perf_event controller on the hierarchy it
+                # finds, a job's cgroup gone meanwhile): per pid, -G again in a while
                 self._cgroup_error = tail
+                self._cgroup_retry = time.monotonic() + CGROUP_RETRY_S
                 with self._lock:
                     self._want_cg = ()
             return f"perf record exited by itself with status {died} ({tail})"
