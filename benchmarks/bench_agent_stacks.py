@@ -165,7 +165,9 @@ def main() -> None:
     runs: dict[bool, list[dict]] = {False: [], True: []}
     base = 7_000_000 + (os.getpid() % 1000) * 100
     for i in range(args.repeat):
-        for on in (False, True):
+        # pairs, each in the other order than the last: a drift of the machine's load
+        # favours neither side
+        for on in (False, True) if i % 2 == 0 else (True, False):
             tmp = work / f"{'on' if on else 'off'}-{i}"
             tmp.mkdir()
             r = one_run(tmp, on, exe, args, base + 10 * (2 * i + on))
@@ -205,6 +207,26 @@ def main() -> None:
         print(f"{'C' if name == 'c' else 'Python'} job: CPU {on_cpu:.2f} s on vs {off_cpu:.2f} s "
               f"off ({100 * (on_cpu / off_cpu - 1):+.1f} %); wall {on_w:.1f} s vs {off_w:.1f} s "
               f"({100 * (on_w / off_w - 1):+.1f} %)")  # fmt: skip
+    # what the family itself spent, counted apart in the agent (children's rusage around
+    # each perf, the folding thread's time, py-spy's CPU): free of the agent's other work,
+    # which grows with the other jobs the machine runs meanwhile
+    own = m(True, lambda r: sum((r["stacks_status"].get("cost_cpu_s") or {}).values())
+            / r["seconds"])  # fmt: skip
+    print(f"stacks' own CPU (perf record + perf script + folding + py-spy): {100 * own:.2f} % "
+          f"of a core: {100 * own / busy:.2f} % of one core per busy CPU")  # fmt: skip
+    # the same figures per pair (on and off run back to back, under the same load): medians
+    # of the pairs' differences and ratios
+    pairs = list(zip(runs[True], runs[False]))
+    added = med(
+        (a["agent_cpu_s"] / a["seconds"] - b["agent_cpu_s"] / b["seconds"]) / busy for a, b in pairs
+    )
+    print(f"median of {len(pairs)} pairs: stacks add {100 * added:.2f} % of one core per busy "
+          f"CPU to the agent")  # fmt: skip
+    for name in ("c", "py"):
+        cpu = med(a["jobs"][name]["cpu_s"] / b["jobs"][name]["cpu_s"] - 1 for a, b in pairs)
+        wall = med(a["jobs"][name]["wall_s"] / b["jobs"][name]["wall_s"] - 1 for a, b in pairs)
+        print(f"  {'C' if name == 'c' else 'Python'} job slowdown, median of pairs: CPU "
+              f"{100 * cpu:+.1f} %, wall {100 * wall:+.1f} %")  # fmt: skip
     sb = m(True, lambda r: r["stack_bytes"] / r["seconds"] * 3600)
     seg_on = m(True, lambda r: r["segment_bytes"] / r["seconds"] * 3600)
     seg_off = m(False, lambda r: r["segment_bytes"] / r["seconds"] * 3600)

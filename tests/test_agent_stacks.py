@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 
 from para.formats import ParaFile
 
-from .conftest import need_tool, run_para
+from .conftest import cannot_run, need_tool, run_para
 from .slurm_support import Slurm
 from .test_agent_e2e import AgentRun
 
@@ -301,3 +302,241 @@ def test_a_hung_perf_is_killed_restarted_and_said(tmp_path):
             job.kill()
             job.wait()
         agent.kill()
+
+
+def _samples_written(agent: AgentRun) -> int:
+    return int(agent.status().get("samples") or 0)
+
+
+def test_a_hung_perf_script_is_killed_restarted_and_said(tmp_path):
+    """`perf script` that never finishes (a fake perf whose `script` sleeps; record is the real
+    perf): after `script_timeout_s` it is killed, only it, the family says it hung, perf
+    records again after its backoff, and the other families write samples all along."""
+    real = need_tool("perf", "apt install linux-perf")
+    exe = build_hot(tmp_path)
+    pids = tmp_path / "script.pids"
+    fake = tmp_path / "fakeperf"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = script ]; then echo $$ >> {pids}; exec sleep 3600; fi\n'
+        f'exec {real} "$@"\n'
+    )
+    fake.chmod(0o755)
+    extra = stacks_config(freq=49, window_s=2.0) + f'command = "{fake}"\nscript_timeout_s = 3.0\n'
+    agent = AgentRun(tmp_path, extra=extra, interval=0.5)
+    job = None
+    try:
+        agent.wait_samples(2)
+        env = dict(os.environ, SLURM_JOB_ID="913015", SLURM_JOB_NAME="stk-script")
+        job = subprocess.Popen([str(exe), "300"], env=env)
+        st = _wait(lambda: "perf script" in str((agent.status().get("stacks") or {})
+                                                .get("last_error")) and agent.status(),
+                   120, "the hung perf script was not said")  # fmt: skip
+        assert "hung" in st["stacks"]["last_error"] and "killed" in st["stacks"]["last_error"]
+        assert st["stacks"]["failures"] >= 1
+        hung = int(pids.read_text().split()[0])
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung, 0)  # killed and reaped by the agent
+        r = run_para("agent", "status", "--spool", str(agent.spool))
+        assert "perf script did not finish" in r.stdout, r.stdout
+        # restarted after its backoff: a new perf record, and a second hang said again
+        _wait(lambda: (agent.status().get("stacks") or {}).get("failures", 0) >= 2,
+              120, "perf was not started again after the hang")  # fmt: skip
+        assert (agent.status().get("stacks") or {}).get("restarts", 0) >= 1
+        # the other families never waited for it: the loop wrote a sample each interval
+        before = _samples_written(agent)
+        _wait(lambda: _samples_written(agent) >= before + 4, 60, "no samples meanwhile")
+        fams = agent.status().get("families") or {}
+        assert fams["cpu"]["state"] == "ok" and fams["memory"]["state"] == "ok", fams
+        assert agent.stop() == 0, agent.log.read_text()
+    finally:
+        if job is not None:
+            job.kill()
+            job.wait()
+        agent.kill()
+    # every perf script the agent started is gone once it stopped (none left running)
+    for pid in map(int, pids.read_text().split()):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+# -- per-cgroup filtering ------------------------------------------------------------------
+
+
+def test_perf_follows_the_jobs_cgroups_of_a_recorded_slurm_v2_node(tmp_path):
+    """The Slurm cgroup v2 node of tests/fixtures/cgroup: perf records job_4's cgroup only
+    (one event per cgroup, then -G); the v1 node has no cgroup v2 of its jobs: the whole
+    node, jobs picked out by pid."""
+    from para.agent.samplers.stacks import StackSampler, WindowRecorder
+
+    from .test_agent_jobs import sampler, tree
+
+    for name, want in (("slurm-v2", ("system.slice/slurmstepd.scope/job_4",)), ("slurm-v1", ())):
+        js = sampler(tree(tmp_path, name))
+        js.sample(1000, {})
+        assert js.job_pids(), name
+        stk = StackSampler(js.job_pids, cgroups=js.job_cgroups, proc=str(tmp_path / name / "proc"))
+        stk.sample(1000, {})
+        assert stk._want_cg == want, name
+        argv = WindowRecorder(19, "cycles", "perf", stk._want_cg).argv("perf")
+        if want:
+            g = argv.index("-G")
+            assert argv[g + 1] == want[0]
+            assert argv[:g].count("-e") == 1 and "-a" in argv
+        else:
+            assert "-G" not in argv and "-a" in argv
+
+
+def _v2_root() -> Path:
+    for p in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        if (p / "cgroup.controllers").exists():
+            return p
+    cannot_run("no cgroup v2 hierarchy on this machine", "run on a node with cgroup v2")
+
+
+def test_perf_records_only_the_jobs_cgroup(tmp_path):
+    """The real perf with -G on a real cgroup v2: of two busy processes that both belong to
+    the job by pid, only the one in the job's cgroup is sampled (the kernel's filter)."""
+    from para.agent.samplers.stacks import StackSampler
+
+    need_tool("perf", "apt install linux-perf")
+    exe = build_hot(tmp_path)
+    root = _v2_root()
+    cg = root / f"para-test-stacks-{os.getpid()}-{tmp_path.name}"
+    try:
+        cg.mkdir()
+    except OSError as e:
+        cannot_run(f"cannot make a cgroup under {root}: {e}", "run as root on cgroup v2")
+    inside = outside = None
+    stk = None
+    try:
+        inside = subprocess.Popen([str(exe), "60"])
+        (cg / "cgroup.procs").write_text(str(inside.pid))
+        outside = subprocess.Popen([str(exe), "60"])
+        rel = "/" + str(cg.relative_to(root))
+        pids = {inside.pid, outside.pid}
+        stk = StackSampler(lambda: {"77": pids}, cgroups=lambda: {"77": rel}, freq=49,
+                           window_s=4.0, python=False, event_name="cpu-clock")  # fmt: skip
+        stk.open()
+        out: dict = {}
+        end = time.monotonic() + 90
+        while time.monotonic() < end and not out.get("stacks"):
+            stk.sample(0, out)
+            time.sleep(0.2)
+        assert out.get("stacks"), stk.status()
+        assert stk.status()["filter"] == f"cgroups: {rel.lstrip('/')}"
+        got = {r[1] for r in out["stacks"]}
+        assert got == {inside.pid}, (got, inside.pid, outside.pid)
+    finally:
+        if stk is not None:
+            stk.stop()
+        for p in (inside, outside):
+            if p is not None:
+                p.kill()
+                p.wait()
+        cg.rmdir()
+
+
+def test_frames_decoded_without_demangling_read_as_perf_prints_them(tmp_path):
+    """The agent's perf script runs with --no-demangle (perf demangles every symbol of every
+    binary it loads: a third of its CPU); the mangled frames kept are demangled afterwards.
+    Against perf's own demangling of the same recording, frame by frame."""
+    from para.agent.samplers.stacks import MANGLED, demangle
+
+    perf = need_tool("perf", "apt install linux-perf")
+    need_tool("c++filt", "apt install binutils")
+    gxx = need_tool("g++", "apt install g++")
+    exe = tmp_path / "hotcc"
+    subprocess.run([gxx, "-O0", "-fno-omit-frame-pointer", "-o", str(exe),
+                    str(FIXTURES / "hot.cc")], check=True)  # fmt: skip
+    data = tmp_path / "perf.data"
+    subprocess.run([perf, "record", "-g", "-e", "cpu-clock", "-F", "499", "-o", str(data), "--",
+                    str(exe), "60000"], check=True, capture_output=True)  # fmt: skip
+
+    def frames(*opts: str) -> list[str]:
+        out = subprocess.run([perf, "script", "-i", str(data), "-F", "ip,sym", "--no-inline",
+                              *opts], capture_output=True, text=True, check=True)  # fmt: skip
+        return [ln.split(None, 1)[1] for ln in out.stdout.splitlines() if len(ln.split()) > 1]
+
+    mangled, theirs = frames("--no-demangle"), frames()
+    assert len(mangled) == len(theirs) and mangled != theirs
+    plain = demangle({f for f in mangled if f.startswith(MANGLED)})
+    ours = [plain.get(f, f) for f in mangled]
+    assert ours == theirs
+    assert {"ns::Worker::spin", "work<long>"} <= set(theirs)
+
+
+def test_pyspy_reads_a_python_process_only_once_it_is_busy(tmp_path):
+    """The agent's py-spy: a job's CPython process that sleeps is not read (py-spy would read
+    its threads 20 times a second for no CPU sample to place); once it computes (its CPU time
+    in /proc grows), it gets its py-spy."""
+    from para.agent import pystacks
+
+    try:
+        pystacks.pyspy_binary()
+    except Exception as e:
+        cannot_run(str(e), "pip install py-spy (a dependency of para: make venv)")
+    go = tmp_path / "go"
+    prog = (
+        "import os, time\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\n"
+        "x = 0\nwhile True:\n    x += 1\n"
+    )
+    job = subprocess.Popen([sys.executable, "-c", prog])
+    rec = None
+    try:
+        rec = pystacks.PySpyRecorder(lambda: {job.pid}, rate=20, poll_s=0.2, cwd="",
+                                     min_cpu=0.05)  # fmt: skip
+        rec.start()
+        _wait(lambda: rec.info["idle"] == 1, 30, "the idle process was not seen")
+        t_end = time.monotonic() + 2.0
+        while time.monotonic() < t_end:  # idle for 2 s more: still no py-spy
+            assert not rec.helper_pids() and rec.info["processes"] == 0
+            time.sleep(0.1)
+        go.touch()
+        _wait(lambda: rec.helper_pids() and rec.info["processes"] == 1, 30, "no py-spy")
+        assert rec.info["idle"] == 0
+        stat = Path(f"/proc/{job.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        assert int(stat[11]) + int(stat[12]) > 0  # the kernel saw it compute
+    finally:
+        if rec is not None:
+            rec.stop()
+            rec.close()
+        job.kill()
+        job.wait()
+
+
+def test_a_cgroup_perf_refuses_falls_back_to_pids(tmp_path):
+    """perf refuses -G (here: a job cgroup that does not exist, as when the job's cgroup is
+    gone or perf finds no perf_event hierarchy): the family says so, and the job is still
+    sampled, by pid."""
+    from para.agent.samplers.stacks import StackSampler
+
+    need_tool("perf", "apt install linux-perf")
+    exe = build_hot(tmp_path)
+    job = subprocess.Popen([str(exe), "60"])
+    stk = None
+    try:
+        missing = f"/para-no-such-cgroup-{os.getpid()}"
+        stk = StackSampler(lambda: {"78": {job.pid}}, cgroups=lambda: {"78": missing}, freq=49,
+                           window_s=3.0, python=False, event_name="cpu-clock",
+                           max_backoff_s=1.0)  # fmt: skip
+        stk.open()
+        out: dict = {}
+        end = time.monotonic() + 90
+        while time.monotonic() < end and not out.get("stacks"):
+            try:
+                stk.sample(0, out)
+            except RuntimeError:
+                pass  # the family failing for a moment: the loop says it
+            time.sleep(0.2)
+        st = stk.status()
+        assert out.get("stacks"), st
+        assert "status 129" in str(st["last_error"]) or "cgroup" in str(st["last_error"]), st
+        assert st["filter"].startswith("pids") and "-G failed" in st["filter"], st
+        assert {r[1] for r in out["stacks"]} == {job.pid}
+    finally:
+        if stk is not None:
+            stk.stop()
+        job.kill()
+        job.wait()

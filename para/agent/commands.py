@@ -298,6 +298,8 @@ def render_status(doc: dict[str, Any]) -> list[str]:
         )
         if stk.get("state") == "restarting" and stk.get("retry_at"):
             line += f" (next try in {_span(max(0.0, stk['retry_at'] - time.time()))})"
+        if stk.get("filter"):
+            line += f"; recording {stk['filter']}"
         if stk.get("last_error"):
             line += f"; last error: {stk['last_error']}"
         lines.append(line)

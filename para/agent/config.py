@@ -320,11 +320,27 @@ KEYS: tuple[Key, ...] = (
     Key("stacks", "pyspy_rate", 20, "int", "py-spy samples per second", _range(1, 1000)),
     Key(
         "stacks",
+        "pyspy_min_cpu",
+        0.05,
+        "float",
+        "a CPython process gets py-spy once it uses this share of a core (0: all at once)",
+        _range(0, 64),
+    ),
+    Key(
+        "stacks",
         "max_backoff_s",
         300.0,
         "float",
         "longest wait before a failed perf or py-spy is started again",
         _range(1, 86400),
+    ),
+    Key(
+        "stacks",
+        "script_timeout_s",
+        120.0,
+        "float",
+        "longest `perf script` of one window may take before it is killed (said as hung)",
+        _range(1, 3600),
     ),
 )
 

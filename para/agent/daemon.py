@@ -228,12 +228,15 @@ def _stack_sampler(
     jobs = next((s for s in others if isinstance(s, JobSampler)), None)
     return StackSampler(
         jobs.job_pids if jobs is not None else dict,
+        cgroups=jobs.job_cgroups if jobs is not None else None,
+        script_timeout_s=st["script_timeout_s"],
         freq=st["frequency_hz"],
         event_name=st["event"],
         perf=st["command"],
         window_s=min(st["window_s"], cfg["segments"]["max_seconds"]),
         python=st["python"],
         pyspy_rate=st["pyspy_rate"],
+        pyspy_min_cpu=st["pyspy_min_cpu"],
         max_backoff_s=st["max_backoff_s"],
         exclude=helpers,
         on_message=say,

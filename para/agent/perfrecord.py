@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +29,8 @@ from para.cython_ext import load
 fold = load("fold")
 
 ATTACH_TIMEOUT = 10.0
+SCRIPT_TIMEOUT = 600.0  # `perf script` of one recording, at most
+HURRY_S = 10.0  # what `perf script` still gets once para is stopping
 
 
 def perf_binary(perf: str = "perf") -> str:
@@ -60,6 +63,11 @@ class FunctionRecorder:
         self.python: Any = None
         # more `perf script` options (the agent's windows: --time, to cut where the next began)
         self.script_args: list[str] = []
+        # longest `perf script` may take before it is killed (a hung decoder must not hold
+        # the agent's window, nor run on unseen); hurry() shortens it when para stops
+        self.script_timeout_s = SCRIPT_TIMEOUT
+        self.script_hung = False
+        self._hurry = threading.Event()
 
     def start(self) -> None:
         """Attach to the (stopped) command; returns once perf samples it.  An unwinding mode
@@ -150,13 +158,17 @@ class FunctionRecorder:
             # perf's clock is CLOCK_MONOTONIC: shift its stamps onto the wall clock.
             offset = time.time() - time.monotonic()
             text = Path(self._dir) / "perf.script"
-            with open(text, "wb") as out:
-                # no period field: each sample counts 1, so counts are samples
-                subprocess.run(
-                    [perf_binary(self.perf), "script", "-i", str(self.data),
-                     "-F", "comm,pid,tid,time,event,ip,sym,symoff,dso", *self.script_args],
-                    stdout=out, stderr=subprocess.DEVNULL, check=False,
-                )  # fmt: skip
+            # no period field: each sample counts 1, so counts are samples
+            fields = "comm,pid,tid,time,event,ip,sym,symoff,dso"
+            argv = [perf_binary(self.perf), "script", "-i", str(self.data), "-F", fields,
+                    *self.script_args]  # fmt: skip
+            if not self._script(argv, text):
+                self.script_hung = True
+                self.info["error"] = (
+                    f"perf script did not finish within {self.script_timeout_s:g} s (hung): "
+                    "killed, this recording's stacks are lost"
+                )
+                return []
             folded = _fold_file(text)
             self.instructions = instruction_rows(text.read_bytes())
             if self.python is not None:
@@ -180,12 +192,47 @@ class FunctionRecorder:
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 
+    def hurry(self) -> None:
+        """para is stopping: a `perf script` still running gets HURRY_S more, then is killed."""
+        self._hurry.set()
+
+    def _script(self, argv: list[str], out_path: Path) -> bool:
+        """Run `perf script` into out_path; False when it outlived its timeout and was
+        killed.  It runs in a session of its own, and what is killed is that session's
+        process group: perf and what it started (addr2line, objdump), nothing else."""
+        with open(out_path, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + self.script_timeout_s
+        hurried = False
+        while True:
+            if self._hurry.is_set() and not hurried:
+                hurried = True
+                deadline = min(deadline, time.monotonic() + HURRY_S)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                proc.wait(timeout=min(left, 0.25))
+                return True
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        return False
+
     def _event_used(self) -> str:
         """perf falls back from cycles to cpu-clock where the PMU is missing; say which ran."""
-        out = subprocess.run(
-            [perf_binary(self.perf), "evlist", "-i", str(self.data)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        try:
+            out = subprocess.run(
+                [perf_binary(self.perf), "evlist", "-i", str(self.data)],
+                capture_output=True, text=True, check=False, timeout=60,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:  # run() has killed it
+            return self.event
         names = [ln.strip() for ln in out.stdout.splitlines() if ln.strip() and "dummy" not in ln]
         return names[0] if names else self.event
 

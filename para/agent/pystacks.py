@@ -372,8 +372,14 @@ class PySpyRecorder:
         scan_s: float = SCAN_S,
         cwd: str | None = None,
         on_message: Callable[[str], None] | None = None,
+        min_cpu: float = 0.0,
     ):
         self.roots = roots
+        # a CPython process gets its py-spy once it uses this share of a core (the agent's
+        # always-on stacks: py-spy reads every thread of an idle process as often as a busy
+        # one's, for no CPU sample of perf to place); 0: at once (para profile)
+        self.min_cpu = min_cpu
+        self._idle: dict[int, tuple[Interpreter, float, float]] = {}  # pid -> since, CPU s
         self.adopter = adopter
         self.exclude = exclude or (lambda: set())
         self.rate = rate
@@ -409,6 +415,7 @@ class PySpyRecorder:
             "pyspy_samples": 0,
             "pyspy_errors": 0,
             "pyspy_cpu_s": 0.0,
+            "idle": 0,  # CPython processes not read by py-spy (below min_cpu) now
         }
 
     # -- the thread ----------------------------------------------------------------------
@@ -492,6 +499,7 @@ class PySpyRecorder:
         """Walk the job's tree from its roots (and what re-parented to para), classify each
         process once it is old enough to have exec'd what it runs (a fork about to exec
         still looks like its parent)."""
+        self._wake()
         if self._no_new_process():
             return
         excluded = self.exclude() | self.helper_pids()
@@ -509,7 +517,7 @@ class PySpyRecorder:
         now = time.monotonic()
         roots = self.roots()
         self._due = None
-        for pid in seen - self._others.keys() - self.targets.keys():
+        for pid in seen - self._others.keys() - self.targets.keys() - self._idle.keys():
             first = self._seen.setdefault(pid, now)
             if pid not in roots:
                 # the roots have exec'd what they run; a fresh fork may not have: it is
@@ -524,12 +532,37 @@ class PySpyRecorder:
             if interp is None:
                 self._others[pid] = _exe(pid) or ""
                 continue
-            self.targets[pid] = _Target(pid, interp, _comm(pid))
-            self.info["processes"] += 1
-            self._spawn(self.targets[pid])
+            if self.min_cpu > 0:
+                self._idle[pid] = (interp, now, _cpu_s(pid, 0.0))
+                continue
+            self._target(pid, interp)
+        self.info["idle"] = len(self._idle)
         for pid in list(self._seen):
             if pid not in seen:
                 del self._seen[pid]
+
+    def _target(self, pid: int, interp: Interpreter) -> None:
+        self.targets[pid] = _Target(pid, interp, _comm(pid))
+        self.info["processes"] += 1
+        self._spawn(self.targets[pid])
+
+    def _wake(self) -> None:
+        """The CPython processes kept waiting while idle: py-spy for those that used at
+        least min_cpu of a core over the last second or more; the gone ones forgotten."""
+        now = time.monotonic()
+        for pid, (interp, since, cpu0) in list(self._idle.items()):
+            if not _alive(pid) or pid not in self._members:
+                del self._idle[pid]
+                continue
+            if now - since < 1.0:
+                continue
+            cpu = _cpu_s(pid, cpu0)
+            if cpu - cpu0 >= self.min_cpu * (now - since):
+                del self._idle[pid]
+                self._target(pid, interp)
+            else:
+                self._idle[pid] = (interp, now, cpu)
+        self.info["idle"] = len(self._idle)
 
     def _spawn(self, target: _Target) -> None:
         n = target.spies

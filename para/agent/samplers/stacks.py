@@ -1,21 +1,24 @@
-"""Call stacks of every job, always on (issue 13): the function and instruction dimensions
-of the jobs nobody profiled by hand.
+"""Call stacks of every job, always on (issue 13): the function and instruction dimensions of
+the jobs nobody profiled by hand.
 
-A thread of its own records windows: `perf record -a -g` at a low rate (19 Hz per busy
-CPU by default) for `window_s` seconds, or until the segment closes, the last job ends or
-the agent stops; then `perf script` is folded (the Cython kernel `para profile
---functions` uses, through perfrecord.FunctionRecorder) and only the samples of job
-processes are kept, each row naming its job.  The CPython processes of the jobs also get a
-py-spy for the window (pystacks.PySpyRecorder), whose Python stacks are stitched onto
-perf's samples as in `para profile --functions`.  Rows go to `stacks` (per job, process,
-thread and second, root-first) and `instr_samples` (the leaf instruction of each sample,
-with the GNU build id of its binary) of the sample taken after the window: the next
-segment's Parquet holds each distinct stack once (its column's dictionary).
+A thread of its own records windows: `perf record -a -g` at a low rate (19 Hz per busy CPU
+by default) of the jobs' cgroups (`-G`, where every job has a cgroup v2; a new window when
+jobs come or go) or else of the whole node, for `window_s` seconds, or until the segment
+closes, the last job ends or the agent stops; then `perf script` is folded (the Cython
+kernel `para profile --functions` uses, through perfrecord.FunctionRecorder) and only the
+samples of job processes are kept, each row naming its job. The CPython processes of the
+jobs also get a py-spy for the window (pystacks.PySpyRecorder), whose Python stacks are
+stitched onto perf's samples as in `para profile --functions`. Rows go to `stacks` (per
+job, process, thread and second, root-first) and `instr_samples` (the leaf instruction of
+each sample, with the GNU build id of its binary) of the sample taken after the window:
+the next segment's Parquet holds each distinct stack once (its column's dictionary).
 
-A perf that fails, is killed or hangs is started again after a wait that doubles up to
-`max_backoff_s`; meanwhile the family says why (family_failing, `para agent status`) and
-the other families go on.  No perf runs while no job runs.  A job whose environment says
-PARA_STACKS=0 (or off/no/false) is not sampled.
+A perf that fails, is killed or hangs (perf record not stopping within STOP_TIMEOUT of
+SIGINT, perf script not done within `script_timeout_s`: each killed, only it and what it
+started) is started again after a wait that doubles up to `max_backoff_s`; meanwhile the
+family says why (family_failing, `para agent status`) and the other families go on. No
+perf runs while no job runs. A job whose environment says PARA_STACKS=0 (or off/no/false)
+is not sampled.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from para.agent.perfrecord import FunctionRecorder, perf_binary
 from para.agent.samplers.base import Rows, Sampler, Unavailable, event
 
 OFF_VALUES = {"0", "off", "no", "false"}
+MAX_CGROUPS = 16  # more jobs than this: one event per cgroup and CPU costs more than -a
+CGROUP_RETRY_S = 600.0  # perf refused -G: per pid, and -G tried again after this
 STOP_TIMEOUT = 20.0  # perf record writes its file within this after SIGINT, or is killed
 POLL_S = 0.25
 HANDOVER_S = 1.0  # the next window's perf is sampling by then (it starts in ~0.1 s)
@@ -45,19 +50,46 @@ class WindowRecorder(FunctionRecorder):
     """`perf record -a` of the whole node until stopped (FunctionRecorder's folding and
     instruction rows, without its command-attached start)."""
 
-    def __init__(self, freq: int, event: str, perf: str):
+    def __init__(self, freq: int, event: str, perf: str, cgroups: tuple[str, ...] = ()):
         super().__init__(0, freq=freq, event=event, perf=perf)
         self.hung = False
+        self.cgroups = cgroups
 
-    def start(self) -> None:
-        perf = perf_binary(self.perf)
-        argv = [
-            perf, "record", "-a", "-g", "-e", self.event, "-F", str(self.freq),
+    def argv(self, perf: str) -> list[str]:
+        """`perf record -a`: of the jobs' cgroups only (-G) where they are given, else of
+        the whole node (the jobs' pids are picked out at `perf script`)."""
+        events = ["-e", self.event]
+        if self.cgroups:
+            # perf gives the cgroups of -G to the events before it, in order: one each
+            events = events * len(self.cgroups) + ["-G", ",".join(self.cgroups)]
+        return [
+            perf, "record", "-a", "-g", *events, "-F", str(self.freq),
             "-k", "CLOCK_MONOTONIC", "-o", str(self.data),
             # no build-id cache (copies of every binary in ~/.debug) nor build-id header:
             # half of perf's CPU, and para reads the build ids of the jobs' binaries itself
             "--no-buildid-cache", "--no-buildid",
         ]  # fmt: skip
+
+    def finish(self) -> list[list[Any]]:
+        """perf script decodes without demangling nor inline frames (half its CPU: it
+        demangles every symbol of every binary it loads, and looks inline frames up in the
+        debug info): the names that are mangled among the few distinct frames kept are
+        demangled afterwards, as perf would have printed them."""
+        self.script_args += ["--no-demangle", "--no-inline"]
+        rows = super().finish()
+        names = {f for r in rows for f in r[4].split(";") if f.startswith(MANGLED)}
+        names |= {r[2] for r in self.instructions if r[2].startswith(MANGLED)}
+        if names:
+            plain = demangle(names)
+            for r in rows:
+                if any(f in plain for f in r[4].split(";")):
+                    r[4] = ";".join(plain.get(f, f) for f in r[4].split(";"))
+            for r in self.instructions:
+                r[2] = plain.get(r[2], r[2])
+        return rows
+
+    def start(self) -> None:
+        argv = self.argv(perf_binary(self.perf))
         with open(self.log, "wb") as log:
             # its own session: a terminal's ^C goes to the agent, which stops it in order
             self.proc = subprocess.Popen(
@@ -94,24 +126,34 @@ class StackSampler(Sampler):
         self,
         jobs: Callable[[], dict[str, set[int]]],
         *,
+        cgroups: Callable[[], dict[str, str]] | None = None,
+        script_timeout_s: float = 120.0,
         freq: int = 19,
         event_name: str = "cycles",
         perf: str = "perf",
         window_s: float = 300.0,
         python: bool = True,
         pyspy_rate: int = 20,
+        pyspy_min_cpu: float = 0.05,
         max_backoff_s: float = 300.0,
         exclude: Callable[[], set[int]] | None = None,
         on_message: Callable[[str], None] | None = None,
         proc: str = "/proc",
     ):
         self.jobs = jobs
+        self.cgroups = cgroups or (lambda: {})
+        self.script_timeout_s = script_timeout_s
+        self._want_cg: tuple[str, ...] = ()  # the live jobs' cgroups (v2), when all have one
+        self._cgroup_error: str | None = None  # perf refused -G here: per pid for a while
+        self._cgroup_retry = 0.0  # monotonic
+        self._finishing: WindowRecorder | None = None
         self.freq = freq
         self.event_name = event_name
         self.perf = perf
         self.window_s = window_s
         self.python = python
         self.pyspy_rate = pyspy_rate
+        self.pyspy_min_cpu = pyspy_min_cpu
         self.max_backoff_s = max_backoff_s
         self.exclude = exclude or (lambda: set())
         self.say = on_message or (lambda m: None)
@@ -140,6 +182,7 @@ class StackSampler(Sampler):
             "last_error": None,
             "retry_at": None,
             "python": None,
+            "filter": None,
             "cost_cpu_s": {"perf": 0.0, "fold": 0.0, "pyspy": 0.0},
         }
         self._failing: str | None = None
@@ -167,7 +210,8 @@ class StackSampler(Sampler):
             "event": self.event_name,
             "window_s": self.window_s,
             "python": bool(self.python and self._pyspy_ok),
-            "target": "system-wide (perf record -a), job processes kept",
+            "target": "the jobs' cgroups (perf record -a -G) where each job has a cgroup v2, "
+            "else system-wide (perf record -a) with the job processes kept",
         }
 
     def sample(self, t_ms: int, out: Rows) -> None:
@@ -184,9 +228,11 @@ class StackSampler(Sampler):
             if off:
                 continue
             live[job] = set(pids)
+        want = self._cgroups_of(live)
         now = time.monotonic()
         with self._lock:
             self._live = live
+            self._want_cg = want
             for job, pids in live.items():
                 for pid in pids:
                     self._pid_job[pid] = job
@@ -227,6 +273,26 @@ class StackSampler(Sampler):
             out |= py.helper_pids()
         return out
 
+    def _cgroups_of(self, live: dict[str, set[int]]) -> tuple[str, ...]:
+        """The live jobs' cgroup v2 paths as perf names them (from the hierarchy's root),
+        or () when one job has none (or perf refused -G here): perf then records the whole
+        node and the jobs' samples are picked out by pid."""
+        if not live or len(live) > MAX_CGROUPS:
+            return ()
+        if self._cgroup_error is not None and time.monotonic() < self._cgroup_retry:
+            return ()
+        try:
+            paths = self.cgroups()
+        except Exception:  # the jobs family's trouble: the pids still do
+            return ()
+        out = set()
+        for job in live:
+            path = (paths.get(job) or "").strip("/")
+            if not path:
+                return ()
+            out.add(path)
+        return tuple(sorted(out))
+
     def segment_closed(self) -> None:
         """The segment closes: end the window so its stacks land in the next segment."""
         self._rotate.set()
@@ -235,6 +301,9 @@ class StackSampler(Sampler):
         """Before the agent's last sample: end the window, so its stacks are in it."""
         self._stop.set()
         self._rotate.set()
+        fin = self._finishing
+        if fin is not None:
+            fin.hurry()
         if self._thread is not None:
             self._thread.join(timeout=3 * STOP_TIMEOUT)
             self._thread = None
@@ -329,7 +398,10 @@ class StackSampler(Sampler):
     def _begin(self) -> _Window | str:
         """Start perf (and py-spy) for a window; why not, as a string."""
         self._rotate.clear()
-        rec = WindowRecorder(self.freq, self.event_name, self.perf)
+        with self._lock:
+            cgroups = self._want_cg
+        rec = WindowRecorder(self.freq, self.event_name, self.perf, cgroups)
+        rec.script_timeout_s = self.script_timeout_s
         try:
             rec.start()
         except OSError as e:
@@ -341,7 +413,10 @@ class StackSampler(Sampler):
         if py is not None:
             py.start()
         self._rec, self._py = rec, py
-        self.state.update(state="recording", perf_pid=rec.proc.pid, retry_at=None)
+        filt = f"cgroups: {', '.join(cgroups)}" if cgroups else "pids (perf record -a)"
+        if self._cgroup_error and not cgroups:
+            filt += f"; perf record -G failed here: {self._cgroup_error}"
+        self.state.update(state="recording", perf_pid=rec.proc.pid, retry_at=None, filter=filt)
         return _Window(rec, py, time.monotonic() + self.window_s)
 
     def _wait_window(self, w: _Window) -> int | None:
@@ -353,6 +428,9 @@ class StackSampler(Sampler):
                 return w.rec.proc.returncode
             if not self._job_pids():
                 break  # the last job ended: its stacks go out now
+            with self._lock:
+                if self._want_cg != w.rec.cgroups:
+                    break  # jobs came or went: the next perf follows their cgroups
             self._rotate.wait(POLL_S)
         return w.rec.proc.poll()
 
@@ -369,9 +447,12 @@ class StackSampler(Sampler):
             rec.script_args += ["--pid", ",".join(map(str, pids))]
         if py is not None:
             py.stop()
-            keep = ("processes", "stitched_samples", "unreadable", "pyspy_cpu_s")
+            keep = ("processes", "idle", "stitched_samples", "unreadable", "pyspy_cpu_s")
             self.state["python"] = {k: py.info.get(k) for k in keep}
         kids0, own0 = _children_cpu_s(), time.thread_time()
+        self._finishing = rec
+        if self._stop.is_set():
+            rec.hurry()
         try:
             rows = rec.finish()
         finally:
@@ -386,10 +467,20 @@ class StackSampler(Sampler):
                 py.close()
             if self._rec is rec:
                 self._rec = self._py = None
+            self._finishing = None
         self._keep(rows, rec)
         if died is not None:
             tail = rec.info.get("error") or rec._log_tail()
+            if rec.cgroups and died > 0 and not rows:
+                # perf refused the cgroups (no perf_event controller on the hierarchy it
+                # finds, a job's cgroup gone meanwhile): per pid, -G again in a while
+                self._cgroup_error = tail
+                self._cgroup_retry = time.monotonic() + CGROUP_RETRY_S
+                with self._lock:
+                    self._want_cg = ()
             return f"perf record exited by itself with status {died} ({tail})"
+        if rec.script_hung:
+            return str(rec.info["error"])
         if rec.hung:
             return f"perf record did not stop within {STOP_TIMEOUT:g} s of SIGINT (hung): killed"
         if not rows and rec.info.get("error"):
@@ -409,8 +500,10 @@ class StackSampler(Sampler):
                 rate=self.pyspy_rate,
                 rotate_s=self.window_s + 2 * STOP_TIMEOUT,
                 poll_s=1.0,
+                scan_s=1.0,  # a job's new process within the second: always-on, at low cost
                 cwd="",  # frames keep their files' full paths: jobs have their own cwd
                 on_message=self.say,
+                min_cpu=self.pyspy_min_cpu,
             )
         except Unavailable as e:
             self._pyspy_ok = False
@@ -449,6 +542,26 @@ class StackSampler(Sampler):
                 self._out.append(("stacks", stacks))
             if instr:
                 self._out.append(("instr_samples", instr))
+
+
+MANGLED = ("_Z", "_R")  # Itanium C++ (and Rust legacy), Rust v0
+
+
+def demangle(names: set[str]) -> dict[str, str]:
+    """Mangled name -> as perf prints it (no parameter list), through binutils' c++filt in
+    one call; names it cannot demangle, or no c++filt, stay as they are."""
+    order = sorted(names)
+    try:
+        out = subprocess.run(
+            ["c++filt", "-p"], input="\n".join(order) + "\n", capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    plain = out.stdout.split("\n")
+    if out.returncode != 0 or len(plain) < len(order):
+        return {}
+    return {m: p for m, p in zip(order, plain) if p and p != m}
 
 
 def _children_cpu_s() -> float:
