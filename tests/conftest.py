@@ -104,6 +104,16 @@ def need_tool(tool: str, hint: str) -> str:
     return path
 
 
+def need_module(name: str, hint: str) -> ModuleType:
+    """The module `name`, or `cannot_run` with the install hint."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        cannot_run(f"{name} cannot be imported ({e})", hint)
+
+
 @pytest.fixture(scope="session")
 def slurm(request):
     """A real single-node Slurm (tests/slurm_support.py), started once for the session."""

@@ -34,7 +34,7 @@ from para.analyzer.rules import default_config
 from para.formats import ParaFile, ParaWriter
 from para.formats.schema import catalogue
 
-from .conftest import REPO, cannot_run, need_tool, run_para
+from .conftest import REPO, cannot_run, need_module, need_tool, run_para
 
 PYSPY_HINT = "pip install py-spy (a dependency of para: make venv)"
 PERF_HINT = "apt install linux-perf, and kernel.perf_event_paranoid <= 1 (or run as root)"
@@ -204,7 +204,7 @@ json.dump(spent, open(sys.argv[-1], "w"))
 @pytest.mark.slow
 def test_numpy_blas_time_under_the_python_caller(tmp_path):
     _tools()
-    pytest.importorskip("numpy", reason="numpy is in pyproject's test extra")
+    need_module("numpy", "pip install -e '.[test]' (numpy is in pyproject's test extra)")
     run = profile(tmp_path, "mm", NUMPY, "2.5")
     _close(run.shares(["mul_big", "mul_small"]), _own_shares(run.own))
     # BLAS's frames (perf's, native) sit under the Python function that called it
@@ -266,7 +266,7 @@ if MPI.COMM_WORLD.rank == 0:
 def test_mpi4py_ranks_under_mpirun(tmp_path):
     _tools()
     mpirun = need_tool("mpirun", "apt install openmpi-bin libopenmpi-dev")
-    pytest.importorskip("mpi4py", reason="mpi4py is in pyproject's test extra")
+    need_module("mpi4py", "pip install -e '.[test]' (mpi4py is in pyproject's test extra)")
     env = _env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                TMPDIR=str(tmp_path))  # fmt: skip
     run = profile(tmp_path, "ranks", MPI, "0.8", env=env,
