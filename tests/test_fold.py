@@ -477,7 +477,9 @@ def header_lines(draw) -> bytes:
     if draw(st.booleans()):
         parts.append(b" %d.%06d:" % (draw(st.integers(0, 10**7)), draw(st.integers(0, 999999))))
     if draw(st.booleans()):
-        parts.append(b" %d" % draw(st.integers(0, 10**25)))
+        # a period is perf's u64; 40 lines of up to 2**58 cannot add up past it (beyond
+        # 2**64 the reference counts in floats: test_counts_past_u64_stay_exact)
+        parts.append(b" %d" % draw(st.integers(0, 2**58)))
     parts.append(draw(st.sampled_from([b" cycles:", b" cycles:u:", b" cpu-clock:", b"", b":"])))
     parts.append(draw(SPACE))
     return b"".join(parts)
@@ -526,6 +528,18 @@ def reference(path: Path, flags: list[str]) -> bytes:
                          timeout=60)  # fmt: skip
     assert ref.returncode == 0, ref.stderr
     return ref.stdout
+
+
+def test_counts_past_u64_stay_exact(tmp_path):
+    """Where a stack's count passes 2**64 the reference switches to a float (1.84467440737096e+19,
+    its last digits lost); para's counts stay exact integers, in both implementations."""
+    periods = [2**64 - 1, 2**64 - 1, 12345]
+    data = b"".join(b"java 123 0.000000: %d cycles: \n\n" % p for p in periods)
+    path = tmp_path / "big.txt"
+    path.write_bytes(data)
+    assert reference(path, []) != b"java %d\n" % sum(periods)  # the reference rounds
+    for mod in (compiled_kernel("fold"), load("fold", pure=True)):
+        assert render(mod.fold(data)) == b"java %d\n" % sum(periods)
 
 
 def test_the_vendored_reference_is_the_suites_tool():
