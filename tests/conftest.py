@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -38,6 +39,24 @@ def no_leaks():
     assert not still, f"threads left running: {still}"
     children = [c for c in _children(os.getpid()) if int(c.split()[0]) not in SERVICES]
     assert not children, f"child processes left running: {children}"
+
+
+def _kernels_loaded() -> set[str]:
+    return {m for m in sys.modules if m.startswith("para.cython_ext.")}
+
+
+@pytest.fixture(autouse=True)
+def no_kernel_reached(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked no_kernel is left out of make test's pure-Python pass, which need only run
+    what reaches a kernel: it must load no kernel (nor twin) in this process.  (What a para it
+    starts loads is the mark's author's to check: such modules are not marked.)"""
+    before = _kernels_loaded()
+    yield
+    new = _kernels_loaded() - before
+    assert not (new and request.node.get_closest_marker("no_kernel")), (
+        f"marked no_kernel (so left out of the pure-Python pass) but loaded {sorted(new)}: "
+        "remove the mark"
+    )
 
 
 def _children(pid: int) -> list[str]:

@@ -18,7 +18,7 @@ from para.formats import wire
 from tests import attack_support as atk
 from tests.collector_support import make_pki
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_kernel]
 HOSTS = ["node01", "node02", "node03"]
 # Generous: the attacks of issue 16 took the collector up by 0.7 to 1.9 GB.
 MEMORY_MARGIN = 200 * atk.MIB

@@ -22,6 +22,8 @@ from tests.collector_support import (
 )
 from tests.conftest import run_para
 
+pytestmark = pytest.mark.no_kernel
+
 TPL = load_template()
 ROWS = template_rows(TPL)
 

@@ -25,6 +25,8 @@ from tests.collector_support import (
     write_segments,
 )
 
+pytestmark = pytest.mark.no_kernel
+
 TPL = load_template()
 ROWS = template_rows(TPL)
 VALUES = TPL.end["values"]

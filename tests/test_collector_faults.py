@@ -28,7 +28,7 @@ from tests.collector_support import (
 )
 from tests.conftest import cannot_run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_kernel]
 TPL = load_template()
 ROWS = template_rows(TPL)
 HOSTS = ["node1", "node2", "node3", "node4"]

@@ -26,7 +26,7 @@ from tests import attack_support as atk
 from tests.collector_support import make_pki, wait_for
 from tests.conftest import run_para
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.no_kernel]
 HOSTS = ["node01", "node02", "node03"]
 MARGIN = 64 * atk.MIB
 BIG = 256 * atk.MIB

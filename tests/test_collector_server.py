@@ -29,6 +29,8 @@ from tests.collector_support import (
     write_segments,
 )
 
+pytestmark = pytest.mark.no_kernel
+
 TPL = load_template()
 ROWS = template_rows(TPL)
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from para.collector.layout import Layout
 from para.formats import wire
 
+pytestmark = pytest.mark.no_kernel
+
 GOOD_HOSTS = ["node001", "n1.cluster.example.org", "gpu_node-3", "A100-x8", "c1"]
 BAD_HOSTS = [
     "",

@@ -12,6 +12,8 @@ import pytest
 
 from para.collector import gate as g
 
+pytestmark = pytest.mark.no_kernel
+
 PATH = "/arrow.flight.protocol.FlightService/"
 IDENT = b"agent node01 token"
 

@@ -19,6 +19,8 @@ from para.formats.schema import GPU, GPU_PROC
 from .conftest import need_tool
 from .nvml_replay import MiB, NvmlReplay, from_capture, from_xml
 
+pytestmark = pytest.mark.no_kernel
+
 FIX = Path(__file__).parent / "fixtures" / "nvidia-smi"
 V100S = FIX / "nvidia-smi-q-x-8x-tesla-v100s-pcie-32gb-datakit.xml.gz"
 A100 = FIX / "nvidia-smi-q-x-a100-sxm4-v12-telegraf.xml"

@@ -15,6 +15,8 @@ from para.agent.jobcpus import cgroup_limits, format_cpu_list, job_cpus, parse_c
 
 from .conftest import FIXTURES, need_tool
 
+pytestmark = pytest.mark.no_kernel
+
 CGROUPS = FIXTURES / "cgroup"  # real Slurm cgroup trees (tests/fixtures/cgroup/SOURCES.md)
 
 V1_SELF = """12:cpuset:/slurm/uid_2001/job_77/step_0

@@ -9,6 +9,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.no_kernel
+
 PARA = Path(__file__).resolve().parent.parent / "para"
 
 # what each part may import besides itself (para.errors and para.__init__ are shared)

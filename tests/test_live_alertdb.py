@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from para.collector.alertdb import AlertStore
 from para.collector.db import FeatureDB
+
+pytestmark = pytest.mark.no_kernel
 
 
 def _note(aid: str, event: str, at: float, **kw: object) -> dict:

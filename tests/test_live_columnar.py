@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from para.live import rules
 from para.live.engine import Engine
 from para.live.metrics import Snapshot
+
+pytestmark = pytest.mark.no_kernel
 
 HOSTS = ["cn1", "cn2", "cn3", "gpu1"]
 GPUS = ["0", "1", "2"]

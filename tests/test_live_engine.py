@@ -14,6 +14,8 @@ from para.live import rules
 from para.live.engine import Engine
 from para.live.metrics import LAYOUTS, HostState, Snapshot
 
+pytestmark = pytest.mark.no_kernel
+
 S = 1000  # ms
 
 

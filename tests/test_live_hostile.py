@@ -21,6 +21,8 @@ from para.live.metrics import LAYOUTS
 from para.live.wellformed import well_formed
 from tests.live_support import samples_from_para
 
+pytestmark = pytest.mark.no_kernel
+
 RULES = """
 [[rule]]
 name = "busy"

@@ -17,6 +17,8 @@ from para.live import openmetrics
 from para.live.metrics import LAYOUTS, HostState
 from tests.live_support import samples_from_para
 
+pytestmark = pytest.mark.no_kernel
+
 
 def _job_rows(job: str, utime: int) -> list:
     lay = LAYOUTS["job"]

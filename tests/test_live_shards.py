@@ -18,6 +18,8 @@ from para.live.shards import job_partial, job_totals, merge_summaries
 from para.live.view import LiveView
 from tests.shard_support import T0, node_rows
 
+pytestmark = pytest.mark.no_kernel
+
 # cores each node gives job 7: n1, n2 on shard a; n3, n4 on shard b; n2 fails over to b
 CORES = {"n1": 0.3, "n2": 0.2, "n3": 0.4, "n4": 0.35}
 

@@ -16,6 +16,8 @@ from para.live import sinks
 from tests.collector_support import wait_for
 from tests.live_support import Receiver, SmtpServer, tls_files
 
+pytestmark = pytest.mark.no_kernel
+
 
 def note(event: str = "firing", **kw: Any) -> dict[str, Any]:
     doc = {

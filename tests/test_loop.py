@@ -6,8 +6,12 @@ import json
 import threading
 import time
 
+import pytest
+
 from para.agent.loop import SamplingLoop
 from para.agent.samplers.base import Sampler, Unavailable
+
+pytestmark = pytest.mark.no_kernel
 
 
 class Counting(Sampler):

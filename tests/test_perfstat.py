@@ -33,6 +33,8 @@ from para.formats.schema import COUNTERS, EVENTS
 
 from .conftest import need_tool
 
+pytestmark = pytest.mark.no_kernel
+
 FIX = Path(__file__).parent / "fixtures" / "perf-stat"
 PERF = shutil.which("perf")
 

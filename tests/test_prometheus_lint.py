@@ -18,6 +18,8 @@ from para.live.view import LiveView
 from tests.conftest import REPO, need_tool
 from tests.live_support import VM_RECORDING, samples_from_para
 
+pytestmark = pytest.mark.no_kernel
+
 PROMTOOL_HINT = "apt install prometheus (Debian's package ships promtool; make system-deps)"
 
 

@@ -11,6 +11,8 @@ from para.agent.shipper import KEYS, Shipper, backoff_delay, validate_config
 from para.errors import ParaError
 from tests.collector_support import load_template, wait_for, write_segments
 
+pytestmark = pytest.mark.no_kernel
+
 
 def _cfg(tmp_path: Path, **over: object) -> dict[str, object]:
     tok = tmp_path / "token"
