@@ -34,6 +34,7 @@ from tests.web_support import (
     console_errors,
     drawn,
     navigate,
+    sign_in,
     wait,
     wait_port_file,
 )
@@ -269,14 +270,7 @@ def admin(site: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _sign_in(drv: Any, site: dict[str, Any], who: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    base = f"https://127.0.0.1:{site['port']}"
-    drv.get(base + "/login")
-    drv.find_element(By.ID, "token").send_keys(site["tokens"][who])
-    navigate(drv, drv.find_element(By.ID, "login-form").submit)
-    wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, "#nav .who"), what="signed in")
-    assert who in drv.find_element(By.CSS_SELECTOR, "#nav .who").text
+    sign_in(drv, f"https://127.0.0.1:{site['port']}", site["tokens"][who], who)
 
 
 def _plots_drawn(drv: Any, selector: str, at_least: int = 1) -> list[Any]:

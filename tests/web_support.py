@@ -96,6 +96,17 @@ def navigate(drv: Any, action: Any, url_has: str | None = None, timeout: float =
     )
 
 
+def sign_in(drv: Any, base: str, token: str, who: str) -> None:
+    """Sign in to the portal at `base` with a person's token, as they would on /login."""
+    from selenium.webdriver.common.by import By
+
+    drv.get(base + "/login")
+    drv.find_element(By.ID, "token").send_keys(token)
+    navigate(drv, drv.find_element(By.ID, "login-form").submit)
+    wait(drv, lambda d: d.find_elements(By.CSS_SELECTOR, "#nav .who"), what="signed in")
+    assert who in drv.find_element(By.CSS_SELECTOR, "#nav .who").text
+
+
 def drawn(png: bytes) -> dict[str, float]:
     """How much of a screenshot is drawn: the share of pixels that are not background
     (near-white), of those that are coloured (not grey: plot data, not axes and text), and

@@ -710,15 +710,7 @@ def open_source(
 
     urls = [collector] if isinstance(collector, str) else list(collector or [])
     if urls:
-        from para.agent.collector_client import CollectorClient, reader_endpoint
-
-        def one(url: str) -> topdata.CollectorSource:
-            ep = reader_endpoint(url, ca, cert, key, token_file, insecure, timeout=10.0)
-            return topdata.CollectorSource(url, lambda: CollectorClient(ep))
-
-        if len(urls) == 1:
-            return one(urls[0])
-        return topdata.ShardedSource([one(u) for u in dict.fromkeys(urls)])
+        return topdata.collector_source(urls, ca, cert, key, token_file, insecure)
     if not sample_here:
         if spool is None:
             from para.agent import config as cfgmod
@@ -825,15 +817,10 @@ def top_command(
     if not once and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("para top needs a terminal", hint="use --once to print one screen")
     if shards_from:
-        from para.agent import config as cfgmod
+        from para.analyzer.topdata import shards_of
 
-        table = cfgmod.load(shards_from).collector or {}
-        if not isinstance(table.get("url"), str):
-            raise UsageError(f"{shards_from} has no [collector] url: no shard to read")
-        fallback = [u for u in table.get("fallback") or [] if isinstance(u, str)]
-        collector = (*collector, table["url"], *fallback)
-        ca = ca or table.get("ca_file")
-        insecure = insecure or table.get("insecure") is True
+        urls, shard_ca, shard_insecure = shards_of(shards_from)
+        collector, ca, insecure = (*collector, *urls), ca or shard_ca, insecure or shard_insecure
     source = open_source(
         collector, ca, cert, key, token_file, insecure, spool, config, sample_here, interval
     )

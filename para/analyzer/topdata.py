@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from para.errors import ParaError
+from para.errors import ParaError, UsageError
 from para.live.metrics import HostState
 from para.live.view import LiveView
 
@@ -105,6 +105,46 @@ class ShardedSource:
         for s in self.sources:
             s.close()
         self._pool.shutdown(wait=False)
+
+
+def collector_source(
+    urls: list[str],
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    token_file: str | None,
+    insecure: bool,
+) -> CollectorSource | ShardedSource:
+    """The live cluster from one collector, or from several shards as one (para top and the
+    portal both read it this way)."""
+    from para.agent.collector_client import CollectorClient, reader_endpoint
+
+    def one(url: str) -> CollectorSource:
+        ep = reader_endpoint(url, ca, cert, key, token_file, insecure, timeout=10.0)
+        return CollectorSource(url, lambda: CollectorClient(ep))
+
+    unique = list(dict.fromkeys(urls))
+    return one(unique[0]) if len(unique) == 1 else ShardedSource([one(u) for u in unique])
+
+
+def shards_of(agent_config: str) -> tuple[list[str], str | None, bool]:
+    """Every collector shard an agent configuration names ([collector] url, then fallback),
+    with its CA file and whether it allows plaintext: (urls, ca_file, insecure)."""
+    from para.agent import config as cfgmod
+
+    table = cfgmod.load(agent_config).collector or {}
+    if not isinstance(table.get("url"), str):
+        raise UsageError(
+            f"{agent_config} has no [collector] url: no shard to read",
+            hint="give the agents' configuration file, or --collector URL for each shard",
+        )
+    fallback = [u for u in table.get("fallback") or [] if isinstance(u, str)]
+    ca = table.get("ca_file")
+    return (
+        [table["url"], *fallback],
+        ca if isinstance(ca, str) else None,
+        table.get("insecure") is True,
+    )
 
 
 class JournalTail:

@@ -411,6 +411,11 @@ def cluster_doc(portal: Portal, viewer: Viewer, metric: str) -> dict[str, Any]:
         "heatmap": heatmap(doc, metric),
         "nodes": len(nodes),
         "stale": sum(1 for n in nodes if (n.get("age_s") or 0) > 30),
+        # sharded collectors: which answered (the nodes of one that did not are missing)
+        "shards": [
+            {k: s.get(k) for k in ("shard", "ok", "error", "nodes")}
+            for s in doc.get("shards") or []
+        ],
         "jobs": out_jobs,
         "alerts": out_alerts,
         "refresh_s": portal.opts.refresh_s,

@@ -233,7 +233,15 @@ def start_beside_collector(
 @click.option(
     "--collector",
     metavar="URL",
-    help="The live cluster from this collector (grpc+tls://HOST:8815).",
+    multiple=True,
+    help="The live cluster from this collector (grpc+tls://HOST:8815). Repeat it for sharded "
+    "collectors: every shard's nodes as one cluster.",
+)
+@click.option(
+    "--shards-from",
+    metavar="FILE",
+    help="Every collector shard an agent configuration names ([collector] url and fallback), "
+    "read as one cluster (its CA taken unless --collector-ca).",
 )
 @click.option("--collector-ca", metavar="FILE", help="CA of the collector's certificate.")
 @click.option("--reader-cert", metavar="FILE", help="A reader certificate for --collector.")
@@ -258,7 +266,8 @@ def web_command(
     key: str | None,
     insecure: bool,
     config_file: str | None,
-    collector: str | None,
+    collector: tuple[str, ...],
+    shards_from: str | None,
     collector_ca: str | None,
     reader_cert: str | None,
     reader_key: str | None,
@@ -273,6 +282,7 @@ def web_command(
     \b
     para web --db /var/lib/para/db --collector grpc+tls://collector:8815 \\
         --collector-ca ca.crt --reader-cert web.crt --reader-key web.key --admin root
+    Sharded collectors: repeat --collector, or --shards-from /etc/para/agent.toml.
     Or beside the collector: para collector serve --web 0.0.0.0:8816.  See docs/web.md.
     """
     from para.web.server import serve
@@ -282,20 +292,20 @@ def web_command(
             f"no feature database at {db}", hint="give --db DIR (or PARA_DB): the collector's --db"
         )
     live = None
-    if collector:
-        from para.agent.collector_client import CollectorClient, reader_endpoint
-        from para.analyzer import topdata
+    urls = list(collector)
+    if shards_from:
+        from para.analyzer.topdata import shards_of
 
-        ep = reader_endpoint(
-            collector,
-            collector_ca,
-            reader_cert,
-            reader_key,
-            reader_token_file,
-            collector_insecure,
-            timeout=10.0,
+        more, shard_ca, shard_insecure = shards_of(shards_from)
+        urls += more
+        collector_ca = collector_ca or shard_ca
+        collector_insecure = collector_insecure or shard_insecure
+    if urls:
+        from para.analyzer.topdata import collector_source
+
+        live = collector_source(
+            urls, collector_ca, reader_cert, reader_key, reader_token_file, collector_insecure
         )
-        live = topdata.CollectorSource(collector, lambda: CollectorClient(ep))
     opts = options(
         db=db,
         listen=listen,

@@ -102,8 +102,12 @@
       root.setAttribute("data-draw-ms", String(Math.round(performance.now() - started)));
       root.setAttribute("data-updates", String(drawn));
       root.setAttribute("data-t", String(d.t));
+      var silent = d.shards.filter(function (s) { return !s.ok; });
       status.textContent = d.nodes + " nodes" + (d.stale ? " (" + d.stale + " silent)" : "") +
-        ", updated " + new Date(d.t * 1000).toISOString().slice(11, 19) + " UTC";
+        (d.shards.length ? ", " + d.shards.length + " shards" : "") +
+        ", updated " + new Date(d.t * 1000).toISOString().slice(11, 19) + " UTC" +
+        (silent.length ? "; " + silent.length + " of " + d.shards.length + " shards not answering: " +
+          silent.map(function (s) { return s.shard + " (" + (s.error || "no answer") + ")"; }).join("; ") : "");
     }
     function poll() {
       if (busy) { return; }
