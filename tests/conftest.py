@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -75,6 +77,20 @@ def _children(pid: int) -> list[str]:
             if state != "Z":
                 out.append(f"{k} ({comm})")
     return out
+
+
+def kill_tree(p: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """SIGKILL a para a test started and the processes it started (its command, perf, py-spy):
+    a para killed leaves those to whoever killed it (systemd's control group, in production),
+    and a system-wide perf left behind records for ever."""
+    kids = []
+    for task in Path(f"/proc/{p.pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids += [int(k) for k in (task / "children").read_text().split()]
+    p.kill()
+    for k in kids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(k, signal.SIGKILL)
 
 
 def para_cmd() -> list[str]:

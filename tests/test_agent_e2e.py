@@ -15,7 +15,7 @@ import pytest
 
 from para.formats import ParaFile
 
-from .conftest import REPO, cannot_run, run_para
+from .conftest import REPO, cannot_run, kill_tree, run_para
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ class AgentRun:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            kill_tree(self.proc)
             self.proc.wait()
 
 

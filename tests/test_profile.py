@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -18,7 +17,7 @@ import pytest
 from para.errors import ParaError
 from para.formats import ParaFile
 
-from .conftest import REPO, need_tool, para_cmd, run_para
+from .conftest import REPO, kill_tree, need_tool, para_cmd, run_para
 
 BUSY = "import time\nt=time.monotonic()\nwhile time.monotonic()-t<{s}: pass\n"
 # ... and then says how much CPU it used, as it measures it itself
@@ -124,18 +123,6 @@ time.sleep(300)
 """
 
 
-def _kill_tree(p: subprocess.Popen) -> None:
-    """The para this test started and the processes it started (its command, perf)."""
-    kids = []
-    for task in Path(f"/proc/{p.pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            kids += [int(k) for k in (task / "children").read_text().split()]
-    p.kill()
-    for k in kids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(k, signal.SIGKILL)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signals_reach_the_command_and_the_file_is_written(tmp_path, sig):
@@ -154,12 +141,12 @@ def test_signals_reach_the_command_and_the_file_is_written(tmp_path, sig):
         # a loaded machine may take long to finish the file; a lost signal never ends
         _, err = p.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        _kill_tree(p)
+        kill_tree(p)
         _, err = p.communicate()
         raise AssertionError(f"para did not end 120 s after {sig!r}; it said:\n{err}") from None
     finally:
         if p.poll() is None:
-            _kill_tree(p)
+            kill_tree(p)
             p.communicate()
     assert marker.exists(), f"{sig!r} never reached the command; para said:\n{err}"
     assert marker.read_text() == signal.Signals(sig).name
