@@ -93,6 +93,18 @@ def kill_tree(p: subprocess.Popen) -> None:  # type: ignore[type-arg]
             os.kill(k, signal.SIGKILL)
 
 
+def stop(p: subprocess.Popen, timeout: float = 60.0) -> int:  # type: ignore[type-arg]
+    """SIGTERM a process a test started, as a service manager would; SIGKILL past `timeout`."""
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return p.returncode
+
+
 def para_cmd() -> list[str]:
     """How tests run the real `para` command: a subprocess of this interpreter."""
     return [sys.executable, "-m", "para"]

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from para.collector.db import FeatureDB
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
-from tests.conftest import SERVICES, _children, need_tool, run_para
+from tests.conftest import SERVICES, _children, need_tool, run_para, stop
 from tests.live_support import Receiver
 
 pytestmark = pytest.mark.slow
@@ -85,17 +84,6 @@ def _start_agent(tmp: Path, name: str, text: str) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def _stop(p: subprocess.Popen[bytes]) -> int:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return p.returncode
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("live")
@@ -140,7 +128,7 @@ listen = "127.0.0.1:0"
         if job is not None:
             job.kill()
             job.wait()
-        code = _stop(agent)
+        code = stop(agent)
         col.stop()
         rx.close()
         _CLUSTER.clear()
@@ -382,7 +370,7 @@ fallback_after = 1
         try:
             got = wait_for(lambda: rx.events("node-up"), timeout=60, step=0.2, what="the alert")
         finally:
-            code = _stop(agent)
+            code = stop(agent)
     assert code == 0, (tmp_path / "solo.log").read_text()
     event, note = got[0]
     assert event == "firing" and note["source"] == "agent:solo" and note["host"] == "solo"

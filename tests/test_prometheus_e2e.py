@@ -36,7 +36,7 @@ import pytest
 from para.live import openmetrics
 from para.live.metrics import LAYOUTS, HostState
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
-from tests.conftest import SERVICES, _children, need_tool
+from tests.conftest import SERVICES, _children, need_tool, stop
 from tests.live_support import samples_from_para
 from tests.prometheus_support import HINT, PrometheusServer
 
@@ -113,17 +113,6 @@ def _scrape(port: int) -> str:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         return r.read().decode()
-
-
-def _stop(p: subprocess.Popen[bytes]) -> int:
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return p.returncode
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +208,7 @@ listen = "127.0.0.1:0"
         job.kill()
         job.wait()
         job = None
-        code = _stop(agent)
+        code = stop(agent, timeout=120)
         assert code == 0, (tmp / "agent.log").read_text()[-3000:]
         col.stop()
         recording: list[tuple[int, dict[str, list[list[Any]]]]] = []
@@ -242,7 +231,7 @@ listen = "127.0.0.1:0"
         if job is not None:
             job.kill()
             job.wait()
-        _stop(agent)
+        stop(agent, timeout=120)
         col.stop()
         for prom in proms.values():
             prom.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
-from tests.conftest import SERVICES, _children
+from tests.conftest import SERVICES, _children, stop
 from tests.web_support import (
     Https,
     browser,
@@ -80,17 +79,6 @@ def no_leaks() -> Iterator[None]:
     # the session's services (a real Slurm another module started) are not leaks either
     left = [c for c in _children(os.getpid()) if int(c.split()[0]) not in _CLUSTER | SERVICES]
     assert not left, f"child processes left running: {left}"
-
-
-def _stop(p: subprocess.Popen[Any]) -> int:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return p.returncode
 
 
 def _jobs_in_db(db: Path) -> dict[str, dict[str, Any]]:
@@ -251,8 +239,8 @@ live_interval = 0.5
             j.kill()
             j.wait()
         if web2 is not None:
-            _stop(web2)
-        code = _stop(agent)
+            stop(web2)
+        code = stop(agent)
         col.stop()
         _CLUSTER.clear()
     assert code == 0, (tmp / "agent.log").read_text()

@@ -12,7 +12,6 @@ in headless Chromium:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,21 +21,11 @@ import pytest
 
 from para.collector.auth import TokenStore
 from tests.collector_support import REPO, CollectorProcess, make_pki, wait_for
+from tests.conftest import stop
 from tests.shard_support import HOSTS, Nodes
 from tests.web_support import Https, browser, console_errors, sign_in, wait, wait_port_file
 
 pytestmark = pytest.mark.slow
-
-
-def _stop(p: subprocess.Popen[Any]) -> int:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    return p.returncode
 
 
 def test_the_portal_shows_one_cluster_across_shards_and_says_which_is_silent(
@@ -135,7 +124,7 @@ def test_the_portal_shows_one_cluster_across_shards_and_says_which_is_silent(
             drv.quit()
         nodes.close()
         if web is not None:
-            _stop(web)
+            stop(web)
         for s in shards:
             s.stop()
     assert not nodes.errors, nodes.errors  # every sample reached one shard or the other
