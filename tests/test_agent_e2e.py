@@ -160,7 +160,7 @@ def test_sigkill_loses_at_most_two_seconds_and_the_next_start_recovers(agents, t
     a = start(agents, tmp_path)
     a.wait_samples(10)
     killed = time.time()
-    a.stop(signal.SIGKILL)
+    a.kill()  # SIGKILL, and its perf with it (left alone, it would record for ever)
     (left,) = a.current()
     with ParaFile(left) as pf:
         assert not pf.complete and pf.recovery is not None
