@@ -151,6 +151,32 @@ def test_a_job_that_says_no_is_not_sampled(recorded):
     assert said
 
 
+def test_a_job_is_asked_again_until_its_environment_can_be_read(tmp_path):
+    """A job first seen while none of its processes' environments can be read (gone, or
+    empty: a zombie's) is not sampled and not taken as allowing stacks: asked again, its
+    PARA_STACKS=0 is honoured and said (the 3 s job above was once never said off, under
+    load)."""
+    from para.agent.samplers.stacks import StackSampler
+
+    proc = tmp_path / "proc"
+    (proc / "500").mkdir(parents=True)
+    (proc / "500" / "environ").write_bytes(b"")  # a zombie's; 501 is gone
+    stk = StackSampler(lambda: {"9": {500, 501}}, proc=str(proc))
+    out: dict = {}
+    stk.sample(1000, out)
+    assert not out.get("events") and "9" not in stk._live
+    (proc / "501").mkdir()
+    (proc / "501" / "environ").write_bytes(b"HOME=/\0PARA_STACKS=0\0")
+    stk.sample(2000, out)
+    assert [r for r in out["events"] if "stacks_off" in r and "9" in r]
+    assert "9" not in stk._live
+    (proc / "502").mkdir()
+    (proc / "502" / "environ").write_bytes(b"HOME=/\0")
+    stk2 = StackSampler(lambda: {"10": {502}}, proc=str(proc))
+    stk2.sample(3000, out)
+    assert stk2._live == {"10": {502}}  # readable and silent: sampled
+
+
 def test_instructions_carry_the_build_id(recorded):
     from para.agent import binaries
 

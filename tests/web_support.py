@@ -77,14 +77,29 @@ def wait(drv: Any, cond: Any, timeout: float = 90.0, what: str = "") -> Any:
     return WebDriverWait(drv, timeout, poll_frequency=0.1).until(cond, message=what)
 
 
+def _gone(element: Any) -> bool:
+    """The element's document is gone: selenium's staleness_of, but for what chromedriver may
+    answer in the middle of the swap ("Node with given id does not belong to the document",
+    seen in CI) where it otherwise says the element is stale."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as e:
+        if "does not belong to the document" in str(e):
+            return True
+        raise
+    return False
+
+
 def navigate(drv: Any, action: Any, url_has: str | None = None, timeout: float = 180.0) -> None:
     """Do `action` (a click or submit that loads a page) and wait until the new page has
     loaded: the old document gone, the new one complete (and its URL containing `url_has`)."""
-    from selenium.webdriver.support import expected_conditions as ec
-
     old = drv.find_element("tag name", "html")
     action()
-    wait(drv, ec.staleness_of(old), timeout, "the page to go")
+    wait(drv, lambda _: _gone(old), timeout, "the page to go")
     wait(
         drv,
         lambda d: (

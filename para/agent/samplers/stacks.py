@@ -220,7 +220,10 @@ class StackSampler(Sampler):
         for job, pids in jobs.items():
             off = self._off.get(job)
             if off is None and pids:
-                off = self._off[job] = self._job_says_off(pids)
+                off = self._job_says_off(pids)
+                if off is None:  # no environment readable yet: not sampled until known
+                    continue
+                self._off[job] = off
                 if off:
                     out.setdefault("events", []).append(
                         event(t_ms, "stacks_off", job, reason="PARA_STACKS in its environment")
@@ -318,17 +321,22 @@ class StackSampler(Sampler):
         return dict(self.state)
 
     # -- the recording thread ----------------------------------------------------------------
-    def _job_says_off(self, pids: set[int]) -> bool:
+    def _job_says_off(self, pids: set[int]) -> bool | None:
+        """Whether the job's environment turns stacks off; None while none of its processes'
+        environments could be read (gone, or empty: a zombie's, or one mid-exec), so that a
+        job first seen at such a moment is asked again rather than sampled against its will."""
+        known = False
         for pid in sorted(pids)[:4]:
             try:
                 with open(f"{self.proc}/{pid}/environ", "rb") as f:
                     env = parse_environ(f.read())
             except OSError:
                 continue
+            known = known or bool(env)
             v = env.get("PARA_STACKS")
             if v is not None:
                 return v.strip().lower() in OFF_VALUES
-        return False
+        return False if known else None
 
     def _job_pids(self) -> set[int]:
         with self._lock:
