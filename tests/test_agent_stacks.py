@@ -156,7 +156,7 @@ def test_a_job_is_asked_again_until_its_environment_can_be_read(tmp_path):
     empty: a zombie's) is not sampled and not taken as allowing stacks: asked again, its
     PARA_STACKS=0 is honoured and said (the 3 s job above was once never said off, under
     load)."""
-    from para.agent.samplers.stacks import StackSampler
+    from para.agent.samplers.stacks import UNDECIDED_LOOKS, StackSampler
 
     proc = tmp_path / "proc"
     (proc / "500").mkdir(parents=True)
@@ -175,6 +175,15 @@ def test_a_job_is_asked_again_until_its_environment_can_be_read(tmp_path):
     stk2 = StackSampler(lambda: {"10": {502}}, proc=str(proc))
     stk2.sample(3000, out)
     assert stk2._live == {"10": {502}}  # readable and silent: sampled
+    # a job run with an empty environment (env -i) is sampled after a few looks, not never
+    (proc / "503").mkdir()
+    (proc / "503" / "environ").write_bytes(b"")
+    stk3 = StackSampler(lambda: {"11": {503}}, proc=str(proc))
+    for k in range(1, UNDECIDED_LOOKS):
+        stk3.sample(4000 + k, out)
+        assert "11" not in stk3._live
+    stk3.sample(5000, out)
+    assert stk3._live == {"11": {503}}
 
 
 def test_instructions_carry_the_build_id(recorded):

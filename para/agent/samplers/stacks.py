@@ -39,6 +39,9 @@ from para.agent.perfrecord import FunctionRecorder, perf_binary
 from para.agent.samplers.base import Rows, Sampler, Unavailable, event
 
 OFF_VALUES = {"0", "off", "no", "false"}
+# looks (samples) at a job whose processes' environments cannot be read before it is taken as
+# not saying PARA_STACKS: a process mid-exec or exiting is readable a sample later
+UNDECIDED_LOOKS = 5
 MAX_CGROUPS = 16  # more jobs than this: one event per cgroup and CPU costs more than -a
 CGROUP_RETRY_S = 600.0  # perf refused -G: per pid, and -G tried again after this
 STOP_TIMEOUT = 20.0  # perf record writes its file within this after SIGINT, or is killed
@@ -164,6 +167,7 @@ class StackSampler(Sampler):
         self._next_forget = 0.0
         self._live: dict[str, set[int]] = {}  # the jobs sampled now -> their pids
         self._off: dict[str, bool] = {}  # job -> its environment turned stacks off
+        self._undecided: dict[str, int] = {}  # job -> looks without a readable environment
         self._out: deque[tuple[str, list[list[Any]]]] = deque()
         self._stop = threading.Event()
         self._rotate = threading.Event()
@@ -221,8 +225,12 @@ class StackSampler(Sampler):
             off = self._off.get(job)
             if off is None and pids:
                 off = self._job_says_off(pids)
-                if off is None:  # no environment readable yet: not sampled until known
-                    continue
+                if off is None:  # no environment readable yet: not sampled until known,
+                    tries = self._undecided[job] = self._undecided.get(job, 0) + 1
+                    if tries < UNDECIDED_LOOKS:
+                        continue
+                    off = False  # a job run with an empty environment (env -i) says nothing
+                self._undecided.pop(job, None)
                 self._off[job] = off
                 if off:
                     out.setdefault("events", []).append(
@@ -250,6 +258,8 @@ class StackSampler(Sampler):
                     self._pid_job.pop(pid, None)
             for job in [j for j in self._off if j not in jobs]:
                 del self._off[job]
+            for job in [j for j in self._undecided if j not in jobs]:
+                del self._undecided[job]
             pending = list(self._out)
             self._out.clear()
             failing = self._failing
