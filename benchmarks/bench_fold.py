@@ -17,8 +17,8 @@ Repeated copies are what a line cache likes best.  The headline is the distinct 
 system-wide capture (`--input FILE`, a `perf script` output), or one recorded here first with
 `--record SECONDS` (`perf record -a -g -F 999` while a C compiler, checksums over /usr and a
 Python json/sqlite/zlib loop run, then `perf script`).  Then the commands themselves run as a
-user runs them, `para fold FILE > out` against `perl stackcollapse-perf.pl FILE > out`, in
-alternating rounds on the same warm file (medians; start-up, reading and printing included),
+user runs them, `para fold FILE > out` (on every CPU), `para fold --jobs 1 FILE > out` and
+`perl stackcollapse-perf.pl FILE > out`, in alternating rounds on the same warm file (medians; start-up, reading and printing included),
 and the kernel alone in process:
 
     .venv/bin/python benchmarks/bench_fold.py --record 90 \
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -134,35 +135,45 @@ def distinct(path: Path, reference: str | None, rounds: int) -> int:
           f"distinct stacks, {len(lines):,} stack lines of which {len(set(lines)):,} "
           "distinct")  # fmt: skip
     del lines
-    cmds = {"para fold FILE": [*para, "fold", str(path)]}
+    cmds = {
+        "para fold FILE": [*para, "fold", str(path)],
+        "para fold --jobs 1 FILE": [*para, "fold", "--jobs", "1", str(path)],
+    }
     if reference:
         cmds["perl stackcollapse-perf.pl FILE"] = ["perl", reference, str(path)]
     times: dict[str, list[float]] = {k: [] for k in cmds}
+    cpus: dict[str, list[float]] = {k: [] for k in cmds}  # user + system, children included
     outs: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="bench-fold-") as tmp:
         for _ in range(rounds):
             for name, argv in cmds.items():
                 out = Path(tmp) / "out"
                 with open(out, "wb") as f:
+                    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                     t0 = time.perf_counter()
                     subprocess.run(argv, stdout=f, check=True)
                     times[name].append(time.perf_counter() - t0)
+                    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpus[name].append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
                 outs[name] = out.read_bytes()
     t_kernel, _ = median_time(lambda: cy.fold(raw), rounds)
     t_timed, _ = median_time(lambda: cy.fold_timed(raw), rounds)
     mb = len(raw) / 1e6
-    print(f"\n{'':36s} {'median s':>9s} {'MB/s':>8s} {'runs':>5s}")
+    print(f"on {len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"\n{'':36s} {'median s':>9s} {'MB/s':>8s} {'CPU s':>7s} {'runs':>5s}")
     for name, ts in times.items():
         t = statistics.median(ts)
-        print(f"{name:36s} {t:9.3f} {mb / t:8.1f} {len(ts):5d}")
+        c = statistics.median(cpus[name])
+        print(f"{name:36s} {t:9.3f} {mb / t:8.1f} {c:7.3f} {len(ts):5d}")
     print(f"{'  kernel alone, fold (in process)':36s} {t_kernel:9.3f} {mb / t_kernel:8.1f}")
     print(f"{'  kernel alone, fold_timed':36s} {t_timed:9.3f} {mb / t_timed:8.1f}")
     same = len(set(outs.values())) == 1
     if reference:
         t_para = statistics.median(times["para fold FILE"])
+        t_one = statistics.median(times["para fold --jobs 1 FILE"])
         t_perl = statistics.median(times["perl stackcollapse-perf.pl FILE"])
-        print(f"\nperl / para fold: {t_perl / t_para:.1f}x "
-              f"(kernel alone: {t_perl / t_kernel:.1f}x)")  # fmt: skip
+        print(f"\nperl / para fold: {t_perl / t_para:.1f}x (--jobs 1: {t_perl / t_one:.1f}x, "
+              f"kernel alone: {t_perl / t_kernel:.1f}x)")  # fmt: skip
     print(f"outputs identical ({', '.join(outs)}): {'yes' if same else 'NO'}")
     return 0 if same else 1
 

@@ -34,6 +34,9 @@ def _para(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess
         ["--all", "--addrs"],
         ["--event-filter", "cycles:uppp"],
         ["--event-filter=cycles:uppp"],
+        ["--jobs", "2", "--pid"],
+        ["-j", "1"],
+        ["--jobs=3"],
     ],  # fmt: skip
 )
 def test_a_plain_command_line_prints_what_the_click_command_prints(args):
@@ -51,6 +54,9 @@ def test_a_plain_command_line_prints_what_the_click_command_prints(args):
 def test_help_and_mistakes_go_to_click():
     assert plain_args(["--help"]) is None and plain_args(["--bogus", "f"]) is None
     assert plain_args(["a", "b"]) is None
+    assert plain_args(["--jobs", "0", "f"]) is None and plain_args(["--jobs=x", "f"]) is None
+    zero = _para("fold", "--jobs", "0", str(INPUT))
+    assert zero.returncode == 2 and b"--jobs" in zero.stderr and not zero.stdout
     h = _para("fold", "--help")
     assert h.returncode == 0 and b"Usage: para fold" in h.stdout
     bad = _para("fold", "--bogus")

@@ -10,12 +10,15 @@ from __future__ import annotations
 import mmap
 import os
 import sys
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
 
 from para.cython_ext import load
 from para.errors import ParaError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs `para fold` start-up time
+    from collections.abc import Iterator
+    from typing import Any, BinaryIO
 
 READ_HINT = "give the file `perf script` wrote, or - (the default) to read standard input"
 
@@ -80,12 +83,15 @@ def fold_text(
     jit: bool = False,
     addrs: bool = False,
     event_filter: str | None = None,
+    jobs: int = 1,
 ) -> bytes:
-    """What `para fold` prints for `data`."""
-    folded = load("fold").fold(
-        data, pid=pid, tid=tid, kernel=kernel, jit=jit, addrs=addrs, event_filter=event_filter
-    )
-    return render(folded)
+    """What `para fold` prints for `data`, folded by up to `jobs` processes (fold_parts)."""
+    options = dict(pid=pid, tid=tid, kernel=kernel, jit=jit, addrs=addrs, event_filter=event_filter)
+    if jobs > 1:
+        from para.analyzer import fold_parts
+
+        return render(fold_parts.fold(data, jobs, **options))
+    return render(load("fold").fold(data, **options))
 
 
 def _write(out: BinaryIO, text: bytes) -> None:
@@ -119,6 +125,14 @@ def _click_command() -> Any:
         default=None,
         help="Keep samples of this event only (default: the first event seen).",
     )
+    @click.option(
+        "--jobs",
+        "-j",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Fold on up to N processes (default: the CPUs para may run on; 1 for one).",
+        metavar="N",
+    )
     @click.argument("file", default="-", metavar="[FILE]")
     def fold_command(
         pid: bool,
@@ -128,6 +142,7 @@ def _click_command() -> Any:
         all_: bool,
         addrs: bool,
         event_filter: str | None,
+        jobs: int | None,
         file: str,
     ) -> None:
         """Fold `perf script` output (FILE, or - for standard input) into "stack count" lines,
@@ -138,7 +153,7 @@ def _click_command() -> Any:
           perf record -g -F 999 ./app && perf script | para fold > app.folded
         """
         run(file, pid=pid, tid=tid, kernel=kernel or all_, jit=jit or all_, addrs=addrs,
-            event_filter=event_filter)  # fmt: skip
+            event_filter=event_filter, jobs=jobs)  # fmt: skip
 
     return fold_command
 
@@ -155,18 +170,23 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def run(file: str, **options: Any) -> None:
-    """Fold FILE (- for standard input) and print the result."""
+def run(file: str, jobs: int | None = None, **options: Any) -> None:
+    """Fold FILE (- for standard input) and print the result; on up to `jobs` processes
+    (default: the CPUs this process may run on)."""
+    if jobs is None:
+        from para.analyzer.fold_parts import usable_cpus
+
+        jobs = usable_cpus()
     with opened_input(file) as data:
-        text = fold_text(data, **options)
+        text = fold_text(data, jobs=jobs, **options)
     _write(sys.stdout.buffer, text)
 
 
 def plain_args(argv: list[str]) -> dict[str, Any] | None:
-    """The options of a plain command line (the flags, --event-filter, one FILE), or None for
-    anything else (--help, a mistake ...), which click then reads and answers."""
+    """The options of a plain command line (the flags, --event-filter, --jobs, one FILE), or
+    None for anything else (--help, a mistake ...), which click then reads and answers."""
     opts: dict[str, Any] = {f: False for f in FLAGS}
-    opts.update(event_filter=None, file=None)
+    opts.update(event_filter=None, jobs=None, file=None)
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -177,6 +197,11 @@ def plain_args(argv: list[str]) -> dict[str, Any] | None:
             i += 1
         elif a.startswith("--event-filter="):
             opts["event_filter"] = a.split("=", 1)[1]
+        elif a in ("--jobs", "-j") and i + 1 < len(argv) and _count(argv[i + 1]):
+            opts["jobs"] = int(argv[i + 1])
+            i += 1
+        elif a.startswith("--jobs=") and _count(a.split("=", 1)[1]):
+            opts["jobs"] = int(a.split("=", 1)[1])
         elif (a == "-" or not a.startswith("-")) and opts["file"] is None:
             opts["file"] = a
         else:
@@ -187,6 +212,11 @@ def plain_args(argv: list[str]) -> dict[str, Any] | None:
     opts["jit"] = opts["jit"] or all_
     opts["file"] = opts["file"] or "-"
     return opts
+
+
+def _count(text: str) -> bool:
+    """Whether `text` is what --jobs takes (a positive integer); click says why not."""
+    return text.isdigit() and text.isascii() and int(text) > 0
 
 
 def main(argv: list[str] | None = None) -> int:

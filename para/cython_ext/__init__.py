@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import os
-from pathlib import Path
 from types import ModuleType
 
 PURE_PYTHON = os.environ.get("PARA_PURE_PYTHON", "") not in ("", "0")
@@ -51,6 +50,8 @@ def compiled(name: str) -> ModuleType | None:
 def unbuilt() -> list[str]:
     """Kernels of this source tree (one per _NAME.pyx) whose compiled module is missing or
     older than its source, each with why: `make venv` builds them."""
+    from pathlib import Path  # here: `para fold`'s start-up does not need it
+
     out = []
     for pyx in sorted(Path(__file__).parent.glob("_*.pyx")):
         name = pyx.stem[1:]

@@ -40,6 +40,11 @@ def fold(
     print what the reference prints.
     """
 
+def first_event(data: object) -> str | None:
+    """The event `fold` keeps when no `event_filter` is given: the first one a sample header
+    names (None when no header names one). Given as `event_filter`, it folds any part of
+    `data` that starts after a blank line as the whole would (para.analyzer.fold_parts)."""
+
 def fold_timed(
     data: object,
     *,

@@ -16,8 +16,6 @@ from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy
 
-from para.cython_ext import fold_py
-
 
 cdef extern from "Python.h":
     double PyOS_string_to_double(const char *s, char **endptr,
@@ -637,6 +635,8 @@ cdef class _Folder:
             return self.frame_parts(line + i0, w - i0, line + s, p - s, line + p + 2, q - p - 2)
         if p < i0 + 2:
             return 0  # not a stack line: the reference warns and goes on
+        from para.cython_ext import fold_py  # here: the twin's regexes are rarely needed
+
         parts = fold_py.match_frame(line[:n])
         if parts is None:
             return 0
@@ -891,6 +891,8 @@ cdef object _view(object data):
         memoryview(data).cast("B")
         return data
     except (TypeError, ValueError):
+        from para.cython_ext import fold_py
+
         return fold_py.as_bytes(data)
 
 
@@ -909,6 +911,30 @@ cdef _Folder _run(object data, bint opt_pid, bint opt_tid, bint kernel, bint jit
 def fold(data, *, pid=False, tid=False, kernel=False, jit=False, addrs=False,
          event_filter=None):
     return _run(data, pid, tid, kernel, jit, addrs, event_filter, False, 1.0).folded()
+
+
+def first_event(data):
+    cdef _Folder folder = _Folder(False, False, False, False, False, None, False, 1.0)
+    cdef const uint8_t[::1] view
+    cdef const uint8_t* buf
+    cdef const uint8_t* line
+    cdef const uint8_t* nl
+    cdef Py_ssize_t n, pos = 0, end
+    view = memoryview(_view(data)).cast("B")
+    n = view.shape[0]
+    if n == 0:
+        return None
+    buf = &view[0]
+    while pos < n:  # the lines run() would take for headers, until one sets the filter
+        line = buf + pos
+        nl = <const uint8_t*>memchr(line, b"\n", n - pos)
+        end = (nl - buf) if nl != NULL else n
+        if end > pos and line[0] != b"#" and not (CLS[line[0]] & C_WS):
+            folder.header(line, end - pos)
+            if len(folder.wanted) > 0:
+                return folder.wanted.decode("utf-8", "surrogateescape")
+        pos = end + 1
+    return None
 
 
 def fold_timed(data, *, kernel=False, jit=False, addrs=False, event_filter=None, bucket=1.0):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # A sample header: "comm [ ...]  PID[/TID] ..."; the name is as short as can be followed by
 # the id, so "V8 WorkerThread 25607 ..." names "V8 WorkerThread".
@@ -29,8 +29,7 @@ TIMESTAMP = re.compile(rb"(\d+(?:\.\d+)?):")
 MAX_ID_DIGITS = 18  # longer "ids" are not pids; they also would not fit the kernel's int64
 
 
-@dataclass
-class Header:
+class Header(NamedTuple):
     """The sample header in force: the fields the reference keeps, plus numbers for para."""
 
     comm: bytes  # spaces already '_'
@@ -42,12 +41,11 @@ class Header:
     period: int
 
 
-@dataclass
-class Sample:
+class Sample(NamedTuple):
     """One emitted sample: its header and its frames, root first."""
 
     header: Header
-    frames: list[bytes] = field(default_factory=list)
+    frames: list[bytes]
 
 
 def as_bytes(data: object) -> bytes:
@@ -245,6 +243,17 @@ def fold(
         key = b";".join([name, *s.frames])
         counts[key] = counts.get(key, 0) + h.period
     return {k.decode("utf-8", "surrogateescape"): v for k, v in counts.items()}
+
+
+def first_event(data: object) -> str | None:
+    """The event `fold` keeps when no event_filter is given (see `_fold.pyi`)."""
+    for line in split_lines(as_bytes(data)):
+        if line.startswith(b"#") or HEADER.match(line) is None:
+            continue
+        event = EVENT.search(line)
+        if event is not None:
+            return event.group(2).decode("utf-8", "surrogateescape")
+    return None
 
 
 def fold_timed(
