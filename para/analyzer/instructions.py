@@ -102,7 +102,7 @@ def disassemble(
     addr, size = sym
     try:
         out = subprocess.run(
-            ["objdump", "-d", "--no-show-raw-insn", f"--start-address={addr:#x}",
+            ["objdump", "-d", "-C", "--no-show-raw-insn", f"--start-address={addr:#x}",
              f"--stop-address={addr + size:#x}", dso],
             capture_output=True, text=True, timeout=60,
         ).stdout  # fmt: skip
