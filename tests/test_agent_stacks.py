@@ -310,6 +310,44 @@ def test_a_killed_perf_is_restarted_and_said(tmp_path):
         agent.kill()
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie left to a pid 1 that does not reap has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_perf_ends_with_an_agent_killed_outright(tmp_path):
+    """SIGKILL leaves the agent no time to stop its system-wide perf record: perf ends by
+    itself (its parent-death signal), rather than recording into a growing file for ever."""
+    need_tool("perf", "apt install linux-perf")
+    need_tool("setpriv", "apt install util-linux")
+    exe = build_hot(tmp_path)
+    agent = AgentRun(tmp_path, extra=stacks_config(freq=49, window_s=30.0), interval=0.5)
+    job = perf_pid = None
+    try:
+        agent.wait_samples(2)
+        env = dict(os.environ, SLURM_JOB_ID="913016", SLURM_JOB_NAME="stk-orphan")
+        job = subprocess.Popen([str(exe), "60"], env=env)
+        st = _wait(lambda: (agent.status().get("stacks") or {}).get("state") == "recording"
+                   and agent.status(), 60, "no perf recording")  # fmt: skip
+        perf_pid = st["stacks"]["perf_pid"]
+        cmdline = Path(f"/proc/{perf_pid}/cmdline").read_bytes().split(b"\0")
+        assert Path(cmdline[0].decode()).name == "perf" and b"record" in cmdline, cmdline
+        os.kill(agent.proc.pid, signal.SIGKILL)
+        agent.proc.wait()
+        _wait(lambda: not _running(perf_pid), 30, f"perf {perf_pid} still records")
+    finally:
+        if job is not None:
+            job.kill()
+            job.wait()
+        if perf_pid is not None and _running(perf_pid):
+            os.kill(perf_pid, signal.SIGKILL)  # the agent this test started left it
+        agent.kill()
+
+
 def test_a_hung_perf_is_killed_restarted_and_said(tmp_path):
     """perf stopped (SIGSTOP: it neither samples nor answers SIGINT) under the agent: at the
     window's end it is killed, the family says it hung, and a new perf records."""

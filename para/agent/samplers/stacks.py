@@ -23,7 +23,9 @@ is not sampled.
 
 from __future__ import annotations
 
+import functools
 import resource
+import shutil
 import signal
 import subprocess
 import threading
@@ -92,7 +94,7 @@ class WindowRecorder(FunctionRecorder):
         return rows
 
     def start(self) -> None:
-        argv = self.argv(perf_binary(self.perf))
+        argv = ends_with_agent(self.argv(perf_binary(self.perf)))
         with open(self.log, "wb") as log:
             # its own session: a terminal's ^C goes to the agent, which stops it in order
             self.proc = subprocess.Popen(
@@ -110,6 +112,28 @@ class WindowRecorder(FunctionRecorder):
             self.hung = True
             self.proc.kill()
             self.proc.wait()
+
+
+def ends_with_agent(argv: list[str]) -> list[str]:
+    """`argv` run so that it gets SIGINT (perf writes its file and ends) when the thread
+    that starts it ends, the agent SIGKILLed included: a system-wide perf record left
+    behind would record into a growing file for ever.  The unit's KillMode does this under
+    systemd; this does it everywhere else.  As given where setpriv (util-linux) cannot."""
+    setpriv = _setpriv()
+    return [setpriv, "--pdeathsig", "INT", "--", *argv] if setpriv else argv
+
+
+@functools.lru_cache(maxsize=1)
+def _setpriv() -> str | None:
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:  # util-linux before 2.33 has no --pdeathsig
+        done = subprocess.run([path, "--pdeathsig", "INT", "--", "true"], capture_output=True,
+                              timeout=10)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if done.returncode == 0 else None
 
 
 @dataclass
