@@ -14,6 +14,7 @@ table (alertdb.py) by `para-alert-store`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -59,6 +60,27 @@ class BottleneckJudge(Protocol):
         ...
 
 
+def _take_nodes(nodes: dict[str, list[tuple[int, Any]]], doc: dict[str, Any]) -> int:
+    """Another shard's samples of a job's nodes into `nodes`: a node known to two shards (it
+    failed over) counts once, from the shard with its newest sample.  Another shard's file
+    is trusted as this shard's memory is (the shards share the database), but not blindly:
+    what does not decode is left out.  The time of its newest sample (ms)."""
+    newest = 0
+    hosts = doc.get("hosts")
+    if not isinstance(hosts, dict):
+        return newest
+    for host, items in hosts.items():
+        try:
+            got = [(int(t), json.loads(zlib.decompress(base64.b64decode(b)))) for t, b in items]
+        except (TypeError, ValueError, zlib.error):
+            continue
+        have = nodes.get(host)
+        if got and (not have or got[-1][0] > have[-1][0]):
+            nodes[str(host)] = got
+            newest = max(newest, got[-1][0])
+    return newest
+
+
 def severity_at_least(severity: str | None, minimum: str) -> bool:
     """Is an analyzer severity (high, medium, low) at least `minimum`?"""
     order = rules.ANALYZER_SEVERITIES
@@ -102,8 +124,9 @@ class AlertService:
         # job rules: judged on each job's totals over every shard, by one shard
         # (shardlink.py); without a database, on this collector's own nodes
         self.job_rules = list(self.engine.job_rules)
+        self.window_rules = [r for r in self.ruleset.rules if r.type == "bottleneck"]
         self.link: Any = None
-        if self.job_rules and db is not None:
+        if (self.job_rules or self.window_rules) and db is not None:
             from para.collector.shardlink import ShardLink
 
             self.link = ShardLink(db.root, log)
@@ -141,13 +164,14 @@ class AlertService:
             restored = self.engine.restore(self.store.open_alerts())
             if restored:
                 log(f"{restored} alert(s) still firing at the last stop: kept open")
-        # bottleneck rules: windows of raw samples per node, evaluated per (window, every)
-        self.window_rules = [r for r in self.ruleset.rules if r.type == "bottleneck"]
+        # bottleneck rules: windows of raw samples per node, evaluated per (window, every);
+        # those of jobs on several shards by the evaluating shard (shardlink.py)
+        self.spanning: dict[str, dict[str, Any]] = {}
         self.window_s = max((r.window_s for r in self.window_rules), default=0.0)
         self._raw: dict[str, deque[tuple[int, bytes]]] = {}
         self._raw_job_ms: dict[str, int] = {}
         self._due: dict[tuple[str, float, float], float] = {}
-        self._window_q: queue.Queue[tuple[str, float, float] | None] = queue.Queue(1000)
+        self._window_q: queue.Queue[tuple[str, float, float, str] | None] = queue.Queue(1000)
         self._window_busy: set[tuple[str, float, float]] = set()
         self._results: queue.Queue[tuple[str, float, float, dict[str, Any], int]] = queue.Queue()
         self._analyzer_cfg: dict[str, Any] | None = None
@@ -226,7 +250,7 @@ class AlertService:
                         next_tick = now + 1.0
                         self.engine.tick(now)
                         self._jobs_tick(now)
-                        if self.job_rules:
+                        if self.job_rules or self.link is not None:
                             self.shard_round(now)
                         self._schedule_windows(now)
                 self.eval_cpu_s += time.thread_time() - c0
@@ -315,41 +339,72 @@ class AlertService:
 
     def _jobs_tick(self, now: float) -> None:
         for js in self.view.tick(now):
-            # job rules end with the job on every shard (judge_jobs), not on this one
-            self.engine.end_job(js.job, js.last_ms, self.engine.window_rules)
+            # job rules end with the job on every shard (judge_jobs), not on this one; so do
+            # the bottleneck rules of a job on several shards (_spanning)
+            if js.job not in self.spanning or not self.leading:
+                self.engine.end_job(js.job, js.last_ms, self.engine.window_rules)
+            if js.job in self.spanning and self.link is not None and not self.leading:
+                self.link.forget_windows(js.job, every_shard=False)
             for k in [k for k in self._due if k[0] == js.job]:
                 del self._due[k]
 
     # -- job rules across shards -----------------------------------------------------------
     def shard_round(self, now: float) -> None:
         """Once a second: publish this shard's part of the jobs; if we evaluate the job rules,
-        add up every shard's part and judge them.  The caller holds the lock."""
+        add up every shard's part and judge them.  Which jobs span several shards (their
+        bottleneck rules are judged by the evaluating shard) is read from the same parts.
+        The caller holds the lock."""
         c0 = time.thread_time()
         part = shards.job_partial(self.view, self.link.shard if self.link else "local", now)
         parts = [part]
         if self.link is not None:
             self.link.publish(part)
-            if not self.link.lead():
-                self.shard_cpu_s += time.thread_time() - c0
-                return
-            if not self.leading:
+            if self.link.lead() and not self.leading:
                 self.leading = True
+                names = {r.name for r in self.job_rules + self.window_rules}
                 kept = self.engine.restore(
-                    [
-                        n
-                        for n in self.link.taken_over(now)
-                        if n.get("rule") in {r.name for r in self.job_rules}
-                    ]
+                    [n for n in self.link.taken_over(now) if n.get("rule") in names]
                 )
                 self.log(
                     "this shard now evaluates the job rules over every shard"
                     + (f" ({kept} alert(s) taken over, still open)" if kept else "")
                 )
+            if not self.leading and not self.window_rules:
+                self.shard_cpu_s += time.thread_time() - c0
+                return
             parts += self.link.gather(now)
-        self.judge_jobs(shards.job_totals(parts), now)
-        if self.link is not None:
-            self.link.hand_over([a for a in self.engine.active() if a.get("type") == "job"], now)
+        totals = shards.job_totals(parts)
+        if self.window_rules and self.link is not None:
+            self._spanning(totals, int(now * 1000))
+        if self.leading:
+            if self.job_rules:
+                self.judge_jobs(totals, now)
+            if self.link is not None:
+                self.link.hand_over(
+                    [
+                        a
+                        for a in self.engine.active()
+                        if a.get("type") == "job"
+                        or (
+                            a.get("type") == "bottleneck"
+                            and (a.get("labels") or {}).get("job") in self.spanning
+                        )
+                    ],
+                    now,
+                )
         self.shard_cpu_s += time.thread_time() - c0
+
+    def _spanning(self, totals: dict[str, dict[str, Any]], t_ms: int) -> None:
+        """The jobs whose nodes report to several shards now; a spanning job that ended
+        everywhere ends its bottleneck alerts here (the evaluating shard's)."""
+        now = {job: tot for job, tot in totals.items() if len(tot["shards"]) > 1}
+        for job in set(self.spanning) - set(now):
+            if job not in totals and self.leading:
+                self.engine.end_job(job, t_ms, self.window_rules)
+                self.link.forget_windows(job, every_shard=True)
+            for key in [k for k in self._due if k[0] == job]:
+                del self._due[key]  # judged here again, or by the one shard it is on
+        self.spanning = now
 
     def judge_jobs(self, totals: dict[str, dict[str, Any]], now: float) -> None:
         t_ms = int(now * 1000)
@@ -411,6 +466,8 @@ class AlertService:
     def _schedule_windows(self, now: float) -> None:
         groups = {(r.window_s, r.every_s) for r in self.window_rules}
         for job, js in self.view.jobs.items():
+            if job in self.spanning:
+                continue
             if (js.last_ms - js.first_ms) / 1000 < 10:
                 continue  # the analyzer judges nothing on fewer than 10 samples
             for window, every in groups:
@@ -418,31 +475,69 @@ class AlertService:
                 if now < self._due.get(key, 0.0) or key in self._window_busy:
                     continue
                 self._due[key] = now + every
-                try:
-                    self._window_q.put_nowait(key)
-                    self._window_busy.add(key)
-                except queue.Full:
-                    self.counts["window_skipped"] += 1
+                self._queue_window(key, "judge")
+        # a job on several shards: at each period, aligned on the clock, the other shards
+        # hand their nodes' samples over and the evaluating shard judges GRACE_S later
+        from para.collector.shardlink import GRACE_S
+
+        for job in self.spanning:
+            if not self.leading and job not in self.view.jobs:
+                continue  # none of its nodes is ours
+            for window, every in groups:
+                key = (job, window, every)
+                due = self._due.get(key)
+                if due is None:
+                    due = self._due[key] = self._period_end(now, every, GRACE_S)
+                if now < due or key in self._window_busy:
+                    continue
+                self._due[key] = self._period_end(now, every, GRACE_S)
+                self._queue_window(key, "judge all" if self.leading else "export")
+
+    def _period_end(self, now: float, every: float, grace: float) -> float:
+        """When the period after `now` of a rule run `every` seconds ends, on every shard's
+        clock alike; the evaluating shard's moment is `grace` later."""
+        start = (now - grace) // every * every if self.leading else now // every * every
+        return start + every + (grace if self.leading else 0.0)
+
+    def _queue_window(self, key: tuple[str, float, float], mode: str) -> None:
+        try:
+            self._window_q.put_nowait((*key, mode))
+            self._window_busy.add(key)
+        except queue.Full:
+            self.counts["window_skipped"] += 1
 
     def _window_loop(self) -> None:
         assert self.judge is not None
         while True:
-            key = self._window_q.get()
-            if key is None:
+            item = self._window_q.get()
+            if item is None:
                 return
-            job, width, _every = key
+            job, width, _every, mode = item
             c0 = time.thread_time()
             try:
                 with self._lock:
                     js = self.view.jobs.get(job)
                     hosts = dict(js.hosts) if js is not None else {}
                     info = self.view.job_info(job)
+                    tot = self.spanning.get(job) or {}
                     raw = {h: list(self._raw.get(h, ())) for h in hosts}
-                end = max(hosts.values(), default=0)
-                nodes = {}
-                for h, items in raw.items():
-                    lo = end - width * 1000
-                    nodes[h] = [(t, json.loads(zlib.decompress(b))) for t, b in items if t >= lo]
+                end = max(hosts.values(), default=0)  # the job's last sample on our nodes
+                if mode == "export":
+                    self._export(job, raw, int(end - width * 1000))
+                    self._results.put((job, width, _every, {}, 0))
+                    continue
+                nodes = {
+                    h: [(t, json.loads(zlib.decompress(b))) for t, b in items]
+                    for h, items in raw.items()
+                }
+                if mode == "judge all":
+                    if js is None:
+                        info = {"job_id": job, "user": tot.get("user"), "name": tot.get("name")}
+                    since = self.clock() - _every - 10.0
+                    for doc in self.link.windows(job, since) if self.link else []:
+                        end = max(end, _take_nodes(nodes, doc))
+                lo = end - width * 1000
+                nodes = {h: [(t, r) for t, r in items if t >= lo] for h, items in nodes.items()}
                 found = self.judge.judge(info, nodes)
                 self._results.put((job, width, _every, found, end))
                 with self._lock:
@@ -455,6 +550,18 @@ class AlertService:
             finally:
                 self.window_cpu_s += time.thread_time() - c0
 
+    def _export(self, job: str, raw: dict[str, list[tuple[int, bytes]]], lo: int) -> None:
+        """This shard's nodes' samples of a spanning job from `lo`, for the evaluating shard."""
+        if self.link is None:
+            return
+        hosts = {
+            h: [[t, base64.b64encode(b).decode("ascii")] for t, b in items if t >= lo]
+            for h, items in raw.items()
+        }
+        self.link.export_window(
+            job, {"t": self.clock(), "shard": self.link.shard, "job": job, "hosts": hosts}
+        )
+
     def _take_results(self) -> None:
         while True:
             try:
@@ -462,7 +569,7 @@ class AlertService:
             except queue.Empty:
                 return
             self._window_busy.discard((job, width, every))
-            if not found or job not in self.view.jobs:
+            if not found or (job not in self.view.jobs and job not in self.spanning):
                 continue
             for rule in self.window_rules:
                 if (rule.window_s, rule.every_s) != (width, every) or not rule.bottleneck:

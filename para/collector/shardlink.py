@@ -9,13 +9,21 @@ takes the lock within a second; the alerts open at that moment are handed over t
 `DB/alerting/job-alerts.json` (kept open without a second notification).  A shard that died
 leaves a part that ages out after STALE_S: its nodes drop out of the totals (and, having failed
 over, come back through the shard they report to now).  Node-local rules stay on each shard.
+
+Bottleneck rules of a job whose nodes report to several shards are judged the same way, by
+the evaluating shard, on the windows of every node: at each period of a rule (aligned on the
+clock, so that every shard acts at the same moment) the other shards write their nodes' raw
+samples of the job to `DB/alerting/windows/JOB/SHARD.json`, and the evaluating shard judges
+them with its own GRACE_S later.  A job on one shard is judged there, as before.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable
@@ -24,6 +32,7 @@ from typing import Any
 
 STALE_S = 10.0  # a shard's part older than this is left out of the totals
 HANDOFF_S = 120.0  # open alerts handed over if the last evaluator wrote them this recently
+GRACE_S = 2.0  # the evaluating shard judges a spanning job's window this long after the others
 
 
 class ShardLink:
@@ -33,6 +42,7 @@ class ShardLink:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock_path = root / "alerting" / "job-rules.lock"
         self.handoff_path = root / "alerting" / "job-alerts.json"
+        self.windows_dir = root / "alerting" / "windows"
         self.shard = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.path = self.dir / f"{self.shard}.json"
         self._fd: int | None = None
@@ -107,6 +117,49 @@ class ShardLink:
             return []
         return [a for a in doc.get("alerts") or [] if isinstance(a, dict)]
 
+    # -- bottleneck windows of jobs on several shards ---------------------------------------
+    def _job_dir(self, job: str) -> Path:
+        # a job id comes from a node: hashed, it cannot name a path of its choosing
+        return self.windows_dir / hashlib.sha256(job.encode("utf-8", "replace")).hexdigest()[:24]
+
+    def export_window(self, job: str, doc: dict[str, Any]) -> None:
+        """This shard's nodes' samples of `job` for the evaluating shard."""
+        d = self._job_dir(job)
+        tmp = d / f".{self.shard}.tmp"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
+            os.replace(tmp, d / f"{self.shard}.json")
+        except OSError as e:
+            self._once("windows", f"cannot write the windows of spanning jobs to {d}: {e}")
+
+    def windows(self, job: str, since: float) -> list[dict[str, Any]]:
+        """The other shards' samples of `job` written at `since` or later."""
+        out: list[dict[str, Any]] = []
+        try:
+            entries = list(os.scandir(self._job_dir(job)))
+        except OSError:
+            return out
+        for e in entries:
+            if not e.name.endswith(".json") or e.name == f"{self.shard}.json":
+                continue
+            try:
+                doc = json.loads(Path(e.path).read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and doc.get("job") == job and _t(doc) >= since:
+                out.append(doc)
+        return out
+
+    def forget_windows(self, job: str, every_shard: bool) -> None:
+        """The job's windows are no longer wanted: this shard's file, or (the evaluating
+        shard, once the job ended everywhere) the whole directory."""
+        d = self._job_dir(job)
+        if every_shard:
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            _unlink(d / f"{self.shard}.json")
+
     def close(self) -> None:
         _unlink(self.path)
         if self._fd is not None:
@@ -117,6 +170,11 @@ class ShardLink:
         if what not in self._warned:
             self._warned.add(what)
             self.log(msg)
+
+
+def _t(doc: dict[str, Any]) -> float:
+    t = doc.get("t")
+    return float(t) if isinstance(t, (int, float)) else 0.0
 
 
 def _unlink(p: Path) -> None:

@@ -1,0 +1,116 @@
+"""Bottleneck rules of a job whose nodes report to two collector shards: judged once, by the
+evaluating shard, on the windows of all four nodes, so that the alert says what the report
+of the job's files says, not what each shard's half of the nodes would."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from para.analyzer import analysis
+from para.analyzer.job import Job
+from para.cli import PARTS
+from para.collector.alerts import AlertService
+from para.collector.db import FeatureDB
+from tests.shard_support import job_sample
+from tests.test_live_window import live_samples
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import gen_job  # noqa: E402
+
+RULES = """
+[[rule]]
+name = "low-cpu"
+type = "bottleneck"
+bottleneck = "low_cpu_utilization"
+window = "10m"
+every = "30s"
+
+[[rule]]
+name = "idle"
+type = "bottleneck"
+bottleneck = "idle_nodes"
+window = "10m"
+every = "30s"
+"""
+
+
+class Shard:
+    def __init__(self, db: Path, rules_path: Path, now: list[float]):
+        judge = PARTS["bottleneck_judge"]()
+        self.svc = AlertService(rules_path, FeatureDB(db), "t", lambda m: None, store=False,
+                                clock=lambda: now[0], judge=judge)  # fmt: skip
+
+    def feed(self, samples: dict[str, tuple[int, dict[str, Any]]], now: float) -> None:
+        with self.svc._lock:
+            self.svc.process([(h, [s], now) for h, s in samples.items()])
+            self.svc.shard_round(now)
+            self.svc._schedule_windows(now)
+
+    def settle(self) -> None:
+        """Until the windows queued are judged (or handed over) and their outcomes taken."""
+        end = time.monotonic() + 120
+        while time.monotonic() < end:
+            with self.svc._lock:
+                self.svc._take_results()
+                if not self.svc._window_busy:
+                    return
+            time.sleep(0.02)
+        raise AssertionError("windows not judged within 120 s")
+
+    def notes(self, rule: str) -> list[dict[str, Any]]:
+        with self.svc._lock:
+            return [n for n in self.svc.recent if n["rule"] == rule]
+
+
+@pytest.fixture(scope="module")
+def job_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """gen_job's 4-node job (cn0003 idle, a serial end), 4 minutes."""
+    return gen_job.make_job(tmp_path_factory.mktemp("job"), nodes=4, seconds=240, cpus=8, ranks=4)
+
+
+def test_a_job_over_two_shards_is_judged_once_on_all_its_nodes(
+    tmp_path: Path, job_files: list[Path]
+) -> None:
+    with Job(job_files) as j:
+        ref = {o.id: o for o in analysis.analyse(j).outcomes}
+    nodes = dict(live_samples(f, "42") for f in job_files)
+    for samples in nodes.values():  # the agent's job table, as a node running job 42 sends
+        for k, (_, rows) in enumerate(samples):
+            rows["job"] = [job_sample("42", 400 * k, 1 << 30, cpus=8)]
+    on = {"a": ["cn0001", "cn0002"], "b": ["cn0003", "cn0004"]}  # b: the idle node
+    rules_path = tmp_path / "rules.toml"
+    rules_path.write_text(RULES)
+    now = [0.0]
+    a = Shard(tmp_path / "db", rules_path, now)
+    b = Shard(tmp_path / "db", rules_path, now)
+    try:
+        times = [t for t, _ in nodes["cn0001"]]
+        for i, t in enumerate(times):
+            now[0] = t / 1000 + 0.1
+            for shard, name in ((a, "a"), (b, "b")):
+                shard.feed({h: nodes[h][i] for h in on[name]}, now[0])
+            b.settle()  # b's half is on disk before a judges
+            a.settle()
+        for extra in (1.0, 2.0, 2.5):  # past the last period's grace
+            now[0] = times[-1] / 1000 + extra
+            for shard in (b, a):
+                shard.feed({}, now[0])
+                shard.settle()
+        for rule, rid in (("low-cpu", "low_cpu_utilization"), ("idle", "idle_nodes")):
+            # once, by the evaluating shard; the other never judged its half
+            assert [n["event"] for n in a.notes(rule)] == ["firing"], rid
+            assert b.notes(rule) == [], rid
+            [alert] = [x for x in a.svc.active() if x["rule"] == rule]
+            assert alert["value"] == pytest.approx(ref[rid].value, rel=1e-3, abs=1e-4), rid
+        assert a.svc.leading and not b.svc.leading
+        assert set(a.svc.spanning) == {"42"} and set(b.svc.spanning) == {"42"}
+        [idle] = [x for x in a.svc.active() if x["rule"] == "idle"]
+        assert "1 of 4 nodes did no work: cn0003" in idle["evidence"]["analyzer"]["evidence"]
+    finally:
+        a.svc.stop()
+        b.svc.stop()
