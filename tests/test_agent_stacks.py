@@ -186,6 +186,35 @@ def test_a_job_is_asked_again_until_its_environment_can_be_read(tmp_path):
     assert stk3._live == {"11": {503}}
 
 
+def test_a_job_is_said_off_while_perf_keeps_failing(tmp_path):
+    """CI once saw perf fail window after window (10 errors) while the 3 s PARA_STACKS=0 job
+    ran: the family raised to be marked failing, and the job's stacks_off, decided in that
+    same sample, went with the discarded rows and was never said again."""
+    from para.agent.loop import SamplingLoop
+    from para.agent.samplers.stacks import StackSampler
+
+    class PerfFailing(StackSampler):
+        def open(self) -> dict:  # no recording thread: the failure is set below
+            self._failing = "perf record exited with 255: [ perf record: failed ]"
+            return {}
+
+    proc = tmp_path / "proc"
+    (proc / "600").mkdir(parents=True)
+    (proc / "600" / "environ").write_bytes(b"HOME=/\0PARA_STACKS=0\0")
+    got: list = []
+    loop = SamplingLoop(
+        [PerfFailing(lambda: {"12": {600}}, proc=str(proc))],
+        sink=lambda t, rows: got.append(rows),
+        interval=1.0,
+    )
+    loop.open()
+    for _ in range(3):
+        loop.sample_once()
+    events = [e for rows in got for e in rows.get("events", [])]
+    assert [e for e in events if "stacks_off" in e and "12" in e], events
+    assert loop.status["stacks"].state == "failing"  # and the failure is still said
+
+
 def test_instructions_carry_the_build_id(recorded):
     from para.agent import binaries
 

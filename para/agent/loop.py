@@ -207,6 +207,10 @@ class SamplingLoop:
             try:
                 s.sample(t_ms, rows)
             except Exception as e:
+                # what the family said before failing stands (a job's stacks_off decided in
+                # this sample is not decided again); its half-made data rows do not
+                if rows.get("events"):
+                    out.setdefault("events", []).extend(rows["events"])
                 self._fail(s, t_ms, f"{type(e).__name__}: {e}", out)
                 continue
             self._ok(s, t_ms, rows, out)
