@@ -31,13 +31,18 @@ pytestmark = pytest.mark.slow
 # Recorded in three batches so that the one whose shares depend on having a core to itself
 # (burn) runs alone; the others do not mind sharing.
 BATCHES = [
-    [("idle", "idle", 5.0, False), ("fsync", "fsync", 5.0, False), ("grow", "grow", 5.0, False),
-     ("short", "idle", 0.3, False), ("majflt", "majflt", 5.0, False)],
+    [("idle", "idle", 5.0, False), ("syncwrite", "syncwrite", 5.0, False),
+     ("grow", "grow", 5.0, False), ("short", "idle", 0.3, False), ("majflt", "majflt", 5.0, False)],
     [("burn", "burn", 5.0, False)],
     [("imbalanced", "imbalanced", 5.0, False), ("stall", "stall", 6.0, False),
      ("meta", "meta", 4.0, True)],
 ]  # fmt: skip
 
+
+# io_wait_bound judges the share of looks that found the writer in state D (about 0.6 beside
+# CPU hogs, where each wake-up waits for a CPU): 50 looks rather than 10 keep its estimate
+# clear of the rule's 0.30.
+LOOKS = {"syncwrite": "0.1"}
 
 # The one busy thread must keep its core while other programs load the machine (CI runs the
 # suite beside CPU hogs), as an exclusive allocation would give it: a real-time priority (root
@@ -55,7 +60,7 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         procs = []
         for name, kind, secs, stacks in batch:
             path = d / f"{name}.para"
-            cmd = [*para_cmd(), "profile", "-q", "-i", "0.5", "-o", str(path)]
+            cmd = [*para_cmd(), "profile", "-q", "-i", LOOKS.get(name, "0.5"), "-o", str(path)]
             if stacks:
                 cmd.append("--functions")
             cmd += ["--", *(AHEAD if name == "burn" else []), sys.executable, str(WORKLOADS),
@@ -122,8 +127,8 @@ def test_one_busy_thread_of_two_cores_is_a_serial_bottleneck(results):
     assert [p["label"] for p in a.doc["phases"]] == ["serial compute"]
 
 
-def test_fsync_heavy_writer_is_io_wait_bound(results):
-    a = results["fsync"]
+def test_sync_writer_is_io_wait_bound(results):
+    a = results["syncwrite"]
     b = _fired(a)["io_wait_bound"]
     assert "state D" in b["evidence"] and "waited for I/O" in b["evidence"]
     assert b["value"] >= 30
