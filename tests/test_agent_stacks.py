@@ -18,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,19 +309,32 @@ def test_para_jobs_and_query_rank_functions(recorded):
     assert by_fn["alpha"]["jobs"] >= 1
 
 
-def test_a_killed_perf_is_restarted_and_said(tmp_path):
-    """perf killed under the agent: the family says why, perf runs again after its backoff,
-    and the other families never stop."""
+@contextmanager
+def _recording(tmp: Path, job_id: str, window_s: float, job_s: int) -> Iterator[tuple]:
+    """An agent following a job of the hot C program (SLURM_JOB_ID in its environment) until
+    its perf records: (agent, status then); the job and the agent are killed after."""
     need_tool("perf", "apt install linux-perf")
-    exe = build_hot(tmp_path)
-    agent = AgentRun(tmp_path, extra=stacks_config(freq=49, window_s=30.0), interval=0.5)
+    exe = build_hot(tmp)
+    agent = AgentRun(tmp, extra=stacks_config(freq=49, window_s=window_s), interval=0.5)
     job = None
     try:
         agent.wait_samples(2)
-        env = dict(os.environ, SLURM_JOB_ID="913013", SLURM_JOB_NAME="stk-kill")
-        job = subprocess.Popen([str(exe), "60"], env=env)
+        env = dict(os.environ, SLURM_JOB_ID=job_id, SLURM_JOB_NAME="stk-" + job_id)
+        job = subprocess.Popen([str(exe), str(job_s)], env=env)
         st = _wait(lambda: (agent.status().get("stacks") or {}).get("state") == "recording"
                    and agent.status(), 60, "no perf recording")  # fmt: skip
+        yield agent, st
+    finally:
+        if job is not None:
+            job.kill()
+            job.wait()
+        agent.kill()
+
+
+def test_a_killed_perf_is_restarted_and_said(tmp_path):
+    """perf killed under the agent: the family says why, perf runs again after its backoff,
+    and the other families never stop."""
+    with _recording(tmp_path, "913013", window_s=30.0, job_s=60) as (agent, st):
         perf_pid = st["stacks"]["perf_pid"]
         before = st["samples"]
         os.kill(perf_pid, signal.SIGKILL)
@@ -332,11 +347,6 @@ def test_a_killed_perf_is_restarted_and_said(tmp_path):
                    and s.get("state") == "recording" and s.get("perf_pid") != perf_pid
                    and agent.status(), 60, "perf was not started again")  # fmt: skip
         assert st["samples"] > before  # the other families went on
-    finally:
-        if job is not None:
-            job.kill()
-            job.wait()
-        agent.kill()
 
 
 def _running(pid: int) -> bool:
@@ -351,45 +361,25 @@ def _running(pid: int) -> bool:
 def test_perf_ends_with_an_agent_killed_outright(tmp_path):
     """SIGKILL leaves the agent no time to stop its system-wide perf record: perf ends by
     itself (its parent-death signal), rather than recording into a growing file for ever."""
-    need_tool("perf", "apt install linux-perf")
     need_tool("setpriv", "apt install util-linux")
-    exe = build_hot(tmp_path)
-    agent = AgentRun(tmp_path, extra=stacks_config(freq=49, window_s=30.0), interval=0.5)
-    job = perf_pid = None
+    perf_pid = None
     try:
-        agent.wait_samples(2)
-        env = dict(os.environ, SLURM_JOB_ID="913016", SLURM_JOB_NAME="stk-orphan")
-        job = subprocess.Popen([str(exe), "60"], env=env)
-        st = _wait(lambda: (agent.status().get("stacks") or {}).get("state") == "recording"
-                   and agent.status(), 60, "no perf recording")  # fmt: skip
-        perf_pid = st["stacks"]["perf_pid"]
-        cmdline = Path(f"/proc/{perf_pid}/cmdline").read_bytes().split(b"\0")
-        assert Path(cmdline[0].decode()).name == "perf" and b"record" in cmdline, cmdline
-        os.kill(agent.proc.pid, signal.SIGKILL)
-        agent.proc.wait()
-        _wait(lambda: not _running(perf_pid), 30, f"perf {perf_pid} still records")
+        with _recording(tmp_path, "913016", window_s=30.0, job_s=60) as (agent, st):
+            perf_pid = st["stacks"]["perf_pid"]
+            cmdline = Path(f"/proc/{perf_pid}/cmdline").read_bytes().split(b"\0")
+            assert Path(cmdline[0].decode()).name == "perf" and b"record" in cmdline, cmdline
+            os.kill(agent.proc.pid, signal.SIGKILL)
+            agent.proc.wait()
+            _wait(lambda: not _running(perf_pid), 30, f"perf {perf_pid} still records")
     finally:
-        if job is not None:
-            job.kill()
-            job.wait()
         if perf_pid is not None and _running(perf_pid):
             os.kill(perf_pid, signal.SIGKILL)  # the agent this test started left it
-        agent.kill()
 
 
 def test_a_hung_perf_is_killed_restarted_and_said(tmp_path):
     """perf stopped (SIGSTOP: it neither samples nor answers SIGINT) under the agent: at the
     window's end it is killed, the family says it hung, and a new perf records."""
-    need_tool("perf", "apt install linux-perf")
-    exe = build_hot(tmp_path)
-    agent = AgentRun(tmp_path, extra=stacks_config(freq=49, window_s=2.0), interval=0.5)
-    job = None
-    try:
-        agent.wait_samples(2)
-        env = dict(os.environ, SLURM_JOB_ID="913014", SLURM_JOB_NAME="stk-hang")
-        job = subprocess.Popen([str(exe), "120"], env=env)
-        st = _wait(lambda: (agent.status().get("stacks") or {}).get("state") == "recording"
-                   and agent.status(), 60, "no perf recording")  # fmt: skip
+    with _recording(tmp_path, "913014", window_s=2.0, job_s=120) as (agent, st):
         perf_pid = st["stacks"]["perf_pid"]
         os.kill(perf_pid, signal.SIGSTOP)
         st = _wait(lambda: "hung" in str((agent.status().get("stacks") or {}).get("last_error"))
@@ -399,11 +389,6 @@ def test_a_hung_perf_is_killed_restarted_and_said(tmp_path):
               and s.get("perf_pid") not in (None, perf_pid), 60, "no new perf")  # fmt: skip
         with pytest.raises(ProcessLookupError):
             os.kill(perf_pid, 0)  # the hung one is gone
-    finally:
-        if job is not None:
-            job.kill()
-            job.wait()
-        agent.kill()
 
 
 def _samples_written(agent: AgentRun) -> int:
