@@ -40,13 +40,18 @@ every = "30s"
 
 
 class Shard:
-    def __init__(self, db: Path, rules_path: Path, now: list[float]):
+    def __init__(self, db: Path, rules_path: Path):
         judge = PARTS["bottleneck_judge"]()
+        # the service's own loop runs its once-a-second upkeep on this clock too: it moves
+        # only with the samples of that second (under the lock), or the loop could publish
+        # or export a second without them
+        self.now = [0.0]
         self.svc = AlertService(rules_path, FeatureDB(db), "t", lambda m: None, store=False,
-                                clock=lambda: now[0], judge=judge)  # fmt: skip
+                                clock=lambda: self.now[0], judge=judge)  # fmt: skip
 
     def feed(self, samples: dict[str, tuple[int, dict[str, Any]]], now: float) -> None:
         with self.svc._lock:
+            self.now[0] = now
             self.svc.process([(h, [s], now) for h, s in samples.items()])
             self.svc.shard_round(now)
             self.svc._schedule_windows(now)
@@ -85,21 +90,18 @@ def test_a_job_over_two_shards_is_judged_once_on_all_its_nodes(
     on = {"a": ["cn0001", "cn0002"], "b": ["cn0003", "cn0004"]}  # b: the idle node
     rules_path = tmp_path / "rules.toml"
     rules_path.write_text(RULES)
-    now = [0.0]
-    a = Shard(tmp_path / "db", rules_path, now)
-    b = Shard(tmp_path / "db", rules_path, now)
+    a = Shard(tmp_path / "db", rules_path)
+    b = Shard(tmp_path / "db", rules_path)
     try:
         times = [t for t, _ in nodes["cn0001"]]
         for i, t in enumerate(times):
-            now[0] = t / 1000 + 0.1
             for shard, name in ((a, "a"), (b, "b")):
-                shard.feed({h: nodes[h][i] for h in on[name]}, now[0])
+                shard.feed({h: nodes[h][i] for h in on[name]}, t / 1000 + 0.1)
             b.settle()  # b's half is on disk before a judges
             a.settle()
         for extra in (1.0, 2.0, 2.5):  # past the last period's grace
-            now[0] = times[-1] / 1000 + extra
             for shard in (b, a):
-                shard.feed({}, now[0])
+                shard.feed({}, times[-1] / 1000 + extra)
                 shard.settle()
         for rule, rid in (("low-cpu", "low_cpu_utilization"), ("idle", "idle_nodes")):
             # once, by the evaluating shard; the other never judged its half

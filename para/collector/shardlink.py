@@ -6,9 +6,12 @@ the flock on `DB/alerting/job-rules.lock`, reads every part younger than STALE_S
 per job and evaluates the `job` rules: each such alert is judged and notified once, in one
 place.  The lock dies with its holder, so when the evaluating shard stops or is killed another
 takes the lock within a second; the alerts open at that moment are handed over through
-`DB/alerting/job-alerts.json` (kept open without a second notification).  A shard that died
-leaves a part that ages out after STALE_S: its nodes drop out of the totals (and, having failed
-over, come back through the shard they report to now).  Node-local rules stay on each shard.
+`DB/alerting/job-alerts.json` (kept open without a second notification).  A shard that stops,
+killed or cleanly, leaves its part to age out after STALE_S: its nodes' last seconds count
+until they have failed over to another shard (seconds later), then drop out of the totals and
+come back through the shard they report to now; a part removed at once made the shard taking
+over resolve the job alerts of nodes still on their way, and fire them again.  Node-local
+rules stay on each shard.
 
 Bottleneck rules of a job whose nodes report to several shards are judged the same way, by
 the evaluating shard, on the windows of every node: at each period of a rule (aligned on the
@@ -161,7 +164,7 @@ class ShardLink:
             _unlink(d / f"{self.shard}.json")
 
     def close(self) -> None:
-        _unlink(self.path)
+        # the part stays, to age out (see the module's docstring)
         if self._fd is not None:
             os.close(self._fd)  # releases the lock: another shard evaluates from now on
             self._fd = None
