@@ -413,6 +413,32 @@ def test_young_processes_are_classified_again(tmp_path):
     assert [e[0] for e in events(out, "job_start")] == ["4"]
 
 
+@pytest.mark.parametrize("moved", [False, True], ids=["in-stepd-cgroup", "in-job-cgroup"])
+def test_a_task_seen_before_its_exec_from_slurmstepd_is_classified_again(tmp_path, moved):
+    """Slurm forks the batch script from slurmstepd: a task seen in that instant still has
+    slurmstepd's name and cgroup.  It was taken for the scheduler's own process for good, and
+    the job never seen (CI: of two jobs started together, the C one of test_agent_stacks)."""
+    root = tree(tmp_path, "slurm-v2")
+    s = sampler(root, environ=False)
+    task = root / "proc/49276"
+    captured = {n: (task / n).read_bytes() for n in ("cgroup", "stat")}
+    if not moved:
+        (task / "cgroup").write_text("0::/system.slice/slurmstepd.scope/system\n")
+    name = captured["stat"].split(b"(", 1)[1].split(b")", 1)[0]
+    (task / "stat").write_bytes(captured["stat"].replace(b"(" + name + b")", b"(slurmstepd)", 1))
+    (root / "proc/uptime").write_text("81234.60 0.00\n")  # the task started 0.04 s ago
+    out: dict = {}
+    s.sample(1000, out)
+    assert not events(out, "job_start")
+    for n, raw in captured.items():
+        (task / n).write_bytes(raw)  # exec'd into the job's cgroup
+    out = {}
+    s.sample(2000, out)
+    assert [e[0] for e in events(out, "job_start")] == ["4"]
+    assert 49276 in {r[0] for r in out.get("proc", [])}
+    assert 49276 not in s.reapers  # a job process, not the scheduler's
+
+
 def test_jobs_already_announced_are_not_started_again(tmp_path):
     """After a reload the new sampler follows the running jobs without a second job_start."""
     root = tree(tmp_path, "environ")

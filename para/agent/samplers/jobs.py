@@ -248,7 +248,12 @@ class JobSampler(ProcessSampler):
                 self.outsiders.add(pid)
                 if ref is not None and ref.source == "cgroup":
                     self._follow_reaper(pid, ref.job_id, start)
+                if start > young_limit:
+                    # or the job's task forked by it and not yet exec'd: looked at again
+                    self._young[pid] = start
                 continue
+            if pid in self.reapers:
+                self._drop_reaper(pid)  # it was such a task: a job process from now on
             if ref is None and self.mode != "all":
                 self.outsiders.add(pid)
                 if start > young_limit:
@@ -293,6 +298,14 @@ class JobSampler(ProcessSampler):
         job = self.jobs.get(job_id)
         if job is not None:
             job.reapers.add(pid)
+
+    def _drop_reaper(self, pid: int) -> None:
+        job_id, _ = self.reapers.pop(pid)
+        self._close_fds(pid)
+        self._last.pop(pid, None)
+        job = self.jobs.get(job_id)
+        if job is not None:
+            job.reapers.discard(pid)
 
     def _joined(self, t_ms: int, ref: JobRef, pid: int, start_ticks: int, out: Rows) -> None:
         job = self.jobs.get(ref.job_id)
