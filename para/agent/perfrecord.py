@@ -53,6 +53,8 @@ class FunctionRecorder:
         self._dir = tempfile.mkdtemp(prefix="para-perf-")
         self.data = Path(self._dir) / "perf.data"
         self.proc: subprocess.Popen[bytes] | None = None
+        # perf's exit statuses that mean it was stopped as asked, not that it failed
+        self.stopped_statuses = {0}
         self._ctl_w: int | None = None
         self._ack_r: int | None = None
         self.instructions: list[list[Any]] = []  # rows of instr_samples, after finish()
@@ -184,7 +186,7 @@ class FunctionRecorder:
                 total += count if state == "cpu" else 0
             self.info.update(samples=total, stacks=len(rows), event=self._event_used())
             rc = self.proc.returncode if self.proc is not None else 0
-            if not total and rc:
+            if not total and rc not in self.stopped_statuses:
                 self.info["error"] = f"perf record failed (status {rc}): {self._log_tail()}"
             if self.python is not None:
                 self.info["python"] = self.python.info

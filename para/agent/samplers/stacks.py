@@ -57,6 +57,9 @@ class WindowRecorder(FunctionRecorder):
 
     def __init__(self, freq: int, event: str, perf: str, cgroups: tuple[str, ...] = ()):
         super().__init__(0, freq=freq, event=event, perf=perf)
+        # stopped with SIGINT, perf writes its file and raises the signal again on itself: a
+        # window with no sample of the jobs (they slept) is no failure
+        self.stopped_statuses = {0, -signal.SIGINT}
         self.hung = False
         self.cgroups = cgroups
 
