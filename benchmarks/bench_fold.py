@@ -18,8 +18,8 @@ system-wide capture (`--input FILE`, a `perf script` output), or one recorded he
 `--record SECONDS` (`perf record -a -g -F 999` while a C compiler, checksums over /usr and a
 Python json/sqlite/zlib loop run, then `perf script`).  Then the commands themselves run as a
 user runs them, `para fold FILE > out` (on every CPU), `para fold --jobs 1 FILE > out` and
-`perl stackcollapse-perf.pl FILE > out`, in alternating rounds on the same warm file (medians; start-up, reading and printing included),
-and the kernel alone in process:
+`perl stackcollapse-perf.pl FILE > out`, in alternating rounds on the same warm file
+(medians; start-up, reading and printing included), and the kernel alone in process:
 
     .venv/bin/python benchmarks/bench_fold.py --record 90 \
         --reference /tmp/FlameGraph/stackcollapse-perf.pl
