@@ -81,6 +81,8 @@ class DBSource:
         self.con = con
         self.host = host
         self.job = job
+        # what reduce.py reads of a source that holds one job's rows
+        self.job_start_ms = job.start_ms
         self.path = f"db:{job.job_id}@{host}"
         self._parts: dict[str, list[Any]] = {}
         self.tables = tables

@@ -280,6 +280,11 @@ def node_facts(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# the steps before its first row over which a job's first CPU is spread (the agent sees a
+# Slurm job's first process a sample or two after its start)
+_HEAD_STEPS = 4
+
+
 def reduce_node(label: str, paths: list[Path], cores: bool = True) -> NodeData:
     """Read the files of one node (one run, or the agent's consecutive segments) and reduce.
     `cores`: also the busy share of each CPU (only the report of one node shows it)."""
@@ -461,6 +466,50 @@ class _Reducer:
             "samples": pc.add(pc.subtract(last, first), pa.scalar(1, pa.uint64())).cast(pa.int64()),
             "rank": _flat(tab["rank"], pa.int64()).take(last),
         })  # fmt: skip
+        self._job_account()
+
+    def _job_account(self) -> None:
+        """One job's rows of an agent (its segments or the database, read for one job): the
+        job's CPU each second is the rate of the agent's account of it (the `job` rows: every
+        process once, the children too short to be sampled, those that ended, and the final
+        CPU its scheduler's process reaped after the last look at its processes), not the
+        sum of its processes' rates, which knows nothing of a process before its first row
+        or after its last.  Its first row holds what the job used since it started, spread
+        evenly over the steps from the start when the job started shortly before (the agent
+        may see its first process a sample or two late)."""
+        starts = [getattr(s, "job_start_ms", False) for s in self.sources]
+        if False in starts or "job" not in self.nd.series:
+            return
+        tab = self.read("job", ["utime", "stime"], [])
+        if tab is None or tab.column("utime").null_count == len(tab):
+            return  # an agent that follows no process's CPU (jobs mode "none")
+        t = _t_ms(tab)
+        cum = pc.add(tab["utime"], tab["stime"])
+        acct, w, r = rates(None, t, cum, min_dt_s=self.min_dt, scale=1.0 / self.f["hz"])
+        self.nd.wraps += w
+        self.nd.resets += r
+        start = min((s for s in starts if s is not None), default=None)
+        step_ms = 1000.0 * self.f["interval"]
+        t0 = t[0].as_py()
+        if start is not None and t0 - _HEAD_STEPS * step_ms < start < t0 and cum[0].is_valid:
+            rate = cum[0].as_py() / self.f["hz"] / ((t0 - start) / 1000)
+            head_t, head = [t0], [rate]
+            while head_t[0] - step_ms > start:  # the steps before, the earliest a part
+                head_t.insert(0, round(head_t[0] - step_ms))
+                head.insert(0, rate * min(1.0, (head_t[0] - start) / step_ms))
+            t = pa.concat_arrays([pa.array(head_t[:-1], pa.int64()), t])
+            acct = pa.concat_arrays([pa.array(head, pa.float64()), acct.slice(1)])
+        job = self.nd.series["job"]
+        spine = pc.unique(pa.concat_arrays([_flat(job["t"], pa.int64()), t]))
+        spine = spine.take(pc.sort_indices(spine))
+        at_job = pc.index_in(spine, value_set=_flat(job["t"], pa.int64()))
+        at_acct = pc.index_in(spine, value_set=t)
+        cols = {"t": spine}
+        for name in job.column_names[1:]:
+            cols[name] = job[name].combine_chunks().take(at_job)
+        # where the account has no rate (a counter reset) the processes' rates stand
+        cols["cores"] = pc.coalesce(acct.take(at_acct), cols["cores"])
+        self.nd.series["job"] = pa.table(cols)
 
     def _with_children(self, tab: pa.Table, pid: pa.Array, t: pa.Array,
                        own: pa.ChunkedArray, cores: pa.Array) -> pa.Array:  # fmt: skip

@@ -83,6 +83,8 @@ class JobSource:
         self.inner = Source(path)
         self.path = self.inner.path
         self.job = job
+        # what reduce.py reads of a source that holds one job's rows
+        self.job_start_ms = job.start * 1000 if job.start is not None else None
         self.tables = self.inner.tables
         self._parts = self.inner._parts
         meta = dict(self.inner.meta)

@@ -19,13 +19,15 @@ SELECT steps.node,
     swap_pps, disk_read_bps, disk_write_bps, disk_util, net_bps, ib_bps, ib_link_bps,
     ib_wait_ps, gpu_util, gpu_mem, gpu_mem_total, gpus, meta_ops,
     -- what the job did on the node: its processes when they were sampled (none alive is
-    -- none busy), else the node's busy CPUs (an agent's recording of a whole node)
-    -- (a process's first sample has no rate yet: unknown, not idle)
+    -- none busy, unless the agent's account of the job says what its last processes used
+    -- after their last look), else the node's busy CPUs (an agent's recording of a whole
+    -- node) (a process's first sample has no rate yet: unknown, not idle)
     CASE WHEN NOT nodes.has_proc THEN busy
-         WHEN coalesce(procs, 0) = 0 THEN 0.0
+         WHEN coalesce(procs, 0) = 0 AND coalesce(job_cores, 0) <= 0 THEN 0.0
          ELSE job_cores END AS work_cores,
-    -- the job is running on the node: its processes are alive (or it is a whole node)
-    NOT nodes.has_proc OR coalesce(procs, 0) > 0 AS live,
+    -- the job is running on the node: its processes are alive or used CPU in the step (or
+    -- it is a whole node)
+    NOT nodes.has_proc OR coalesce(procs, 0) > 0 OR coalesce(job_cores, 0) > 0 AS live,
     coalesce(job_read_bps + job_write_bps, disk_read_bps + disk_write_bps, 0) AS io_bps,
     coalesce(net_bps, 0) + coalesce(ib_bps, 0) AS nw_bps
 FROM steps JOIN nodes USING (node);
