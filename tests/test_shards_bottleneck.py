@@ -116,3 +116,74 @@ def test_a_job_over_two_shards_is_judged_once_on_all_its_nodes(
     finally:
         a.svc.stop()
         b.svc.stop()
+
+
+@pytest.mark.parametrize("comes_back", [False, True])
+def test_a_job_that_spreads_to_a_second_shard_and_back_keeps_its_alerts_once(
+    tmp_path: Path, job_files: list[Path], comes_back: bool
+) -> None:
+    """A job on one shard (not the evaluating one) fires there; two of its nodes then fail
+    over to the evaluating shard, and later come back.  Its bottleneck alerts move with the
+    judging: the shard that judges the job now carries them on (same id, no second
+    `firing`), the one that judged it before lets go of them without a `resolved`, so the
+    sinks hear of each once.  Before, the first shard kept its alert open until the job
+    ended there and the evaluating shard fired it again.  While the job spans both, the
+    alert says what the report of the whole job says: each moved node's window is its
+    samples on both shards."""
+    with Job(job_files) as j:
+        ref = {o.id: o for o in analysis.analyse(j).outcomes}
+    nodes = dict(live_samples(f, "43") for f in job_files)
+    for samples in nodes.values():
+        for k, (_, rows) in enumerate(samples):
+            rows["job"] = [job_sample("43", 400 * k, 1 << 30, cpus=8)]
+    rules_path = tmp_path / "rules.toml"
+    rules_path.write_text(RULES)
+    a = Shard(tmp_path / "db", rules_path)
+    b = Shard(tmp_path / "db", rules_path)
+    rules = (("low-cpu", "low_cpu_utilization"), ("idle", "idle_nodes"))
+    try:
+        a.feed({}, 1.0)  # a evaluates: it takes the lock first
+        times = [t for t, _ in nodes["cn0001"]]
+        moved, back = len(times) // 3, len(times) - 25 if comes_back else len(times)
+        for i, t in enumerate(times):
+            on_a = ["cn0001", "cn0002"] if moved <= i < back else []
+            for shard, hosts in ((a, on_a), (b, [h for h in nodes if h not in on_a])):
+                shard.feed({h: nodes[h][i] for h in hosts}, t / 1000 + 0.1)
+            b.settle()
+            a.settle()
+            if i == moved - 1:  # fired on b, judged there alone
+                for rule, _ in rules:
+                    assert [n["event"] for n in b.notes(rule)] == ["firing"], rule
+                    assert a.notes(rule) == [], rule
+                opened = {x["rule"]: x["id"] for x in b.svc.active()}
+            if i == back - 1 and comes_back:  # on a
+                assert a.svc.leading and set(a.svc.spanning) == {"43"}
+                for rule, _ in rules:
+                    assert a.notes(rule) == [] and len(b.notes(rule)) == 1, rule
+                    assert [x for x in b.svc.active() if x["rule"] == rule] == [], rule
+                    [alert] = [x for x in a.svc.active() if x["rule"] == rule]
+                    assert alert["id"] == opened[rule], rule
+        for extra in (1.0, 2.0, 2.5):
+            for shard in (b, a):
+                shard.feed({}, times[-1] / 1000 + extra)
+                shard.settle()
+        if not comes_back:  # judged on a to the end, on every node's whole window
+            for rule, rid in rules:
+                assert a.notes(rule) == [] and len(b.notes(rule)) == 1, rule
+                assert [x for x in b.svc.active() if x["rule"] == rule] == [], rule
+                [alert] = [x for x in a.svc.active() if x["rule"] == rule]
+                assert alert["id"] == opened[rule], rule
+                assert alert["value"] == pytest.approx(ref[rid].value, rel=1e-3, abs=1e-4), rid
+            [idle] = [x for x in a.svc.active() if x["rule"] == "idle"]
+            assert "1 of 4 nodes did no work: cn0003" in idle["evidence"]["analyzer"]["evidence"]
+            return
+        assert a.svc.spanning == {} and b.svc.spanning == {}
+        for rule, _ in rules:  # back on b, whole again
+            assert [n["event"] for n in b.notes(rule)] == ["firing"], rule  # no resolved
+            assert a.notes(rule) == [], rule  # no second firing
+            assert [x for x in a.svc.active() if x["rule"] == rule] == [], rule
+            [alert] = [x for x in b.svc.active() if x["rule"] == rule]
+            assert alert["id"] == opened[rule], rule
+    finally:
+        a.svc.stop()
+        b.svc.stop()

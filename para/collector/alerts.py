@@ -62,7 +62,9 @@ class BottleneckJudge(Protocol):
 
 def _take_nodes(nodes: dict[str, list[tuple[int, Any]]], doc: dict[str, Any]) -> int:
     """Another shard's samples of a job's nodes into `nodes`: a node known to two shards (it
-    failed over) counts once, from the shard with its newest sample.  Another shard's file
+    failed over) has its samples of both, each instant once (its window began on one shard and
+    goes on on the other; taking one shard's samples judged it on part of its window).
+    Another shard's file
     is trusted as this shard's memory is (the shards share the database), but not blindly:
     what does not decode is left out.  The time of its newest sample (ms)."""
     newest = 0
@@ -74,10 +76,15 @@ def _take_nodes(nodes: dict[str, list[tuple[int, Any]]], doc: dict[str, Any]) ->
             got = [(int(t), json.loads(zlib.decompress(base64.b64decode(b)))) for t, b in items]
         except (TypeError, ValueError, zlib.error):
             continue
-        have = nodes.get(host)
-        if got and (not have or got[-1][0] > have[-1][0]):
-            nodes[str(host)] = got
-            newest = max(newest, got[-1][0])
+        if not got:
+            continue
+        have = nodes.get(str(host))
+        if have:
+            by_t = dict(got)
+            by_t.update(have)  # an instant both shards hold (a retried message): ours
+            got = sorted(by_t.items(), key=lambda x: x[0])
+        nodes[str(host)] = got
+        newest = max(newest, got[-1][0])
     return newest
 
 
@@ -167,6 +174,10 @@ class AlertService:
         # bottleneck rules: windows of raw samples per node, evaluated per (window, every);
         # those of jobs on several shards by the evaluating shard (shardlink.py)
         self.spanning: dict[str, dict[str, Any]] = {}
+        # jobs whose bottleneck rules this shard judges anew: the alerts the shard that judged
+        # them held open are taken over with the first outcome (until this time)
+        self._taking: dict[str, float] = {}
+        self._elsewhere: set[str] = set()  # jobs whose nodes all report to other shards now
         self.window_s = max((r.window_s for r in self.window_rules), default=0.0)
         self._raw: dict[str, deque[tuple[int, bytes]]] = {}
         self._raw_job_ms: dict[str, int] = {}
@@ -397,14 +408,51 @@ class AlertService:
     def _spanning(self, totals: dict[str, dict[str, Any]], t_ms: int) -> None:
         """The jobs whose nodes report to several shards now; a spanning job that ended
         everywhere ends its bottleneck alerts here (the evaluating shard's)."""
+        from para.collector.shardlink import GRACE_S
+
         now = {job: tot for job, tot in totals.items() if len(tot["shards"]) > 1}
+        t = t_ms / 1000
+        # who judges a job's bottleneck rules changes: the alerts open go over with it
+        for job in set(now) - set(self.spanning):
+            for key in [k for k in self._due if k[0] == job]:
+                del self._due[key]  # its periods are now every shard's, on the clock
+            if self.leading:
+                self._taking[job] = t + 2 * GRACE_S + max(r.every_s for r in self.window_rules)
+            else:
+                self._give(job, t)
         for job in set(self.spanning) - set(now):
-            if job not in totals and self.leading:
-                self.engine.end_job(job, t_ms, self.window_rules)
-                self.link.forget_windows(job, every_shard=True)
             for key in [k for k in self._due if k[0] == job]:
                 del self._due[key]  # judged here again, or by the one shard it is on
+            if job not in totals:
+                if self.leading:
+                    self.engine.end_job(job, t_ms, self.window_rules)
+                    self.link.forget_windows(job, every_shard=True)
+                continue
+            if totals[job]["shards"] == [self.link.shard]:
+                if not self.leading:  # back on this shard alone, from the evaluating one
+                    self._taking[job] = t + 2 * GRACE_S
+                    for r in self.window_rules:  # once it has handed the alerts over
+                        self._due[(job, r.window_s, r.every_s)] = t + GRACE_S
+            elif self.leading:
+                self._give(job, t)  # back on one other shard
         self.spanning = now
+        self._elsewhere = {j for j, tot in totals.items() if self.link.shard not in tot["shards"]}
+
+    def _give(self, job: str, t: float) -> None:
+        notes = self.engine.release_job(job, self.window_rules)
+        if notes and self.link is not None:
+            self.link.give_alerts(job, notes, t)
+            self.log(f"job {job}: {len(notes)} bottleneck alert(s) handed over to the shard "
+                     "that judges it now")  # fmt: skip
+
+    def _take(self, job: str) -> None:
+        now = self.clock()
+        notes = self.link.take_alerts(job, now) if self.link is not None else []
+        if notes:
+            kept = self.engine.restore(notes)
+            self.log(f"job {job}: {kept} bottleneck alert(s) taken over, still open")
+        if notes or now > self._taking[job]:
+            del self._taking[job]
 
     def judge_jobs(self, totals: dict[str, dict[str, Any]], now: float) -> None:
         t_ms = int(now * 1000)
@@ -466,8 +514,8 @@ class AlertService:
     def _schedule_windows(self, now: float) -> None:
         groups = {(r.window_s, r.every_s) for r in self.window_rules}
         for job, js in self.view.jobs.items():
-            if job in self.spanning:
-                continue
+            if job in self.spanning or job in self._elsewhere:
+                continue  # judged by the evaluating shard, or by the one it is on now
             if (js.last_ms - js.first_ms) / 1000 < 10:
                 continue  # the analyzer judges nothing on fewer than 10 samples
             for window, every in groups:
@@ -486,8 +534,10 @@ class AlertService:
             for window, every in groups:
                 key = (job, window, every)
                 due = self._due.get(key)
-                if due is None:
-                    due = self._due[key] = self._period_end(now, every, GRACE_S)
+                if due is None:  # the first period every shard hands over whole
+                    due = self._due[key] = (
+                        now // every * every + every + (GRACE_S if self.leading else 0.0)
+                    )
                 if now < due or key in self._window_busy:
                     continue
                 self._due[key] = self._period_end(now, every, GRACE_S)
@@ -571,6 +621,8 @@ class AlertService:
             self._window_busy.discard((job, width, every))
             if not found or (job not in self.view.jobs and job not in self.spanning):
                 continue
+            if job in self._taking:
+                self._take(job)
             for rule in self.window_rules:
                 if (rule.window_s, rule.every_s) != (width, every) or not rule.bottleneck:
                     continue

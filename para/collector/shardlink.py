@@ -17,7 +17,10 @@ Bottleneck rules of a job whose nodes report to several shards are judged the sa
 the evaluating shard, on the windows of every node: at each period of a rule (aligned on the
 clock, so that every shard acts at the same moment) the other shards write their nodes' raw
 samples of the job to `DB/alerting/windows/JOB/SHARD.json`, and the evaluating shard judges
-them with its own GRACE_S later.  A job on one shard is judged there, as before.
+them with its own GRACE_S later.  A job on one shard is judged there, as before.  When a job
+spreads to several shards, or is back on one, the shard that judged its bottleneck rules
+hands the alerts it holds open over to the one that judges them now, through
+`DB/alerting/windows/JOB/alerts.handoff`: the same alerts go on, notified once.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 STALE_S = 10.0  # a shard's part older than this is left out of the totals
 HANDOFF_S = 120.0  # open alerts handed over if the last evaluator wrote them this recently
 GRACE_S = 2.0  # the evaluating shard judges a spanning job's window this long after the others
+ALERTS_FILE = "alerts.handoff"  # a job's bottleneck alerts, from the shard that judged it
 
 
 class ShardLink:
@@ -153,6 +157,36 @@ class ShardLink:
             if isinstance(doc, dict) and doc.get("job") == job and _t(doc) >= since:
                 out.append(doc)
         return out
+
+    def give_alerts(self, job: str, notes: list[dict[str, Any]], now: float) -> None:
+        """The job's bottleneck alerts open here, for the shard that judges the job from now
+        on (the evaluating shard when the job spread to several, or the one shard it is
+        back on)."""
+        d = self._job_dir(job)
+        tmp = d / f".alerts.{self.shard}.tmp"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"t": now, "job": job, "alerts": notes}, default=str))
+            os.replace(tmp, d / ALERTS_FILE)
+        except OSError as e:
+            self._once("give", f"cannot hand the alerts of job {job!r} over in {d}: {e}")
+
+    def take_alerts(self, job: str, now: float) -> list[dict[str, Any]]:
+        """The job's alerts another shard handed over recently (removed once taken)."""
+        p = self._job_dir(job) / ALERTS_FILE
+        try:
+            doc = json.loads(p.read_bytes())
+        except (OSError, ValueError):
+            return []
+        _unlink(p)
+        if (
+            not isinstance(doc, dict)
+            or doc.get("job") != job
+            or not isinstance(doc.get("t"), (int, float))
+            or now - doc["t"] > HANDOFF_S
+        ):
+            return []
+        return [a for a in doc.get("alerts") or [] if isinstance(a, dict)]
 
     def forget_windows(self, job: str, every_shard: bool) -> None:
         """The job's windows are no longer wanted: this shard's file, or (the evaluating

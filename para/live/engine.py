@@ -645,6 +645,20 @@ class Engine:
                 else:
                     self._drop((rule.name, None, job))
 
+    def release_job(self, job: str, rules: list[Rule]) -> list[dict[str, Any]]:
+        """Another evaluator judges the job's `rules` from now on: its tracks here end without
+        a note, and the alerts open among them are returned for that evaluator (restore)."""
+        out = []
+        for rule in rules:
+            tk = (rule.name, None, job)
+            tr = self.tracks.get(tk)
+            if tr is None:
+                continue
+            if tr.state in (FIRING, CLEARING) and tr.alert_id:
+                out.append(self._note(tr, "firing", tr.seen_ms or int(self.clock() * 1000)))
+            self._drop(tk)
+        return out
+
     # -- alerts notified elsewhere ---------------------------------------------------------
     def adopt(self, note: dict[str, Any], sender: str | None = None) -> bool:
         """An alert another evaluator (the node's agent, while it could not reach us) notified:
