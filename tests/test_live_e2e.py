@@ -273,8 +273,9 @@ def test_para_top_in_tmux(cluster, tmp_path: Path):
         )
 
     try:
-        # the first screen waits for para top's start-up too (imports: slow on a loaded host)
-        s = shows("e2enode", "777", "NODE", "CPU%", timeout=120)
+        # the first screen waits for para top's start-up too (imports: slow on a loaded host),
+        # and for the bottleneck alert (judged every 2 s once the job has 10 s of samples)
+        s = shows("e2enode", "777", "NODE", "CPU%", "job-underused", timeout=120)
         lines = s.splitlines()
         assert len(lines) == 24 and max(len(ln) for ln in lines) <= 80
         # the test's job, and any other the node runs (others' suites run jobs here too)

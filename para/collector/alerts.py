@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import queue
 import threading
 import time
@@ -165,8 +164,14 @@ class AlertService:
         self._queued_by_host: dict[str, int] = {}
         self.offend: Callable[[str, str, str], None] | None = None  # the server's offenders
         self._stop = threading.Event()
-        self._baselines_path = db.root / "alerting" / "baselines.json" if db else None
-        self._load_baselines()
+        self.baseline_files = None
+        if db is not None:
+            from para.collector.baselinefiles import BaselineFiles
+            from para.collector.shardlink import shard_name
+
+            name = self.link.shard if self.link is not None else shard_name()
+            self.baseline_files = BaselineFiles(db.root, name, log)
+        self._read_baselines()
         if self.store is not None:
             restored = self.engine.restore(self.store.open_alerts())
             if restored:
@@ -268,6 +273,7 @@ class AlertService:
                 if self.clock() >= next_save:
                     next_save = self.clock() + BASELINES_EVERY_S
                     self._save_baselines()
+                    self._read_baselines()
             except Exception:
                 self.log("alert evaluation failed (goes on):\n" + traceback.format_exc())
 
@@ -695,28 +701,17 @@ class AlertService:
             }
 
     # -- baselines -------------------------------------------------------------------------
-    def _load_baselines(self) -> None:
-        p = self._baselines_path
-        if p is None or not p.exists():
+    # (each shard its own file, judged with the others': baselinefiles.py)
+    def _read_baselines(self) -> None:
+        if self.baseline_files is None:
             return
-        try:
-            self.engine.import_baselines(json.loads(p.read_text()))
-        except (OSError, ValueError) as e:
-            self.log(f"cannot read the anomaly baselines {p}: {e}; starting them afresh")
+        taken = self.baseline_files.read(self.engine, self.clock(), self._lock)
+        if taken:
+            self.log(f"took over the anomaly baselines of {taken} collector(s) gone")
 
-    def _save_baselines(self) -> None:
-        p = self._baselines_path
-        if p is None or not self.engine.baselines:
-            return
-        with self._lock:
-            doc = self.engine.export_baselines()
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, p)
-        except OSError as e:
-            self.log(f"cannot save the anomaly baselines to {p}: {e}")
+    def _save_baselines(self, ended: bool = False) -> None:
+        if self.baseline_files is not None:
+            self.baseline_files.save(self.engine, self.clock(), self._lock, ended)
 
     def stop(self) -> None:
         self._stop.set()
@@ -727,7 +722,7 @@ class AlertService:
                 pass
         for t in self._threads:
             t.join(timeout=30)
-        self._save_baselines()
+        self._save_baselines(ended=True)
         self.dispatcher.stop(timeout=5.0)
         if self.link is not None:
             self.link.close()

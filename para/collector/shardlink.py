@@ -42,6 +42,11 @@ GRACE_S = 2.0  # the evaluating shard judges a spanning job's window this long a
 ALERTS_FILE = "alerts.handoff"  # a job's bottleneck alerts, from the shard that judged it
 
 
+def shard_name() -> str:
+    """This collector process among the shards of a database (a restarted one is another)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 class ShardLink:
     def __init__(self, root: Path, log: Callable[[str], None]):
         self.log = log
@@ -50,7 +55,7 @@ class ShardLink:
         self.lock_path = root / "alerting" / "job-rules.lock"
         self.handoff_path = root / "alerting" / "job-alerts.json"
         self.windows_dir = root / "alerting" / "windows"
-        self.shard = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.shard = shard_name()
         self.path = self.dir / f"{self.shard}.json"
         self._fd: int | None = None
         self._warned: set[str] = set()

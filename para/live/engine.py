@@ -98,6 +98,16 @@ class Baseline:
         return math.sqrt(max(self.var, 0.0))
 
 
+def pooled(parts: list[Baseline]) -> Baseline:
+    """Several evaluators' baselines of one series as one: each weighted by its history."""
+    w = sum(p.seconds for p in parts)
+    if w <= 0.0:
+        return Baseline()
+    mean = sum(p.seconds * p.mean for p in parts) / w
+    var = sum(p.seconds * (p.var + (p.mean - mean) ** 2) for p in parts) / w
+    return Baseline(w, mean, var)
+
+
 def fmt_value(v: Any, unit: str = "") -> str:
     """A value for people: bytes in binary units, rates per second, percentages."""
     if v is None:
@@ -150,6 +160,9 @@ class Engine:
         self.job_rules = [r for r in ruleset.rules if r.type == "job"]
         self.tracks: dict[tuple[str, str | None, Any], Track] = {}
         self.baselines: dict[tuple[str, str, Any], Baseline] = {}
+        # other evaluators' baselines (the other collector shards'): judged with ours, each
+        # learns only its own (shared_baselines)
+        self.shared: dict[tuple[str, str, Any], list[Baseline]] = {}
         self._host_ms: dict[str, int] = {}
         self._received: dict[str, float] = {}
         self._rules_for: dict[str, list[Rule]] = {}
@@ -424,13 +437,15 @@ class Engine:
         base = self.baselines.get(bk)
         if base is None:
             base = self.baselines[bk] = Baseline()
+        others = self.shared.get(bk)
+        judged = pooled([base, *others]) if others else base
         dt = min(snap.dt_s or 1.0, 60.0)
-        if base.seconds < rule.warmup_s:
+        if judged.seconds < rule.warmup_s:
             base.update(x, dt, rule.history_s)
             return None, None
-        d = x - base.mean
+        d = x - judged.mean
         floor = rule.min_change / rule.deviation if rule.min_change else 0.0
-        sd = max(base.sd, floor, 1e-12)
+        sd = max(judged.sd, floor, 1e-12)
         z = d / sd
         out = abs(d) >= rule.min_change and abs(z) >= rule.deviation
         if rule.direction == "above":
@@ -440,11 +455,12 @@ class Engine:
         # what is unusual enters the baseline at a tenth of its weight: a lasting change
         # becomes the new normal after about ten half-lives, a passing one hardly counts
         base.update(x, dt, rule.history_s, 0.1 if out else 1.0)
+        base_now = pooled([base, *others]) if others else base
         info = {
-            "mean": round(base.mean, 6),
+            "mean": round(base_now.mean, 6),
             "sd": round(sd, 6),
             "z": round(z, 3),
-            "history_s": round(base.seconds, 1),
+            "history_s": round(base_now.seconds, 1),
             "baseline": bk[1] if rule.baseline == "app" else "node",
         }
         return out, info
@@ -738,14 +754,39 @@ class Engine:
         }
 
     def import_baselines(self, doc: dict[str, list[float]]) -> None:
-        for k, (secs, mean, var) in doc.items():
-            try:
-                r, h, key = json.loads(k)
-            except (ValueError, TypeError):
-                continue
-            if isinstance(key, list):
-                key = tuple(key)
-            self.baselines[(r, h, key)] = Baseline(float(secs), float(mean), float(var))
+        """Baselines saved by export_baselines."""
+        self.baselines.update(baselines_of(doc))
+
+    def absorb_baselines(self, parsed: list[BaselineItem], age_s: float) -> None:
+        """Another evaluator's baselines (baselines_of), written `age_s` ago, added to ours:
+        each weighted by its history, halved every half-life of its rule since."""
+        for bk, b in self._aged(parsed, age_s):
+            mine = self.baselines.get(bk)
+            self.baselines[bk] = pooled([mine, b]) if mine is not None else b
+
+    def shared_baselines(
+        self, others: list[tuple[list[BaselineItem], float]]
+    ) -> dict[tuple[str, str, Any], list[Baseline]]:
+        """The other evaluators' baselines (baselines_of, and how long ago each was written)
+        as `shared` holds them: judged with ours once put there, ours learning alone.  Reads
+        only the rules: made outside the engine's lock, put in under it."""
+        shared: dict[tuple[str, str, Any], list[Baseline]] = {}
+        for parsed, age_s in others:
+            for bk, b in self._aged(parsed, age_s):
+                shared.setdefault(bk, []).append(b)
+        return shared
+
+    def _aged(self, parsed: list[BaselineItem], age_s: float) -> list[BaselineItem]:
+        decay: dict[str, float] = {}
+        for r in self.rules.rules:
+            if r.type == "anomaly":
+                decay[r.name] = 0.5 ** (max(0.0, age_s) / r.history_s)
+        out = []
+        for bk, b in parsed:
+            f = decay.get(bk[0])  # none: a rule no longer in our rules
+            if f is not None and b.seconds * f > 0.0:
+                out.append((bk, Baseline(b.seconds * f, b.mean, b.var)))
+        return out
 
     # -- notes -----------------------------------------------------------------------------
     def _emit(
@@ -929,6 +970,40 @@ def _round(v: Any) -> Any:
     if isinstance(v, float):
         return round(v, 4) if math.isfinite(v) else None
     return v
+
+
+BaselineItem = tuple[tuple[str, str, Any], Baseline]
+
+
+def baselines_of(doc: Any, keys: dict[str, Any] | None = None) -> list[BaselineItem]:
+    """The baselines of an export_baselines document; what does not decode is left out (a
+    file another process wrote).  `keys`: the keys decoded before (the same ones come back
+    every minute; decoding each is most of the cost), kept up to date here."""
+    out: list[BaselineItem] = []
+    if not isinstance(doc, dict):
+        return out
+    if keys is None:
+        keys = {}
+    elif len(keys) > 2_000_000:
+        keys.clear()
+    for k, v in doc.items():
+        bk: Any = keys.get(k)
+        if bk is None:
+            try:
+                r, h, key = json.loads(k)
+            except (ValueError, TypeError):
+                keys[k] = bk = False
+            else:
+                ok = isinstance(r, str) and isinstance(h, str)
+                keys[k] = bk = (r, h, tuple(key) if isinstance(key, list) else key) if ok else False
+        if bk is False:
+            continue
+        try:
+            secs, mean, var = (float(x) for x in v)
+        except (ValueError, TypeError):
+            continue
+        out.append((bk, Baseline(secs, mean, var)))
+    return out
 
 
 def _key_from(rule: Rule, note: dict[str, Any]) -> Any:
