@@ -52,3 +52,32 @@ def test_the_cpu_of_unsampled_commands_is_counted_once(script_run: Path):
     assert 0.8 * exact <= sampled <= 1.1 * exact, (sampled, exact)
     fired = {b["id"] for b in a.bottlenecks}
     assert "idle_nodes" not in fired and "load_imbalance" not in fired
+
+
+BUSY_TO_END = """import os, time
+while time.process_time() < 2.3:
+    pass
+t = os.times()
+print("CPU", t.user + t.system)
+"""
+
+
+def test_a_commands_cpu_is_counted_to_its_end(tmp_path: Path):
+    """A command's CPU after the last sample that saw it running is in the job's series
+    (the step of its end), so the report's CPU is what the program measures of itself: at a
+    1 s interval it lost up to a second (1.69 s of a 2.29 s busy loop)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "busy.para"
+    r = subprocess.run(
+        [*para_cmd(), "profile", "-q", "-i", "1", "-o", str(out), "--",
+         sys.executable, "-c", BUSY_TO_END],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    own = float(r.stdout.split("CPU", 1)[1])
+    with Job([out]) as j:
+        a = analysis.analyse(j)
+    sampled = a.doc["summary"]["cores_mean"] * a.doc["duration_s"]
+    assert sampled == pytest.approx(own, rel=0.03, abs=0.05)
+    # the busy loop stays within one core in every step
+    assert a.doc["summary"]["cores_peak"] <= 1.05

@@ -398,9 +398,10 @@ def test_under_real_mpirun(tmp_path):
     assert files == [f"run.{socket.gethostname()}.para"]
     with ParaFile(tmp_path / files[0]) as pf:
         assert pf.meta["ranks_on_node"] == 3
+        # a rank's sleep first seen before its shell exec'd it says so with process_exec
         sleeps = {
             tuple(json.loads(ev["detail"])["cmdline"])
-            for ev in events(pf, "process_start")
+            for ev in events(pf, "process_start") + events(pf, "process_exec")
             if ev["name"] == "sleep"
         }
         assert sleeps == {("sleep", "1.0"), ("sleep", "1.1"), ("sleep", "1.2")}

@@ -87,6 +87,12 @@ def detect(job: Job) -> list[Phase]:
     secs, sig = signals(job)
     if not secs:
         return []
+    # the job ended within its last step, which holds what it did in part of it (the CPU
+    # after the last sample, reduce.py): it ends the last phase and never makes one
+    last = secs[-1]
+    if len(secs) >= 4:
+        secs = secs[:-1]
+        sig = {k: v[:-1] for k, v in sig.items()}
     n_all = len(secs)
     size = max(1, math.ceil(n_all / MAX_POINTS))
     binned = {k: _bin(v, size) for k, v in sig.items()}
@@ -119,7 +125,7 @@ def detect(job: Job) -> list[Phase]:
     phases = []
     for i, (lo, hi, means) in enumerate(merged):
         start = secs[lo]
-        end = secs[hi - 1] + 1
+        end = secs[hi - 1] + 1 if i < len(merged) - 1 else last + 1
         phases.append(Phase(i, start, end, means=means))
     return phases
 
