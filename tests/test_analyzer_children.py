@@ -79,5 +79,6 @@ def test_a_commands_cpu_is_counted_to_its_end(tmp_path: Path):
         a = analysis.analyse(j)
     sampled = a.doc["summary"]["cores_mean"] * a.doc["duration_s"]
     assert sampled == pytest.approx(own, rel=0.03, abs=0.05)
-    # the busy loop stays within one core in every step
-    assert a.doc["summary"]["cores_peak"] <= 1.05
+    # the busy loop stays within one core in every step, the step of its end included (what
+    # it used before the first sample, a few ms, is counted there too)
+    assert a.doc["summary"]["cores_peak"] <= 1.15
