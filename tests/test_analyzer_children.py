@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 
 from para.analyzer import analysis
@@ -62,17 +63,33 @@ print("CPU", t.user + t.system)
 """
 
 
+# another program writing to the disk all along (not the job's: its writes are the node's)
+DISK_WRITER = """import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC, 0o600)
+block = os.urandom(1 << 20)
+while True:
+    os.pwrite(fd, block, 0)
+"""
+
+
 def test_a_commands_cpu_is_counted_to_its_end(tmp_path: Path):
     """A command's CPU after the last sample that saw it running is in the job's series
     (the step of its end), so the report's CPU is what the program measures of itself: at a
-    1 s interval it lost up to a second (1.69 s of a 2.29 s busy loop)."""
+    1 s interval it lost up to a second (1.69 s of a 2.29 s busy loop).  That step says
+    nothing of the job's I/O, and the node's is not taken for it (the first try did: a
+    sleeping job beside a disk writer was found io_wait_bound in a CI run)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = tmp_path / "busy.para"
-    r = subprocess.run(
-        [*para_cmd(), "profile", "-q", "-i", "1", "-o", str(out), "--",
-         sys.executable, "-c", BUSY_TO_END],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    writer = subprocess.Popen([sys.executable, "-c", DISK_WRITER, str(tmp_path / "w")])
+    try:
+        r = subprocess.run(
+            [*para_cmd(), "profile", "-q", "-i", "1", "-o", str(out), "--",
+             sys.executable, "-c", BUSY_TO_END],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        writer.kill()
+        writer.wait()
     assert r.returncode == 0, r.stderr
     own = float(r.stdout.split("CPU", 1)[1])
     with Job([out]) as j:
@@ -82,3 +99,7 @@ def test_a_commands_cpu_is_counted_to_its_end(tmp_path: Path):
     # the busy loop stays within one core in every step, the step of its end included (what
     # it used before the first sample, a few ms, is counted there too)
     assert a.doc["summary"]["cores_peak"] <= 1.15
+    with ParaFile(out) as pf:  # the writer's traffic is in the recording, as the node's
+        disk = pf.read_table("disk", columns=["write_bytes"]).column("write_bytes")
+    assert (pc.max(disk).as_py() or 0) - (pc.min(disk).as_py() or 0) > 1e6
+    assert a.doc["summary"]["write_bps"] == 0, a.doc["summary"]

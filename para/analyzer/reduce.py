@@ -510,7 +510,7 @@ class _Reducer:
                 for name in job.column_names}  # fmt: skip
         cols["t"] = pa.concat_arrays([t, pa.array([int(at)], pa.int64())])
         cols["cores"] = pa.concat_arrays([cores, pa.array([tail / (step_ms / 1000)])])
-        self.nd.series["job"] = pa.table(cols)
+        self.nd.series["job"] = _no_io_where_unseen(pa.table(cols), job)
 
     def _job_account(self) -> None:
         """One job's rows of an agent (its segments or the database, read for one job): the
@@ -553,7 +553,7 @@ class _Reducer:
             cols[name] = job[name].combine_chunks().take(at_job)
         # where the account has no rate (a counter reset) the processes' rates stand
         cols["cores"] = pc.coalesce(acct.take(at_acct), cols["cores"])
-        self.nd.series["job"] = pa.table(cols)
+        self.nd.series["job"] = _no_io_where_unseen(pa.table(cols), job)
 
     def _with_children(self, tab: pa.Table, pid: pa.Array, t: pa.Array,
                        own: pa.ChunkedArray, cores: pa.Array) -> pa.Array:  # fmt: skip
@@ -938,6 +938,21 @@ class _Reducer:
             del ser["gpu_t"]
         put("fsmeta", [("meta_ops", "ops_ps")])
         ser["steps"] = pa.table(cols)
+
+
+def _no_io_where_unseen(series: pa.Table, sampled: pa.Table) -> pa.Table:
+    """The job's series with steps added where none of its processes was sampled (what the
+    agent's account or the command's rusage says it used): their storage I/O is none seen,
+    not unknown, where the processes' I/O was read at all (an unknown one is the node's in
+    the analysis: a sleeping job beside a disk writer was found io_wait_bound)."""
+    for name in ("read_bps", "write_bps"):
+        col = sampled[name]
+        if col.null_count == len(col):
+            continue  # /proc/PID/io not readable: the node's stands in everywhere
+        seen = pc.is_in(series["t"], value_set=_flat(sampled["t"], pa.int64()))
+        filled = pc.if_else(seen, series[name], pa.scalar(0.0, pa.float64()))
+        series = series.set_column(series.schema.get_field_index(name), name, filled)
+    return series
 
 
 def _grouped(per: pa.Table, cols: list[str]) -> pa.Table:
