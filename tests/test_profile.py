@@ -317,7 +317,11 @@ def test_one_sampler_per_node_under_a_launcher(tmp_path):
     assert [f.name for f in files] == [f"job.{host}.para"]
     with ParaFile(files[0]) as pf:
         assert pf.meta["job"]["job_id"] == "4242" and pf.meta["job"]["scheduler"] == "slurm"
-        cmdlines = {tuple(json.loads(e["detail"])["cmdline"]) for e in events(pf, "process_start")}
+        # a rank first seen before it exec'd its command says it with process_exec
+        cmdlines = {
+            tuple(json.loads(e["detail"])["cmdline"])
+            for e in events(pf, "process_start") + events(pf, "process_exec")
+        }
         assert {("sleep", "2.0"), ("sleep", "2.1"), ("sleep", "2.2")} <= cmdlines
 
 
