@@ -63,9 +63,9 @@ def _take_nodes(nodes: dict[str, list[tuple[int, Any]]], doc: dict[str, Any]) ->
     """Another shard's samples of a job's nodes into `nodes`: a node known to two shards (it
     failed over) has its samples of both, each instant once (its window began on one shard and
     goes on on the other; taking one shard's samples judged it on part of its window).
-    Another shard's file
-    is trusted as this shard's memory is (the shards share the database), but not blindly:
-    what does not decode is left out.  The time of its newest sample (ms)."""
+    Another shard's file is trusted as this shard's memory is (the shards share the
+    database), but not blindly: what does not decode is left out.  The time of its newest
+    sample (ms)."""
     newest = 0
     hosts = doc.get("hosts")
     if not isinstance(hosts, dict):
