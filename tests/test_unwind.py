@@ -135,3 +135,40 @@ def test_dwarf_knows_the_callers_that_frame_pointers_lose(tmp_path):
         assert info["perf_data_bytes"] > 0
     assert share["fp"] < 0.1
     assert share["auto"] > 0.9
+
+
+YIELDER = r"""
+#include <sched.h>
+#include <time.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9; }
+void __attribute__((noipa)) waiter(void) { for (int i = 0; i < 1000; i++) sched_yield(); }
+int main(void) { double end = now() + 1.5; while (now() < end) waiter(); return 0; }
+"""
+
+
+@pytest.mark.slow
+def test_dwarf_knows_the_callers_of_a_libc_function(tmp_path):
+    """A program that spends its time in libc's sched_yield, called from one function (as an
+    MPI rank waiting on an oversubscribed node does): every such sample has its callers up to
+    `_start`.  perf attached to the command before its exec kept the pre-exec process's maps
+    and lost the callers of libc's frames in most runs (the straggler test of issue 11)."""
+    need_tool("perf", "apt install linux-perf")
+    need_tool("gcc", "apt install gcc")
+    src = tmp_path / "yielder.c"
+    src.write_text(YIELDER)
+    exe = tmp_path / "yielder"
+    subprocess.run(["gcc", "-O2", "-g", "-fomit-frame-pointer", "-o", str(exe), str(src)],
+                   check=True)  # fmt: skip
+    out = tmp_path / "y.para"
+    r = run_para("profile", "-q", "--no-counters", "--functions", "--call-graph", "dwarf",
+                 "-o", str(out), "--", str(exe), env=env())  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows, info = _stacks(out)
+    assert info["call_graph"] == "dwarf"
+    yielding = [x for x in rows if "sched_yield" in x["stack"]]
+    total = sum(x["samples"] for x in yielding)
+    assert total >= 100, rows  # the program yields all the time
+    whole = sum(x["samples"] for x in yielding
+                if x["stack"].startswith("_start;") and ";main;waiter;" in x["stack"])  # fmt: skip
+    assert whole >= 0.95 * total, sorted(yielding, key=lambda x: -x["samples"])[:5]

@@ -50,6 +50,11 @@ class FunctionRecorder:
         self.event = event
         self.perf = perf
         self.unwind = unwind or Choice("fp", "frame pointers (the default)")
+        # The command is held at the gate before its exec: what perf would read of it from
+        # /proc is the pre-exec process (para's fork), whose maps perf 6.1 keeps across the
+        # exec; its dwarf unwinder then lost the callers of every libc frame in most runs.
+        # The exec'd program's own maps come as events.
+        self.synth = ["--synth=no"]
         self._dir = tempfile.mkdtemp(prefix="para-perf-")
         self.data = Path(self._dir) / "perf.data"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -95,7 +100,7 @@ class FunctionRecorder:
         argv = [
             perf, "record", "-e", self.event, "-F", str(self.freq), *self.unwind.perf_args(),
             "-k", "CLOCK_MONOTONIC", "-D", "-1", "--control", f"fd:{ctl_r},{ack_w}",
-            "-p", str(self.pid), "-o", str(self.data),
+            *self.synth, "-p", str(self.pid), "-o", str(self.data),
         ]  # fmt: skip
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -111,6 +116,9 @@ class FunctionRecorder:
         if not ack.startswith(b"ack"):
             self.stop()
             self.proc = None
+            if self.synth and "synth" in self._log_tail():  # a perf before 5.12
+                self.synth = []
+                return self._start()
             raise Unavailable(f"perf record did not start: {self._log_tail()}")
 
     def _log_tail(self) -> str:
