@@ -45,3 +45,34 @@ def test_finished_the_moment_its_command_ends():
         samples = sum(r[5] for r in rows if r[1] == child.pid)
         expected = cpu_s * 499
         assert 0.5 * expected <= samples <= 1.5 * expected + 10, (rec.info, cpu_s, samples)
+
+
+OLD_PERF = """#!/bin/sh
+# a perf before 5.12: no --synth
+for a in "$@"; do
+    case "$a" in --synth=*) echo "  Error: unknown option \\`${a#--}'"; echo; \
+        echo " Usage: perf record [<options>] [<command>]"; echo "    -a, --all-cpus"; exit 129;;
+    esac
+done
+exec perf "$@"
+"""
+
+
+def test_a_perf_without_synth_still_records(tmp_path):
+    """`--synth=no` (perf 5.12 on) keeps perf from reading the gated process's pre-exec maps;
+    a perf that does not know it records all the same."""
+    need_tool("perf", "apt install linux-perf")
+    old = tmp_path / "perf"
+    old.write_text(OLD_PERF)
+    old.chmod(0o755)
+    child = Child([sys.executable, "-c", BUSY], gated=True)
+    rec = FunctionRecorder(child.pid, freq=499, perf=str(old))
+    try:
+        rec.start()
+    finally:
+        child.release()
+    status = child.wait()
+    rows = rec.finish()
+    assert rec.synth == [] and "error" not in rec.info, rec.info
+    samples = sum(r[5] for r in rows if r[1] == child.pid)
+    assert samples >= 0.5 * (status.utime + status.stime) * 499, rec.info

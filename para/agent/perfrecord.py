@@ -111,21 +111,27 @@ class FunctionRecorder:
         # Both pipes stay open while perf runs: perf quits when the control pipe hangs up
         # under it (see stop()), and dies of SIGPIPE acknowledging a command on a closed one.
         self._ctl_w, self._ack_r = ctl_w, ack_r
-        os.write(ctl_w, b"enable\n")
-        ack = _read_with_timeout(ack_r, ATTACH_TIMEOUT)
+        try:
+            os.write(ctl_w, b"enable\n")
+            ack = _read_with_timeout(ack_r, ATTACH_TIMEOUT)
+        except BrokenPipeError:  # perf has ended already (refused its arguments)
+            ack = b""
         if not ack.startswith(b"ack"):
             self.stop()
             self.proc = None
-            if self.synth and "synth" in self._log_tail():  # a perf before 5.12
+            if self.synth and "unknown option `synth" in self._log_text():  # perf < 5.12
                 self.synth = []
                 return self._start()
             raise Unavailable(f"perf record did not start: {self._log_tail()}")
 
-    def _log_tail(self) -> str:
+    def _log_text(self) -> str:
         try:
-            text = self.log.read_text(errors="replace").strip().splitlines()
+            return self.log.read_text(errors="replace")
         except OSError:
-            return "no output"
+            return ""
+
+    def _log_tail(self) -> str:
+        text = self._log_text().strip().splitlines()
         return " / ".join(text[-3:]) or "no output"
 
     def stop(self) -> None:
