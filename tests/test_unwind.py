@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from para.agent import unwind
+from para.analyzer.analysis import analyse
+from para.analyzer.job import Job
 from para.formats import ParaFile
 
 from .conftest import cannot_run, need_tool, run_para
@@ -119,7 +121,7 @@ def test_dwarf_knows_the_callers_that_frame_pointers_lose(tmp_path):
     main above the hot leaf with dwarf, not with frame pointers; auto chooses dwarf."""
     need_tool("perf", "apt install linux-perf")
     exe = build(tmp_path, "nofp", "-fomit-frame-pointer")
-    share = {}
+    share, whole, said, noted, shown = {}, {}, {}, {}, {}
     for mode in ("fp", "auto"):
         out = tmp_path / f"{mode}.para"
         r = run_para("profile", "-q", "--no-counters", "--functions", "--call-graph", mode,
@@ -133,8 +135,23 @@ def test_dwarf_knows_the_callers_that_frame_pointers_lose(tmp_path):
         share[mode] = known / sum(x["samples"] for x in in_leaf)
         assert info["call_graph"] == ("fp" if mode == "fp" else "dwarf")
         assert info["perf_data_bytes"] > 0
+        whole[mode] = info["unwound_samples"] / info["perf_samples"]
+        r = run_para("report", str(out))
+        assert r.returncode == 0, r.stderr
+        said[mode] = " ".join(r.stdout.split())
+        page = tmp_path / f"{mode}.html"
+        assert run_para("report", str(out), "--html", str(page)).returncode == 0
+        shown[mode] = "lost their callers" in page.read_text()
+        with Job([out]) as job:
+            noted[mode] = analyse(job).doc["functions"]["callers_lost"]
     assert share["fp"] < 0.1
     assert share["auto"] > 0.9
+    # what the report says of it: the samples unwound to _start, as the stacks show them
+    assert whole["fp"] < 0.1 and whole["auto"] > 0.9
+    assert "lost their callers (code without frame pointers" in said["fp"]
+    assert "lost their callers" not in said["auto"]
+    assert noted["fp"] and noted["fp"] in said["fp"] and noted["auto"] is None  # a job's report
+    assert shown == {"fp": True, "auto": False}
 
 
 YIELDER = r"""
@@ -172,3 +189,4 @@ def test_dwarf_knows_the_callers_of_a_libc_function(tmp_path):
     whole = sum(x["samples"] for x in yielding
                 if x["stack"].startswith("_start;") and ";main;waiter;" in x["stack"])  # fmt: skip
     assert whole >= 0.95 * total, sorted(yielding, key=lambda x: -x["samples"])[:5]
+    assert info["unwound_samples"] >= 0.95 * info["perf_samples"], info

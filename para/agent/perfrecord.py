@@ -186,6 +186,7 @@ class FunctionRecorder:
                 )
                 return []
             folded = _fold_file(text)
+            self.info.update(unwound(folded))
             self.instructions = instruction_rows(text.read_bytes())
             if self.python is not None:
                 stitched = self.python.stitch(text, folded, self.freq)
@@ -259,6 +260,25 @@ _HEADER = re.compile(rb"^\S.*?\s(\d+)(?:/(\d+))?\s")
 _FRAME = re.compile(rb"^\s+[0-9a-f]+\s+(.+?)(?:\+0x([0-9a-f]+))?\s+\((.*)\)\s*$")
 # the binaries whose identity is kept: those with the most leaf samples
 MAX_BINARIES = 64
+
+
+# The outermost frame of a thread whose stack was unwound whole: the program's entry, a
+# thread's start (glibc's clone3 or start_thread, musl's), the dynamic loader's entry.
+ROOT_FRAMES = frozenset({
+    "_start", "__libc_start_main", "_dl_start_user", "_dl_start", "clone", "clone3", "__clone",
+    "__clone3", "__GI___clone", "__GI___clone3", "start_thread", "thread_start",
+})  # fmt: skip
+
+
+def unwound(folded: list[tuple[float, int, int, str, str, int]]) -> dict[str, int]:
+    """How many of perf's samples were unwound to their thread's start (the rest lost their
+    callers: code without frame pointers under fp, a stack deeper than dwarf's copy)."""
+    total = whole = 0
+    for row in folded:
+        total += row[5]
+        if row[4].split(";", 1)[0] in ROOT_FRAMES:
+            whole += row[5]
+    return {"perf_samples": total, "unwound_samples": whole}
 
 
 def is_kernel_dso(dso: str) -> bool:

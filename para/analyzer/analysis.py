@@ -24,6 +24,7 @@ import pyarrow as pa
 from para.analyzer import instructions, phases, pyfacts, rules
 from para.analyzer.job import Job
 from para.analyzer.load import sql_file, views
+from para.analyzer.summary import callers_lost
 
 MAX_HOTSPOTS = 50
 PHASE_HOTSPOTS = 10
@@ -453,7 +454,11 @@ class Analysis:
             "waiting": pyfacts.waiting(self.job),
             "sources": self._sources(),
             "shares": self._shares() if samples else None,
+            "callers_lost": self._callers_lost() if samples else None,
         }
+
+    def _callers_lost(self) -> str | None:
+        return callers_lost([n.meta.get("functions") for n in self.job.nodes])
 
     def _shares(self) -> dict[str, float]:
         """Shares of the CPU samples in communication, I/O and the Python interpreter

@@ -168,6 +168,8 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
             fn_name = Text(printable(h["function"]))
             t.add_row(fmt_pct(h["self_pct"]), fmt_pct(h["total_pct"]), fn_name)
         console.print(t)
+        if fn.get("callers_lost"):
+            console.print(f"Note: {fn['callers_lost']}", soft_wrap=True)
     waits = fn.get("waiting") or {}
     if waits.get("functions"):
         secs = f"{waits['seconds']:.1f} thread-seconds, " if waits.get("seconds") else ""

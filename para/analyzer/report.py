@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from para.analyzer.load import Run
 from para.analyzer.summary import (
+    callers_lost,
     family_reason,
     fmt_pct,
     fmt_rate,
@@ -464,6 +465,7 @@ def build(run: Run) -> dict[str, Any]:
     doc["timeline"] = tl
     doc["processes"], doc["processes_total"] = _processes(run, t0)
     doc["hotspots"], doc["hotspot_samples"] = _hotspots(run)
+    doc["callers_lost"] = callers_lost([meta.get("functions")]) if doc["hotspots"] else None
     doc["unmeasured"] = _unmeasured(run, doc, tl)
     return doc
 
@@ -715,6 +717,8 @@ def render_terminal(doc: dict[str, Any], out: TextIO) -> None:
             fn_name = Text(printable(h["function"]))
             t.add_row(fmt_pct(h["self_pct"]), fmt_pct(h["total_pct"]), fn_name)
         console.print(t)
+        if doc.get("callers_lost"):
+            console.print(f"Note: {doc['callers_lost']}", soft_wrap=True)
     else:
         console.print()
         console.print(f"Functions: {doc['unmeasured'].get('functions', 'no call stacks')}")

@@ -21,6 +21,32 @@ def _fmt_bytes(n: float | None) -> str:
 
 fmt_bytes = _fmt_bytes  # for the report's tables
 
+# Below this share of samples unwound to their thread's start, the report says so.
+UNWOUND_ENOUGH = 0.9
+
+
+def callers_lost(infos: list[Any]) -> str | None:
+    """What the recordings' `functions` records say of the call stacks whose callers were
+    lost (perf's unwinder stopped before the thread's start), when too many were: a
+    function's "total" then undercounts the time of the functions above it."""
+    infos = [i for i in infos if isinstance(i, dict) and i.get("perf_samples")]
+    total = sum(int(i["perf_samples"]) for i in infos)
+    whole = sum(int(i.get("unwound_samples") or 0) for i in infos)
+    if total < 50 or whole >= UNWOUND_ENOUGH * total:
+        return None
+    modes = {str(i.get("call_graph")) for i in infos}
+    if modes == {"fp"}:
+        why = ("code without frame pointers (most distributions' libraries): "
+               "try --call-graph dwarf")  # fmt: skip
+    elif modes == {"dwarf"}:
+        size = max(int(i.get("dwarf_stack_bytes") or 0) for i in infos)
+        why = f"stacks deeper than the {size or 8192} bytes perf copies with each sample"
+    else:
+        why = "unwinding mode " + "/".join(sorted(modes))
+    return (f"{100 * (total - whole) / total:.0f} % of the call-stack samples lost their "
+            f"callers ({why}): a function's total undercounts the time of the functions "
+            "that call it")  # fmt: skip
+
 
 # cells of the report's tables ("-" where nothing was measured)
 def fmt_pct(v: float | None) -> str:
