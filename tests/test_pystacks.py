@@ -173,6 +173,9 @@ def test_hotspot_table_names_python_functions_with_file_and_line(pure):
     assert any(c["name"].startswith("prog.<module> (prog.py") for c in flame["children"])
     text = run_para("report", str(pure.path)).stdout
     assert f"prog.alpha (prog.py:{_def_line(pure.prog, 'alpha')})" in text
+    # py-spy's Python stacks are whole: no note of callers lost (as perf's alone would say)
+    assert doc["runs"][0]["callers_lost"] is None
+    assert doc["job"]["functions"]["callers_lost"] is None
 
 
 @pytest.mark.slow

@@ -186,13 +186,13 @@ class FunctionRecorder:
                 )
                 return []
             folded = _fold_file(text)
-            self.info.update(unwound(folded))
             self.instructions = instruction_rows(text.read_bytes())
             if self.python is not None:
                 stitched = self.python.stitch(text, folded, self.freq)
             else:
                 stitched = [(*r, "perf", "cpu") for r in folded]
             self.info.update(leaf_facts(self.instructions))
+            self.info.update(unwound(stitched))
             rows = []
             total = 0
             for bucket, pid, tid, comm, stack, count, source, state in stitched:
@@ -270,15 +270,16 @@ ROOT_FRAMES = frozenset({
 })  # fmt: skip
 
 
-def unwound(folded: list[tuple[float, int, int, str, str, int]]) -> dict[str, int]:
-    """How many of perf's samples were unwound to their thread's start (the rest lost their
-    callers: code without frame pointers under fp, a stack deeper than dwarf's copy)."""
-    total = whole = 0
-    for row in folded:
-        total += row[5]
-        if row[4].split(";", 1)[0] in ROOT_FRAMES:
-            whole += row[5]
-    return {"perf_samples": total, "unwound_samples": whole}
+def unwound(rows: list[tuple[float, int, int, str, str, int, str, str]]) -> dict[str, int]:
+    """How many of the CPU samples (`samples`) were unwound to their thread's start (the
+    rest lost their callers: code without frame pointers under fp, a stack deeper than
+    dwarf's copy).  A sample py-spy gave its Python stack counts as whole: py-spy reads
+    every Python frame."""
+    whole = 0
+    for _, _, _, _, stack, n, source, state in rows:
+        if state == "cpu" and (source == "py-spy" or stack.split(";", 1)[0] in ROOT_FRAMES):
+            whole += n
+    return {"unwound_samples": whole}
 
 
 def is_kernel_dso(dso: str) -> bool:

@@ -480,7 +480,7 @@ class Profiler:
             infos = [dict(p.get("functions") or {}, rank=p.get("rank")) for p in parts]
             info["ranks"] = sorted(infos, key=lambda i: (i["rank"] is None, i["rank"] or 0))
             for key in ("samples", "stacks", "perf_data_bytes", "kernel_samples",
-                        "perf_samples", "unwound_samples"):  # fmt: skip
+                        "unwound_samples"):  # fmt: skip
                 info[key] = sum(int(i.get(key) or 0) for i in infos)
             info["binaries"] = {k: v for i in infos for k, v in (i.get("binaries") or {}).items()}
             if any(i.get("samples") for i in infos):

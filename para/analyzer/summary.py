@@ -29,8 +29,9 @@ def callers_lost(infos: list[Any]) -> str | None:
     """What the recordings' `functions` records say of the call stacks whose callers were
     lost (perf's unwinder stopped before the thread's start), when too many were: a
     function's "total" then undercounts the time of the functions above it."""
-    infos = [i for i in infos if isinstance(i, dict) and i.get("perf_samples")]
-    total = sum(int(i["perf_samples"]) for i in infos)
+    infos = [i for i in infos if isinstance(i, dict) and i.get("samples")
+             and i.get("unwound_samples") is not None]  # fmt: skip
+    total = sum(int(i["samples"]) for i in infos)
     whole = sum(int(i.get("unwound_samples") or 0) for i in infos)
     if total < 50 or whole >= UNWOUND_ENOUGH * total:
         return None
