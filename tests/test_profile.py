@@ -285,6 +285,11 @@ def test_one_sampler_per_node_under_a_launcher(tmp_path):
             SLURM_LOCALID=str(rank),
             SLURM_JOB_NAME="ranks",
             SLURM_NNODES="1",
+            # as srun says it: the sampler waits for the node's three ranks (without it, a
+            # rank whose para started after the first one's command ended went unsampled:
+            # loaded run 5, pure-Python pass)
+            SLURM_STEP_TASKS_PER_NODE="3",
+            SLURM_NODEID="0",
             TMPDIR=str(tmp_path),
         )
         procs.append(
