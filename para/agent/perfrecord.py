@@ -192,7 +192,6 @@ class FunctionRecorder:
             else:
                 stitched = [(*r, "perf", "cpu") for r in folded]
             self.info.update(leaf_facts(self.instructions))
-            self.info.update(unwound(stitched))
             rows = []
             total = 0
             for bucket, pid, tid, comm, stack, count, source, state in stitched:
@@ -270,11 +269,11 @@ ROOT_FRAMES = frozenset({
 })  # fmt: skip
 
 
-def unwound(rows: list[tuple[float, int, int, str, str, int, str, str]]) -> dict[str, int]:
-    """How many of the CPU samples (`samples`) were unwound to their thread's start (the
-    rest lost their callers: code without frame pointers under fp, a stack deeper than
-    dwarf's copy).  A sample py-spy gave its Python stack counts as whole: py-spy reads
-    every Python frame."""
+def unwound(rows: list[list[Any]]) -> dict[str, int]:
+    """Of the stacks table's rows (`finish`), how many CPU samples were unwound to their
+    thread's start (the rest lost their callers: code without frame pointers under fp, a
+    stack deeper than dwarf's copy).  A sample py-spy gave its Python stack counts as
+    whole: py-spy reads every Python frame."""
     whole = 0
     for _, _, _, _, stack, n, source, state in rows:
         if state == "cpu" and (source == "py-spy" or stack.split(";", 1)[0] in ROOT_FRAMES):

@@ -229,6 +229,8 @@ class Profiler:
     def _recorded(self, recorder: Any, python: Any = None) -> dict[str, Any]:
         """Finish this para's recording (perf's stacks, py-spy's Python stacks stitched on
         them): what goes into the node's file."""
+        from para.agent.perfrecord import unwound
+
         if python is not None:
             python.stop()
             recorder.python = python
@@ -241,7 +243,8 @@ class Profiler:
             "rank": self.job.rank,
             "stacks": stacks,
             "instr_samples": recorder.instructions,
-            "functions": recorder.info,
+            # counted here, not in perfrecord: the agent's windows do not keep it
+            "functions": {**recorder.info, **unwound(stacks)},
         }
 
     # -- the sampling run ------------------------------------------------------------------

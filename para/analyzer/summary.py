@@ -32,7 +32,7 @@ def callers_lost(infos: list[Any]) -> str | None:
     infos = [i for i in infos if isinstance(i, dict) and i.get("samples")
              and i.get("unwound_samples") is not None]  # fmt: skip
     total = sum(int(i["samples"]) for i in infos)
-    whole = sum(int(i.get("unwound_samples") or 0) for i in infos)
+    whole = sum(int(i["unwound_samples"]) for i in infos)
     if total < 50 or whole >= UNWOUND_ENOUGH * total:
         return None
     modes = {str(i.get("call_graph")) for i in infos}
@@ -40,8 +40,9 @@ def callers_lost(infos: list[Any]) -> str | None:
         why = ("code without frame pointers (most distributions' libraries): "
                "try --call-graph dwarf")  # fmt: skip
     elif modes == {"dwarf"}:
-        size = max(int(i.get("dwarf_stack_bytes") or 0) for i in infos)
-        why = f"stacks deeper than the {size or 8192} bytes perf copies with each sample"
+        sizes = [int(i["dwarf_stack_bytes"]) for i in infos if i.get("dwarf_stack_bytes")]
+        copy = f"the {max(sizes)} bytes" if sizes else "the part of the stack"
+        why = f"stacks deeper than {copy} perf copies with each sample"
     else:
         why = "unwinding mode " + "/".join(sorted(modes))
     return (f"{100 * (total - whole) / total:.0f} % of the call-stack samples lost their "
