@@ -375,10 +375,15 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_perf_ends_with_an_agent_killed_outright(tmp_path):
+def test_perf_ends_with_an_agent_killed_outright(tmp_path, monkeypatch):
     """SIGKILL leaves the agent no time to stop its system-wide perf record: perf ends by
-    itself (its parent-death signal), rather than recording into a growing file for ever."""
+    itself (its parent-death signal), rather than recording into a growing file for ever.
+    Its perf.data was left in /tmp, one per killed agent, for ever (180 of them on the CI
+    machine after a day): it is in the spool, and the next agent's start removes it."""
     need_tool("setpriv", "apt install util-linux")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the agents' (clean_env keeps it)
     perf_pid = None
     try:
         with _recording(tmp_path, "913016", window_s=30.0, job_s=60) as (agent, st):
@@ -391,6 +396,17 @@ def test_perf_ends_with_an_agent_killed_outright(tmp_path):
     finally:
         if perf_pid is not None and _running(perf_pid):
             os.kill(perf_pid, signal.SIGKILL)  # the agent this test started left it
+    spool = tmp_path / "spool"
+    left = [p.name for d in (spool / "work").glob("para-perf-*") for p in d.iterdir()]
+    assert "perf.data" in left, list((spool / "work").rglob("*"))
+    assert list(tmp.iterdir()) == []
+    again = AgentRun(tmp_path, name="again", spool=spool)
+    try:
+        again.wait_samples(1)
+        assert list((spool / "work").iterdir()) == []
+        assert again.stop() == 0, again.log.read_text()
+    finally:
+        again.kill()
 
 
 def test_a_hung_perf_is_killed_restarted_and_said(tmp_path):

@@ -5,9 +5,14 @@ reaped), and whatever the command left running."""
 from __future__ import annotations
 
 import sys
+import tempfile
+
+import pytest
 
 from para.agent.child import Child
 from para.agent.perfrecord import FunctionRecorder
+from para.agent.samplers.base import Unavailable
+from para.agent.unwind import Choice
 
 from .conftest import need_tool
 
@@ -76,3 +81,26 @@ def test_a_perf_without_synth_still_records(tmp_path):
     assert rec.synth == [] and "error" not in rec.info, rec.info
     samples = sum(r[5] for r in rows if r[1] == child.pid)
     assert samples >= 0.5 * (status.utime + status.stime) * 499, rec.info
+
+
+def test_a_refused_start_leaves_no_directory(tmp_path, monkeypatch):
+    """perf missing, or refusing every unwinding mode: `para profile --functions` goes on
+    without stacks, and the recorder's directory (perf.data, perf.log) is not left behind
+    (one in the temporary directory per refused run, for ever)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    refusing = tmp_path / "perf"
+    refusing.write_text("#!/bin/sh\necho 'perf_event_paranoid setting is 4' >&2\nexit 255\n")
+    refusing.chmod(0o755)
+    for perf in (str(tmp_path / "no-such-perf"), str(refusing)):
+        child = Child([sys.executable, "-c", "pass"], gated=True)
+        rec = FunctionRecorder(child.pid, freq=499, perf=perf, unwind=Choice("dwarf", "test"))
+        try:
+            with pytest.raises(Unavailable) as why:
+                rec.start()
+        finally:
+            child.release()
+            child.wait()
+        assert list(tmp.iterdir()) == [], why.value
+    assert "paranoid" in str(why.value)

@@ -153,8 +153,10 @@ def build_samplers(
     helpers: Callable[[], set[int]],
     say: Callable[[str], None],
     known_jobs: set[str] | None = None,
+    workdir: Path | None = None,
 ) -> list[Sampler]:
-    """The families the configuration enables, in sampling order."""
+    """The families the configuration enables, in sampling order (`workdir`: where helpers
+    such as perf write their scratch files; TMPDIR when None)."""
     out: list[Sampler] = []
     on = cfg.enabled
     if on("cpu"):
@@ -215,12 +217,16 @@ def build_samplers(
     if on("counters"):
         out.append(_perf_sampler(cfg, files, out, say))
     if on("stacks"):
-        out.append(_stack_sampler(cfg, out, helpers, say))
+        out.append(_stack_sampler(cfg, out, helpers, say, workdir))
     return out
 
 
 def _stack_sampler(
-    cfg: Config, others: list[Sampler], helpers: Callable[[], set[int]], say: Callable[[str], None]
+    cfg: Config,
+    others: list[Sampler],
+    helpers: Callable[[], set[int]],
+    say: Callable[[str], None],
+    workdir: Path | None,
 ) -> Sampler:
     from para.agent.samplers.stacks import StackSampler
 
@@ -241,6 +247,7 @@ def _stack_sampler(
         exclude=helpers,
         on_message=say,
         proc=str(_under(cfg["agent"]["host_root"], "/proc")),
+        workdir=workdir,
     )
 
 
@@ -351,8 +358,9 @@ class Agent:
         self.seq = max(self.spool.next_seq(self.host), getattr(self, "seq", 0))
         running = {j for j, info in self.job_info.items() if "end" not in info}
         samplers = build_samplers(
-            cfg, self.files, self._helper_pids, self.log.warning, known_jobs=running
-        )
+            cfg, self.files, self._helper_pids, self.log.warning, known_jobs=running,
+            workdir=self.spool.work,
+        )  # fmt: skip
         self.loop = SamplingLoop(
             samplers,
             self._sink,

@@ -44,7 +44,7 @@ def perf_binary(perf: str = "perf") -> str:
 
 class FunctionRecorder:
     def __init__(self, pid: int, freq: int = 499, event: str = "cycles", perf: str = "perf",
-                 unwind: Choice | None = None):  # fmt: skip
+                 unwind: Choice | None = None, workdir: str | Path | None = None):  # fmt: skip
         self.pid = pid
         self.freq = freq
         self.event = event
@@ -55,7 +55,9 @@ class FunctionRecorder:
         # exec; its dwarf unwinder then lost the callers of every libc frame in most runs.
         # The exec'd program's own maps come as events.
         self.synth = ["--synth=no"]
-        self._dir = tempfile.mkdtemp(prefix="para-perf-")
+        # perf.data and perf script's text: in the agent's spool (its next start removes what a
+        # killed agent left), for `para profile` in TMPDIR
+        self._dir = tempfile.mkdtemp(prefix="para-perf-", dir=workdir)
         self.data = Path(self._dir) / "perf.data"
         self.proc: subprocess.Popen[bytes] | None = None
         # perf's exit statuses that mean it was stopped as asked, not that it failed
@@ -81,16 +83,20 @@ class FunctionRecorder:
         perf refuses here (LBR without the hardware event, ...) falls back to the next."""
         tried = []
         choice: Choice | None = self.unwind
-        while choice is not None:
-            self.unwind = choice
-            try:
-                self._start()
-                break
-            except Unavailable as e:
-                tried.append(f"{choice.mode}: {e}")
-                choice = fallback(choice)
-        else:
-            raise Unavailable("; ".join(tried))
+        try:
+            while choice is not None:
+                self.unwind = choice
+                try:
+                    self._start()
+                    break
+                except Unavailable as e:
+                    tried.append(f"{choice.mode}: {e}")
+                    choice = fallback(choice)
+            else:
+                raise Unavailable("; ".join(tried))
+        except BaseException:
+            shutil.rmtree(self._dir, ignore_errors=True)  # finish() is never called then
+            raise
         self.info.update(self.unwind.as_dict())
 
     def _start(self) -> None:

@@ -373,6 +373,7 @@ class PySpyRecorder:
         cwd: str | None = None,
         on_message: Callable[[str], None] | None = None,
         min_cpu: float = 0.0,
+        workdir: Path | None = None,
     ):
         self.roots = roots
         # a CPython process gets its py-spy once it uses this share of a core (the agent's
@@ -402,7 +403,7 @@ class PySpyRecorder:
         self._last_pid = b""
         self._polls = 0
         self._said: set[str] = set()
-        self._dir = tempfile.mkdtemp(prefix="para-pyspy-")
+        self._dir = tempfile.mkdtemp(prefix="para-pyspy-", dir=workdir)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.info: dict[str, Any] = {

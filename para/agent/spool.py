@@ -5,6 +5,7 @@
     <spool>/sent/<segment>.para      acknowledged by the collector, kept for local retention
     <spool>/rejected/<segment>.para  refused by the collector for good (with a .reason file)
     <spool>/status.json              the agent's state, for `para agent status`
+    <spool>/work/                    its helpers' scratch (perf.data of the current window)
 
 Segment names are `<host>-<YYYYmmddTHHMMSSZ of the first sample>-<seq:06d>.para`.  Retention
 keeps rejected/ to a tenth of the spool's size cap, deletes from sent/ first, then the oldest
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +66,16 @@ class Spool:
         self.sent = self.root / "sent"
         self.rejected = self.root / "rejected"
         self.status_path = self.root / "status.json"
+        # scratch of the agent's helpers (a perf window's perf.data, py-spy's output): on the
+        # spool's disk rather than a /tmp that is often RAM; emptied at each start
+        self.work = self.root / "work"
 
     def ensure(self) -> None:
-        for d in (self.root, self.current, self.ready, self.sent):
+        # work/ holds samples of every process of the node (perf -a): for root alone
+        for d, mode in [*((d, 0o750) for d in (self.root, self.current, self.ready, self.sent)),
+                        (self.work, 0o700)]:  # fmt: skip
             try:
-                d.mkdir(mode=0o750, parents=True, exist_ok=True)
+                d.mkdir(mode=mode, parents=True, exist_ok=True)
             except OSError as e:
                 raise ParaError(
                     f"cannot create the spool directory {d}: {e.strerror}",
@@ -101,7 +108,10 @@ class Spool:
 
     def leftovers(self) -> list[Path]:
         """Segments a previous agent left in current/ (it crashed or was killed); stray
-        temporary files of an interrupted finalisation are removed."""
+        temporary files of an interrupted finalisation, and its helpers' scratch in work/
+        (perf.data of the window it was in), are removed."""
+        for p in self.work.glob("*"):
+            shutil.rmtree(p, ignore_errors=True)
         try:
             for n in os.listdir(self.current):
                 if n.endswith(".tmp-final"):

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from para.agent import binaries
@@ -55,8 +56,15 @@ class WindowRecorder(FunctionRecorder):
     """`perf record -a` of the whole node until stopped (FunctionRecorder's folding and
     instruction rows, without its command-attached start)."""
 
-    def __init__(self, freq: int, event: str, perf: str, cgroups: tuple[str, ...] = ()):
-        super().__init__(0, freq=freq, event=event, perf=perf)
+    def __init__(
+        self,
+        freq: int,
+        event: str,
+        perf: str,
+        cgroups: tuple[str, ...] = (),
+        workdir: Path | None = None,
+    ):
+        super().__init__(0, freq=freq, event=event, perf=perf, workdir=workdir)
         # stopped with SIGINT, perf writes its file and raises the signal again on itself: a
         # window with no sample of the jobs (they slept) is no failure
         self.stopped_statuses = {0, -signal.SIGINT}
@@ -169,8 +177,10 @@ class StackSampler(Sampler):
         exclude: Callable[[], set[int]] | None = None,
         on_message: Callable[[str], None] | None = None,
         proc: str = "/proc",
+        workdir: Path | None = None,
     ):
         self.jobs = jobs
+        self.workdir = workdir
         self.cgroups = cgroups or (lambda: {})
         self.script_timeout_s = script_timeout_s
         self._want_cg: tuple[str, ...] = ()  # the live jobs' cgroups (v2), when all have one
@@ -445,7 +455,7 @@ class StackSampler(Sampler):
         self._rotate.clear()
         with self._lock:
             cgroups = self._want_cg
-        rec = WindowRecorder(self.freq, self.event_name, self.perf, cgroups)
+        rec = WindowRecorder(self.freq, self.event_name, self.perf, cgroups, self.workdir)
         rec.script_timeout_s = self.script_timeout_s
         try:
             rec.start()
@@ -549,6 +559,7 @@ class StackSampler(Sampler):
                 cwd="",  # frames keep their files' full paths: jobs have their own cwd
                 on_message=self.say,
                 min_cpu=self.pyspy_min_cpu,
+                workdir=self.workdir,
             )
         except Unavailable as e:
             self._pyspy_ok = False
