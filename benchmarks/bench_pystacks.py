@@ -5,6 +5,10 @@
    `--functions --no-python-stacks` (perf record alone), in pairs run back to back in
    alternating order; the median of the pairs' ratios, at the default py-spy rate and at
    perf's own (499 Hz).  py-spy's own CPU time is printed beside it.
+   The same pairs run side by side, both programs at once on the node's CPUs: the host's
+   drift (the program's own CPU time for the same work moves by 20 % here between runs)
+   falls on both halves of a pair alike, and py-spy's CPU comes out of a node whose cores
+   the job fills (the worst case); the median with its 95 % bootstrap interval.
 2. Samples lost: py-spy's reads against its rate times its time, its errors; perf samples of
    the Python threads that got no Python stack (before py-spy attached) against all.
    The same on one running program, py-spy switched on and off every 2 s (robust to the
@@ -66,16 +70,64 @@ def profiled(
     python: str, prog: Path, n: int, d: Path, extra: list[str]
 ) -> tuple[tuple[float, float], dict]:
     """The program's own (wall, CPU) seconds under `para profile --functions` + `extra`."""
-    out, para = d / "t.txt", d / "p.para"
+    return finished(start_profiled(python, prog, n, d, extra, "p"))
+
+
+def start_profiled(
+    python: str, prog: Path, n: int, d: Path, extra: list[str], name: str
+) -> tuple[subprocess.Popen, Path, Path]:
+    out, para = d / f"{name}.txt", d / f"{name}.para"
     para.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "para", "profile", "-q", "--functions", *extra, "-o",
            str(para), "--", python, str(prog), str(n), str(out)]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, out, para
+
+
+def finished(run: tuple[subprocess.Popen, Path, Path]) -> tuple[tuple[float, float], dict]:
+    proc, out, para = run
+    if proc.wait() != 0:
+        raise SystemExit(f"para profile failed ({proc.returncode}): {proc.args}")
     with ParaFile(para) as pf:
         info = pf.meta.get("functions") or {}
     wall, cpu = out.read_text().split()
     return (float(wall), float(cpu)), info
+
+
+def median_ci(xs: list[float], draws: int = 2000) -> tuple[float, float]:
+    """95 % bootstrap interval of the median (fixed seed: the same figures print the same)."""
+    rnd = random.Random(12)
+    meds = sorted(statistics.median(rnd.choices(xs, k=len(xs))) for _ in range(draws))
+    return meds[int(0.025 * draws)], meds[int(0.975 * draws) - 1]
+
+
+def side_by_side(python: str, prog: Path, n: int, pairs: int, d: Path, rate: int) -> None:
+    """Both halves of each pair at once: perf alone and perf + py-spy, started together
+    (which starts first alternates), each program timing itself."""
+    walls, cpus = [], []
+    for i in range(pairs):
+        order = [("perf", ["--no-python-stacks"]), ("py", ["--py-spy-rate", str(rate)])]
+        if i % 2:
+            order.reverse()
+        runs = {name: start_profiled(python, prog, n, d, extra, name) for name, extra in order}
+        got = {name: finished(run)[0] for name, run in runs.items()}
+        (a, ca), (b, cb) = got["perf"], got["py"]
+        walls.append(b / a)
+        cpus.append(cb / ca)
+        print(
+            f"  side by side {i + 1}: perf alone {a:.3f} s ({ca:.3f} s CPU), perf + py-spy "
+            f"{b:.3f} s ({cb:.3f} s CPU): wall {100 * (b / a - 1):+.1f} %",
+            flush=True,
+        )
+    lo, hi = median_ci(walls)
+    clo, chi = median_ci(cpus)
+    print(f"py-spy at {rate} Hz, side by side: wall-clock slowdown "
+          f"{100 * (statistics.median(walls) - 1):+.2f} % (median of {pairs}; 95 % interval "
+          f"{100 * (lo - 1):+.2f} to {100 * (hi - 1):+.2f} %; range {100 * (min(walls) - 1):+.1f} "
+          f"to {100 * (max(walls) - 1):+.1f} %); the program's CPU time "
+          f"{100 * (statistics.median(cpus) - 1):+.2f} % ({100 * (clo - 1):+.2f} to "
+          f"{100 * (chi - 1):+.2f} %); load {os.getloadavg()[0]:.1f}")  # fmt: skip
 
 
 def slowdown(python: str, prog: Path, n: int, pairs: int, d: Path, rate: int) -> None:
@@ -312,8 +364,9 @@ def main() -> None:
     ap.add_argument("--py312", default=None, help="a Python 3.12+ for the -X perf figures")
     ap.add_argument("--stitch-samples", type=int, default=200_000)
     ap.add_argument("--windows", type=int, default=21, help="on/off windows of 2 s")
-    ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["slowdown", "windowed", "stitch", "perfmaps"])  # fmt: skip
+    ap.add_argument("--side-by-side", type=int, default=11, help="pairs run at once")
+    parts = ["slowdown", "sidebyside", "windowed", "stitch", "perfmaps"]
+    ap.add_argument("--skip", nargs="*", default=[], choices=parts)
     args = ap.parse_args()
     print(f"py-spy {pystacks._version(pystacks.pyspy_binary())}, {os.cpu_count()} CPUs, load "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
@@ -327,6 +380,9 @@ def main() -> None:
                   "against perf record alone:")  # fmt: skip
             for rate in (100, 499):
                 slowdown(args.python, prog, n, args.pairs, d, rate)
+        if "sidebyside" not in args.skip:
+            for rate in (100, 499):
+                side_by_side(args.python, prog, n, args.side_by_side, d, rate)
         if "windowed" not in args.skip:
             for rate in (100, 499):
                 windowed(args.python, d, rate, args.windows, 2.0)

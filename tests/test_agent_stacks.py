@@ -126,6 +126,8 @@ def _stacks(rec: Recorded) -> list[dict]:
 def test_the_agent_samples_every_job_at_its_rate(recorded):
     """The C job's samples: its CPU time (its own clock) at the configured frequency; each
     row names the job, and the samples fall in the job's own functions."""
+    # perf script read the agent's copy of the kernel's symbols, not /proc/kallsyms each time
+    assert (recorded.tmp / "spool" / "work" / "kallsyms").is_file()
     rows = [r for r in _stacks(recorded) if r["job"] == recorded.ids["c"] and r["state"] == "cpu"]
     assert rows, f"no stacks for the job; agent said: {recorded.status.get('stacks')}"
     n = sum(r["samples"] for r in rows)
@@ -498,7 +500,7 @@ def test_perf_follows_the_jobs_cgroups_of_a_recorded_slurm_v2_node(tmp_path):
         stk = StackSampler(js.job_pids, cgroups=js.job_cgroups, proc=str(tmp_path / name / "proc"))
         stk.sample(1000, {})
         assert stk._want_cg == want, name
-        argv = WindowRecorder(19, "cycles", "perf", stk._want_cg).argv("perf")
+        argv = WindowRecorder(19, "cycles", "perf", stk._want_cg, tmp_path).argv("perf")
         if want:
             g = argv.index("-G")
             assert argv[g + 1] == want[0]

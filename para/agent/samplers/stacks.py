@@ -38,6 +38,7 @@ from typing import Any
 
 from para.agent import binaries
 from para.agent.jobs import parse_environ
+from para.agent.kallsyms import KallsymsCopy
 from para.agent.perfrecord import FunctionRecorder, perf_binary
 from para.agent.samplers.base import Rows, Sampler, Unavailable, event
 
@@ -181,6 +182,7 @@ class StackSampler(Sampler):
     ):
         self.jobs = jobs
         self.workdir = workdir
+        self._kallsyms = KallsymsCopy(workdir, proc) if workdir is not None else None
         self.cgroups = cgroups or (lambda: {})
         self.script_timeout_s = script_timeout_s
         self._want_cg: tuple[str, ...] = ()  # the live jobs' cgroups (v2), when all have one
@@ -500,6 +502,9 @@ class StackSampler(Sampler):
             # perf script names the frames of the jobs' samples only (symbols are what it
             # spends its time on); the rest of the node was sampled but is not kept
             rec.script_args += ["--pid", ",".join(map(str, pids))]
+        kallsyms = self._kallsyms.path() if self._kallsyms is not None else None
+        if kallsyms is not None:
+            rec.script_args += ["--kallsyms", kallsyms]
         if py is not None:
             py.stop()
             keep = ("processes", "idle", "stitched_samples", "unreadable", "pyspy_cpu_s")
