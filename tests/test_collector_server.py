@@ -502,6 +502,34 @@ def test_a_write_that_hits_a_full_disk_keeps_nothing_and_asks_for_a_retry(
     assert _count(tmp_path / "db") == (ROWS["node"], ROWS["node"])
 
 
+def test_a_ledger_that_hits_a_full_disk_says_disk_full_and_asks_for_a_retry(
+    tmp_path: Path, pki: Path, server: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segment written, then its ledger row refused by SQLite ("database or disk is
+    full"): the node and the collector's status said "collector ledger cannot be written:
+    database or disk is full", unlike every other full disk (what operators and the loaded
+    CI run's test_a_full_disk_delays_but_loses_nothing look for); nothing is kept."""
+    import sqlite3
+
+    from para.collector.ledger import Ledger
+
+    real = Ledger.add_received
+
+    def full(self: Ledger, *args: Any, **kwargs: Any) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Ledger, "add_received", full)
+    name, seg_id, data = segment_bytes(TPL, TPL.parts, "node1", 0, 0)
+    with _client(pki, server.port, "node1") as c:
+        with pytest.raises(Transient, match="collector disk full.*ledger.*stays in the agent's"):
+            c.send_segment(data, _header(name, seg_id, data))
+        assert not [p for p in (tmp_path / "db" / "incoming").rglob("*") if p.is_file()]
+        monkeypatch.setattr(Ledger, "add_received", real)
+        assert c.send_segment(data, _header(name, seg_id, data)).status == wire.STORED
+    server.wait_merged(1)
+    assert _count(tmp_path / "db") == (ROWS["node"], ROWS["node"])
+
+
 @pytest.mark.parametrize("err", ["EMFILE", "EIO", "ENOMEM"])
 def test_a_passing_error_reading_an_upload_asks_for_a_retry_not_a_rejection(
     tmp_path: Path, pki: Path, server: Running, monkeypatch: pytest.MonkeyPatch, err: str

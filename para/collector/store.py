@@ -101,7 +101,10 @@ class IncomingStore:
             if ledger.segment(header.id) is None:
                 final.unlink(missing_ok=True)
             if is_disk_full(e):
-                raise StoreFull(f"collector ledger cannot be written: {e}") from e
+                raise StoreFull(
+                    f"collector disk full under {self.db.root}: the ledger cannot be written "
+                    f"({e}); the segment stays in the agent's spool and is sent again later"
+                ) from e
             raise
         if not added:
             # the same segment arrived twice at once (a retry racing its first try): both
