@@ -1,7 +1,7 @@
 """A copy of /proc/kallsyms for the `perf script` of every stacks window.
 
 The kernel writes /proc/kallsyms afresh at each read: 120,000 symbols cost ~60 ms of system
-time here, which `perf script` paid at every window, about half of its own CPU for a window
+time here, which `perf script` paid at every window, about 40 % of its own CPU for a window
 of a few thousand samples.  The copy holds while the kernel's symbols do: it is taken again
 when /proc/modules changes (a module loaded or unloaded moves symbols) and after `refresh_s`
 (BPF programs and ftrace trampolines come and go without a module).  Where the addresses are
