@@ -157,10 +157,15 @@ def test_dwarf_knows_the_callers_that_frame_pointers_lose(tmp_path):
 YIELDER = r"""
 #include <sched.h>
 #include <time.h>
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
+static double now(clockid_t c) { struct timespec t; clock_gettime(c, &t);
     return t.tv_sec + t.tv_nsec * 1e-9; }
 void __attribute__((noipa)) waiter(void) { for (int i = 0; i < 1000; i++) sched_yield(); }
-int main(void) { double end = now() + 1.5; while (now() < end) waiter(); return 0; }
+int main(void) {
+    /* 1.5 s of its own CPU: beside a busy process on each core, a yielding one gets a small
+       share of a core, and 1.5 s of wall clock held only ~30 samples */
+    double cpu = now(CLOCK_PROCESS_CPUTIME_ID) + 1.5, wall = now(CLOCK_MONOTONIC) + 60;
+    while (now(CLOCK_PROCESS_CPUTIME_ID) < cpu && now(CLOCK_MONOTONIC) < wall) waiter();
+    return 0; }
 """
 
 
