@@ -537,7 +537,9 @@ class _Reducer:
         t0 = t[0].as_py()
         if start is not None and t0 - _HEAD_STEPS * step_ms < start < t0 and cum[0].is_valid:
             rate = cum[0].as_py() / self.f["hz"] / ((t0 - start) / 1000)
-            head_t, head = [t0], [rate]
+            # each step's share of the time since the start: the first row's own step is
+            # a part too when the job started within it (seen at once, on a quiet node)
+            head_t, head = [t0], [rate * min(1.0, (t0 - start) / step_ms)]
             while head_t[0] - step_ms > start:  # the steps before, the earliest a part
                 head_t.insert(0, round(head_t[0] - step_ms))
                 head.insert(0, rate * min(1.0, (head_t[0] - start) / step_ms))
