@@ -172,8 +172,8 @@ def test_sigkill_loses_at_most_two_seconds_and_the_next_start_recovers(agents, t
     assert b.stop() == 0
     assert b.current() == []
     ready = b.ready()
-    assert left.name in [p.name for p in ready]
-    with ParaFile(ready[[p.name for p in ready].index(left.name)]) as pf:
+    (recovered,) = [p for p in ready if p.name == left.name]
+    with ParaFile(recovered) as pf:
         assert pf.complete and "recovered" in pf.meta
         seq = pf.meta["segment"]["seq"]
     assert "left unfinished by an earlier agent" in b.log.read_text()
