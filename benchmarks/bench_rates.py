@@ -6,6 +6,12 @@ benchmark job (gen_job.py: 64 CPUs and 32 ranks for an hour).
   difference nulled), on the same Arrow table, one thread;
 - slot_sums: the job's CPU per second, summed over its 33 processes (118,800 rows) into the
   node's 3,600 instants; the anchors are Arrow's hash group-by and DuckDB's GROUP BY.
+- instants: the node's 3,600 instants among the 118,800 process rows (stored by process,
+  then time); the anchor is what reduce.py did before it (Arrow: unique, sort, index_in).
+- stack_sums: the node's call stacks (304,128 rows of perf's stacks folded per second)
+  summed per second and stack and per process and stack, in one call; the anchors are
+  what reduce.py did before it (instants by index_in, pairs by arithmetic, slot_sums, and
+  Arrow's group-by per process), Arrow's group-by for both, and DuckDB's GROUP BY for both.
 
 Medians of 7 repeats (the twin: of 3).
 
@@ -30,7 +36,7 @@ import gen_job  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
-from para.analyzer.reduce import Source, _data, _flat, _slots  # noqa: E402
+from para.analyzer.reduce import Source, _data, _flat, _slots, _stack_sums, _t_ms  # noqa: E402
 from para.cython_ext import load  # noqa: E402
 
 
@@ -83,15 +89,15 @@ def main() -> None:
         return [cy.slot_sums(_data(slots), len(spine), _data(c)) for c in cols.values()]
 
     def twin() -> Any:
-        spine, slots = _slots(tp)
-        return [py.slot_sums(_data(slots), len(spine), _data(c)) for c in cols.values()]
+        spine, slots = py.instants(_data(tp))
+        return [py.slot_sums(slots, len(spine) // 8, _data(c)) for c in cols.values()]
 
     tab = pa.table({"t": tp, **cols})
     con.register("proc", tab)
     sums = ", ".join(f"sum({c})" for c in cols)
     res = {
-        "index_in + Cython slot_sums": median_time(kernel, 7),
-        "index_in + pure-Python twin": median_time(twin, 3),
+        "instants + Cython slot_sums": median_time(kernel, 7),
+        "instants + pure-Python twin": median_time(twin, 3),
         "Arrow group_by (1 thread)": median_time(
             lambda: tab.group_by("t", use_threads=False).aggregate([(c, "sum") for c in cols]), 7
         ),
@@ -99,7 +105,84 @@ def main() -> None:
             lambda: con.sql(f"SELECT t, {sums} FROM proc GROUP BY t").to_arrow_table(), 7
         ),
     }
-    _table(res, "index_in + Cython slot_sums")
+    _table(res, "instants + Cython slot_sums")
+    _instants(cy, py, tp)
+    _stacks(cy, py, src, con)
+
+
+def _instants(cy: Any, py: Any, tp: pa.Array) -> None:
+    print(f"\ninstants: {len(tp):,} process rows (by process, then time) into their instants")
+
+    def arrow() -> Any:
+        spine = pc.unique(tp)
+        spine = spine.take(pc.sort_indices(spine))
+        return spine, pc.index_in(tp, value_set=spine)
+
+    res = {
+        "Cython instants": median_time(lambda: cy.instants(_data(tp)), 7),
+        "pure-Python twin": median_time(lambda: py.instants(_data(tp)), 3),
+        "before: Arrow unique, sort, index_in": median_time(arrow, 7),
+    }
+    _table(res, "Cython instants")
+
+
+def _stacks(cy: Any, py: Any, src: Source, con: duckdb.DuckDBPyConnection) -> None:
+    tab = src.read("stacks", ["t", "pid", "stack", "samples"], ("stack",))
+    assert tab is not None
+    stack = tab["stack"].combine_chunks()
+    t, pid, samples = _t_ms(tab), tab["pid"].combine_chunks(), tab["samples"].combine_chunks()
+    print(f"\nstack_sums: {len(tab):,} rows of call stacks ({len(stack.dictionary)} distinct)"
+          " per second and stack, and per process and stack")  # fmt: skip
+    idx = _flat(stack.indices, pa.int32())
+    bufs = (_data(t), _data(idx), _data(_flat(pid, pa.int64())), _data(samples))
+
+    def before() -> Any:  # reduce.py's two steps before the kernel
+        spine, tslot = _slots_by_index_in(t)
+        n = len(stack.dictionary)
+        slot = pc.add(pc.multiply(tslot.cast(pa.int64()), pa.scalar(n, pa.int64())),
+                      idx.cast(pa.int64())).cast(pa.int32())  # fmt: skip
+        v = _flat(samples, pa.float64())
+        sums, _ = cy.slot_sums(_data(slot), len(spine) * n, _data(v))
+        per_pid = tab.group_by(["pid", "stack"], use_threads=False).aggregate([("samples", "sum")])
+        return sums, per_pid
+
+    plain = pa.table({"t": t, "pid": pid, "stack": stack.cast(pa.string()), "samples": samples})
+    con.register("stacks", plain)
+    res = {
+        "Cython stack_sums": median_time(
+            lambda: cy.stack_sums(*bufs, n_stacks=len(stack.dictionary)), 7
+        ),
+        "reduce.py's whole step (Arrow in, out)": median_time(
+            lambda: _stack_sums(t, stack, pid, samples), 7
+        ),
+        "pure-Python twin": median_time(
+            lambda: py.stack_sums(*bufs, n_stacks=len(stack.dictionary)), 1
+        ),
+        "before: index_in + slot_sums, group-by": median_time(before, 7),
+        "Arrow group_by x 2 (1 thread)": median_time(
+            lambda: [
+                tab.group_by([k, "stack"], use_threads=False).aggregate([("samples", "sum")])
+                for k in ("t", "pid")
+            ],
+            7,
+        ),  # fmt: skip
+        "DuckDB GROUP BY x 2, 1 thread": median_time(
+            lambda: [
+                con.sql(
+                    f"SELECT {k}, stack, sum(samples) FROM stacks GROUP BY ALL"
+                ).to_arrow_table()
+                for k in ("t", "pid")
+            ],
+            7,
+        ),  # fmt: skip
+    }
+    _table(res, "Cython stack_sums")
+
+
+def _slots_by_index_in(t: pa.Array) -> tuple[pa.Array, pa.Array]:
+    spine = pc.unique(t)
+    spine = spine.take(pc.sort_indices(spine))
+    return spine, _flat(pc.index_in(t, value_set=spine), pa.int32())
 
 
 def _table(res: dict[str, float], base: str) -> None:

@@ -52,7 +52,7 @@ def _out(res: tuple[bytearray, bytearray, int, int, int]) -> tuple[list[float | 
 
 
 def test_twins_have_the_same_functions_and_signatures():
-    for name, funcs in (("rates", ("counter_rates", "slot_sums")),
+    for name, funcs in (("rates", ("counter_rates", "slot_sums", "instants", "stack_sums")),
                         ("changepoint", ("segment",))):  # fmt: skip
         cy, py = compiled_kernel(name), load(name, pure=True)
         for f in funcs:
@@ -115,6 +115,20 @@ def test_rates_short_windows_missing_values_and_glitches_are_null(rates):
 def test_rates_reject_buffers_of_different_lengths(rates):
     with pytest.raises(ValueError, match="values has 2 items"):
         rates.counter_rates(None, _q([0, 1, 2]), _d([1.0, 2.0]))
+
+
+def test_integer_values_give_what_their_floats_give(rates):
+    # a counter as stored (int64) against the same counter cast to float64 first
+    keys, t, v = _q([1, 1, 1, 2, 2]), _q([0, 1000, 2000, 0, 500]), [5, 9, 2**40, 7, 8]
+    valid = bytes([1, 1, 1, 0, 1])
+    as_ints = rates.counter_rates(keys, t, _q(v), valid, scale=0.5, ints=True)
+    assert as_ints == rates.counter_rates(keys, t, _d([float(x) for x in v]), valid, scale=0.5)
+    assert _out(as_ints)[0] == [None, 2.0, (2**40 - 9) / 2, None, None]
+    slots = array.array("i", [0, 1, 0, 1, 0]).tobytes()
+    for maximum in (False, True):
+        assert rates.slot_sums(slots, 2, _q(v), valid, maximum, ints=True) == rates.slot_sums(
+            slots, 2, _d([float(x) for x in v]), valid, maximum
+        )
 
 
 def test_slot_sums_and_max(rates):
@@ -207,6 +221,11 @@ COUNTER = st.one_of(
     st.floats(0, 2**40, allow_nan=False),
     st.sampled_from([math.inf, -math.inf, math.nan, -0.0, -1.0]),
 )
+INT_COUNTER = st.one_of(
+    st.integers(0, 2**12),
+    st.integers(2**31, 2**32 - 1),
+    st.integers(-(2**63), 2**63 - 1),  # past 2**53: read as the nearest float
+)
 WIDTH = st.one_of(st.just(0.0), st.just(-1.0), st.floats(1, 2**33), st.just(math.nan))
 
 
@@ -236,8 +255,12 @@ def test_rate_twins_agree_on_every_option(data):
         "max_rate": data.draw(st.one_of(st.just(math.inf), st.floats(0, 1e12), st.just(math.nan))),
         "scale": data.draw(st.sampled_from([1.0, 0.01, 8.0, -1.0, 0.0])),
     }
-    args = (None if keys is None else _q(sorted(keys)), _q(t), _d(values),
-            None if valid is None else bytes(valid))  # fmt: skip
+    ints = data.draw(st.booleans())  # counters as stored: 64-bit integers
+    if ints:
+        values = data.draw(rows(INT_COUNTER, min_size=n, max_size=n))
+    args = (None if keys is None else _q(sorted(keys)), _q(t), _q(values) if ints else
+            _d(values), None if valid is None else bytes(valid))  # fmt: skip
+    kw["ints"] = ints
     got = _outcome(compiled_kernel("rates").counter_rates, *args, **kw)
     assert got == _outcome(load("rates", pure=True).counter_rates, *args, **kw)
 
@@ -248,13 +271,16 @@ def test_slot_sums_twins_agree(data):
     n_slots = data.draw(st.integers(0, 6))
     n = data.draw(st.integers(0, 50))
     slots = data.draw(st.lists(st.integers(-2, n_slots), min_size=n, max_size=n))
-    values = data.draw(st.lists(st.floats(width=64), min_size=n, max_size=n))
+    ints = data.draw(st.booleans())
+    numbers = INT_COUNTER if ints else st.floats(width=64)
+    values = data.draw(st.lists(numbers, min_size=n, max_size=n))
     valid = data.draw(st.one_of(st.none(), st.lists(st.booleans(), min_size=n, max_size=n)))
-    args = (array.array("i", slots).tobytes(), n_slots, _d(values),
+    args = (array.array("i", slots).tobytes(), n_slots, _q(values) if ints else _d(values),
             None if valid is None else bytes(valid))  # fmt: skip
     for maximum in (False, True):
-        got = _outcome(compiled_kernel("rates").slot_sums, *args, maximum=maximum)
-        assert got == _outcome(load("rates", pure=True).slot_sums, *args, maximum=maximum)
+        got = _outcome(compiled_kernel("rates").slot_sums, *args, maximum=maximum, ints=ints)
+        assert got == _outcome(load("rates", pure=True).slot_sums, *args, maximum=maximum,
+                               ints=ints)  # fmt: skip
 
 
 @settings(max_examples=200, deadline=None)
@@ -273,3 +299,80 @@ def test_slots_in_time_order_agree_with_hashing(ts, ordered):
     assert slots.type == pa.int32()
     assert slots.to_pylist() == [want.index(v) for v in t.to_pylist()]
     assert pc.sum(pc.is_null(slots)).as_py() in (0, None)
+
+
+def _i(xs: list[int]) -> bytes:
+    return array.array("i", xs).tobytes()
+
+
+def _sums(res):  # type: ignore[no-untyped-def]
+    """stack_sums' two results as lists of (key, stack, samples) rows (None stays None)."""
+    out = []
+    for bufs in res:
+        if bufs is None:
+            out.append(None)
+            continue
+        keys, stacks, n = (array.array(c, bytes(b)).tolist() for c, b in zip("qiq", bufs))
+        out.append(list(zip(keys, stacks, n, strict=True)))
+    return out
+
+
+def test_stack_sums_per_instant_and_per_process(rates):
+    # t, stack, pid, samples: two instants, three processes, stacks 0-2; a row left out
+    rows = [(1000, 2, 7, 5), (1000, 0, 9, 1), (1000, 2, 9, 4), (2000, 1, 9, 3),
+            (2000, 0, 7, 0), (2000, 1, 8, 2), (2000, 2, 8, 99)]  # fmt: skip
+    t, stack, pid, n = (list(c) for c in zip(*rows, strict=True))
+    valid = bytes([1, 1, 1, 1, 1, 1, 0])
+    per_t, per_pid = _sums(rates.stack_sums(_q(t), _i(stack), _q(pid), _q(n), valid,
+                                            n_stacks=3))  # fmt: skip
+    # per instant in stack order; stack 0 at 2000 had no samples: no row
+    assert per_t == [(1000, 0, 1), (1000, 2, 9), (2000, 1, 5)]
+    # processes in order of their first row, then stack order
+    assert per_pid == [(7, 2, 5), (9, 0, 1), (9, 1, 3), (9, 2, 4), (8, 1, 2)]
+    # rows in any order (a part stores them by process and stack, then time): the same
+    order = [6, 3, 0, 5, 1, 4, 2]
+    again = rates.stack_sums(*(_q([c[i] for i in order]) if f == "q" else
+                               _i([c[i] for i in order]) for c, f in
+                               ((t, "q"), (stack, "i"), (pid, "q"), (n, "q"))),
+                             bytes(valid[i] for i in order), n_stacks=3)  # fmt: skip
+    assert _sums(again)[0] == per_t
+    assert sorted(_sums(again)[1]) == sorted(per_pid)
+    # more instants or processes x stacks than max_cells: none (the caller hashes)
+    per_t, per_pid = _sums(rates.stack_sums(_q(t), _i(stack), _q(pid), _q(n), valid,
+                                            n_stacks=3, max_cells=8))  # fmt: skip
+    assert per_t == [(1000, 0, 1), (1000, 2, 9), (2000, 1, 5)] and per_pid is None
+    with pytest.raises(ValueError, match="stack 3 at row 0"):
+        rates.stack_sums(_q([0]), _i([3]), _q([1]), _q([1]), n_stacks=3)
+
+
+def test_instants_are_the_runs_of_equal_times(rates):
+    spine, slots = rates.instants(_q([9, 5, 5, 7, 9, -3]))
+    assert array.array("q", bytes(spine)).tolist() == [-3, 5, 7, 9]
+    assert array.array("i", bytes(slots)).tolist() == [3, 1, 1, 2, 3, 0]
+    assert [bytes(x) for x in rates.instants(_q([]))] == [b"", b""]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_stack_sums_twins_agree(data):
+    n = data.draw(st.integers(0, 60))
+    n_stacks = data.draw(st.integers(0, 5))
+    rows = st.lists
+    t = data.draw(rows(st.sampled_from([-2**62, -5, 0, 1000, 2000, 2**40]), min_size=n,
+                       max_size=n))  # fmt: skip
+    stacks = data.draw(rows(st.integers(-1, n_stacks), min_size=n, max_size=n))
+    pids = data.draw(rows(st.sampled_from([-1, 0, 7, 2**40, 9, 9]), min_size=n, max_size=n))
+    samples = data.draw(rows(st.integers(-3, 2**20), min_size=n, max_size=n))
+    valid = data.draw(st.one_of(st.none(), rows(st.booleans(), min_size=n, max_size=n)))
+    args = (_q(t), _i(stacks), _q(pids), _q(samples), None if valid is None else bytes(valid))
+    kw = {"n_stacks": n_stacks, "max_cells": data.draw(st.sampled_from([0, 4, 20_000_000]))}
+
+    def outcome(mod):  # type: ignore[no-untyped-def]
+        try:
+            return "ok", _sums(mod.stack_sums(*args, **kw)), mod.instants(_q(t))
+        except ValueError as e:
+            return "error", str(e), mod.instants(_q(t))
+
+    cy, py = outcome(compiled_kernel("rates")), outcome(load("rates", pure=True))
+    assert cy[:2] == py[:2]
+    assert [bytes(x) for x in cy[2] or ()] == [bytes(x) for x in py[2] or ()]

@@ -49,11 +49,16 @@ LUSTRE_META = (
 NFS_META = ("vfs_open", "vfs_lookup", "vfs_getdents", "vfs_setattr", "inode_revalidate")
 
 
+# Keys x stacks summed in an array up to this many cells (160 MB), hashed past it.
+MAX_CELLS = 20_000_000
+
 # pyarrow converts a Python number on every call (slowly): constants are made once
 _F0 = pa.scalar(0.0)
 _I0 = pa.scalar(0, pa.int64())
 _IM1 = pa.scalar(-1, pa.int32())
-_D = pa.scalar("D")
+_PYSPY = pa.array(["py-spy"])
+_WAITING = pa.array(["wait", "ready"])
+_DSTATE = pa.array(["D"])
 
 
 # -- reading the members of a .para file ---------------------------------------------------
@@ -153,6 +158,16 @@ def _data(arr: pa.Array) -> pa.Buffer:
     return buf.slice(arr.offset * width, len(arr) * width)
 
 
+def _numbers(values: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, bool]:
+    """Values for the kernels: 64-bit integers as they are (counters are stored so: the
+    kernel reads them as floats row by row, where a cast would copy the column first),
+    anything else as floats; and whether they are integers."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_int64(arr.type):
+        return arr, True
+    return _flat(arr, pa.float64()), False
+
+
 def rates(
     keys: pa.Array | None,
     t_ms: pa.Array,
@@ -165,17 +180,18 @@ def rates(
 ) -> tuple[pa.Array, int, int]:
     """Per-second rate of a cumulative counter (rows grouped by key, in time order): the
     array of rates (null where none can be known), wraps and resets seen."""
-    v = _flat(values, pa.float64())
+    v, ints = _numbers(values)
     valid = None
     if v.null_count:
+        # the kernel never reads a value whose valid byte is 0: what lies under a null
+        # need not be filled in
         valid = _data(_flat(pc.is_valid(v), pa.uint8()))
-        v = pc.fill_null(v, _F0)
     mods = None
     if moduli is not None:
         mods = _data(pc.fill_null(_flat(moduli, pa.float64()), _F0))
     data, bitmap, nulls, wraps, resets = _rates.counter_rates(
         _data(keys) if keys is not None else None, _data(t_ms), _data(v), valid,
-        min_dt_s=min_dt_s, modulus=modulus, moduli=mods, scale=scale,
+        min_dt_s=min_dt_s, modulus=modulus, moduli=mods, scale=scale, ints=ints,
     )  # fmt: skip
     n = len(t_ms)
     arr = pa.Array.from_buffers(
@@ -188,12 +204,12 @@ def slot_sums(slots: pa.Array, n_slots: int, values: pa.ChunkedArray | pa.Array,
               how: str = "sums") -> pa.Array:  # fmt: skip
     """Sum (or max, `how="max"`) of `values` per slot (null where a slot got no valid
     value), with the kernel."""
-    v = _flat(values, pa.float64())
+    v, ints = _numbers(values)
     valid = None
     if v.null_count:
-        valid = _data(_flat(pc.is_valid(v), pa.uint8()))
-        v = pc.fill_null(v, _F0)
-    sums, counts = _rates.slot_sums(_data(slots), n_slots, _data(v), valid, how == "max")
+        valid = _data(_flat(pc.is_valid(v), pa.uint8()))  # (nulls unread, as in rates)
+    sums, counts = _rates.slot_sums(_data(slots), n_slots, _data(v), valid, how == "max",
+                                    ints=ints)  # fmt: skip
     total = pa.Array.from_buffers(pa.float64(), n_slots, [None, pa.py_buffer(sums)])
     count = pa.Array.from_buffers(pa.int64(), n_slots, [None, pa.py_buffer(counts)])
     return pc.if_else(pc.greater(count, _I0), total, pa.scalar(None, pa.float64()))
@@ -201,21 +217,68 @@ def slot_sums(slots: pa.Array, n_slots: int, values: pa.ChunkedArray | pa.Array,
 
 def _slots(t: pa.Array) -> tuple[pa.Array, pa.Array]:
     """The distinct instants of `t` in order, and each row's position among them."""
-    n = len(t)
-    if n > 1 and not t.null_count:
-        step = pc.subtract(t.slice(1), t.slice(0, n - 1))
-        if pc.min(step).as_py() >= 0:
-            # rows in time order (call stacks, second by second): the runs of equal
-            # instants are the slots, found in one pass instead of hashing every row
-            new = pc.greater(step, _I0)
-            first = pa.concat_arrays([pa.array([True]), new])
-            slots = pc.cumulative_sum(_flat(new, pa.int32()))
-            return t.filter(first), pa.concat_arrays(
-                [pa.array([0], pa.int32()), _flat(slots, pa.int32())]
-            )
-    spine = pc.unique(t)
-    spine = spine.take(pc.sort_indices(spine))
-    return spine, _flat(pc.fill_null(pc.index_in(t, value_set=spine), _IM1), pa.int32())
+    if t.null_count:
+        spine = pc.unique(t)
+        spine = spine.take(pc.sort_indices(spine))
+        return spine, _flat(pc.fill_null(pc.index_in(t, value_set=spine), _IM1), pa.int32())
+    # one pass of the kernel's hash table (rows are stored by process, then time)
+    spine, slots = _rates.instants(_data(_flat(t, pa.int64())))
+    return (pa.Array.from_buffers(pa.int64(), len(spine) // 8, [None, pa.py_buffer(spine)]),
+            pa.Array.from_buffers(pa.int32(), len(t), [None, pa.py_buffer(slots)]))  # fmt: skip
+
+
+def _stack_sums(t: pa.Array, stack: pa.DictionaryArray, pid: pa.Array, samples: pa.Array
+                ) -> tuple[pa.Table | None, pa.Table | None]:  # fmt: skip
+    """Samples summed per instant and stack, and per process and stack (the kernel, in one
+    pass each); either None where the kernel leaves it to hashing."""
+    valid = None
+    if samples.null_count or stack.null_count:
+        valid = _data(_flat(pc.and_(pc.is_valid(samples), pc.is_valid(stack)), pa.uint8()))
+    idx = _flat(pc.fill_null(stack.indices, 0), pa.int32())
+    per_t, per_pid = _rates.stack_sums(
+        _data(t), _data(idx), _data(_flat(pc.fill_null(pid, -1), pa.int64())),
+        _data(_flat(pc.fill_null(samples, _I0), pa.int64())), valid,
+        n_stacks=len(stack.dictionary), max_cells=MAX_CELLS,
+    )  # fmt: skip
+    names = stack.dictionary.cast(pa.string())
+
+    def table(key: str, bufs: tuple[bytearray, bytearray, bytearray] | None) -> pa.Table | None:
+        if bufs is None:
+            return None
+        m = len(bufs[2]) // 8
+        return pa.table({
+            key: pa.Array.from_buffers(pa.int64(), m, [None, pa.py_buffer(bufs[0])]),
+            "stack": names.take(pa.Array.from_buffers(pa.int32(), m,
+                                                      [None, pa.py_buffer(bufs[1])])),
+            "samples": pa.Array.from_buffers(pa.int64(), m, [None, pa.py_buffer(bufs[2])]),
+        })  # fmt: skip
+
+    return table("t", per_t), table("pid", per_pid)
+
+
+def _hashed(tab: pa.Table, key: str) -> pa.Table:
+    """What _stack_sums makes, by hashing: samples per key and stack, the pairs above 0."""
+    g = tab.group_by([key, "stack"], use_threads=False).aggregate([("samples", "sum")])
+    g = g.filter(pc.fill_null(pc.greater(g["samples_sum"], _I0), False))
+    return pa.table({key: _flat(g[key], pa.int64()) if key == "pid" else g[key],
+                     "stack": _flat(g["stack"], pa.string()),
+                     "samples": _flat(g["samples_sum"], pa.int64())})  # fmt: skip
+
+
+def _matches(col: pa.ChunkedArray, values: pa.Array) -> pa.ChunkedArray | None:
+    """Where a column of names holds one of `values` (null where it holds none): on the
+    dictionary where the column was read dictionary-encoded (a handful of names for
+    hundreds of thousands of rows); None where the file has no such names at all."""
+    out = []
+    for chunk in col.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            out.append(pc.is_in(chunk.dictionary, value_set=values).take(chunk.indices))
+        elif pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type):
+            hit = pc.is_in(chunk, value_set=values)
+            out.append(pc.if_else(pc.is_valid(chunk), hit, pa.scalar(None, pa.bool_())))
+        else:
+            return None
+    return pa.chunked_array(out, pa.bool_())
 
 
 def _keys(col: pa.ChunkedArray) -> pa.Array:
@@ -339,7 +402,7 @@ class _Reducer:
 
     def run(self) -> None:
         for step in (self.node, self.cores, self.memory, self.procs, self.disk, self.net,
-                     self.ib, self.gpu, self.counters, self.stacks, self.pid_stacks, self.events,
+                     self.ib, self.gpu, self.counters, self.stacks, self.events,
                      self.fsmeta, self.energy, self.instructions, self.steps):  # fmt: skip
             step()
 
@@ -410,7 +473,9 @@ class _Reducer:
     def procs(self) -> None:
         cols = ["ppid", "state", "utime", "stime", "rss_bytes", "threads", "read_bytes",
                 "write_bytes", "cutime", "cstime", "rank"]  # fmt: skip
-        tab = self.read("proc", cols, ["pid"])
+        # the state's few letters are decoded as a dictionary: as strings they cost as much
+        # as all the numbers of the table
+        tab = self.read("proc", cols, ["pid"], ("state",))
         if tab is None:
             return
         t = _t_ms(tab)
@@ -426,11 +491,14 @@ class _Reducer:
         spine, slots = _slots(t)
         n = len(spine)
         ones = _flat(pc.is_valid(t), pa.float64())
+        dstate = _matches(tab["state"], _DSTATE)
+        if dstate is None:  # no state column in the file
+            dstate = pa.nulls(len(t), pa.bool_())
         self.nd.series["job"] = pa.table({
             "t": spine, "cores": slot_sums(slots, n, job_cores),
             "rss": slot_sums(slots, n, tab["rss_bytes"]), "read_bps": slot_sums(slots, n, rb),
             "write_bps": slot_sums(slots, n, wb),
-            "dstate": slot_sums(slots, n, pc.equal(tab["state"], _D).cast(pa.float64())),
+            "dstate": slot_sums(slots, n, _flat(dstate, pa.float64())),
             "procs": slot_sums(slots, n, ones).cast(pa.int64()),
         })  # fmt: skip
         # per process: first and last sample, CPU time as last sampled, peaks
@@ -729,75 +797,52 @@ class _Reducer:
         })  # fmt: skip
 
     def stacks(self) -> None:
-        tab = self.read("stacks", ["stack", "samples", "source", "state"], [], ("stack",))
+        """The call stacks, read once for each series made of them: per second (hotspots,
+        per-phase hotspots, the flame graph), per process over the run (each rank's time in
+        MPI), and the Python threads' (py-spy's, CPU and waiting)."""
+        # the names (frames, who named them, thread states) repeat: read as dictionaries
+        tab = self.read("stacks", ["pid", "stack", "samples", "source", "state"], [],
+                        ("stack", "source", "state"))  # fmt: skip
         if tab is None:
             return
-        state = tab["state"]
-        if pa.types.is_string(state.type):
-            # Python stacks (py-spy's) are per thread: their pid and tid are read only here
-            tab = self.read("stacks", ["pid", "tid", "stack", "samples", "source", "state"],
-                            [], ("stack",))  # fmt: skip
-            assert tab is not None
-            state = tab["state"]
-            self.pystacks(tab)
+        pyspy = _matches(tab["source"], _PYSPY)
+        if pyspy is not None and pc.any(pyspy).as_py():
+            # Python stacks are per thread: their tid is read only for them
+            tid = self.read("stacks", ["tid"], [], ())
+            assert tid is not None and len(tid) == len(tab)
+            self.pystacks(tab.append_column("tid", tid["tid"]), pyspy)
+        waiting = _matches(tab["state"], _WAITING)
+        if waiting is not None and pc.any(waiting).as_py():
             # Python threads seen off-CPU (issue 12): where the time went waiting, apart
             # from the CPU samples that make the hotspots
-            wait = pc.fill_null(pc.is_in(state, pa.array(["wait", "ready"])), False)
+            wait = pc.fill_null(waiting, False)
             waits = tab.filter(wait)
+            self.nd.series["waits"] = pa.table({
+                "t": _t_ms(waits), "stack": _flat(waits["stack"], pa.string()),
+                "state": _flat(waits["state"], pa.string()),
+                "samples": _flat(waits["samples"], pa.int64()),
+            })  # fmt: skip
             tab = tab.filter(pc.invert(wait))
-            if len(waits):
-                self.nd.series["waits"] = pa.table({
-                    "t": _t_ms(waits), "stack": _flat(waits["stack"], pa.string()),
-                    "state": _flat(waits["state"], pa.string()),
-                    "samples": _flat(waits["samples"], pa.int64()),
-                })  # fmt: skip
-            if not len(tab):
-                return
+        if not len(tab):
+            return
         stack = tab["stack"].combine_chunks()
         if not pa.types.is_dictionary(stack.type):
             stack = stack.dictionary_encode()
-        idx = _flat(stack.indices, pa.int64())
-        n_dict = len(stack.dictionary)
-        spine, tslot = _slots(_t_ms(tab))
-        n_slots = len(spine) * n_dict
-        if n_slots > 20_000_000:  # many distinct stacks: hash them instead
-            g = tab.group_by(["t", "stack"], use_threads=False).aggregate([("samples", "sum")])
-            t_out, st_out, n_out = _t_ms(g), _flat(g["stack"], pa.string()), g["samples_sum"]
-        else:
-            slot = pc.add(pc.multiply(tslot.cast(pa.int64()), pa.scalar(n_dict, pa.int64())),
-                          idx).cast(pa.int32())  # fmt: skip
-            sums = slot_sums(slot, n_slots, tab["samples"])
-            keep = pc.indices_nonzero(pc.fill_null(pc.greater(sums, _F0), False))
-            keep64 = keep.cast(pa.int64())
-            t_out = spine.take(pc.divide(keep64, pa.scalar(n_dict, pa.int64())))
-            st_out = stack.dictionary.take(pc.subtract(
-                keep64, pc.multiply(pc.divide(keep64, pa.scalar(n_dict, pa.int64())),
-                                    pa.scalar(n_dict, pa.int64())))).cast(pa.string())  # fmt: skip
-            n_out = sums.take(keep)
-        self.nd.series["stacks"] = pa.table({
-            "t": t_out, "stack": st_out, "samples": _flat(n_out, pa.int64()),
-        })  # fmt: skip
+        per_t, per_pid = _stack_sums(_t_ms(tab), stack, tab["pid"].combine_chunks(),
+                                     tab["samples"].combine_chunks())  # fmt: skip
+        # too many instants or processes x stacks for an array: hash the pairs instead
+        if per_t is None:
+            per_t = _hashed(tab, "t")
+            per_t = per_t.set_column(0, "t", _t_ms(per_t))
+        if per_pid is None:
+            per_pid = _hashed(tab, "pid")
+        self.nd.series["stacks"] = per_t
+        self.nd.series["pstacks"] = per_pid
 
-    def pid_stacks(self) -> None:
-        """The call stacks of each process over the whole run (per rank shares: the time
-        each rank spent in MPI): CPU samples only, as the hotspots (Python threads seen
-        waiting are apart)."""
-        tab = self.read("stacks", ["pid", "stack", "samples", "state"], [], ("stack",))
-        if tab is None:
-            return
-        if pa.types.is_string(tab["state"].type):
-            waiting = pc.fill_null(pc.is_in(tab["state"], pa.array(["wait", "ready"])), False)
-            tab = tab.filter(pc.invert(waiting))
-        g = tab.group_by(["pid", "stack"], use_threads=False).aggregate([("samples", "sum")])
-        self.nd.series["pstacks"] = pa.table({
-            "pid": _flat(g["pid"], pa.int64()), "stack": _flat(g["stack"], pa.string()),
-            "samples": _flat(g["samples_sum"], pa.int64()),
-        })  # fmt: skip
-
-    def pystacks(self, tab: pa.Table) -> None:
+    def pystacks(self, tab: pa.Table, pyspy: pa.ChunkedArray) -> None:
         """The Python threads' stacks (py-spy's, CPU and waiting) over the run, per thread:
         what the Python rules read (pyfacts.py)."""
-        py = tab.filter(pc.fill_null(pc.equal(tab["source"], "py-spy"), False))
+        py = tab.filter(pc.fill_null(pyspy, False))
         if not len(py):
             return
         py = pa.table({

@@ -7,7 +7,9 @@ The kernel counts what /proc, sysfs, NVML and RAPL give: cumulative counters, st
 Rows come grouped by series (all rows of one key together) and in time order inside each
 series, as a .para part stores them.  Buffers are anything with the buffer protocol (bytes,
 bytearray, array, memoryview, a pyarrow Buffer): `keys` and `t_ms` of 64-bit integers,
-`values` and `moduli` of 64-bit floats, `valid` of bytes (0 = the value is missing).
+`values` and `moduli` of 64-bit floats (`values` of 64-bit integers with `ints=True`: a
+counter as stored, read as a float row by row instead of cast whole first), `valid` of
+bytes (0 = the value is missing, and the value is then never read).
 
 For each row the rate is (value - previous value of the same series) * scale / seconds
 between them, and missing (null) where it cannot be known:
@@ -38,6 +40,7 @@ def counter_rates(
     moduli: object | None = None,
     max_rate: float = ...,
     scale: float = 1.0,
+    ints: bool = False,
 ) -> tuple[bytearray, bytearray, int, int, int]:
     """(rates: float64 per row, validity: an Arrow bitmap, null count, wraps, resets).
 
@@ -52,6 +55,7 @@ def slot_sums(
     values: object,
     valid: object | None = None,
     maximum: bool = False,
+    ints: bool = False,
 ) -> tuple[bytearray, bytearray]:
     """Sum of `values` (float64) per slot: `slots` (int32, one per row; negative = no slot)
     says where each row goes, rows whose `valid` byte is 0 are left out.  Returns the sums
@@ -61,4 +65,32 @@ def slot_sums(
     (0 where the slot got none).  Sums a node's per-process rates per sampling instant, its
     call stacks per second, without hashing: the slots come from `pyarrow.compute.index_in`.
     Raises ValueError when a slot is >= n_slots or the buffers' lengths differ.
+    """
+
+def instants(t_ms: object) -> tuple[bytearray, bytearray]:
+    """The distinct instants of `t_ms` (64-bit integers, rows in any order) in ascending
+    order (int64), and each row's position among them (int32): one pass with a hash table
+    instead of sorting and looking up every row."""
+
+def stack_sums(
+    t_ms: object,
+    stacks: object,
+    pids: object,
+    samples: object,
+    valid: object | None = None,
+    n_stacks: int = 0,
+    max_cells: int = 20_000_000,
+) -> tuple[
+    tuple[bytearray, bytearray, bytearray] | None, tuple[bytearray, bytearray, bytearray] | None
+]:
+    """A node's call stacks summed two ways in one call: per instant and stack, and per
+    process and stack.  Each row has its time (`t_ms`, int64), its stack as an index below
+    `n_stacks` (int32: a dictionary's indices), its process (`pids`, int64) and its count
+    (`samples`, int64), in any order; rows whose `valid` byte is 0 are left out.
+
+    Returns (per_instant, per_process), each as three buffers (key: int64, stack: int32,
+    samples: int64) holding the pairs with samples above 0, by key then stack: instants in
+    ascending order, processes in the order of their first row; either is None when its
+    keys x stacks would pass `max_cells` (the caller hashes the pairs instead).  Raises
+    ValueError when a row's stack is not below `n_stacks` or the buffers' lengths differ.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 TWO31 = float(1 << 31)
@@ -27,9 +28,10 @@ def counter_rates(
     moduli: object | None = None,
     max_rate: float = math.inf,
     scale: float = 1.0,
+    ints: bool = False,
 ) -> tuple[bytearray, bytearray, int, int, int]:
     t = _view(t_ms, "q", "t_ms")
-    v = _view(values, "d", "values")
+    v = _view(values, "q" if ints else "d", "values")
     n = len(t)
     k = _view(keys, "q", "keys") if keys is not None else None
     ok = _view(valid, "B", "valid") if valid is not None else None
@@ -80,10 +82,15 @@ def counter_rates(
 
 
 def slot_sums(
-    slots: object, n_slots: int, values: object, valid: object | None = None, maximum: bool = False
+    slots: object,
+    n_slots: int,
+    values: object,
+    valid: object | None = None,
+    maximum: bool = False,
+    ints: bool = False,
 ) -> tuple[bytearray, bytearray]:
     sl = _view(slots, "i", "slots")
-    v = _view(values, "d", "values")
+    v = _view(values, "q" if ints else "d", "values")
     ok = _view(valid, "B", "valid") if valid is not None else None
     n = len(sl)
     for name, arr in (("values", v), ("valid", ok)):
@@ -99,9 +106,68 @@ def slot_sums(
             continue
         if k >= n_slots:
             raise ValueError(f"slot_sums: slot {k} at row {i} is not below n_slots {n_slots}")
+        x = float(v[i])
         if not maximum:
-            s[k] += v[i]
-        elif c[k] == 0 or v[i] > s[k]:
-            s[k] = v[i]
+            s[k] += x
+        elif c[k] == 0 or x > s[k]:
+            s[k] = x
         c[k] += 1
     return out, counts
+
+
+def instants(t_ms: object) -> tuple[bytearray, bytearray]:
+    t = _view(t_ms, "q", "t_ms")
+    spine = sorted(set(t))
+    at = {x: i for i, x in enumerate(spine)}
+    return (bytearray(array("q", spine).tobytes()),
+            bytearray(array("i", [at[x] for x in t]).tobytes()))  # fmt: skip
+
+
+def stack_sums(
+    t_ms: object,
+    stacks: object,
+    pids: object,
+    samples: object,
+    valid: object | None = None,
+    n_stacks: int = 0,
+    max_cells: int = 20_000_000,
+) -> tuple[tuple[bytearray, bytearray, bytearray] | None,
+           tuple[bytearray, bytearray, bytearray] | None]:  # fmt: skip
+    t = _view(t_ms, "q", "t_ms")
+    st = _view(stacks, "i", "stacks")
+    pd = _view(pids, "q", "pids")
+    v = _view(samples, "q", "samples")
+    ok = _view(valid, "B", "valid") if valid is not None else None
+    n = len(t)
+    for name, arr in (("stacks", st), ("pids", pd), ("samples", v), ("valid", ok)):
+        if arr is not None and len(arr) != n:
+            raise ValueError(f"stack_sums: {name} has {len(arr)} items, t_ms has {n}")
+    rows = [i for i in range(n) if ok is None or ok[i]]
+    for i in rows:
+        if not 0 <= st[i] < n_stacks:
+            raise ValueError(f"stack_sums: stack {st[i]} at row {i} is not below n_stacks "
+                             f"{n_stacks}")  # fmt: skip
+    return (
+        _pair_sums(t, st, v, rows, n_stacks, max_cells, True),
+        _pair_sums(pd, st, v, rows, n_stacks, max_cells, False),
+    )
+
+
+def _pair_sums(keys: Any, st: Any, v: Any, rows: list[int], n_stacks: int, max_cells: int,
+               ascending: bool) -> tuple[bytearray, bytearray, bytearray] | None:  # fmt: skip
+    order: dict[int, int] = {}
+    for i in rows:
+        order.setdefault(keys[i], len(order))
+    if len(order) * n_stacks > max_cells:
+        return None
+    if ascending:
+        order = {k: r for r, k in enumerate(sorted(order))}
+    sums: dict[tuple[int, int], int] = {}
+    for i in rows:
+        pair = (order[keys[i]], st[i])
+        sums[pair] = sums.get(pair, 0) + v[i]
+    key_of = list(order)
+    out = [(key_of[p], k, n) for (p, k), n in sorted(sums.items()) if n > 0]
+    return (bytearray(array("q", [r[0] for r in out]).tobytes()),
+            bytearray(array("i", [r[1] for r in out]).tobytes()),
+            bytearray(array("q", [r[2] for r in out]).tobytes()))  # fmt: skip
