@@ -57,3 +57,13 @@ def test_each_step_sums_the_nodes_and_averages_a_faster_node_within_it(tmp_path,
     # the faster node's steps hold two samples each (its first and last, one)
     assert len(per) == (7 if fast else 6)
     assert on_grid == {0: True, 1: True, 2: not fast}
+
+
+def test_a_file_rewritten_in_place_is_read_again(tmp_path):
+    # a report reads each file's header once (file_facts); a file replaced since is new
+    from para.analyzer.reduce import file_facts
+
+    path = _node(tmp_path / "n.para", "first", 1.0, [GIB])
+    assert file_facts(path).host == "first" and not file_facts(path).agent
+    _node(tmp_path / "new.para", "second", 1.0, [GIB, GIB]).replace(path)
+    assert file_facts(path).host == "second"

@@ -20,9 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from para.analyzer.load import sql_file, views
-from para.analyzer.reduce import NodeData, node_facts, reduce_node, reduce_sources
+from para.analyzer.reduce import (
+    NodeData,
+    file_facts,
+    node_facts,
+    reduce_node,
+    reduce_sources,
+)
 from para.errors import ParaError
-from para.formats import ParaFile
 
 # The reduced tables, their columns, and their types when no node has them (empty views
 # keep the SQL valid whatever a job recorded).
@@ -102,17 +107,8 @@ def group_files(paths: list[Path]) -> list[tuple[str, list[Path]]]:
     """Files -> nodes: a host's files that follow each other in time are one node."""
     metas = []
     for p in paths:
-        with ParaFile(p) as pf:
-            st = pf.stats() if not pf.complete else pf.meta
-            metas.append(
-                (
-                    p,
-                    str((pf.meta.get("host") or {}).get("hostname") or p.stem),
-                    st.get("start"),
-                    st.get("end"),
-                    bool(pf.meta.get("segment")),
-                )
-            )
+        f = file_facts(p)
+        metas.append((p, f.host, f.start, f.end, f.segment))
     groups: list[tuple[str, list[tuple[Path, float | None, float | None]]]] = []
     for p, host, start, end, segment in metas:
         for label, members in groups:

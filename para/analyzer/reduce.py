@@ -11,6 +11,7 @@ The job's SQL (sql/job.sql) then works on the reduced tables of all nodes togeth
 
 from __future__ import annotations
 
+import functools
 import mmap
 import zipfile
 from dataclasses import dataclass, field
@@ -141,6 +142,38 @@ def _conform(tab: pa.Table, wanted: pa.Schema) -> pa.Table:
         else:
             cols.append(pa.nulls(len(tab), f.type if f.type != pa.null() else pa.int64()))
     return pa.table(cols, names=wanted.names)
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What a report needs of a file before reading it: whose, when, and whether an agent
+    wrote it (its segments hold several jobs)."""
+
+    host: str
+    start: float | None
+    end: float | None
+    segment: bool
+    agent: bool
+
+
+def file_facts(path: str | Path) -> FileFacts:
+    """The file's facts, read once per process while it is unchanged (a report looks at
+    every file's header twice before reading it: 0.09 s for 128 files each time)."""
+    st = Path(path).stat()
+    # a file rewritten (the writer renames a new one in place: another inode) or grown
+    # (an unfinished one's journal) is read again
+    return _file_facts(str(path), (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_facts(path: str, version: tuple[int, int, int, int]) -> FileFacts:
+    with ParaFile(path) as pf:
+        st = pf.stats() if not pf.complete else pf.meta
+        return FileFacts(
+            str((pf.meta.get("host") or {}).get("hostname") or Path(path).stem),
+            st.get("start"), st.get("end"), bool(pf.meta.get("segment")),
+            pf.meta.get("source") == "para agent" or bool(pf.meta.get("segment")),
+        )  # fmt: skip
 
 
 # -- the kernel on Arrow arrays --------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from para.analyzer.reduce import Source
+from para.analyzer.reduce import Source, file_facts
 from para.formats import ParaFile
 from para.formats.schema import TABLES
 
@@ -37,11 +37,7 @@ class SegmentJob:
 
 
 def is_agent_recording(files: list[str]) -> bool:
-    for f in files:
-        with ParaFile(f) as pf:
-            if pf.meta.get("source") == "para agent" or pf.meta.get("segment"):
-                return True
-    return False
+    return any(file_facts(f).agent for f in files)
 
 
 def segment_jobs(files: list[str]) -> dict[str, SegmentJob]:
