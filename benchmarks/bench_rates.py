@@ -152,7 +152,7 @@ def _stacks(cy: Any, py: Any, src: Source, con: duckdb.DuckDBPyConnection) -> No
         "Cython stack_sums": median_time(
             lambda: cy.stack_sums(*bufs, n_stacks=len(stack.dictionary)), 7
         ),
-        "reduce.py's whole step (Arrow in, out)": median_time(
+        "reduce.py's step (Arrow in and out)": median_time(
             lambda: _stack_sums(t, stack, pid, samples), 7
         ),
         "pure-Python twin": median_time(
