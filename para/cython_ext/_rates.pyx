@@ -23,6 +23,13 @@ cdef const unsigned char[:] _bytes(object buf, str name):
         raise ValueError(f"counter_rates: {name} is not a buffer: {e}") from None
 
 
+cdef const unsigned char[:] _valid(object valid, Py_ssize_t n, str fn, str against):
+    cdef const unsigned char[:] ok = _bytes(valid, "valid")
+    if ok.shape[0] != n:
+        raise ValueError(f"{fn}: valid has {ok.shape[0]} items, {against} has {n}")
+    return ok
+
+
 def counter_rates(
     keys,
     t_ms,
@@ -55,9 +62,7 @@ def counter_rates(
         if k.shape[0] != n:
             raise ValueError(f"counter_rates: keys has {k.shape[0]} items, t_ms has {n}")
     if has_ok:
-        ok = _bytes(valid, "valid")
-        if ok.shape[0] != n:
-            raise ValueError(f"counter_rates: valid has {ok.shape[0]} items, t_ms has {n}")
+        ok = _valid(valid, n, "counter_rates", "t_ms")
     if has_mods:
         mods = memoryview(moduli).cast("B").cast("d")
         if mods.shape[0] != n:
@@ -120,9 +125,7 @@ def slot_sums(slots, Py_ssize_t n_slots, values, valid=None, bint maximum=False,
     if n_values != n:
         raise ValueError(f"slot_sums: values has {n_values} items, slots has {n}")
     if has_ok:
-        ok = _bytes(valid, "valid")
-        if ok.shape[0] != n:
-            raise ValueError(f"slot_sums: valid has {ok.shape[0]} items, slots has {n}")
+        ok = _valid(valid, n, "slot_sums", "slots")
     out = bytearray(8 * n_slots)
     counts = bytearray(8 * n_slots)
     cdef double[:] s = memoryview(out).cast("d")
@@ -328,9 +331,7 @@ def stack_sums(t_ms, stacks, pids, samples, valid=None, Py_ssize_t n_stacks=0,
         if length != n:
             raise ValueError(f"stack_sums: {name} has {length} items, t_ms has {n}")
     if has_ok:
-        ok = _bytes(valid, "valid")
-        if ok.shape[0] != n:
-            raise ValueError(f"stack_sums: valid has {ok.shape[0]} items, t_ms has {n}")
+        ok = _valid(valid, n, "stack_sums", "t_ms")
     with nogil:
         for i in range(n):
             if (not has_ok or ok[i] != 0) and (st[i] < 0 or st[i] >= n_stacks):
