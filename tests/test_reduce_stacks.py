@@ -125,3 +125,14 @@ def test_names_match_the_same_plain_or_dictionary_encoded():
         assert got is not None and got.to_pylist() == [False, True, None, False, True]
     # a file without the column reads it as nulls of another type: no names to match
     assert _matches(pa.chunked_array([pa.nulls(3, pa.int64())]), pa.array(["D"])) is None
+
+
+def test_a_program_always_waiting_has_no_hotspots(tmp_path):
+    # py-spy saw its one thread waiting every second: the waits are kept, no CPU stacks
+    seconds = [(T0 + 1000 * s, [[T0 + 1000 * s, 200, 201, "python3",
+                                 "app.<module> (app.py:1);time.sleep", 40, "py-spy", "wait"]])
+               for s in range(5)]  # fmt: skip
+    nd = reduce_node("n1", [_write(tmp_path / "w.para", seconds)])
+    assert sum(r["samples"] for r in nd.series["waits"].to_pylist()) == 200
+    assert "stacks" not in nd.series and len(nd.series["pstacks"]) == 0
+    assert _got(nd.series)["pystacks"] == _expected(seconds)["pystacks"]

@@ -856,7 +856,10 @@ class _Reducer:
                 "samples": _flat(waits["samples"], pa.int64()),
             })  # fmt: skip
             tab = tab.filter(pc.invert(wait))
-        if not len(tab):
+        if not len(tab):  # every Python thread waiting: no hotspot, no process's share
+            self.nd.series["pstacks"] = pa.table({"pid": pa.array([], pa.int64()),
+                                                  "stack": pa.array([], pa.string()),
+                                                  "samples": pa.array([], pa.int64())})  # fmt: skip
             return
         stack = tab["stack"].combine_chunks()
         if not pa.types.is_dictionary(stack.type):
