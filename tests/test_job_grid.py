@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from para.analyzer.job import Job
+from para.errors import ParaError
 from para.formats import ParaWriter
 from para.formats.schema import catalogue
 
@@ -67,3 +68,43 @@ def test_a_file_rewritten_in_place_is_read_again(tmp_path):
     assert file_facts(path).host == "first" and not file_facts(path).agent
     _node(tmp_path / "new.para", "second", 1.0, [GIB, GIB]).replace(path)
     assert file_facts(path).host == "second"
+    # a file that is not there says so, as the reader does
+    with pytest.raises(ParaError, match="no such file"):
+        file_facts(tmp_path / "gone.para")
+
+
+# `para profile` of a command that burns a core, then sleeps: the utime+stime of its one
+# process at each look, as loaded run 10 recorded it (tests/test_analyzer_rules.py's `stall`
+# beside a CPU hog on each core, with a real-time priority: it ran 0.18 s before para's first
+# look), and its rusage at exit
+LOOKS = [18, 66, 115, 161, 207, 231, 232, 232, 232, 232, 232, 232]
+RUSAGE_S = 2.337
+
+
+def _profile(path: Path) -> Path:
+    start = T0 / 1000
+    w = ParaWriter(path, {"source": "para profile", "interval": 0.5, "start": start,
+                          "catalogue": catalogue(), "command": ["./stall"],
+                          "host": {"hostname": "h", "clock_ticks": 100}})  # fmt: skip
+    for i, ticks in enumerate(LOOKS):
+        # pid, ppid, state, utime, stime, then what this test does not need
+        row = [4242, 1, "R" if i < 6 else "S", ticks - 1, 1] + [None] * 17
+        w.append(T0 + 500 * i, {"proc": [row]})
+    w.close({"elapsed_s": 6.039, "exit": {"exit_code": 0, "cpu_user_s": RUSAGE_S - 0.012,
+                                          "cpu_system_s": 0.012}})  # fmt: skip
+    return path
+
+
+def test_cpu_before_the_first_look_is_at_the_start_not_at_the_end(tmp_path):
+    with Job([_profile(tmp_path / "stall.para")]) as job:
+        steps = job.query("SELECT sec, work_cores FROM node_sec ORDER BY sec")
+    cores = {sec: c or 0.0 for sec, c in steps}
+    # all of the command's CPU, once
+    assert sum(cores.values()) * 0.5 == pytest.approx(RUSAGE_S, abs=1e-6)
+    # what it used before the first look is at the start, in the first step the looks
+    # measure (the step of the first look itself is mostly before the start) ...
+    assert cores[0] == 0.0
+    assert cores[1] * 0.5 == pytest.approx(LOOKS[1] / 100, abs=1e-6)
+    # ... and after the last look that saw it run, only what the looks did not see (0.017 s)
+    after = [c for sec, c in cores.items() if sec > 6]
+    assert sum(after) * 0.5 == pytest.approx(RUSAGE_S - LOOKS[-1] / 100, abs=1e-6)

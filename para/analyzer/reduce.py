@@ -159,7 +159,10 @@ class FileFacts:
 def file_facts(path: str | Path) -> FileFacts:
     """The file's facts, read once per process while it is unchanged (a report looks at
     every file's header twice before reading it: 0.09 s for 128 files each time)."""
-    st = Path(path).stat()
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return _read_facts(str(path))  # ParaFile says what is wrong, and what to do
     # a file rewritten (the writer renames a new one in place: another inode) or grown
     # (an unfinished one's journal) is read again
     return _file_facts(str(path), (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
@@ -167,6 +170,10 @@ def file_facts(path: str | Path) -> FileFacts:
 
 @functools.lru_cache(maxsize=4096)
 def _file_facts(path: str, version: tuple[int, int, int, int]) -> FileFacts:
+    return _read_facts(path)
+
+
+def _read_facts(path: str) -> FileFacts:
     with ParaFile(path) as pf:
         st = pf.stats() if not pf.complete else pf.meta
         return FileFacts(
@@ -558,6 +565,8 @@ class _Reducer:
             ),
             pa.scalar(hz),
         )
+        # what each process had used when first seen (no rate says it: see _command_tail)
+        self._first_cpu_s = pc.divide(pc.fill_null(at(own, first), _F0), pa.scalar(hz))
         self.nd.series["procs"] = pa.table({
             "pid": pid.take(first), "first_ms": t.take(first), "last_ms": t.take(last),
             "ppid": _flat(tab["ppid"], pa.int64()).take(first), "cpu_s": cpu_s,
@@ -593,9 +602,32 @@ class _Reducer:
             return
         dt = pc.divide(pc.subtract(t.slice(1), t.slice(0, len(t) - 1)).cast(pa.float64()), 1000.0)
         counted = pc.sum(pc.multiply(pc.fill_null(cores.slice(1), _F0), dt)).as_py() or 0.0
-        tail = user + system - counted
-        t_last = t[len(t) - 1].as_py()
         step_ms = 1000.0 * self.f["interval"]
+        # the command's own processes (their parent is not of the recording: the command and
+        # whatever it left behind) ran before para's first look at them, by as much as their
+        # first look shows (0.18 s of a real-time burner beside two CPU hogs): that is CPU of
+        # the start, not of the command's end (where it made a stalled program look busy
+        # again).  It joins the first step the looks measure: a step of its own, part of a
+        # step before the start, made a phase of its own of every profile.  Children are
+        # credited when their parent reaps them (_with_children).
+        procs = self.nd.series["procs"]
+        own = procs["pid"].to_pylist()
+        head = [(ms, c) for ms, c, ppid in zip(procs["first_ms"].to_pylist(),
+                                               self._first_cpu_s.to_pylist(),
+                                               procs["ppid"].to_pylist(), strict=True)
+                if c > 0 and ppid not in own]  # fmt: skip
+        if head:
+            at_ms = {x: i for i, x in enumerate(t.to_pylist())}
+            rates = cores.to_pylist()
+            for ms, c in head:
+                i = min(at_ms[ms] + 1, len(rates) - 1)
+                rates[i] = (rates[i] or 0.0) + c / (step_ms / 1000)
+            cores = pa.array(rates, pa.float64())
+            self.nd.series["job"] = job = job.set_column(
+                job.column_names.index("cores"), "cores", cores
+            )
+        tail = user + system - counted - sum(c for _, c in head)
+        t_last = t[len(t) - 1].as_py()
         end_ms = (start + elapsed) * 1000
         if tail <= 0.01 or end_ms <= t_last:
             return
