@@ -611,7 +611,7 @@ class _Reducer:
         # step before the start, made a phase of its own of every profile.  Children are
         # credited when their parent reaps them (_with_children).
         procs = self.nd.series["procs"]
-        own = procs["pid"].to_pylist()
+        own = set(procs["pid"].to_pylist())
         head = [(ms, c) for ms, c, ppid in zip(procs["first_ms"].to_pylist(),
                                                self._first_cpu_s.to_pylist(),
                                                procs["ppid"].to_pylist(), strict=True)
