@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from para.analyzer.job import Job
+from para.analyzer.regrid import rates_on_steps
+from para.analyzer.segjobs import JobSource, segment_jobs
 from para.errors import ParaError
 from para.formats import ParaWriter
 from para.formats.schema import catalogue
@@ -108,3 +113,84 @@ def test_cpu_before_the_first_look_is_at_the_start_not_at_the_end(tmp_path):
     # ... and after the last look that saw it run, only what the looks did not see (0.017 s)
     after = [c for sec, c in cores.items() if sec > 6]
     assert sum(after) * 0.5 == pytest.approx(RUSAGE_S - LOOKS[-1] / 100, abs=1e-6)
+
+
+# an agent's looks at a Slurm job beside a CPU hog on each core (loaded run 10): due every
+# 0.5 s, each a few ms late (0.486-0.514 s apart), and the job's CPU by the agent's account
+# (utime + stime of every process, and of the children reaped) at each look, in ticks: the
+# children of `kids` show when their shell reaps them, a second at a time
+LATE_MS = [2, 14, 0, 10, 1, 13, 3, 12, 0, 9, 14, 1]
+ACCOUNT = [30, 30, 130, 130, 130, 230, 235, 335, 335, 435, 435, 440]
+JOB_START_MS = T0 - 300
+
+
+def _segment(path: Path) -> Path:
+    w = ParaWriter(path, {"source": "para agent", "interval": 0.5, "start": T0 / 1000,
+                          "segment": {"id": "s", "seq": 0, "host": "n1"},
+                          "catalogue": catalogue(),
+                          "host": {"hostname": "n1", "clock_ticks": 100}})  # fmt: skip
+    detail = f'{{"scheduler": "slurm", "start": {JOB_START_MS / 1000}, "cpus": 1}}'
+    for i, (late, ticks) in enumerate(zip(LATE_MS, ACCOUNT, strict=True)):
+        t = T0 + 500 * i + late
+        rows: dict = {
+            # the node: 4 CPUs, all busy (the job and the hogs)
+            "node": [[100 * i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 4.0, 4.0, 4.0]],
+            # the job's shell, always there (pid, ppid, state, utime, stime, ..., job)
+            "proc": [[4242, 1, "S", 1, 0] + [None] * 15 + ["77", None]],
+            "job": [["77", 1, 1, ticks - 1, 1] + [None] * 15 + [1, "slurm"]],
+        }
+        if i == 0:
+            rows["events"] = [[t, "job_start", None, "77", detail]]
+        if i == len(LATE_MS) - 1:
+            end = f'{{"scheduler": "slurm", "end": {t / 1000}}}'
+            rows["events"] = [[t, "job_end", None, "77", end]]
+        w.append(t, rows)
+    w.close()
+    return path
+
+
+def test_the_job_cpu_on_the_grid_is_the_agents_account_when_its_looks_are_late(tmp_path):
+    from para.analyzer.report import report
+
+    seg = str(_segment(tmp_path / "n1.para"))
+    doc = report([seg], job_id="77")["job"]
+    used = doc["summary"]["cores_mean"] * doc["duration_s"]
+    # all of the job's CPU by the agent's account, once (cores_mean has 3 decimals) ...
+    assert used == pytest.approx(ACCOUNT[-1] / 100, abs=0.002 * doc["duration_s"])
+    # ... and on the grid, each step no busier than the fastest interval between two looks
+    # (a late look is not a step of more cores than the job has)
+    opener = [(lambda: [JobSource(seg, segment_jobs([seg])["77"])])]
+    with Job(sources=[("n1", opener[0])]) as job:
+        cores = [c or 0.0 for (c,) in job.query("SELECT work_cores FROM node_sec ORDER BY sec")]
+    assert sum(cores) * 0.5 == pytest.approx(ACCOUNT[-1] / 100, abs=1e-9)
+    t = [T0 + 500 * i + late for i, late in enumerate(LATE_MS)]
+    fastest = max((b - a) / (tb - ta) * 10 for a, b, ta, tb in
+                  zip(ACCOUNT, ACCOUNT[1:], t, t[1:]))  # fmt: skip
+    assert max(cores) <= fastest + 1e-9
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(-240, 240), st.floats(0, 64), st.booleans()), min_size=3, max_size=40
+    ),  # fmt: skip
+    st.sampled_from([500.0, 1000.0]),
+)
+def test_rates_on_steps_keep_what_the_looks_measured(looks, step_ms):
+    """Any lateness under half a step, any rates, some unknown: the steps hold what the
+    intervals held, each step's rate between those of the intervals it takes from."""
+    t = [T0 + i * step_ms + late * step_ms / 500 for i, (late, _, _) in enumerate(looks)]
+    t[0] = T0  # the grid's origin
+    rate = [None] + [r if known else None for _, r, known in looks[1:]]
+    got = rates_on_steps(pa.array(t, pa.int64()).cast(pa.float64()).cast(pa.int64()),
+                         pa.array(rate, pa.float64()), step_ms).to_pylist()  # fmt: skip
+    t = [float(int(x)) for x in t]
+    assert [g is None for g in got] == [r is None for r in rate]
+    if all(r is not None for r in rate[1:]):
+        held = sum(r * (b - a) / 1000 for r, a, b in zip(rate[1:], t, t[1:]))
+        assert sum(g * step_ms / 1000 for g in got[1:]) == pytest.approx(held, rel=1e-9, abs=1e-9)
+    for i in range(1, len(t) - 1):
+        if got[i] is not None:
+            # (an unknown rate lends nothing)
+            near = [r or 0.0 for r in rate[max(1, i - 1) : i + 2]]
+            assert min(near) - 1e-9 <= got[i] <= max(near) + 1e-9

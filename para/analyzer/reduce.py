@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from para.analyzer.regrid import rates_on_steps
 from para.cython_ext import load
 from para.formats import ParaFile
 
@@ -534,8 +535,9 @@ class _Reducer:
         dstate = _matches(tab["state"], _DSTATE)
         if dstate is None:  # no state column in the file
             dstate = pa.nulls(len(t), pa.bool_())
+        step_ms = 1000.0 * self.f["interval"]
         self.nd.series["job"] = pa.table({
-            "t": spine, "cores": slot_sums(slots, n, job_cores),
+            "t": spine, "cores": rates_on_steps(spine, slot_sums(slots, n, job_cores), step_ms),
             "rss": slot_sums(slots, n, tab["rss_bytes"]), "read_bps": slot_sums(slots, n, rb),
             "write_bps": slot_sums(slots, n, wb),
             "dstate": slot_sums(slots, n, _flat(dstate, pa.float64())),
@@ -600,9 +602,11 @@ class _Reducer:
         cores = _flat(job["cores"], pa.float64())
         if len(t) < 2:
             return
-        dt = pc.divide(pc.subtract(t.slice(1), t.slice(0, len(t) - 1)).cast(pa.float64()), 1000.0)
-        counted = pc.sum(pc.multiply(pc.fill_null(cores.slice(1), _F0), dt)).as_py() or 0.0
         step_ms = 1000.0 * self.f["interval"]
+        # the rates are of the steps the looks stand for (regrid.py)
+        k = pc.round(pc.divide(pc.subtract(t, t[0]).cast(pa.float64()), step_ms))
+        span = pc.multiply(pc.subtract(k.slice(1), k.slice(0, len(k) - 1)), step_ms / 1000)
+        counted = pc.sum(pc.multiply(pc.fill_null(cores.slice(1), _F0), span)).as_py() or 0.0
         # the command's own processes (their parent is not of the recording: the command and
         # whatever it left behind) ran before para's first look at them, by as much as their
         # first look shows (0.18 s of a real-time burner beside two CPU hogs): that is CPU of
@@ -665,8 +669,9 @@ class _Reducer:
         acct, w, r = rates(None, t, cum, min_dt_s=self.min_dt, scale=1.0 / self.f["hz"])
         self.nd.wraps += w
         self.nd.resets += r
-        start = min((s for s in starts if s is not None), default=None)
         step_ms = 1000.0 * self.f["interval"]
+        acct = rates_on_steps(t, acct, step_ms)
+        start = min((s for s in starts if s is not None), default=None)
         t0 = t[0].as_py()
         if start is not None and t0 - _HEAD_STEPS * step_ms < start < t0 and cum[0].is_valid:
             rate = cum[0].as_py() / self.f["hz"] / ((t0 - start) / 1000)
