@@ -173,7 +173,7 @@ def test_the_job_cpu_on_the_grid_is_the_agents_account_when_its_looks_are_late(t
 @given(
     st.lists(
         st.tuples(st.integers(-240, 240), st.floats(0, 64), st.booleans()), min_size=3, max_size=40
-    ),  # fmt: skip
+    ),
     st.sampled_from([500.0, 1000.0]),
 )
 def test_rates_on_steps_keep_what_the_looks_measured(looks, step_ms):
