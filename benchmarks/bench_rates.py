@@ -20,6 +20,7 @@ Medians of 7 repeats (the twin: of 3).
 
 from __future__ import annotations
 
+import random
 import statistics
 import sys
 import time
@@ -108,6 +109,7 @@ def main() -> None:
     _table(res, "instants + Cython slot_sums")
     _instants(cy, py, tp)
     _stacks(cy, py, src, con)
+    _on_steps(cy, py, tp, values)
 
 
 def _instants(cy: Any, py: Any, tp: pa.Array) -> None:
@@ -177,6 +179,53 @@ def _stacks(cy: Any, py: Any, src: Source, con: duckdb.DuckDBPyConnection) -> No
         ),  # fmt: skip
     }
     _table(res, "Cython stack_sums")
+
+
+def _on_steps(cy: Any, py: Any, tp: pa.Array, cpu: pa.Array) -> None:
+    spine, slots = _slots(tp)
+    sums, counts = cy.slot_sums(_data(slots), len(spine), _data(cpu))
+    ticks = pa.Array.from_buffers(pa.float64(), len(spine), [None, pa.py_buffer(sums)])
+    rng = random.Random(10)
+    t = pa.array([x + rng.randint(0, 14) for x in spine.to_pylist()], pa.int64())
+    rate, _, _, _, _ = cy.counter_rates(None, _data(t), _data(ticks), scale=0.01)
+    r = pa.Array.from_buffers(pa.float64(), len(t), [None, pa.py_buffer(rate)])
+    valid = _data(_flat(pc.greater(pa.array(range(len(t))), 0), pa.uint8()))
+    print(f"\non_steps: the job's CPU at {len(t):,} looks, each 0-14 ms late, onto the steps")
+    res = {
+        "Cython on_steps": median_time(lambda: cy.on_steps(_data(t), _data(r), valid, 1000.0), 7),
+        "pure-Python twin": median_time(lambda: py.on_steps(_data(t), _data(r), valid, 1000.0), 3),
+        "Arrow compute (its first version)": median_time(lambda: _on_steps_arrow(t, r, 1000.0), 7),
+    }
+    _table(res, "Cython on_steps")
+
+
+def _shift(arr: pa.Array, by: int, fill: float) -> pa.Array:
+    pad = pa.array([fill] * abs(by), arr.type)
+    if by > 0:
+        return pa.concat_arrays([pad, arr.slice(0, len(arr) - by)])
+    return pa.concat_arrays([arr.slice(-by), pad])
+
+
+def _on_steps_arrow(t_ms: pa.Array, rate: pa.Array, step_ms: float) -> pa.Array:
+    n, z = len(t_ms), pa.scalar(0.0)
+    t = pc.cast(t_ms, pa.float64())
+    t0 = t[0].as_py()
+    grid = pc.add(pc.multiply(pc.round(pc.divide(pc.subtract(t, t0), step_ms)), step_ms), t0)
+    dt = pc.divide(pc.subtract(t, _shift(t, 1, t0)), 1000.0)
+    r = pc.fill_null(rate, z)
+    used = pc.cumulative_sum(pc.multiply(r, dt))
+    late = pc.divide(pc.subtract(t, grid), 1000.0)
+    late = pa.concat_arrays([pa.array([0.0]), late.slice(1, n - 2), pa.array([0.0])])
+    back = pc.multiply(pc.min_element_wise(pc.max_element_wise(late, z), dt), r)
+    ahead = pc.multiply(
+        pc.min_element_wise(pc.max_element_wise(pc.negate(late), z), _shift(dt, -1, 0.0)),
+        _shift(r, -1, 0.0),
+    )
+    at_grid = pc.add(pc.subtract(used, back), ahead)
+    span = pc.divide(pc.subtract(grid, _shift(grid, 1, t0)), 1000.0)
+    out = pc.divide(pc.subtract(at_grid, _shift(at_grid, 1, 0.0)), span)
+    keep = pc.and_(pc.is_valid(rate), pc.greater(span, z))
+    return pc.if_else(keep, out, pa.scalar(None, pa.float64()))
 
 
 def _slots_by_index_in(t: pa.Array) -> tuple[pa.Array, pa.Array]:

@@ -52,7 +52,8 @@ def _out(res: tuple[bytearray, bytearray, int, int, int]) -> tuple[list[float | 
 
 
 def test_twins_have_the_same_functions_and_signatures():
-    for name, funcs in (("rates", ("counter_rates", "slot_sums", "instants", "stack_sums")),
+    for name, funcs in (("rates", ("counter_rates", "slot_sums", "instants", "stack_sums",
+                                   "on_steps")),
                         ("changepoint", ("segment",))):  # fmt: skip
         cy, py = compiled_kernel(name), load(name, pure=True)
         for f in funcs:
@@ -198,6 +199,48 @@ def test_rate_twins_agree(rows):
             bytes(int(r[3]) for r in rows))  # fmt: skip
     cy = compiled_kernel("rates").counter_rates(*args, min_dt_s=0.1, scale=0.01)
     py = load("rates", pure=True).counter_rates(*args, min_dt_s=0.1, scale=0.01)
+    assert cy == py
+
+
+def _on_steps(rates, t: list[int], r: list[float | None], step_ms: float) -> list[float | None]:
+    valid = bytes(x is not None for x in r)
+    data, bitmap, nulls = rates.on_steps(_q(t), _d([x or 0.0 for x in r]), valid, step_ms)
+    return _out((data, bitmap, nulls, 0, 0))[0]
+
+
+def test_on_steps_moves_what_late_and_early_looks_measured(rates):
+    # looks due every 0.5 s: the second 10 ms late, the fourth 10 ms early
+    got = _on_steps(rates, [0, 510, 1000, 1490, 2000], [None, 1.0, 3.0, 2.0, 4.0], 500.0)
+    # step 1: 0.51 s at 1 less the 0.01 s past its end; step 2 takes that 0.01 s, and 0.49
+    # at 3; step 3: 0.49 s at 2 and the next interval's first 0.01 s at 4; step 4 the rest
+    assert got == pytest.approx([None, 1.0, (0.01 + 1.47) / 0.5, (0.98 + 0.04) / 0.5, 4.0])
+    assert sum(got[1:]) * 0.5 == pytest.approx(0.51 + 1.47 + 0.98 + 2.04)
+    # a look on the step of the look before has no step of its own; unknown rates stay so;
+    # the first look, and a series of two, as they were
+    got = _on_steps(rates, [0, 500, 700, 1000, 1500], [2.0, 1.0, 1.0, None, 1.0], 500.0)
+    assert got[0] == 2.0 and got[2] is None and got[3] is None
+    assert _on_steps(rates, [0, 730], [None, 5.0], 500.0) == [None, 5.0]
+    with pytest.raises(ValueError, match="rates has 1 items"):
+        rates.on_steps(_q([0, 1]), _d([1.0]), None, 500.0)
+    with pytest.raises(ValueError, match="step_ms"):
+        rates.on_steps(_q([0, 1]), _d([1.0, 1.0]), None, 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-400, 1400), st.floats(0, 1e6), st.booleans()), max_size=40),
+    st.sampled_from([100.0, 500.0, 1000.0, 333.0]),
+)
+def test_on_steps_twins_agree(rows, step_ms):
+    t, acc = [], 2**40
+    for dt, _, _ in rows:  # any gaps, a few going back (never in a recording)
+        acc += dt
+        t.append(acc)
+    r = [x if known else None for _, x, known in rows]
+    cy = compiled_kernel("rates").on_steps(_q(t), _d([x or 0.0 for x in r]),
+                                           bytes(x is not None for x in r), step_ms)  # fmt: skip
+    py = load("rates", pure=True).on_steps(_q(t), _d([x or 0.0 for x in r]),
+                                           bytes(x is not None for x in r), step_ms)  # fmt: skip
     assert cy == py
 
 

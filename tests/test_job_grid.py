@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from para.analyzer.job import Job
-from para.analyzer.regrid import rates_on_steps
+from para.analyzer.reduce import rates_on_steps
 from para.analyzer.segjobs import JobSource, segment_jobs
 from para.errors import ParaError
 from para.formats import ParaWriter

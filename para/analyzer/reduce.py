@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from para.analyzer.regrid import rates_on_steps
 from para.cython_ext import load
 from para.formats import ParaFile
 
@@ -239,6 +238,25 @@ def rates(
         pa.float64(), n, [pa.py_buffer(bitmap), pa.py_buffer(data)], null_count=nulls
     )
     return arr, wraps, resets
+
+
+def rates_on_steps(t_ms: pa.Array, rate: pa.Array, step_ms: float) -> pa.Array:
+    """Each look's rate over the interval since the look before, made the rate of the step
+    the look stands for (the kernel `on_steps`: step k from t0 + (k-1) steps to t0 + k
+    steps, t0 the first look), keeping what the intervals held.  The job's grid counts each
+    step as one interval long: a look taken late (an agent beside a CPU hog on each core
+    looks 0.486-0.514 s apart at 0.5 s) measured its rate over longer, and a job whose CPU
+    came in lumps (a script's children, credited when reaped) gained or lost up to 0.05 s
+    of 4 on the grid."""
+    t = _flat(t_ms, pa.int64())
+    r = _flat(rate, pa.float64())
+    valid = None
+    if r.null_count:
+        valid = _data(_flat(pc.is_valid(r), pa.uint8()))  # (nulls unread, as in rates)
+    data, bitmap, nulls = _rates.on_steps(_data(t), _data(r), valid, step_ms)
+    return pa.Array.from_buffers(
+        pa.float64(), len(t), [pa.py_buffer(bitmap), pa.py_buffer(data)], null_count=nulls
+    )
 
 
 def slot_sums(slots: pa.Array, n_slots: int, values: pa.ChunkedArray | pa.Array,
@@ -603,7 +621,7 @@ class _Reducer:
         if len(t) < 2:
             return
         step_ms = 1000.0 * self.f["interval"]
-        # the rates are of the steps the looks stand for (regrid.py)
+        # the rates are of the steps the looks stand for (rates_on_steps)
         k = pc.round(pc.divide(pc.subtract(t, t[0]).cast(pa.float64()), step_ms))
         span = pc.multiply(pc.subtract(k.slice(1), k.slice(0, len(k) - 1)), step_ms / 1000)
         counted = pc.sum(pc.multiply(pc.fill_null(cores.slice(1), _F0), span)).as_py() or 0.0

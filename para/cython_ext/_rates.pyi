@@ -67,6 +67,23 @@ def slot_sums(
     Raises ValueError when a slot is >= n_slots or the buffers' lengths differ.
     """
 
+def on_steps(
+    t_ms: object, rates: object, valid: object | None = None, step_ms: float = 1000.0
+) -> tuple[bytearray, bytearray, int]:
+    """Rates measured between looks (`rates`, float64: each row's over the time since the
+    row before; `t_ms`, int64, ascending) made the rates of the steps of a grid: step k
+    spans t_ms[0] + (k - 1) * step_ms to t_ms[0] + k * step_ms, and a look stands for the
+    grid instant nearest it (half a step: to the even step).  A late look's interval lends
+    its last part to the next step at its rate, an early look's next interval its first
+    part to this step; the first and the last look stand where they are, so the steps hold
+    what the intervals held between them (the last step what its look measured past the
+    grid too).  Rows whose `valid` byte is 0 are unknown: null, and they lend nothing; a
+    look on the step of the look before is null (no step to hold it); the first row, and
+    every row of fewer than 3, is kept as it is.  Returns (float64 per row, an Arrow
+    validity bitmap, null count).  Raises ValueError when the buffers' lengths differ or
+    `step_ms` is not above 0.
+    """
+
 def instants(t_ms: object) -> tuple[bytearray, bytearray]:
     """The distinct instants of `t_ms` (64-bit integers, rows in any order) in ascending
     order (int64), and each row's position among them (int32): one pass with a hash table

@@ -6,7 +6,7 @@ one pass over typed buffers without the GIL, so a per-core table of a 64-CPU nod
 (230,000 rows) takes about a millisecond.
 """
 
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, rint
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 
 cdef double TWO31 = 2147483648.0
@@ -110,6 +110,76 @@ def counter_rates(
             else:
                 nulls += 1
     return data, bitmap, nulls, wraps, resets
+
+
+cdef inline double _late(const long long[:] t, Py_ssize_t i, Py_ssize_t n,
+                          double step_ms) noexcept nogil:
+    # how late look i is after the grid instant it stands for (the first and the last
+    # stand where they are), in seconds
+    if i == 0 or i == n - 1:
+        return 0.0
+    return (t[i] - t[0] - rint((t[i] - t[0]) / step_ms) * step_ms) / 1000.0
+
+
+def on_steps(t_ms, rates, valid=None, double step_ms=1000.0):
+    cdef const long long[:] t = memoryview(t_ms).cast("B").cast("q")
+    cdef const double[:] r = memoryview(rates).cast("B").cast("d")
+    cdef Py_ssize_t n = t.shape[0]
+    cdef const unsigned char[:] ok
+    cdef bint has_ok = valid is not None
+    if r.shape[0] != n:
+        raise ValueError(f"on_steps: rates has {r.shape[0]} items, t_ms has {n}")
+    if has_ok:
+        ok = _valid(valid, n, "on_steps", "t_ms")
+    if not step_ms > 0:
+        raise ValueError(f"on_steps: step_ms must be above 0, not {step_ms}")
+    data = bytearray(8 * n)
+    bitmap = bytearray((n + 7) // 8)
+    cdef double[:] out = memoryview(data).cast("d")
+    cdef unsigned char[:] bits = bitmap
+    cdef Py_ssize_t i
+    cdef long long nulls = 0
+    cdef double r_prev, r_cur, r_next, dt, dt_prev, dt_next, late_prev, late, span, x
+    cdef double late_prev_pos, late_prev_neg
+    cdef bint good
+    with nogil:
+        for i in range(n):
+            good = not has_ok or ok[i] != 0
+            if good and n >= 3 and i > 0:
+                span = rint((t[i] - t[0]) / step_ms) - rint((t[i - 1] - t[0]) / step_ms)
+                span = span * step_ms / 1000.0
+                good = span > 0
+                if good:
+                    # an unknown rate lends nothing (the first look's is never lent)
+                    r_cur = r[i]
+                    r_prev = r[i - 1] if i > 1 and (not has_ok or ok[i - 1]) else 0.0
+                    r_next = r[i + 1] if i + 1 < n and (not has_ok or ok[i + 1]) else 0.0
+                    dt = (t[i] - t[i - 1]) / 1000.0
+                    dt_next = (t[i + 1] - t[i]) / 1000.0 if i + 1 < n else 0.0
+                    late = _late(t, i, n, step_ms)
+                    late_prev = _late(t, i - 1, n, step_ms)
+                    x = r_cur * dt
+                    # this look late: its interval's last part is the next step's
+                    if late > 0:
+                        x -= r_cur * (late if late < dt else dt)
+                    # early: the next interval's first part is this step's
+                    elif late < 0:
+                        x += r_next * (-late if -late < dt_next else dt_next)
+                    # the look before late: its interval's last part is this step's
+                    late_prev_pos = late_prev if late_prev > 0 else 0.0
+                    dt_prev = (t[i - 1] - t[i - 2]) / 1000.0 if i > 1 else 0.0
+                    x += r_prev * (late_prev_pos if late_prev_pos < dt_prev else dt_prev)
+                    # the look before early: this interval's first part was its step's
+                    late_prev_neg = -late_prev if late_prev < 0 else 0.0
+                    x -= r_cur * (late_prev_neg if late_prev_neg < dt else dt)
+                    out[i] = x / span
+            elif good:
+                out[i] = r[i]
+            if good:
+                bits[i >> 3] |= <unsigned char>(1 << (i & 7))
+            else:
+                nulls += 1
+    return data, bitmap, nulls
 
 
 def slot_sums(slots, Py_ssize_t n_slots, values, valid=None, bint maximum=False,

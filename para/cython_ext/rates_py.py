@@ -81,6 +81,53 @@ def counter_rates(
     return data, bitmap, nulls, wraps, resets
 
 
+def on_steps(
+    t_ms: object, rates: object, valid: object | None = None, step_ms: float = 1000.0
+) -> tuple[bytearray, bytearray, int]:
+    t = _view(t_ms, "q", "t_ms")
+    r = _view(rates, "d", "rates")
+    ok = _view(valid, "B", "valid") if valid is not None else None
+    n = len(t)
+    for name, arr in (("rates", r), ("valid", ok)):
+        if arr is not None and len(arr) != n:
+            raise ValueError(f"on_steps: {name} has {len(arr)} items, t_ms has {n}")
+    if not step_ms > 0:
+        raise ValueError(f"on_steps: step_ms must be above 0, not {step_ms}")
+    known = [ok is None or ok[i] != 0 for i in range(n)]
+    k = [round((t[i] - t[0]) / step_ms) for i in range(n)]
+    # how late each look is after the grid instant it stands for, in seconds (the first
+    # and the last stand where they are); an unknown rate lends nothing
+    late = [0.0 if i in (0, n - 1) else (t[i] - t[0] - k[i] * step_ms) / 1000 for i in range(n)]
+    dt = [0.0] + [(t[i] - t[i - 1]) / 1000 for i in range(1, n)]
+    lent = [r[i] if known[i] and i > 0 else 0.0 for i in range(n)]
+    data = bytearray(8 * n)
+    bitmap = bytearray((n + 7) // 8)
+    out = memoryview(data).cast("d")
+    nulls = 0
+    for i in range(n):
+        good = known[i]
+        if good and n >= 3 and i > 0:
+            span = (k[i] - k[i - 1]) * step_ms / 1000
+            good = span > 0
+            if good:
+                x = r[i] * dt[i]
+                if late[i] > 0:  # this look late: its interval's last part is the next step's
+                    x -= r[i] * min(late[i], dt[i])
+                elif late[i] < 0:  # early: the next interval's first part is this step's
+                    x += (lent[i + 1] if i + 1 < n else 0.0) * min(-late[i], dt[i + 1])
+                # the look before late, or early: the part of an interval that moves
+                x += lent[i - 1] * min(max(late[i - 1], 0.0), dt[i - 1])
+                x -= r[i] * min(max(-late[i - 1], 0.0), dt[i])
+                out[i] = x / span
+        elif good:
+            out[i] = r[i]
+        if good:
+            bitmap[i >> 3] |= 1 << (i & 7)
+        else:
+            nulls += 1
+    return data, bitmap, nulls
+
+
 def slot_sums(
     slots: object,
     n_slots: int,
