@@ -262,13 +262,15 @@ def rates_on_steps(t_ms: pa.Array, rate: pa.Array, step_ms: float) -> pa.Array:
 def slot_sums(slots: pa.Array, n_slots: int, values: pa.ChunkedArray | pa.Array,
               how: str = "sums") -> pa.Array:  # fmt: skip
     """Sum (or max, `how="max"`) of `values` per slot (null where a slot got no valid
-    value), with the kernel."""
+    value), with the kernel; `how="count"`: how many valid values each slot got (int64)."""
     v, ints = _numbers(values)
     valid = None
     if v.null_count:
         valid = _data(_flat(pc.is_valid(v), pa.uint8()))  # (nulls unread, as in rates)
     sums, counts = _rates.slot_sums(_data(slots), n_slots, _data(v), valid, how == "max",
                                     ints=ints)  # fmt: skip
+    if how == "count":
+        return pa.Array.from_buffers(pa.int64(), n_slots, [None, pa.py_buffer(counts)])
     total = pa.Array.from_buffers(pa.float64(), n_slots, [None, pa.py_buffer(sums)])
     count = pa.Array.from_buffers(pa.int64(), n_slots, [None, pa.py_buffer(counts)])
     return pc.if_else(pc.greater(count, _I0), total, pa.scalar(None, pa.float64()))
@@ -549,7 +551,6 @@ class _Reducer:
         wb = self.rate(tab, "write_bytes", pid, t)
         spine, slots = _slots(t)
         n = len(spine)
-        ones = _flat(pc.is_valid(t), pa.float64())
         dstate = _matches(tab["state"], _DSTATE)
         if dstate is None:  # no state column in the file
             dstate = pa.nulls(len(t), pa.bool_())
@@ -559,7 +560,7 @@ class _Reducer:
             "rss": slot_sums(slots, n, tab["rss_bytes"]), "read_bps": slot_sums(slots, n, rb),
             "write_bps": slot_sums(slots, n, wb),
             "dstate": slot_sums(slots, n, _flat(dstate, pa.float64())),
-            "procs": slot_sums(slots, n, ones).cast(pa.int64()),
+            "procs": slot_sums(slots, n, t, "count"),
         })  # fmt: skip
         # per process: first and last sample, CPU time as last sampled, peaks
         first, last = _bounds(pid)
@@ -576,8 +577,8 @@ class _Reducer:
             "busy_sum": pc.fill_null(slot_sums(slot, n_pids, busy), _F0).cast(pa.int64()),
         }
 
-        def at(arr: pa.Array, idx: pa.Array) -> pa.Array:
-            return _flat(arr, pa.float64()).take(idx)
+        def at(arr: pa.Array, idx: pa.Array) -> pa.Array:  # (a few rows cast, not all)
+            return _flat(arr.take(idx), pa.float64())
 
         cpu_s = pc.divide(
             pc.add(
@@ -589,12 +590,12 @@ class _Reducer:
         self._first_cpu_s = pc.divide(pc.fill_null(at(own, first), _F0), pa.scalar(hz))
         self.nd.series["procs"] = pa.table({
             "pid": pid.take(first), "first_ms": t.take(first), "last_ms": t.take(last),
-            "ppid": _flat(tab["ppid"], pa.int64()).take(first), "cpu_s": cpu_s,
+            "ppid": _flat(tab["ppid"].take(first), pa.int64()), "cpu_s": cpu_s,
             "peak_rss": peaks["rss_max"], "peak_threads": peaks["threads_max"],
             "read_bytes": at(tab["read_bytes"], last), "write_bytes": at(tab["write_bytes"], last),
             "busy_samples": peaks["busy_sum"], "peak_cores": peaks["cores_max"],
             "samples": pc.add(pc.subtract(last, first), pa.scalar(1, pa.uint64())).cast(pa.int64()),
-            "rank": _flat(tab["rank"], pa.int64()).take(last),
+            "rank": _flat(tab["rank"].take(last), pa.int64()),
         })  # fmt: skip
         self._job_account()
         self._command_tail()
