@@ -86,7 +86,8 @@ LOOKS = [18, 66, 115, 161, 207, 231, 232, 232, 232, 232, 232, 232]
 RUSAGE_S = 2.337
 
 
-def _profile(path: Path) -> Path:
+def _profile(path: Path, late: list[int] | None = None) -> Path:
+    late = late or [0] * len(LOOKS)
     start = T0 / 1000
     w = ParaWriter(path, {"source": "para profile", "interval": 0.5, "start": start,
                           "catalogue": catalogue(), "command": ["./stall"],
@@ -94,7 +95,7 @@ def _profile(path: Path) -> Path:
     for i, ticks in enumerate(LOOKS):
         # pid, ppid, state, utime, stime, then what this test does not need
         row = [4242, 1, "R" if i < 6 else "S", ticks - 1, 1] + [None] * 17
-        w.append(T0 + 500 * i, {"proc": [row]})
+        w.append(T0 + 500 * i + late[i], {"proc": [row]})
     w.close({"elapsed_s": 6.039, "exit": {"exit_code": 0, "cpu_user_s": RUSAGE_S - 0.012,
                                           "cpu_system_s": 0.012}})  # fmt: skip
     return path
@@ -194,3 +195,24 @@ def test_rates_on_steps_keep_what_the_looks_measured(looks, step_ms):
             # (an unknown rate lends nothing)
             near = [r or 0.0 for r in rate[max(1, i - 1) : i + 2]]
             assert min(near) - 1e-9 <= got[i] <= max(near) + 1e-9
+
+
+def test_a_profile_whose_looks_were_late_has_the_commands_cpu_once(tmp_path):
+    # the same command, para's looks 0-14 ms late as beside a CPU hog on each core
+    late = LATE_MS[: len(LOOKS)]
+    with Job([_profile(tmp_path / "stall.para", late)]) as job:
+        steps = job.query("SELECT sec, work_cores FROM node_sec ORDER BY sec")
+    cores = {sec: c or 0.0 for sec, c in steps}
+    assert sum(cores.values()) * 0.5 == pytest.approx(RUSAGE_S, abs=1e-6)
+    # while it burned, no step above what it burned between two looks
+    t = [T0 + 500 * i + x for i, x in enumerate(late)]
+    fastest = max((b - a) / (tb - ta) * 10 for a, b, ta, tb in zip(LOOKS, LOOKS[1:], t, t[1:]))
+    assert max(c for sec, c in cores.items() if 1 < sec <= 6) <= fastest + 1e-9
+    # and after step 6 (the grid's instants: the first look's, every 0.5 s) what the
+    # command used after 3 s, the CPU between two looks taken as even: not what the late
+    # looks' rates, counted over whole steps, would have put there (0.0201 s, of 0.0170)
+    g = t[0] + 3000
+    i = next(i for i, x in enumerate(t) if x >= g)
+    at_3s = (LOOKS[i - 1] + (LOOKS[i] - LOOKS[i - 1]) * (g - t[i - 1]) / (t[i] - t[i - 1])) / 100
+    after = [c for sec, c in cores.items() if sec > 6]
+    assert sum(after) * 0.5 == pytest.approx(RUSAGE_S - at_3s, abs=1e-9)
