@@ -262,7 +262,7 @@ class FunctionRecorder:
 _HEADER = re.compile(rb"^\S.*?\s(\d+)(?:/(\d+))?\s")
 # a leaf line: "\t    55e1c2a0 func+0x1f (/usr/lib/x.so)", or without the offset where perf
 # knows no symbol ("[unknown]") or prints none
-_FRAME = re.compile(rb"^\s+[0-9a-f]+\s+(.+?)(?:\+0x([0-9a-f]+))?\s+\((.*)\)\s*$")
+_FRAME = re.compile(rb"^\s+([0-9a-f]+)\s+(.+?)(?:\+0x([0-9a-f]+))?\s+\((.*)\)\s*$")
 # the binaries whose identity is kept: those with the most leaf samples
 MAX_BINARIES = 64
 
@@ -313,6 +313,11 @@ def leaf_facts(rows: list[list[Any]]) -> dict[str, Any]:
     return {"kernel_samples": kernel, "binaries": ids}
 
 
+def _leaf(pid: int, f: re.Match[bytes]) -> tuple[int, str, str, int | None]:
+    off = int(f.group(3), 16) if f.group(3) is not None else None
+    return (pid, f.group(4).decode(errors="replace"), f.group(2).decode(errors="replace"), off)
+
+
 def instruction_rows(text: bytes) -> list[list[Any]]:
     """[pid, dso, symbol, offset, samples] for each sampled instruction of `perf script -F
     comm,pid,tid,time,event,ip,sym,symoff,dso` output: the first frame of each sample is
@@ -320,23 +325,40 @@ def instruction_rows(text: bytes) -> list[list[Any]]:
     counts: Counter[tuple[int, str, str, int | None]] = Counter()
     pid = -1
     want_leaf = False
+    # a leaf perf printed as inlined into another function (DWARF unwinding): its code is
+    # the next frame at the same address, the function a disassembly finds; where perf
+    # names none, the leaf is counted as printed
+    inlined: tuple[bytes, tuple[int, str, str, int | None]] | None = None
     for line in text.splitlines():
-        if not line.strip():
-            want_leaf = False
+        f = _FRAME.match(line) if line[:1].isspace() and line.strip() else None
+        if inlined is not None:
+            at, leaf = inlined
+            inlined = None
+            if f is not None and f.group(1) == at:
+                if f.group(4) == b"inlined":  # inlined in turn
+                    inlined = (at, leaf)
+                else:
+                    counts[_leaf(pid, f)] += 1
+                continue
+            counts[leaf] += 1
+        if f is None and line[:1].isspace() and line.strip():
+            want_leaf = False  # a leaf line perf printed in another form
             continue
-        if not line[:1].isspace():
-            m = _HEADER.match(line)
-            pid = int(m.group(1)) if m else -1
-            want_leaf = True
+        if f is None:
+            want_leaf = False
+            if line.strip():
+                m = _HEADER.match(line)
+                pid = int(m.group(1)) if m else -1
+                want_leaf = True
             continue
         if want_leaf:
             want_leaf = False
-            f = _FRAME.match(line)
-            if f:
-                sym = f.group(1).decode(errors="replace")
-                dso = f.group(3).decode(errors="replace")
-                off = int(f.group(2), 16) if f.group(2) is not None else None
-                counts[(pid, dso, sym, off)] += 1
+            if f.group(4) == b"inlined":
+                inlined = (f.group(1), _leaf(pid, f))
+            else:
+                counts[_leaf(pid, f)] += 1
+    if inlined is not None:
+        counts[inlined[1]] += 1
     # no offset (None) sorts before the offsets of its function
     return [[p, d, s, o, n] for (p, d, s, o), n in
             sorted(counts.items(), key=lambda kv: (*kv[0][:3], -1 if kv[0][3] is None

@@ -89,6 +89,8 @@ def disassemble(
     path = Path(dso)
     if dso.startswith("[kernel"):
         return [], "kernel code (perf names no file for it): offsets only"
+    if dso == "inlined":  # perf named no function holding it (or an older para's row)
+        return [], f"{name} was inlined into a function perf did not name: offsets only"
     if not dso.startswith("/") or not path.is_file():
         return [], f"{dso} is not there any more (or is not a file): offsets only"
     changed = binaries.differs(recorded, binaries.identity(dso))
