@@ -231,7 +231,7 @@ class Analysis:
             "applications": self._applications(),
             "ranks": self._ranks(facts),
             "functions": self._functions(hot, hot_samples),
-            "instructions": instructions.annotate(job, hot),
+            "instructions": instructions.annotate(job),
             "timeline": self._timeline(series),
             "heatmap": self._heatmap(),
             "roofline": self._roofline(facts),
