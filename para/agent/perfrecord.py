@@ -330,33 +330,36 @@ def instruction_rows(text: bytes) -> list[list[Any]]:
     # names none, the leaf is counted as printed
     inlined: tuple[bytes, tuple[int, str, str, int | None]] | None = None
     for line in text.splitlines():
-        f = _FRAME.match(line) if line[:1].isspace() and line.strip() else None
-        if inlined is not None:
-            at, leaf = inlined
-            inlined = None
-            if f is not None and f.group(1) == at:
-                if f.group(4) == b"inlined":  # inlined in turn
-                    inlined = (at, leaf)
-                else:
-                    counts[_leaf(pid, f)] += 1
-                continue
-            counts[leaf] += 1
-        if f is None and line[:1].isspace() and line.strip():
-            want_leaf = False  # a leaf line perf printed in another form
-            continue
-        if f is None:
+        if not (line[:1].isspace() and line.strip()):  # a sample's header, or a blank
+            if inlined is not None:
+                counts[inlined[1]] += 1
+                inlined = None
             want_leaf = False
             if line.strip():
                 m = _HEADER.match(line)
                 pid = int(m.group(1)) if m else -1
                 want_leaf = True
             continue
-        if want_leaf:
-            want_leaf = False
-            if f.group(4) == b"inlined":
-                inlined = (f.group(1), _leaf(pid, f))
+        if not want_leaf and inlined is None:
+            continue  # a caller's frame: only the leaf is read
+        f = _FRAME.match(line)
+        if inlined is not None:
+            at, leaf = inlined
+            inlined = None
+            if f is None or f.group(1) != at:
+                counts[leaf] += 1
+            elif f.group(4) == b"inlined":  # inlined in turn
+                inlined = (at, leaf)
             else:
                 counts[_leaf(pid, f)] += 1
+            continue
+        want_leaf = False
+        if f is None:
+            continue  # a leaf line perf printed in another form
+        if f.group(4) == b"inlined":
+            inlined = (f.group(1), _leaf(pid, f))
+        else:
+            counts[_leaf(pid, f)] += 1
     if inlined is not None:
         counts[inlined[1]] += 1
     # no offset (None) sorts before the offsets of its function
