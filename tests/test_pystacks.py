@@ -390,7 +390,10 @@ def test_a_shell_that_execs_python_later_is_followed(tmp_path):
     prog = tmp_path / "prog.py"
     prog.write_text(textwrap.dedent(PURE))
     out, own = tmp_path / "sh.para", tmp_path / "own.json"
-    script = f'sleep 0.5; exec "{sys.executable}" "{prog}" 4 "{own}"'
+    # 10 rounds (5 s of CPU): a py-spy stalled for 0.1 s beside the suite's own perf and
+    # monitor moves a 2-second program's shares by 5 points (a quiet suite run saw beta at
+    # 35.04 % against 30.00 % with 4 rounds); the shares of a 5-second one by 2
+    script = f'sleep 0.5; exec "{sys.executable}" "{prog}" 10 "{own}"'
     r = run_para("profile", "-q", "--functions", "-o", str(out), "--", "sh", "-c", script,
                  env=_env(), cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
