@@ -125,13 +125,15 @@ ACCOUNT = [30, 30, 130, 130, 130, 230, 235, 335, 335, 435, 435, 440]
 JOB_START_MS = T0 - 300
 
 
-def _segment(path: Path) -> Path:
+def _segment(path: Path, skipped: frozenset[int] = frozenset()) -> Path:
     w = ParaWriter(path, {"source": "para agent", "interval": 0.5, "start": T0 / 1000,
                           "segment": {"id": "s", "seq": 0, "host": "n1"},
                           "catalogue": catalogue(),
                           "host": {"hostname": "n1", "clock_ticks": 100}})  # fmt: skip
     detail = f'{{"scheduler": "slurm", "start": {JOB_START_MS / 1000}, "cpus": 1}}'
     for i, (late, ticks) in enumerate(zip(LATE_MS, ACCOUNT, strict=True)):
+        if i in skipped:
+            continue
         t = T0 + 500 * i + late
         rows: dict = {
             # the node: 4 CPUs, all busy (the job and the hogs)
@@ -168,6 +170,25 @@ def test_the_job_cpu_on_the_grid_is_the_agents_account_when_its_looks_are_late(t
     fastest = max((b - a) / (tb - ta) * 10 for a, b, ta, tb in
                   zip(ACCOUNT, ACCOUNT[1:], t, t[1:]))  # fmt: skip
     assert max(cores) <= fastest + 1e-9
+
+
+def test_a_tick_the_agent_skipped_keeps_its_cpu_on_the_grid(tmp_path):
+    """An agent that fell behind skips the tick (loop.py: never a burst of looks): the next
+    look's rates are of two steps, and both steps hold them (a step with no row lost half
+    of that CPU: 1.0 of the job's 4.40 s here)."""
+    seg = str(_segment(tmp_path / "n1.para", skipped=frozenset({4, 8})))
+    opener = [(lambda: [JobSource(seg, segment_jobs([seg])["77"])])]
+    with Job(sources=[("n1", opener[0])]) as job:
+        rows = job.query("SELECT sec, work_cores, usr FROM node_sec ORDER BY sec")
+    secs = [sec for sec, _, _ in rows]
+    assert secs == list(range(secs[0], secs[-1] + 1))  # a row for every step
+    assert sum(c or 0.0 for _, c, _ in rows) * 0.5 == pytest.approx(ACCOUNT[-1] / 100, abs=1e-9)
+    # the node: 100 ticks of user CPU a look, its rate over the time between two looks (the
+    # late ones too), that of each step the interval spans
+    looks = [(500 * i + late, 100 * i) for i, late in enumerate(LATE_MS) if i not in {4, 8}]
+    want = sum((b - a) / 100 / ((tb - ta) / 1000) * round((tb - ta) / 500) * 0.5
+               for (ta, a), (tb, b) in zip(looks, looks[1:]))  # fmt: skip
+    assert sum(u or 0.0 for _, _, u in rows) * 0.5 == pytest.approx(want, rel=1e-9)
 
 
 @settings(max_examples=300, deadline=None)

@@ -407,6 +407,9 @@ def node_facts(meta: dict[str, Any]) -> dict[str, Any]:
 # the steps before its first row over which a job's first CPU is spread (the agent sees a
 # Slurm job's first process a sample or two after its start)
 _HEAD_STEPS = 4
+# the most steps in a row a node's steps may lack and still be one interval of its agent's
+# (ticks it skipped when it fell behind), not a time nothing recorded
+_FILL_STEPS = 4
 
 
 def reduce_node(label: str, paths: list[Path], cores: bool = True) -> NodeData:
@@ -1076,7 +1079,41 @@ class _Reducer:
                           ("gpu_mem_total", "mem_total_sum"), ("gpus", "gpu_count")])  # fmt: skip
             del ser["gpu_t"]
         put("fsmeta", [("meta_ops", "ops_ps")])
-        ser["steps"] = pa.table(cols)
+        ser["steps"] = _skipped_steps_filled(pa.table(cols))
+
+
+def _skipped_steps_filled(steps: pa.Table) -> pa.Table:
+    """The node's steps with a row for each step of a tick the agent skipped (loop.py skips
+    the ticks it fell behind on, never bursts): the look after the gap measured the rates
+    of its whole interval, so each step it spans holds that look's values (a step with no
+    row lost its part of the interval's CPU: half of it for one skipped tick).  Longer gaps
+    (an agent stopped, a node down) stay gaps: nothing was recording."""
+    k = steps["k"].combine_chunks()
+    if len(k) < 2:
+        return steps
+    gaps = pc.subtract(k.slice(1), k.slice(0, len(k) - 1))
+    if pc.max(gaps).as_py() <= 1:
+        return steps
+    ks, ts = k.to_pylist(), steps["t"].combine_chunks().to_pylist()
+    src, k_out, t_out = [0], [ks[0]], [ts[0]]
+    for i in range(1, len(ks)):
+        missing = ks[i] - ks[i - 1] - 1
+        if 0 < missing <= _FILL_STEPS:
+            for j in range(1, missing + 1):  # evenly between the looks on either side
+                src.append(i)
+                k_out.append(ks[i - 1] + j)
+                t_out.append(ts[i - 1] + round(j * (ts[i] - ts[i - 1]) / (missing + 1)))
+        src.append(i)
+        k_out.append(ks[i])
+        t_out.append(ts[i])
+    if len(src) == len(ks):
+        return steps
+    take = pa.array(src, pa.int64())
+    cols = {"t": pa.array(t_out, steps.schema.field("t").type),
+            "k": pa.array(k_out, steps.schema.field("k").type)}  # fmt: skip
+    for name in steps.column_names[2:]:
+        cols[name] = steps[name].combine_chunks().take(take)
+    return pa.table(cols)
 
 
 def _no_io_where_unseen(series: pa.Table, sampled: pa.Table) -> pa.Table:
