@@ -215,6 +215,8 @@ class Analysis:
         outcomes = rules.evaluate(facts, cfg)
         fired = rules.order(outcomes)
         hot, hot_samples = self._hotspots(-(2**62), 2**62, MAX_HOTSPOTS)
+        cpu_s = self._cpu_s(totals)
+        apps, seen_s = self._applications(cpu_s)
         self.doc = {
             "nodes_total": len(job.nodes),
             "files": sum(len(n.files) for n in job.nodes),
@@ -224,11 +226,11 @@ class Analysis:
             "samples": facts.samples,
             "allowed_cpus": sum(n.allowed for n in job.nodes),
             "identity": self._identity(),
-            "summary": self._summary(totals, facts),
+            "summary": self._summary(totals, facts, cpu_s, seen_s),
             "system": self._system(nodes),
             "balance": self._balance(nodes, outcomes),
             "phases": self._phase_docs(phase_docs, phase_rows),
-            "applications": self._applications(),
+            "applications": apps,
             "ranks": self._ranks(facts),
             "functions": self._functions(hot, hot_samples),
             "instructions": instructions.annotate(job),
@@ -256,10 +258,15 @@ class Analysis:
             "hosts": [n.label for n in self.job.nodes],
         }
 
-    def _summary(self, t: dict[str, Any], f: rules.Facts) -> dict[str, Any]:
+    def _summary(
+        self, t: dict[str, Any], f: rules.Facts, cpu_s: float | None, seen_s: float | None
+    ) -> dict[str, Any]:
         allowed = t.get("allowed") or 0
+        unseen = None if cpu_s is None or seen_s is None else max(0.0, cpu_s - seen_s)
         return {
             "cores_mean": _num(t.get("cores")),
+            "cpu_s": _num(cpu_s, 2),
+            "unseen_cpu_s": _num(unseen, 2),
             "cores_peak": _num(t.get("peak_cores")),
             "cpu_util_pct": _num(100 * t["cores"] / allowed, 1)
             if t.get("cores") is not None and allowed
@@ -273,6 +280,13 @@ class Analysis:
             "ipc": self._ipc(f),
             "stack_samples": f.stack_samples,
         }
+
+    def _cpu_s(self, t: dict[str, Any]) -> float | None:
+        """The job's CPU time: what its steps hold (the processes as sampled, and what the
+        agent's account or the command's rusage adds: before the first and after the last
+        look, children too short to be seen)."""
+        steps = t.get("core_steps")
+        return None if steps is None else steps * self.step_s
 
     def _ipc(self, f: rules.Facts) -> float | None:
         ins = sum(v["total"] or 0 for e, v in f.counters.items() if e == "instructions")
@@ -374,9 +388,12 @@ class Analysis:
             })  # fmt: skip
         return out
 
-    def _applications(self) -> list[dict[str, Any]]:
+    def _applications(self, job_cpu_s: float | None) -> tuple[list[dict[str, Any]], float | None]:
+        """Per executable, its processes' CPU as last sampled; each share is of the job's CPU
+        time (what no process was seen using, after its last look or in a child too short
+        to be seen, is the job's and no executable's).  And the CPU of every process seen."""
         if not self.job.has("procs"):
-            return []
+            return [], None
         total = 0.0
         apps: dict[str, dict[str, Any]] = {}
         for node, pid, cpu_s, rss, rb, wb in self.job.query(
@@ -396,13 +413,15 @@ class Analysis:
             a["write_bytes"] += int(wb or 0)
             total += cpu_s or 0.0
         out = []
+        seen = total
+        total = max(total, job_cpu_s or 0.0)
         for a in apps.values():
             a["nodes"] = len(a["nodes"])
             a["cpu_pct"] = _num(100 * a["cpu_s"] / total, 1) if total else None
             a["cpu_s"] = _num(a["cpu_s"], 2)
             out.append(a)
         out.sort(key=lambda a: (-(a["cpu_s"] or 0), a["executable"]))
-        return out[:50]
+        return out[:50], seen
 
     def _ranks(self, facts: rules.Facts) -> list[dict[str, Any]]:
         """The MPI ranks, side by side: CPU time and the share of their call-stack samples

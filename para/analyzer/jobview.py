@@ -144,6 +144,11 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
                 fmt_size(a["peak_rss_bytes"]),
                 "",
             )
+        unseen, cpu = unseen_cpu(job)
+        if unseen is not None:
+            t.add_row(Text("(no process seen)", style="dim"), "", "", f"{unseen:.1f}",
+                      fmt_pct(100 * unseen / cpu), "",
+                      "short children, or after a last look")  # fmt: skip
         console.print(t)
 
     ranks = job.get("ranks") or []
@@ -203,3 +208,13 @@ def render(rep: dict[str, Any], out: TextIO) -> None:
     for r in missing:
         console.print(Text(f"  {r['id']}: {printable(r['reason'] or '')}"), soft_wrap=True)
     out.write("\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n\n")
+
+
+def unseen_cpu(job: dict[str, Any]) -> tuple[float | None, float]:
+    """The job's CPU time no sampled process accounts for, when it is worth a row (at least
+    0.05 s and 0.5 % of the job's), and the job's CPU time."""
+    s = job.get("summary") or {}
+    unseen, cpu = s.get("unseen_cpu_s"), s.get("cpu_s") or 0.0
+    if unseen is None or not cpu or unseen < max(0.05, 0.005 * cpu):
+        return None, cpu
+    return unseen, cpu

@@ -771,6 +771,9 @@ def render_html(rep: dict[str, Any], portal: dict[str, Any] | None = None) -> st
         cmd=_cmd,
         utc=_utc,
     )
+    from para.analyzer.jobview import unseen_cpu
+
+    env.globals["unseen_cpu"] = unseen_cpu
     text = resources.files("para.analyzer").joinpath("templates/report.html.j2").read_text()
     views = []
     for doc in rep["runs"]:

@@ -5,7 +5,8 @@
 -- name: totals  needs: steps
 -- The job over its live steps.
 SELECT count(*) AS steps, min(sec) AS first_sec, max(sec) + 1 AS end_sec,
-    avg(work_cores) AS cores, max(work_cores) AS peak_cores, avg(allowed) AS allowed,
+    avg(work_cores) AS cores, sum(work_cores) AS core_steps, max(work_cores) AS peak_cores,
+    avg(allowed) AS allowed,
     avg(busy) AS busy, avg(iowait) AS iowait, avg(ncpu) AS ncpu,
     max(rss) AS peak_rss, max(mem_used) AS peak_mem, avg(io_bps) AS io_bps,
     avg(read_bps) AS read_bps, avg(write_bps) AS write_bps, avg(nw_bps) AS nw_bps,
