@@ -18,6 +18,7 @@ INTERVAL = 0.5
 # look), then writes what the kernel counted for it and for the children it waited for
 PROG = """
 import json, os, subprocess, sys, time
+t0 = time.monotonic()
 def burn(sec):
     end = time.process_time() + sec
     while time.process_time() < end:
@@ -28,8 +29,8 @@ for _ in range(12):
     for _ in range(3):
         subprocess.run(["sh", "-c", loop], check=True)
 t = os.times()
-json.dump({"self_s": t.user + t.system, "children_s": t.children_user + t.children_system},
-          open(sys.argv[1], "w"))
+json.dump({"self_s": t.user + t.system, "children_s": t.children_user + t.children_system,
+           "wall_s": time.monotonic() - t0}, open(sys.argv[1], "w"))
 """
 
 
@@ -53,6 +54,21 @@ def test_the_jobs_cpu_time_is_what_the_kernel_counted(profiled):
     want = own["self_s"] + own["children_s"]
     # (the program's count stops just before it writes it and exits)
     assert job["summary"]["cpu_s"] == pytest.approx(want, abs=0.05 + 0.02 * want)
+
+
+def test_the_jobs_duration_is_the_time_it_ran_and_its_cores_per_second_of_it(profiled):
+    """The grid's last step holds what the command used after the last look, but the
+    command ended within it: a whole step more read 2.5 s for a 2.2 s command."""
+    job, own, _ = profiled
+    # the program's own clock starts after the interpreter's start-up and stops before
+    # its exit: some hundredths of a second inside the command's time
+    assert own["wall_s"] <= job["duration_s"] <= own["wall_s"] + 0.15
+    s = job["summary"]
+    # (cores to 0.001, CPU time to 0.01 s)
+    slack = 0.0005 + 0.005 / job["duration_s"]
+    assert s["cores_mean"] == pytest.approx(s["cpu_s"] / job["duration_s"], abs=slack)
+    node = job["system"][0]
+    assert node["cores_mean"] == pytest.approx(s["cores_mean"], abs=0.002)
 
 
 def test_each_executables_share_is_of_the_jobs_cpu(profiled):

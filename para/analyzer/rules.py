@@ -380,7 +380,7 @@ class Evaluator:
         return self.outcome(
             rid, "fired", value=util, unit="%", severity=sev, impact_pct=100.0 - util,
             evidence=f"{t['cores']:.2f} cores busy on average of {t['allowed']:.0f} the job "
-            f"could use{where} ({util:.0f} %) over {_fmt_s(t['steps'] * self.f.step_s)}; "
+            f"could use{where} ({util:.0f} %) over {_fmt_s(self.f.duration_s)}; "
             f"peak {t['peak_cores']:.2f} cores",
         )  # fmt: skip
 
