@@ -24,8 +24,13 @@ def burn(sec):
     while time.process_time() < end:
         sum(i * i for i in range(1000))
 loop = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"
-for _ in range(12):
+for k in range(12):
     burn(0.1)
+    if k == 4:  # 8 MiB to the disk (well after para's first look), counted by the kernel
+        with open("out.bin", "wb") as f:
+            f.write(os.urandom(8 << 20))
+            f.flush()
+            os.fsync(f.fileno())
     for _ in range(3):
         subprocess.run(["sh", "-c", loop], check=True)
 t = os.times()
@@ -69,6 +74,8 @@ def test_the_jobs_duration_is_the_time_it_ran_and_its_cores_per_second_of_it(pro
     assert s["cores_mean"] == pytest.approx(s["cpu_s"] / job["duration_s"], abs=slack)
     node = job["system"][0]
     assert node["cores_mean"] == pytest.approx(s["cores_mean"], abs=0.002)
+    # storage, per second of the same time: what the program wrote
+    assert s["write_bps"] * job["duration_s"] == pytest.approx(8 << 20, rel=0.02)
 
 
 def test_each_executables_share_is_of_the_jobs_cpu(profiled):

@@ -175,12 +175,16 @@ def _per_wall_time(
     wall = max(e for _, e in spans) - min(s for s, _ in spans)
     if wall <= 0:
         return grid_s
-    if totals.get("cores") is not None:
-        totals["cores"] = totals["cores"] * grid_s / wall
+    # (the means of rates over the steps: what the steps hold, per second of the run)
+    for key in ("cores", "read_bps", "write_bps", "io_bps", "nw_bps"):
+        if totals.get(key) is not None:
+            totals[key] = totals[key] * grid_s / wall
     for n in nodes:
         w = walls.get(n["node"])
-        if w and n.get("cores") is not None and n.get("steps"):
-            n["cores"] = n["cores"] * n["steps"] * step / w
+        if w and n.get("steps"):
+            for key in ("cores", "io_bps", "nw_bps"):
+                if n.get(key) is not None:
+                    n[key] = n[key] * n["steps"] * step / w
     return wall
 
 
