@@ -234,6 +234,13 @@ def test_segments_rotate_at_their_size_cap(agents, tmp_path):
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     with ParaFile(segs[0]) as pf:
         assert pf.meta["closed_by"] == "size"
+    # the cap is on the samples a segment holds, not on its fixed part (the catalogue alone
+    # is 50 KB in the journal: a loaded run's agent closed a segment at every sample, 20 a
+    # second, and took more than 5 minutes to finalise them one by one when stopped)
+    for p in segs[:-1]:
+        with ParaFile(p) as pf:
+            if pf.meta["closed_by"] == "size":
+                assert pf.meta["samples"] >= 10, (p.name, pf.meta["samples"])
 
 
 def test_status_without_an_agent(tmp_path):

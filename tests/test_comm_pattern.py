@@ -112,11 +112,17 @@ def test_io_on_dev_shm_is_not_network_bound(tmp_path):
                  sys.executable, str(script), "3")  # fmt: skip
     assert r.returncode == 0, r.stderr
     with ParaFile(out) as pf:
-        rows = pf.read_table("stacks").to_pylist()
+        # on CPU: beside a CPU hog on each core half the program's rows are its Python
+        # thread waiting for a CPU (state "ready"), which the rules do not count (they
+        # once made the tmpfs frames 29.8 % of all rows, read as "no kernel frames")
+        rows = [x for x in pf.read_table("stacks").to_pylist() if x["state"] == "cpu"]
     total = sum(x["samples"] for x in rows)
     tmpfs = sum(x["samples"] for x in rows if re.search(r"(^|;)shmem_", x["stack"]))
-    if tmpfs < 0.3 * total:  # no kernel frames: perf_event_paranoid hides them from non-root
-        cannot_run(f"{tmpfs} of {total} samples in tmpfs frames", "run as root (kernel stacks)")
+    if not tmpfs:  # no kernel frames: perf_event_paranoid hides them from non-root
+        cannot_run(f"none of {total} samples in tmpfs frames", "run as root (kernel stacks)")
+    # most of them (92-95 % quiet and beside two hogs): taken for communication they would
+    # read far over the 5 % below
+    assert tmpfs >= 0.3 * total, f"{tmpfs} of {total} samples in tmpfs frames"
     with Job([out]) as job:
         doc = analyse(job).doc
     net = next(o for o in doc["rules"] if o["id"] == "network_bound")

@@ -166,7 +166,7 @@ KEYS: tuple[Key, ...] = (
         "max_bytes",
         64 * MiB,
         "size",
-        "or once its journal reaches this size",
+        "or once its samples reach this size in its journal (its header not counted)",
         _range(64 * 1024, 4 * GiB),
     ),
     Key(

@@ -452,7 +452,9 @@ class Agent:
         if self.unwritable_since is not None:
             self._writable_again(t_ms)
         w = self.writer
-        if w is not None and w.offset >= self.cfg["segments"]["max_bytes"]:
+        # the cap is on the records: the journal's header (the catalogue alone is 50 KB) is
+        # every segment's, and counted in, a small cap closed a segment at every sample
+        if w is not None and w.offset - w.header_bytes >= self.cfg["segments"]["max_bytes"]:
             self.rotate("size")
 
     def _writer_for(self, t_ms: int) -> SegmentWriter:

@@ -50,6 +50,7 @@ class SegmentWriter:
         self.meta = meta
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         self.offset = 0
+        self.header_bytes = 0
         self.records = 0
         self.samples = 0
         self.first_ms: int | None = None
@@ -61,6 +62,7 @@ class SegmentWriter:
             os.close(self._fd)
             path.unlink(missing_ok=True)
             raise
+        self.header_bytes = self.offset  # what every segment holds before its first record
 
     def _member(self, name: str, data: bytes) -> None:
         blob = memoryview(local_member(name, data))
