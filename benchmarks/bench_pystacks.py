@@ -367,6 +367,8 @@ def main() -> None:
     ap.add_argument("--side-by-side", type=int, default=11, help="pairs run at once")
     parts = ["slowdown", "sidebyside", "windowed", "stitch", "perfmaps"]
     ap.add_argument("--skip", nargs="*", default=[], choices=parts)
+    ap.add_argument("--rates", type=int, nargs="+", default=[100, 499],
+                    help="py-spy rates measured (100: para's default)")  # fmt: skip
     args = ap.parse_args()
     print(f"py-spy {pystacks._version(pystacks.pyspy_binary())}, {os.cpu_count()} CPUs, load "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
@@ -378,13 +380,13 @@ def main() -> None:
         if "slowdown" not in args.skip:
             print(f"slowdown of a CPU-bound Python program ({args.seconds:g} s, {args.python}), "
                   "against perf record alone:")  # fmt: skip
-            for rate in (100, 499):
+            for rate in args.rates:
                 slowdown(args.python, prog, n, args.pairs, d, rate)
         if "sidebyside" not in args.skip:
-            for rate in (100, 499):
+            for rate in args.rates:
                 side_by_side(args.python, prog, n, args.side_by_side, d, rate)
         if "windowed" not in args.skip:
-            for rate in (100, 499):
+            for rate in args.rates:
                 windowed(args.python, d, rate, args.windows, 2.0)
         if "stitch" not in args.skip:
             stitching(args.stitch_samples, 3)
