@@ -173,7 +173,9 @@ def _per_wall_time(
         walls[i] = float(elapsed)
         spans.append((float(start), float(start) + float(elapsed)))
     wall = max(e for _, e in spans) - min(s for s, _ in spans)
-    if wall <= 0:
+    # only ever shorter: a grid without that last step (a file without the command's end)
+    # is left as its steps say, as the live rules judge a window
+    if wall <= 0 or wall >= grid_s:
         return grid_s
     # (the means of rates over the steps: what the steps hold, per second of the run)
     for key in ("cores", "read_bps", "write_bps", "io_bps", "nw_bps"):
@@ -181,7 +183,7 @@ def _per_wall_time(
             totals[key] = totals[key] * grid_s / wall
     for n in nodes:
         w = walls.get(n["node"])
-        if w and n.get("steps"):
+        if w and n.get("steps") and w < n["steps"] * step:
             for key in ("cores", "io_bps", "nw_bps"):
                 if n.get(key) is not None:
                     n[key] = n[key] * n["steps"] * step / w
