@@ -120,7 +120,7 @@ def test_io_on_dev_shm_is_not_network_bound(tmp_path):
     tmpfs = sum(x["samples"] for x in rows if re.search(r"(^|;)shmem_", x["stack"]))
     if not tmpfs:  # no kernel frames: perf_event_paranoid hides them from non-root
         cannot_run(f"none of {total} samples in tmpfs frames", "run as root (kernel stacks)")
-    # most of them (92-95 % quiet and beside two hogs): taken for communication they would
+    # most of them (92-95 % quiet and beside CPU hogs): taken for communication they would
     # read far over the 5 % below
     assert tmpfs >= 0.3 * total, f"{tmpfs} of {total} samples in tmpfs frames"
     with Job([out]) as job:
