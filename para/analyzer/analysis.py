@@ -156,7 +156,8 @@ def _per_wall_time(
     job: Job, totals: dict[str, Any], nodes: list[dict[str, Any]], step: float
 ) -> float:
     """The job's duration, and its cores (and each node's) per second of it: the time its
-    commands ran where every node is a `para profile` (its elapsed time), else its steps.
+    commands ran where every node is a `para profile` and that time is shorter than its
+    steps (its elapsed time), else its steps.
     The grid's last step of a profile holds what the command used after the last look, but
     the command ended within it: counted as a whole step, a 2.2 s command read 2.5 s at
     0.78 cores where the kernel counted 1.95 CPU-s (0.89 cores)."""
